@@ -1,0 +1,2 @@
+//! attune-origin (work in progress)
+pub mod retail;

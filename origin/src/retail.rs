@@ -1,0 +1,1 @@
+//! Online Retail CSV reader (work in progress)
