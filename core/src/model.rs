@@ -1,0 +1,199 @@
+//! The shared recommendation model the origin publishes and the edge reads: catalog entries,
+//! item neighbours and trending. Shards are sorted by item id, so lookups are binary searches
+//! and equal content serializes to equal bytes.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+/// One product as the page renders it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogItem {
+    pub id: String,
+    pub title: String,
+    pub url: String,
+    pub image: String,
+    /// Display price, already formatted with its currency (for example `£2.55`).
+    pub price: String,
+    pub category: String,
+}
+
+/// A similar item and how similar (0..=1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Neighbour {
+    #[serde(rename = "i")]
+    pub item: String,
+    #[serde(rename = "s")]
+    pub sim: f32,
+}
+
+/// Read access to a catalog, however the caller stores it.
+pub trait CatalogView {
+    fn item(&self, id: &str) -> Option<&CatalogItem>;
+}
+
+/// Read access to neighbour lists, however the caller stores them.
+pub trait NeighbourView {
+    /// Neighbours of `id`, most similar first (empty when unknown).
+    fn neighbours(&self, id: &str) -> &[Neighbour];
+}
+
+/// One shard of the catalog (`c:<shard>`), sorted by id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogShard {
+    pub items: Vec<CatalogItem>,
+}
+
+impl CatalogShard {
+    pub fn from_items(mut items: Vec<CatalogItem>) -> Self {
+        items.sort_by(|a, b| a.id.cmp(&b.id));
+        items.dedup_by(|a, b| a.id == b.id);
+        CatalogShard { items }
+    }
+}
+
+impl CatalogView for CatalogShard {
+    fn item(&self, id: &str) -> Option<&CatalogItem> {
+        self.items
+            .binary_search_by(|c| c.id.as_str().cmp(id))
+            .ok()
+            .map(|i| &self.items[i])
+    }
+}
+
+/// Neighbour lists of one shard of items (`n:<shard>`), sorted by item id.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NeighbourShard {
+    pub lists: Vec<(String, Vec<Neighbour>)>,
+}
+
+impl NeighbourShard {
+    pub fn from_lists(mut lists: Vec<(String, Vec<Neighbour>)>) -> Self {
+        lists.sort_by(|a, b| a.0.cmp(&b.0));
+        lists.dedup_by(|a, b| a.0 == b.0);
+        NeighbourShard { lists }
+    }
+}
+
+impl NeighbourView for NeighbourShard {
+    fn neighbours(&self, id: &str) -> &[Neighbour] {
+        self.lists
+            .binary_search_by(|(k, _)| k.as_str().cmp(id))
+            .map_or(&[], |i| &self.lists[i].1)
+    }
+}
+
+/// Several shards seen as one (the edge holds the few it needed for a request).
+impl<T: CatalogView> CatalogView for [T] {
+    fn item(&self, id: &str) -> Option<&CatalogItem> {
+        self.iter().find_map(|s| s.item(id))
+    }
+}
+
+impl<T: NeighbourView> NeighbourView for [T] {
+    fn neighbours(&self, id: &str) -> &[Neighbour] {
+        self.iter()
+            .map(|s| s.neighbours(id))
+            .find(|n| !n.is_empty())
+            .unwrap_or(&[])
+    }
+}
+
+/// A trending item with its decayed popularity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrendEntry {
+    #[serde(rename = "i")]
+    pub item: String,
+    #[serde(rename = "s")]
+    pub score: f32,
+}
+
+/// The trending list (`t`): overall, and the top items of each category.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Trending {
+    /// Most popular first.
+    pub items: Vec<TrendEntry>,
+    /// Category name to its most popular items, sorted by category name.
+    pub by_category: Vec<(String, Vec<String>)>,
+}
+
+impl Trending {
+    pub fn category(&self, name: &str) -> &[String] {
+        self.by_category
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .map_or(&[], |i| &self.by_category[i].1)
+    }
+
+    /// Trend prior of an item: its score relative to the top item, in 0..=1.
+    pub fn prior(&self, item: &str) -> f64 {
+        let top = self.items.first().map_or(0.0, |e| f64::from(e.score));
+        if top <= 0.0 {
+            return 0.0;
+        }
+        self.items
+            .iter()
+            .find(|e| e.item == item)
+            .map_or(0.0, |e| f64::from(e.score) / top)
+    }
+}
+
+/// The shard an item's catalog entry and neighbour list live in. A stable hash (xxh3), the
+/// same natively and in wasm, so the origin and the edge agree.
+pub fn shard_of(item: &str, shards: u32) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(item.as_bytes()) % u64::from(shards.max(1))) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn shards_are_stable_and_in_range() {
+        // Pinned: changing the hash would orphan every published shard.
+        assert_eq!(shard_of("85123A", 16), shard_of("85123A", 16));
+        for id in ["85123A", "71053", "22632", ""] {
+            assert!(shard_of(id, 8) < 8);
+        }
+        assert_eq!(shard_of("x", 0), 0);
+    }
+
+    #[test]
+    fn lookups_find_sorted_entries() {
+        let shard = NeighbourShard::from_lists(vec![
+            (
+                "b".into(),
+                vec![Neighbour {
+                    item: "a".into(),
+                    sim: 0.5,
+                }],
+            ),
+            (
+                "a".into(),
+                vec![Neighbour {
+                    item: "b".into(),
+                    sim: 0.5,
+                }],
+            ),
+        ]);
+        assert_eq!(shard.neighbours("b")[0].item, "a");
+        assert!(shard.neighbours("zz").is_empty());
+        let t = Trending {
+            items: vec![
+                TrendEntry {
+                    item: "x".into(),
+                    score: 4.0,
+                },
+                TrendEntry {
+                    item: "y".into(),
+                    score: 1.0,
+                },
+            ],
+            by_category: vec![("Mugs".into(), vec!["x".into()])],
+        };
+        assert_eq!(t.prior("y"), 0.25);
+        assert_eq!(t.category("Mugs"), ["x"]);
+        assert!(t.category("Bags").is_empty());
+    }
+}

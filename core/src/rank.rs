@@ -1,0 +1,586 @@
+//! Ranking: which catalog items fill a slot (DESIGN.md, "Ranking, first version").
+//!
+//! `score = Σ similarity × recency decay + category affinity + trend prior`, over candidates
+//! gathered from the session's recent items, the profile's top items, the user's strongest
+//! categories and trending; minus exclusions (purchased, in cart, the page's own item, items
+//! already seen this session for discovery strategies); a diversity cap per category; ties
+//! broken by item id. Candidates are collected in a `BTreeMap`, so nothing depends on hash or
+//! insertion order and the output is identical natively and in wasm.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{CatalogView, NeighbourView, Trending};
+use crate::profile::{Profile, ProfileConfig};
+use crate::session::Session;
+use crate::{HOUR_MS, Millis};
+
+/// How a slot chooses its items (`data-attune-strategy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    ForYou,
+    Similar,
+    Trending,
+    RecentlyViewed,
+    Category,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 5] = [
+        Strategy::ForYou,
+        Strategy::Similar,
+        Strategy::Trending,
+        Strategy::RecentlyViewed,
+        Strategy::Category,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::ForYou => "for-you",
+            Strategy::Similar => "similar",
+            Strategy::Trending => "trending",
+            Strategy::RecentlyViewed => "recently-viewed",
+            Strategy::Category => "category",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Why an item was picked: the strongest contribution to its score. Shown in the debug view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// Similar to an item viewed this session.
+    SessionNeighbour,
+    /// Similar to one of the profile's top items.
+    ProfileNeighbour,
+    /// From one of the user's strongest categories.
+    CategoryAffinity,
+    /// Popular right now.
+    Trending,
+    /// Similar to the page's item.
+    SimilarToPage,
+    /// Viewed recently.
+    RecentlyViewed,
+    /// Popular in the requested category.
+    CategoryTop,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::SessionNeighbour => "session-neighbour",
+            Reason::ProfileNeighbour => "profile-neighbour",
+            Reason::CategoryAffinity => "category-affinity",
+            Reason::Trending => "trending",
+            Reason::SimilarToPage => "similar-to-page",
+            Reason::RecentlyViewed => "recently-viewed",
+            Reason::CategoryTop => "category-top",
+        }
+    }
+}
+
+/// One ranked item.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pick {
+    pub item: String,
+    pub score: f64,
+    pub reason: Reason,
+}
+
+/// Ranking weights and limits. Part of the published [`crate::rules::Config`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RankParams {
+    pub session_weight: f64,
+    pub profile_weight: f64,
+    pub category_weight: f64,
+    pub trend_weight: f64,
+    /// Half-life of a session item's pull on its neighbours.
+    pub session_half_life_ms: Millis,
+    /// Session items and profile top items whose neighbours become candidates.
+    pub seed_items: usize,
+    /// Strongest categories whose top items become candidates.
+    pub seed_categories: usize,
+    /// Category top items taken per strong category.
+    pub per_category: usize,
+    /// Trending items added as candidates.
+    pub trending_candidates: usize,
+    /// Most items of one category in one slot; `0` means half the slot (at least 1).
+    pub diversity_cap: usize,
+    /// Candidate pool bound; the weakest are dropped past it.
+    pub max_candidates: usize,
+}
+
+impl Default for RankParams {
+    fn default() -> Self {
+        RankParams {
+            session_weight: 1.0,
+            profile_weight: 0.6,
+            category_weight: 0.3,
+            trend_weight: 0.1,
+            session_half_life_ms: HOUR_MS,
+            seed_items: 5,
+            seed_categories: 3,
+            per_category: 10,
+            trending_candidates: 50,
+            diversity_cap: 0,
+            max_candidates: 500,
+        }
+    }
+}
+
+/// Everything one ranking decision needs. The caller looks the data up; `rank` only decides.
+pub struct RankInput<'a> {
+    pub strategy: Strategy,
+    pub count: usize,
+    pub profile: Option<&'a Profile>,
+    pub profile_config: &'a ProfileConfig,
+    pub session: Option<&'a Session>,
+    /// The item the page is about (product pages).
+    pub page_item: Option<&'a str>,
+    /// The category the slot is about (`category` strategy).
+    pub category: Option<&'a str>,
+    pub catalog: &'a dyn CatalogView,
+    pub neighbours: &'a dyn NeighbourView,
+    pub trending: &'a Trending,
+    pub params: &'a RankParams,
+    pub now: Millis,
+}
+
+impl core::fmt::Debug for RankInput<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RankInput")
+            .field("strategy", &self.strategy)
+            .field("count", &self.count)
+            .field("page_item", &self.page_item)
+            .field("category", &self.category)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Candidate {
+    score: f64,
+    reason: Reason,
+    reason_weight: f64,
+}
+
+struct Pool<'a> {
+    candidates: BTreeMap<&'a str, Candidate>,
+}
+
+impl<'a> Pool<'a> {
+    fn add(&mut self, item: &'a str, amount: f64, reason: Reason) {
+        if !(amount.is_finite()) || amount <= 0.0 {
+            return;
+        }
+        let c = self.candidates.entry(item).or_insert(Candidate {
+            score: 0.0,
+            reason,
+            reason_weight: 0.0,
+        });
+        c.score += amount;
+        if amount > c.reason_weight {
+            c.reason = reason;
+            c.reason_weight = amount;
+        }
+    }
+}
+
+/// Items the slot must not show.
+fn excluded(input: &RankInput<'_>, item: &str, hide_seen: bool) -> bool {
+    if input.page_item == Some(item) {
+        return true;
+    }
+    if let Some(p) = input.profile
+        && (p.has_purchased(item) || p.in_cart(item))
+    {
+        return true;
+    }
+    hide_seen
+        && input
+            .session
+            .is_some_and(|s| s.recent_items().any(|r| r == item))
+}
+
+/// Ranks items for one slot. Returns at most `count` picks, best first, every one of them in
+/// the catalog, none excluded, at most the diversity cap per category.
+pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
+    if input.count == 0 {
+        return Vec::new();
+    }
+    let params = input.params;
+    let mut pool = Pool {
+        candidates: BTreeMap::new(),
+    };
+    let mut hide_seen = true;
+    match input.strategy {
+        Strategy::ForYou => {
+            gather_personal(input, &mut pool);
+            gather_trending(input, &mut pool, params.trending_candidates);
+        }
+        Strategy::Similar => {
+            if let Some(page) = input.page_item {
+                for n in input.neighbours.neighbours(page) {
+                    pool.add(&n.item, f64::from(n.sim), Reason::SimilarToPage);
+                }
+                // Same-category popular items keep the slot full for items without neighbours.
+                if let Some(cat) = input.catalog.item(page).map(|c| c.category.as_str()) {
+                    add_category_top(input, &mut pool, cat, 0.05, Reason::CategoryTop);
+                }
+            }
+            gather_trending(input, &mut pool, params.trending_candidates);
+        }
+        Strategy::Trending => gather_trending(input, &mut pool, params.trending_candidates),
+        Strategy::RecentlyViewed => {
+            hide_seen = false;
+            if let Some(session) = input.session {
+                let n = session.recent.len() as f64;
+                for (i, r) in session.recent.iter().enumerate() {
+                    pool.add(&r.item, 2.0 + (n - i as f64) / n, Reason::RecentlyViewed);
+                }
+            }
+            if let Some(p) = input.profile {
+                for (item, affinity) in
+                    p.top_items(input.now, input.profile_config, params.seed_items * 2)
+                {
+                    pool.add(item, affinity / (1.0 + affinity), Reason::RecentlyViewed);
+                }
+            }
+        }
+        Strategy::Category => {
+            if let Some(cat) = input.category {
+                add_category_top(input, &mut pool, cat, 1.0, Reason::CategoryTop);
+            }
+            hide_seen = false;
+        }
+    }
+
+    // Category affinity and the trend prior apply to every candidate that is in the catalog.
+    let strongest = input
+        .profile
+        .map(|p| {
+            p.top_categories(input.now, input.profile_config, 1)
+                .first()
+                .map_or(0.0, |c| c.1)
+        })
+        .unwrap_or(0.0);
+    let mut scored: Vec<(&str, Candidate, &str)> = Vec::with_capacity(pool.candidates.len());
+    for (item, mut c) in pool.candidates {
+        if excluded(input, item, hide_seen) {
+            continue;
+        }
+        let Some(entry) = input.catalog.item(item) else {
+            continue;
+        };
+        if let (Some(p), true) = (input.profile, strongest > 0.0) {
+            let affinity =
+                p.category_affinity(&entry.category, input.now, input.profile_config) / strongest;
+            if affinity > 0.0 {
+                c.score += params.category_weight * affinity;
+            }
+        }
+        c.score += params.trend_weight * input.trending.prior(item);
+        scored.push((item, c, entry.category.as_str()));
+    }
+    scored.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then_with(|| a.0.cmp(b.0)));
+    scored.truncate(params.max_candidates.max(input.count));
+
+    let cap = match input.strategy {
+        // These slots are about one category or the visitor's own trail: no cap.
+        Strategy::Category | Strategy::RecentlyViewed => usize::MAX,
+        _ if params.diversity_cap == 0 => input.count.div_ceil(2).max(1),
+        _ => params.diversity_cap,
+    };
+    let mut per_category: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut picks = Vec::with_capacity(input.count);
+    for (item, c, category) in scored {
+        let used = per_category.entry(category).or_insert(0);
+        if *used >= cap {
+            continue;
+        }
+        *used += 1;
+        picks.push(Pick {
+            item: item.into(),
+            score: c.score,
+            reason: c.reason,
+        });
+        if picks.len() == input.count {
+            break;
+        }
+    }
+    picks
+}
+
+/// Candidates from the visitor's own history: neighbours of this session's items (by recency),
+/// neighbours of the profile's top items, and the top items of the strongest categories.
+fn gather_personal<'a>(input: &RankInput<'a>, pool: &mut Pool<'a>) {
+    let params = input.params;
+    if let Some(session) = input.session {
+        for r in session.recent.iter().take(params.seed_items) {
+            let age = input.now.saturating_sub(r.ts) as f64;
+            let recency = libm::exp2(-age / params.session_half_life_ms.max(1) as f64);
+            for n in input.neighbours.neighbours(&r.item) {
+                pool.add(
+                    &n.item,
+                    params.session_weight * f64::from(n.sim) * recency,
+                    Reason::SessionNeighbour,
+                );
+            }
+        }
+    }
+    let Some(profile) = input.profile else {
+        return;
+    };
+    let top = profile.top_items(input.now, input.profile_config, params.seed_items);
+    if let Some(&(_, strongest)) = top.first() {
+        for (item, affinity) in top {
+            let weight = params.profile_weight * affinity / strongest;
+            for n in input.neighbours.neighbours(item) {
+                pool.add(&n.item, weight * f64::from(n.sim), Reason::ProfileNeighbour);
+            }
+        }
+    }
+    let categories =
+        profile.top_categories(input.now, input.profile_config, params.seed_categories);
+    if let Some(&(_, strongest)) = categories.first() {
+        for (category, affinity) in categories {
+            // Only the small seed share here: the affinity term itself is added to every
+            // candidate of the category in `rank`.
+            add_category_top(
+                input,
+                pool,
+                category,
+                0.5 * params.category_weight * affinity / strongest,
+                Reason::CategoryAffinity,
+            );
+        }
+    }
+}
+
+fn add_category_top<'a>(
+    input: &RankInput<'a>,
+    pool: &mut Pool<'a>,
+    category: &str,
+    weight: f64,
+    reason: Reason,
+) {
+    let top = input.trending.category(category);
+    let n = top.len().min(input.params.per_category.max(input.count));
+    for (i, item) in top.iter().take(n).enumerate() {
+        // Linear rank decay keeps the category's own order.
+        pool.add(item, weight * (1.0 - i as f64 / (2.0 * n as f64)), reason);
+    }
+}
+
+fn gather_trending<'a>(input: &RankInput<'a>, pool: &mut Pool<'a>, n: usize) {
+    let top = input
+        .trending
+        .items
+        .first()
+        .map_or(0.0, |e| f64::from(e.score));
+    if top <= 0.0 {
+        return;
+    }
+    for e in input.trending.items.iter().take(n) {
+        // A small seed weight: trending fills the slot, the trend prior (added in `rank` to
+        // every candidate) does the ordering among equals.
+        pool.add(&e.item, 1e-3 * f64::from(e.score) / top, Reason::Trending);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventKind, SCHEMA_VERSION};
+    use crate::model::{CatalogItem, CatalogShard, Neighbour, NeighbourShard, TrendEntry};
+    use alloc::format;
+    use alloc::vec;
+
+    const NOW: Millis = 1_733_040_000_000;
+
+    pub(crate) fn fixture() -> (CatalogShard, NeighbourShard, Trending) {
+        let cat = |i: u32| if i < 10 { "Mugs" } else { "Bags" };
+        let catalog = CatalogShard::from_items(
+            (0..20)
+                .map(|i| CatalogItem {
+                    id: format!("i{i:02}"),
+                    title: format!("Item {i}"),
+                    url: format!("/p/i{i:02}.html"),
+                    image: "/img/x.svg".into(),
+                    price: "£1.00".into(),
+                    category: cat(i).into(),
+                })
+                .collect(),
+        );
+        // i00..i04 are similar to each other, i10..i14 too.
+        let mut lists = Vec::new();
+        for group in [0u32, 10] {
+            for a in group..group + 5 {
+                let ns = (group..group + 5)
+                    .filter(|b| *b != a)
+                    .map(|b| Neighbour {
+                        item: format!("i{b:02}"),
+                        sim: 1.0 / (1.0 + (a as f32 - b as f32).abs()),
+                    })
+                    .collect();
+                lists.push((format!("i{a:02}"), ns));
+            }
+        }
+        let trending = Trending {
+            items: (0..20)
+                .rev()
+                .map(|i| TrendEntry {
+                    item: format!("i{i:02}"),
+                    score: i as f32 + 1.0,
+                })
+                .collect(),
+            by_category: vec![
+                (
+                    "Bags".into(),
+                    (10..20).rev().map(|i| format!("i{i:02}")).collect(),
+                ),
+                (
+                    "Mugs".into(),
+                    (0..10).rev().map(|i| format!("i{i:02}")).collect(),
+                ),
+            ],
+        };
+        (catalog, NeighbourShard::from_lists(lists), trending)
+    }
+
+    fn input<'a>(
+        strategy: Strategy,
+        data: &'a (CatalogShard, NeighbourShard, Trending),
+        profile: Option<&'a Profile>,
+        session: Option<&'a Session>,
+        params: &'a RankParams,
+        cfg: &'a ProfileConfig,
+    ) -> RankInput<'a> {
+        RankInput {
+            strategy,
+            count: 4,
+            profile,
+            profile_config: cfg,
+            session,
+            page_item: None,
+            category: None,
+            catalog: &data.0,
+            neighbours: &data.1,
+            trending: &data.2,
+            params,
+            now: NOW,
+        }
+    }
+
+    #[test]
+    fn cold_visitors_get_trending_with_diversity() {
+        let data = fixture();
+        let (params, cfg) = (RankParams::default(), ProfileConfig::default());
+        let picks = rank(&input(Strategy::ForYou, &data, None, None, &params, &cfg));
+        let ids: Vec<&str> = picks.iter().map(|p| p.item.as_str()).collect();
+        // Bags trend higher, but the cap (2 of 4) lets two mugs in.
+        assert_eq!(ids, ["i19", "i18", "i09", "i08"]);
+        assert!(picks.iter().all(|p| p.reason == Reason::Trending));
+    }
+
+    #[test]
+    fn session_items_pull_their_neighbours_in() {
+        let data = fixture();
+        let (params, cfg) = (RankParams::default(), ProfileConfig::default());
+        let mut session = Session::fresh(NOW);
+        session.record_item("i01", NOW - 60_000);
+        let picks = rank(&input(
+            Strategy::ForYou,
+            &data,
+            None,
+            Some(&session),
+            &params,
+            &cfg,
+        ));
+        // i00 and i02 are equally similar to i01; the trend prior puts i02 first.
+        let ids: Vec<&str> = picks.iter().map(|p| p.item.as_str()).collect();
+        assert_eq!(&ids[..2], ["i02", "i00"]);
+        assert_eq!(picks[0].reason, Reason::SessionNeighbour);
+        assert!(
+            picks.iter().all(|p| p.item != "i01"),
+            "seen items are not recommended again"
+        );
+    }
+
+    #[test]
+    fn purchases_are_excluded_and_shape_the_profile_picks() {
+        let data = fixture();
+        let (params, cfg) = (RankParams::default(), ProfileConfig::default());
+        let mut profile = Profile::default();
+        let e = Event {
+            v: SCHEMA_VERSION,
+            event_id: "e".into(),
+            user: "u".into(),
+            ts: NOW - 1_000,
+            kind: EventKind::Purchase,
+            item: Some("i12".into()),
+            props: Default::default(),
+        };
+        profile.apply(&e, Some("Bags"), &cfg);
+        let picks = rank(&input(
+            Strategy::ForYou,
+            &data,
+            Some(&profile),
+            None,
+            &params,
+            &cfg,
+        ));
+        assert!(picks.iter().all(|p| p.item != "i12"));
+        let ids: Vec<&str> = picks.iter().map(|p| p.item.as_str()).collect();
+        assert_eq!(&ids[..2], ["i13", "i11"]);
+        assert_eq!(picks[0].reason, Reason::ProfileNeighbour);
+    }
+
+    #[test]
+    fn similar_excludes_the_page_and_ranks_by_similarity() {
+        let data = fixture();
+        let (params, cfg) = (RankParams::default(), ProfileConfig::default());
+        let mut i = input(Strategy::Similar, &data, None, None, &params, &cfg);
+        i.page_item = Some("i02");
+        let ids: Vec<String> = rank(&i).into_iter().map(|p| p.item).collect();
+        assert_eq!(&ids[..2], ["i03", "i01"]);
+        assert!(!ids.contains(&"i02".into()));
+    }
+
+    #[test]
+    fn recently_viewed_and_category() {
+        let data = fixture();
+        let (params, cfg) = (RankParams::default(), ProfileConfig::default());
+        let mut session = Session::fresh(NOW);
+        for id in ["i05", "i15", "i07"] {
+            session.record_item(id, NOW);
+        }
+        let ids: Vec<String> = rank(&input(
+            Strategy::RecentlyViewed,
+            &data,
+            None,
+            Some(&session),
+            &params,
+            &cfg,
+        ))
+        .into_iter()
+        .map(|p| p.item)
+        .collect();
+        assert_eq!(ids, ["i07", "i15", "i05"]);
+        let mut i = input(Strategy::Category, &data, None, None, &params, &cfg);
+        i.category = Some("Mugs");
+        let picks = rank(&i);
+        let ids: Vec<&str> = picks.iter().map(|p| p.item.as_str()).collect();
+        assert_eq!(ids, ["i09", "i08", "i07", "i06"]);
+    }
+}
