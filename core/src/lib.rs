@@ -40,7 +40,7 @@ pub const HOUR_MS: Millis = 60 * MINUTE_MS;
 pub const DAY_MS: Millis = 24 * HOUR_MS;
 
 pub use event::{Event, EventError, EventKind};
-pub use model::{CatalogItem, CatalogShard, Neighbour, NeighbourShard, Trending};
+pub use model::{CatalogItem, CatalogShard, Manifest, Neighbour, NeighbourShard, Trending};
 pub use profile::{Profile, ProfileConfig};
 pub use rank::{Pick, RankInput, RankParams, Reason, Strategy, rank};
 pub use rules::{Config, RequestContext};

@@ -138,6 +138,45 @@ impl Trending {
     }
 }
 
+/// The manifest (`m`): how the shared model is sharded and the version of every shared key.
+/// The publisher writes it last, after the keys it names, so an edge that sees a version here
+/// can find it; the edge reads this small value to revalidate its isolate-memory copies
+/// instead of re-reading every shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Number of `c:<shard>` and `n:<shard>` shards.
+    pub shards: u32,
+    /// `(key, version)` for `cfg`, `t`, and every `c:`/`n:` shard, sorted by key.
+    pub versions: Vec<(String, u64)>,
+}
+
+impl Manifest {
+    pub fn version_of(&self, key: &str) -> Option<u64> {
+        self.versions
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| self.versions[i].1)
+    }
+}
+
+/// KV keys of the shared model.
+pub mod keys {
+    use alloc::format;
+    use alloc::string::String;
+
+    pub const MANIFEST: &str = "m";
+    pub const CONFIG: &str = "cfg";
+    pub const TRENDING: &str = "t";
+
+    pub fn catalog(shard: u32) -> String {
+        format!("c:{shard}")
+    }
+
+    pub fn neighbours(shard: u32) -> String {
+        format!("n:{shard}")
+    }
+}
+
 /// The shard an item's catalog entry and neighbour list live in. A stable hash (xxh3), the
 /// same natively and in wasm, so the origin and the edge agree.
 pub fn shard_of(item: &str, shards: u32) -> u32 {
