@@ -1,1 +1,59 @@
-fn main(){}
+//! Attune's task runner (the rust-analyzer `xtask` pattern).
+//!
+//! `cargo xtask <command>`; one module per command. Only `std`, `anyhow` and `flate2`:
+//! the runner must compile in seconds on a fresh machine, before any tool is installed.
+
+mod bench;
+mod bootstrap;
+mod build_edge;
+mod demo;
+mod test;
+mod util;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "\
+cargo xtask <command> [options]
+
+commands:
+  bootstrap [--browser]     install the toolchain this repository needs (idempotent; seconds when warm)
+  build-edge [--dev]        build the Worker into edge/build/ with worker-build (no downloads)
+  test [options]            the full check suite: fmt, clippy, no_std, edge wasm, native + wasm tests
+  demo                      run the local demo (arrives with the demo issue)
+  bench [args]              run the core benchmarks (criterion)
+
+test options:
+  --fail-fast               stop at the first failing step (default: run every step, then report)
+  --only a,b                run only these steps
+  --skip a,b                skip these steps
+  --no-browser              do not try to install chromium for the browser end-to-end tests
+  steps: bootstrap fmt clippy clippy-wasm no-std edge-wasm test wasm-test
+";
+
+fn main() {
+    if let Err(err) = run() {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let Some(cmd) = args.next() else {
+        print!("{USAGE}");
+        return Ok(());
+    };
+    let rest: Vec<String> = args.collect();
+    match cmd.as_str() {
+        "bootstrap" => bootstrap::cmd(&rest),
+        "build-edge" => build_edge::cmd(&rest),
+        "test" => test::cmd(&rest),
+        "demo" => demo::cmd(&rest),
+        "bench" => bench::cmd(&rest),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command `{other}`\n\n{USAGE}"),
+    }
+}
