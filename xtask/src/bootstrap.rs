@@ -270,13 +270,12 @@ pub fn cargo_lock_version(package: &str) -> Result<String> {
     let name_line = format!("name = \"{package}\"");
     let mut lines = lock.lines();
     while let Some(line) = lines.next() {
-        if line.trim() == name_line {
-            if let Some(version) = lines
+        if line.trim() == name_line
+            && let Some(version) = lines
                 .next()
                 .and_then(|l| l.trim().strip_prefix("version = "))
-            {
-                return Ok(version.trim_matches('"').to_owned());
-            }
+        {
+            return Ok(version.trim_matches('"').to_owned());
         }
     }
     bail!("Cargo.lock has no `{package}` package")
