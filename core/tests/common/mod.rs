@@ -1,0 +1,232 @@
+//! Deterministic fixtures shared by the integration tests and the benchmarks.
+//!
+//! Everything here is a pure function of its arguments: no clock, no randomness, so golden
+//! bytes and vectors built from it are stable.
+#![allow(dead_code)]
+
+use attune_core::event::{Event, EventKind, SCHEMA_VERSION};
+use attune_core::model::{
+    CatalogItem, CatalogShard, Manifest, Neighbour, NeighbourShard, TrendEntry,
+};
+use attune_core::profile::{Profile, ProfileConfig};
+use attune_core::rules::{Arm, Config, Experiment, Predicate, Segment, SlotRule, VariantRule};
+use attune_core::session::Session;
+use attune_core::{DAY_MS, Millis, Strategy};
+
+/// A fixed "now": 2024-12-01T08:00:00Z.
+pub const T0: Millis = 1_733_040_000_000;
+
+pub const CATEGORIES: [&str; 5] = ["Bags", "Candles & Lights", "Kitchen", "Mugs", "Toys"];
+
+pub fn event(n: u64, ts: Millis, kind: EventKind, item: &str) -> Event {
+    Event {
+        v: SCHEMA_VERSION,
+        event_id: format!("e{n}"),
+        user: "u1".into(),
+        ts,
+        kind,
+        item: (kind != EventKind::Search || !item.is_empty()).then(|| item.into()),
+        props: Default::default(),
+    }
+}
+
+/// Item id `n` in the fixture catalogs: `I00000`, `I00001`, …
+pub fn item_id(n: u32) -> String {
+    format!("I{n:05}")
+}
+
+pub fn category_of(n: u32) -> &'static str {
+    CATEGORIES[(n % CATEGORIES.len() as u32) as usize]
+}
+
+/// A catalog of `n` items, categories round-robin.
+pub fn catalog(n: u32) -> CatalogShard {
+    CatalogShard::from_items(
+        (0..n)
+            .map(|i| CatalogItem {
+                id: item_id(i),
+                title: format!("Product {i}"),
+                url: format!("/p/{}.html", item_id(i)),
+                image: format!(
+                    "/img/{}.svg",
+                    category_of(i).to_lowercase().replace(' ', "-")
+                ),
+                price: format!("£{}.{:02}", 1 + i % 20, (i * 7) % 100),
+                category: category_of(i).into(),
+            })
+            .collect(),
+    )
+}
+
+/// `k` neighbours per item, similarity falling with distance; a pure function of `(n, k)`.
+pub fn neighbours(n: u32, k: u32) -> NeighbourShard {
+    NeighbourShard::from_lists(
+        (0..n)
+            .map(|a| {
+                let list = (1..=k)
+                    .map(|d| {
+                        // A stride co-prime with typical sizes spreads neighbours around.
+                        let b = (a + d * 37 + d * d) % n;
+                        Neighbour {
+                            item: item_id(b),
+                            sim: 1.0 / (1.0 + d as f32 * 0.25),
+                        }
+                    })
+                    .filter(|nb| nb.item != item_id(a))
+                    .collect();
+                (item_id(a), list)
+            })
+            .collect(),
+    )
+}
+
+/// The `top` most popular of `n` items, plus per-category lists.
+pub fn trending(n: u32, top: u32, per_category: u32) -> Trending {
+    let items: Vec<TrendEntry> = (0..top.min(n))
+        .map(|r| TrendEntry {
+            item: item_id((r * 53) % n),
+            score: 1000.0 / (1.0 + r as f32),
+        })
+        .collect();
+    let mut by_category: Vec<(String, Vec<String>)> = CATEGORIES
+        .iter()
+        .enumerate()
+        .map(|(c, name)| {
+            let list = (0..per_category)
+                .map(|j| {
+                    c as u32
+                        + CATEGORIES.len() as u32 * (j * 11 % (n / CATEGORIES.len() as u32).max(1))
+                })
+                .filter(|i| *i < n)
+                .map(item_id)
+                .collect();
+            ((*name).into(), list)
+        })
+        .collect();
+    by_category.sort_by(|a, b| a.0.cmp(&b.0));
+    Trending { items, by_category }
+}
+
+pub use attune_core::model::Trending;
+
+/// The events of a typical engaged user over two weeks, straddling decay epochs.
+pub fn typical_events(n_items: u32) -> Vec<(Event, Option<&'static str>)> {
+    let kinds = [
+        EventKind::View,
+        EventKind::View,
+        EventKind::Click,
+        EventKind::View,
+        EventKind::AddToCart,
+        EventKind::View,
+        EventKind::Purchase,
+        EventKind::RemoveFromCart,
+        EventKind::Impression,
+        EventKind::Search,
+    ];
+    (0..60u64)
+        .map(|i| {
+            let it = ((i * 7) % 40) as u32 % n_items;
+            let kind = kinds[(i % kinds.len() as u64) as usize];
+            let ts = T0 - 14 * DAY_MS + i * (5 * 3_600_000 + 17_000);
+            let item = if kind == EventKind::Search {
+                String::new()
+            } else {
+                item_id(it)
+            };
+            (event(i, ts, kind, &item), Some(category_of(it)))
+        })
+        .collect()
+}
+
+pub fn profile_from(events: &[(Event, Option<&str>)], cfg: &ProfileConfig) -> Profile {
+    let mut p = Profile::default();
+    for (e, c) in events {
+        p.apply(e, *c, cfg);
+    }
+    p
+}
+
+/// A typical profile (default budget), about 1–2 KiB encoded.
+pub fn typical_profile() -> Profile {
+    profile_from(&typical_events(1000), &ProfileConfig::default())
+}
+
+pub fn session(now: Millis, items: &[u32]) -> Session {
+    let mut s = Session::fresh(now - 20 * 60_000);
+    for (i, it) in items.iter().enumerate() {
+        s.touch(
+            now - (items.len() - i) as u64 * 60_000,
+            attune_core::session::DEFAULT_GAP_MS,
+        );
+        s.record_item(&item_id(*it), now - (items.len() - i) as u64 * 60_000);
+    }
+    s
+}
+
+pub fn config() -> Config {
+    let mut cfg = Config::default();
+    cfg.segments.push(Segment {
+        name: "mug-lovers".into(),
+        all: vec![
+            Predicate::CategoryAffinityAtLeast {
+                category: "Mugs".into(),
+                score: 2.5,
+            },
+            Predicate::Device {
+                any_of: vec![attune_core::rules::DeviceClass::Mobile],
+            },
+            Predicate::Country {
+                any_of: vec!["GB".into(), "IE".into()],
+            },
+        ],
+    });
+    cfg.slots.push(SlotRule {
+        slot: "banner".into(),
+        variants: vec![VariantRule {
+            variant: "mugs".into(),
+            segment: "mug-lovers".into(),
+        }],
+    });
+    cfg.experiments.push(Experiment {
+        id: "recs-2024-12".into(),
+        slot: "recs".into(),
+        traffic_bp: 5_000,
+        control: "control".into(),
+        arms: vec![
+            Arm {
+                name: "control".into(),
+                weight: 1,
+                variant: None,
+                strategy: None,
+            },
+            Arm {
+                name: "trending".into(),
+                weight: 1,
+                variant: None,
+                strategy: Some(Strategy::Trending),
+            },
+        ],
+        active: true,
+    });
+    cfg.rank.diversity_cap = 3;
+    cfg.profile.max_items = 30;
+    cfg
+}
+
+pub fn manifest() -> Manifest {
+    let mut versions: Vec<(String, u64)> = (0..4u32)
+        .flat_map(|s| {
+            [
+                (attune_core::model::keys::catalog(s), 10 + u64::from(s)),
+                (attune_core::model::keys::neighbours(s), 20 + u64::from(s)),
+            ]
+        })
+        .collect();
+    versions.push(("cfg".into(), 3));
+    versions.push(("t".into(), 42));
+    versions.sort();
+    Manifest {
+        shards: 4,
+        versions,
+    }
+}
