@@ -5,6 +5,12 @@
 //! bootstrap installed instead. Output, relative to the crate: `build/index.js` (the ES module
 //! entry that `wrangler.toml`'s `main` names), `build/index_bg.wasm`, `build/worker/shim.mjs`
 //! (a compatibility alias). wrangler runs this command as its `[build] command`.
+//!
+//! worker-build reruns wasm-bindgen, wasm-opt and esbuild every time, even when cargo has
+//! nothing to do (seconds per run, and `wrangler dev` runs the build on every start). So this
+//! first runs the same `cargo build` worker-build would, fingerprints the resulting wasm together
+//! with everything else that shapes the output, and skips worker-build when `build/` already
+//! holds that exact build. `--force` always rebuilds.
 
 use std::fs;
 use std::io::Write;
@@ -26,6 +32,7 @@ pub enum Profile {
 
 pub fn cmd(args: &[String]) -> Result<()> {
     let mut profile = Profile::Release;
+    let mut force = false;
     // Undocumented: build another worker crate with the same plumbing (used to test the xtask
     // itself against a scratch worker).
     let mut crate_dir = util::root().join("edge");
@@ -34,32 +41,60 @@ pub fn cmd(args: &[String]) -> Result<()> {
         match arg.as_str() {
             "--dev" => profile = Profile::Dev,
             "--release" => profile = Profile::Release,
+            "--force" => force = true,
             "--crate-dir" => {
                 let dir = args.next().context("--crate-dir needs a path")?;
                 crate_dir = PathBuf::from(dir);
             }
-            other => bail!("build-edge: unknown option `{other}` (options: --dev)"),
+            other => bail!("build-edge: unknown option `{other}` (options: --dev, --force)"),
         }
     }
     bootstrap::ensure(bootstrap::Options {
         browser: false,
         quiet: true,
     })?;
-    build(profile, &crate_dir)
+    build(profile, &crate_dir, force)
 }
 
-pub fn build(profile: Profile, crate_dir: &Path) -> Result<()> {
+pub fn build(profile: Profile, crate_dir: &Path, force: bool) -> Result<()> {
     let started = Instant::now();
-    let mut cmd = util::command("worker-build");
-    cmd.arg(match profile {
-        Profile::Release => "--release",
-        Profile::Dev => "--dev",
-    })
-    .arg(crate_dir)
-    .current_dir(crate_dir);
-    util::run(&mut cmd)?;
-
     let out = crate_dir.join("build");
+    let stamp_path = out.join(".attune-build-stamp");
+
+    // The same cargo invocation worker-build makes (same args, same env), so its own
+    // `cargo build` afterwards is a no-op.
+    let mut cargo = util::cargo();
+    cargo
+        .current_dir(crate_dir)
+        .env("WASM_BINDGEN_USE_JS_SYS", "1")
+        .args(["build", "--lib", "--target", "wasm32-unknown-unknown"]);
+    if profile == Profile::Release {
+        cargo.arg("--release");
+    }
+    util::run(&mut cargo)?;
+    let stamp = build_fingerprint(profile, crate_dir);
+    let up_to_date = out.join("index.js").is_file()
+        && out.join("index_bg.wasm").is_file()
+        && stamp.is_some()
+        && fs::read_to_string(&stamp_path).ok() == stamp;
+    if up_to_date && !force {
+        println!("build-edge: worker-build output is up to date (--force rebuilds)");
+    } else {
+        let _ = fs::remove_file(&stamp_path);
+        let mut cmd = util::command("worker-build");
+        cmd.arg(match profile {
+            Profile::Release => "--release",
+            Profile::Dev => "--dev",
+        })
+        .arg(crate_dir)
+        .current_dir(crate_dir);
+        util::run(&mut cmd)?;
+        if let Some(stamp) = &stamp {
+            fs::write(&stamp_path, stamp)
+                .with_context(|| format!("writing {}", stamp_path.display()))?;
+        }
+    }
+
     for required in ["index.js", "index_bg.wasm"] {
         if !out.join(required).is_file() {
             bail!(
@@ -86,4 +121,73 @@ fn gzip_len(bytes: &[u8]) -> Result<u64> {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
     encoder.write_all(bytes)?;
     Ok(encoder.finish()?.len() as u64)
+}
+
+/// A fingerprint of everything that determines worker-build's output: the compiled wasm, the
+/// crate manifest (wasm-opt settings live there), the profile, and the tool versions. `None`
+/// when the compiled wasm cannot be found (then nothing is skipped).
+fn build_fingerprint(profile: Profile, crate_dir: &Path) -> Option<String> {
+    let manifest = fs::read_to_string(crate_dir.join("Cargo.toml")).ok()?;
+    let lib_name = package_name(&manifest)?.replace('-', "_");
+    let profile_dir = match profile {
+        Profile::Release => "release",
+        Profile::Dev => "debug",
+    };
+    let wasm_path = target_dir(crate_dir)?
+        .join("wasm32-unknown-unknown")
+        .join(profile_dir)
+        .join(format!("{lib_name}.wasm"));
+    let mut input = fs::read(wasm_path).ok()?;
+    input.extend_from_slice(manifest.as_bytes());
+    let wasm_bindgen = bootstrap::cargo_lock_version("wasm-bindgen").unwrap_or_default();
+    let tools = format!(
+        "{profile:?} worker-build {} wasm-bindgen {wasm_bindgen}",
+        bootstrap::WORKER_BUILD_VERSION
+    );
+    input.extend_from_slice(tools.as_bytes());
+    for tool in ["wasm-opt", "esbuild"] {
+        let len = fs::metadata(util::node_bin_dir().join(tool)).map_or(0, |m| m.len());
+        input.extend_from_slice(&len.to_le_bytes());
+    }
+    Some(format!("{:016x}\n", util::fingerprint(&input)))
+}
+
+/// `[package] name` from a manifest.
+fn package_name(manifest: &str) -> Option<String> {
+    let mut in_package = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+        } else if in_package
+            && let Some(value) = line.strip_prefix("name")
+            && let Some(value) = value.trim_start().strip_prefix('=')
+        {
+            return Some(value.trim().trim_matches('"').to_owned());
+        }
+    }
+    None
+}
+
+/// `CARGO_TARGET_DIR`, else `target/` next to the `Cargo.lock` above the crate (its workspace).
+fn target_dir(crate_dir: &Path) -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let crate_dir = crate_dir.canonicalize().ok()?;
+    crate_dir
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .map(|dir| dir.join("target"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::package_name;
+
+    #[test]
+    fn reads_package_name() {
+        let manifest = "[package]\nname = \"attune-edge\"\nversion.workspace = true\n\n[lib]\nname = \"other\"\n";
+        assert_eq!(package_name(manifest).as_deref(), Some("attune-edge"));
+        assert_eq!(package_name("[workspace]\nname = \"x\"\n"), None);
+    }
 }

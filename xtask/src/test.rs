@@ -179,7 +179,11 @@ fn run_step(name: &str, opts: &Options) -> Result<()> {
             "--target",
             "wasm32v1-none",
         ])),
-        "edge-wasm" => build_edge::build(build_edge::Profile::Release, &util::root().join("edge")),
+        "edge-wasm" => build_edge::build(
+            build_edge::Profile::Release,
+            &util::root().join("edge"),
+            false,
+        ),
         "test" => util::run(util::cargo().args(["test", "--workspace"])),
         "wasm-test" => util::run(
             util::cargo()
