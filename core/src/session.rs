@@ -155,9 +155,12 @@ mod cookie {
         m.update(signed.as_bytes());
         m.verify_slice(&tag)
             .map_err(|_| CookieError::BadSignature)?;
-        let body = B64
-            .decode(&signed[VERSION_PREFIX.len()..])
-            .map_err(|_| CookieError::Malformed)?;
+        // `signed` is shorter than the prefix when the cookie was `1.<tag>`: malformed, and
+        // never a slice out of bounds.
+        let payload = signed
+            .get(VERSION_PREFIX.len()..)
+            .ok_or(CookieError::Malformed)?;
+        let body = B64.decode(payload).map_err(|_| CookieError::Malformed)?;
         let (started, last, pages, recent): Payload =
             rmp_serde::from_slice(&body).map_err(|_| CookieError::Malformed)?;
         let ms = |s: u64| s.saturating_mul(SECOND_MS);
