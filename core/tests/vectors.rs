@@ -11,14 +11,14 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use attune_core::event::{Event, EventKind};
+use attune_core::Millis;
+use attune_core::event::Event;
 use attune_core::hash;
 use attune_core::model::{self, CatalogShard, NeighbourShard, Trending};
 use attune_core::profile::{Profile, ProfileConfig};
 use attune_core::rank::{RankInput, RankParams, Strategy, rank};
 use attune_core::session::{Session, encode_cookie, verify_cookie};
 use attune_core::wire::{self, Envelope};
-use attune_core::{DAY_MS, HOUR_MS, MINUTE_MS, Millis};
 use serde::{Deserialize, Serialize};
 
 const VECTORS: &str = include_str!("vectors.json");
@@ -281,6 +281,8 @@ fn shared_vectors() {
 mod bless {
     use super::common::{self, T0, category_of, event, item_id};
     use super::*;
+    use attune_core::event::EventKind;
+    use attune_core::{DAY_MS, HOUR_MS, MINUTE_MS};
 
     fn case(
         name: &str,
