@@ -1,0 +1,204 @@
+//! `attune-origin bench`: durable pipeline throughput on one core from the embedded log,
+//! freshness (event accepted → KV written) and peak RSS. Prints a report.
+//!
+//! Throughput: synthetic events (uniform users, skewed items, a realistic kind mix) are
+//! appended to a fresh log first (not timed); then the pipeline applies the whole log on this
+//! one thread, committing one fsync'd redb transaction per batch, exactly as `serve` does.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use rand::{Rng, SeedableRng};
+
+use crate::config::{Config, TargetKind};
+use crate::error::Result;
+use crate::node::Node;
+
+/// Nexmark q17 keyed aggregation, Flink, per core (the reference the target is set against).
+pub const FLINK_Q17_PER_CORE: f64 = 116_800.0;
+
+#[derive(Debug, Args, Clone)]
+pub struct BenchArgs {
+    /// Events to apply.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub events: u64,
+    /// Distinct users.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub users: u64,
+    /// Distinct items.
+    #[arg(long, default_value_t = 5_000)]
+    pub items: u64,
+    /// Pipeline batch size.
+    #[arg(long, default_value_t = 8192)]
+    pub batch: usize,
+    /// Freshness probes (0 skips the freshness run).
+    #[arg(long, default_value_t = 200)]
+    pub probes: usize,
+    /// Where to put the bench data (a temp dir by default).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+}
+
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub fn synthetic_event(rng: &mut impl Rng, n: u64, users: u64, items: u64, ts: u64) -> Vec<u8> {
+    let user = rng.random_range(0..users);
+    // Skewed items: u^3 puts most traffic on few items.
+    let u: f64 = rng.random();
+    let item = ((u * u * u) * items as f64) as u64;
+    let kind = match rng.random_range(0..100) {
+        0..70 => "view",
+        70..85 => "click",
+        85..95 => "add_to_cart",
+        _ => "purchase",
+    };
+    format!(
+        r#"{{"v":1,"event_id":"b{n}","user":"u{user}","ts":{ts},"kind":"{kind}","item":"i{item}"}}"#
+    )
+    .into_bytes()
+}
+
+pub async fn run(a: BenchArgs) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let mut cfg = Config {
+        data_dir: dir.join("throughput"),
+        ..Config::default()
+    };
+    cfg.pipeline.batch_max = a.batch;
+    cfg.publish.target = TargetKind::None;
+    let node = Node::open(&cfg)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let t0 = crate::now_ms() - 3_600_000;
+    eprintln!("generating {} events for {} users ...", a.events, a.users);
+    let mut n = 0u64;
+    while n < a.events {
+        let chunk = (a.events - n).min(50_000);
+        let payloads: Vec<Vec<u8>> = (0..chunk)
+            .map(|i| synthetic_event(&mut rng, n + i, a.users, a.items, t0 + (n + i) / 1000))
+            .collect();
+        node.log
+            .append_blocking(crate::now_ms(), "bench", payloads)?;
+        n += chunk;
+    }
+    let rss_before = rss_kib("VmRSS:");
+    eprintln!("applying ...");
+    let started = Instant::now();
+    let outcome = node.drain()?;
+    let secs = started.elapsed().as_secs_f64();
+    let eps = outcome.received as f64 / secs;
+    let hwm = rss_kib("VmHWM:");
+    let store_bytes = crate::store::Store::size_bytes(&cfg.store_path());
+    let users_stored = node.store.profiles().map(|p| p.len()).unwrap_or(0);
+    drop(node);
+
+    let freshness = if a.probes > 0 {
+        Some(freshness(&dir.join("freshness"), a.probes).await?)
+    } else {
+        None
+    };
+
+    println!("attune-origin bench");
+    println!(
+        "  pipeline (1 thread, embedded log → redb, one fsync'd txn per {} events)",
+        a.batch
+    );
+    println!(
+        "    events {}  applied {}  users {}  items {}",
+        outcome.received, outcome.applied, users_stored, a.items
+    );
+    println!("    elapsed {secs:.2} s  throughput {eps:.0} events/s");
+    println!(
+        "    vs Flink Nexmark q17 per core (116,800 events/s): x{:.2}   target >= 350,000: {}",
+        eps / FLINK_Q17_PER_CORE,
+        if eps >= 350_000.0 { "met" } else { "NOT met" }
+    );
+    println!(
+        "  memory: peak RSS {:.1} MiB (before apply {:.1} MiB) for {} users; store {:.1} MiB on disk",
+        hwm as f64 / 1024.0,
+        rss_before as f64 / 1024.0,
+        users_stored,
+        store_bytes as f64 / 1048576.0
+    );
+    if let Some((p50, p99, max)) = freshness {
+        println!(
+            "  freshness (accepted → KV written, dir target, flush 100 ms, 1 write/key/s): \
+             p50 {p50:.0} ms  p99 {p99:.0} ms  max {max:.0} ms   target p99 < 1000 ms: {}",
+            if p99 < 1000.0 { "met" } else { "NOT met" }
+        );
+    }
+    Ok(())
+}
+
+/// Serves with a directory target under light background load and measures, per probe, the
+/// time from the `202` of a new user's event to its `p:` file appearing.
+async fn freshness(dir: &std::path::Path, probes: usize) -> Result<(f64, f64, f64)> {
+    let mut cfg = Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
+    let kv = dir.join("kv");
+    cfg.publish.target = TargetKind::Dir;
+    cfg.publish.dir = Some(kv.clone());
+    cfg.publish.flush_interval_ms = 100;
+    let running = crate::server::start(cfg.clone()).await?;
+    let url = format!("http://{}", running.addr);
+    let client = crate::import::Client::new(&url, None)?;
+    let bg = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+            for i in 0u64.. {
+                let now = crate::now_ms();
+                let body: Vec<u8> = (0..100)
+                    .flat_map(|j| {
+                        let mut l = synthetic_event(&mut rng, i * 100 + j, 10_000, 2_000, now);
+                        l.push(b'\n');
+                        l
+                    })
+                    .collect();
+                if client.post_events("bg", body).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let mut lat = Vec::with_capacity(probes);
+    for i in 0..probes {
+        let user = format!("probe-{i}");
+        let body = format!(
+            r#"{{"v":1,"event_id":"probe-{i}","user":"{user}","ts":{},"kind":"view","item":"i1"}}"#,
+            crate::now_ms()
+        );
+        client.post_events("probe", body.into_bytes()).await?;
+        let accepted = Instant::now();
+        let file = kv.join(
+            attune_core::hash::profile_key(cfg.profile_key.as_bytes(), &user).replace(':', "_"),
+        );
+        while !file.exists() {
+            if accepted.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        lat.push(accepted.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bg.abort();
+    running.shutdown().await?;
+    lat.sort_by(f64::total_cmp);
+    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    Ok((q(0.5), q(0.99), *lat.last().unwrap_or(&0.0)))
+}

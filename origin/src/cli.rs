@@ -1,0 +1,534 @@
+//! The command line: clap definitions and the commands. Config precedence: embedded
+//! defaults < TOML file (`--config`, `ATTUNE_CONFIG`, or `./attune.toml` when present) <
+//! environment < flags.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use attune_core::hash::profile_key;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::config::{Config, TargetKind};
+use crate::error::{Error, Result};
+use crate::import::{Client, chunk_lines};
+use crate::node::Node;
+use crate::publisher::{Publisher, Target};
+
+#[derive(Debug, Parser)]
+#[command(name = "attune-origin", version, about = "Attune origin service")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Overrides of the config file, each with an environment variable.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Global {
+    /// TOML config file.
+    #[arg(long, global = true, env = "ATTUNE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (store, log); default `./.attune`.
+    #[arg(long, global = true, env = "ATTUNE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Listen address for `serve` (`127.0.0.1:0` picks a port).
+    #[arg(long, global = true, env = "ATTUNE_LISTEN")]
+    pub listen: Option<String>,
+    /// Bearer token for `/v1/*` (server) and for `--url` clients.
+    #[arg(
+        long,
+        global = true,
+        env = "ATTUNE_INGEST_TOKEN",
+        hide_env_values = true
+    )]
+    pub ingest_token: Option<String>,
+    /// Keyed-hash secret for `p:` keys (the worker's ATTUNE_PROFILE_KEY).
+    #[arg(
+        long,
+        global = true,
+        env = "ATTUNE_PROFILE_KEY",
+        hide_env_values = true
+    )]
+    pub profile_key: Option<String>,
+    /// KV target: the worker's dev bulk route, e.g. http://127.0.0.1:8787/__attune/kv.
+    #[arg(long, global = true, env = "ATTUNE_KV_URL")]
+    pub kv_url: Option<String>,
+    /// Bearer token for --kv-url (the worker's ATTUNE_DEV_KV_TOKEN).
+    #[arg(
+        long,
+        global = true,
+        env = "ATTUNE_DEV_KV_TOKEN",
+        hide_env_values = true
+    )]
+    pub kv_token: Option<String>,
+    /// KV target: a directory (one file per key) for inspection.
+    #[arg(long, global = true, env = "ATTUNE_KV_DIR")]
+    pub kv_dir: Option<PathBuf>,
+    #[arg(long, global = true, env = "CLOUDFLARE_ACCOUNT_ID")]
+    pub cloudflare_account_id: Option<String>,
+    #[arg(long, global = true, env = "CLOUDFLARE_KV_NAMESPACE_ID")]
+    pub cloudflare_namespace_id: Option<String>,
+    #[arg(
+        long,
+        global = true,
+        env = "CLOUDFLARE_API_TOKEN",
+        hide_env_values = true
+    )]
+    pub cloudflare_api_token: Option<String>,
+    /// JSON logs.
+    #[arg(long, global = true, env = "ATTUNE_LOG_JSON")]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Ingest + pipeline + publisher + metrics.
+    Serve,
+    /// Turn the Online Retail CSV into events and a catalog, and load them.
+    ImportRetail(ImportArgs),
+    /// Feed a JSONL event file.
+    Replay(ReplayArgs),
+    /// Show stored state.
+    #[command(subcommand)]
+    Inspect(Inspect),
+    /// Privacy delete.
+    #[command(subcommand)]
+    Forget(Forget),
+    /// Publish to KV.
+    Publish(PublishArgs),
+    /// Offline leave-last-out evaluation on the Online Retail sample.
+    Eval(EvalArgs),
+    /// Pipeline throughput, freshness and memory benchmark.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// A running server (`http://127.0.0.1:7878`); without it the data directory is opened.
+    #[arg(long, env = "ATTUNE_URL")]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    pub csv: PathBuf,
+    #[command(flatten)]
+    pub remote: Remote,
+    /// Keep the original 2010 timestamps.
+    #[arg(long)]
+    pub no_shift: bool,
+    /// Also emit a `view` (props {"derived": true}) before each purchase.
+    #[arg(long)]
+    pub derive_views: bool,
+    /// Catalog of every item instead of the demo shop's product pages.
+    #[arg(long)]
+    pub full_catalog: bool,
+    /// Write the events as JSONL here instead of loading them.
+    #[arg(long)]
+    pub events_out: Option<PathBuf>,
+    /// Write the catalog as JSON here instead of loading it.
+    #[arg(long)]
+    pub catalog_out: Option<PathBuf>,
+    /// Watermark source name.
+    #[arg(long, default_value = "import")]
+    pub source: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub remote: Remote,
+    /// Events per request / log append.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Watermark source name.
+    #[arg(long, default_value = "replay")]
+    pub source: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Inspect {
+    User {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    Dlq {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Counters, offsets, outbox size.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Forget {
+    User {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Republish every profile and shared key.
+    #[arg(long)]
+    pub full: bool,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[arg(long, default_value = "data/online-retail/online_retail_sample.csv")]
+    pub csv: PathBuf,
+}
+
+/// Builds the effective config.
+pub fn load_config(g: &Global) -> Result<Config> {
+    let mut cfg = match &g.config {
+        Some(p) => Config::from_file(p)?,
+        None if std::path::Path::new("attune.toml").exists() => {
+            Config::from_file(std::path::Path::new("attune.toml"))?
+        }
+        None => Config::default(),
+    };
+    if let Some(v) = &g.data_dir {
+        cfg.data_dir = v.clone();
+    }
+    if let Some(v) = &g.listen {
+        cfg.listen = v.clone();
+    }
+    if let Some(v) = &g.ingest_token {
+        cfg.ingest_token = Some(v.clone());
+    }
+    if let Some(v) = &g.profile_key {
+        cfg.profile_key = v.clone();
+    }
+    if let Some(v) = &g.kv_url {
+        cfg.publish.url = Some(v.clone());
+        cfg.publish.target = TargetKind::Http;
+        if let Some(t) = &g.kv_token {
+            cfg.publish.token = Some(t.clone());
+        }
+    } else if let (Some(a), Some(n)) = (&g.cloudflare_account_id, &g.cloudflare_namespace_id) {
+        cfg.publish.cloudflare_account_id = Some(a.clone());
+        cfg.publish.cloudflare_namespace_id = Some(n.clone());
+        cfg.publish.token = g.cloudflare_api_token.clone().or(cfg.publish.token);
+        cfg.publish.target = TargetKind::Cloudflare;
+    } else if let Some(d) = &g.kv_dir {
+        cfg.publish.dir = Some(d.clone());
+        cfg.publish.target = TargetKind::Dir;
+    }
+    if g.log_json {
+        cfg.log_json = true;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// A profile as JSON for `inspect user`.
+pub fn inspect_user_json(node: &Node, id: &str) -> Result<Option<serde_json::Value>> {
+    let Some(state) = node.store.user(id)? else {
+        return Ok(None);
+    };
+    let key = profile_key(node.cfg.profile_key.as_bytes(), id);
+    let published = node
+        .store
+        .published()?
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v);
+    let p = &state.profile;
+    let cfg = attune_core::ProfileConfig::default();
+    let now = crate::now_ms();
+    Ok(Some(json!({
+        "user": id,
+        "key": key,
+        "version": p.version,
+        "published_version": published,
+        "first_seen": p.first_seen,
+        "last_seen": p.last_seen,
+        "purchases": p.purchases,
+        "visits": p.visit_count(),
+        "top_items": p.top_items(now, &cfg, 10),
+        "top_categories": p.top_categories(now, &cfg, 5),
+        "cart": p.cart_items().collect::<Vec<_>>(),
+        "purchased": p.purchased.iter().map(|x| x.item.as_str()).collect::<Vec<_>>(),
+        "recent": state.recent,
+        "snapshot_bytes": attune_core::wire::encode_profile(
+            &attune_core::wire::Envelope::new(p.version, p.last_seen, p.clone()),
+            attune_core::wire::PROFILE_CAP_BYTES).len(),
+    })))
+}
+
+fn print_json(v: &serde_json::Value) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout(),
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    );
+}
+
+/// Runs a command (the binary's whole `main`, minus logging setup).
+pub async fn run(cli: Cli) -> Result<()> {
+    let cfg = load_config(&cli.global)?;
+    let token = cfg.ingest_token.clone();
+    match cli.command {
+        Command::Serve => {
+            let running = crate::server::start(cfg).await?;
+            println!("attune-origin listening on http://{}", running.addr);
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            tokio::select! {
+                _ = crate::server::shutdown_signal() => {}
+            }
+            running.shutdown().await
+        }
+        Command::ImportRetail(a) => import_retail(cfg, a, token).await,
+        Command::Replay(a) => replay(cfg, a, token).await,
+        Command::Inspect(Inspect::User { id, remote }) => {
+            if let Some(url) = remote.url {
+                let v = Client::new(&url, token)?
+                    .get(&format!("/v1/users/{id}"))
+                    .await?;
+                print_json(&v);
+            } else {
+                let node = Node::open(&cfg)?;
+                match inspect_user_json(&node, &id)? {
+                    Some(v) => print_json(&v),
+                    None => return Err(Error::Config(format!("no profile for user {id:?}"))),
+                }
+            }
+            Ok(())
+        }
+        Command::Inspect(Inspect::Dlq { limit, remote }) => {
+            if let Some(url) = remote.url {
+                let v = Client::new(&url, token)?
+                    .get(&format!("/v1/dlq?limit={limit}"))
+                    .await?;
+                print_json(&v);
+            } else {
+                let node = Node::open(&cfg)?;
+                let records = node.store.dlq(limit)?;
+                print_json(&json!({ "total": node.store.dlq_len()?, "records": records }));
+            }
+            Ok(())
+        }
+        Command::Inspect(Inspect::Status { remote }) => {
+            if let Some(url) = remote.url {
+                print_json(&Client::new(&url, token)?.get("/v1/status").await?);
+            } else {
+                let node = Node::open(&cfg)?;
+                let off = node
+                    .store
+                    .meta(&crate::store::keys::offset(crate::node::LOG_SOURCE))?;
+                print_json(&crate::ingest::status_json(&node, off));
+            }
+            Ok(())
+        }
+        Command::Forget(Forget::User { id, remote }) => {
+            if let Some(url) = remote.url {
+                print_json(
+                    &Client::new(&url, token)?
+                        .delete(&format!("/v1/users/{id}"))
+                        .await?,
+                );
+            } else {
+                let node = Node::open(&cfg)?;
+                let existed = node.forget(&id)?;
+                flush_offline(&node).await?;
+                print_json(&json!({ "forgotten": existed }));
+            }
+            Ok(())
+        }
+        Command::Publish(a) => {
+            if let Some(url) = a.remote.url {
+                let path = if a.full {
+                    "/v1/publish/full"
+                } else {
+                    "/v1/status"
+                };
+                print_json(&Client::new(&url, token)?.post(path).await?);
+            } else {
+                let node = Node::open(&cfg)?;
+                if a.full {
+                    node.enqueue_full()?;
+                }
+                let n = flush_offline(&node).await?;
+                print_json(&json!({ "written": n }));
+            }
+            Ok(())
+        }
+        Command::Eval(a) => {
+            let report = crate::eval::run(&a.csv)?;
+            println!("{}", report.table());
+            Ok(())
+        }
+        Command::Bench(a) => crate::bench::run(a).await,
+    }
+}
+
+/// Publishes the whole outbox from an offline command (ignores the per-key interval wait by
+/// looping until nothing is deferred).
+pub async fn flush_offline(node: &Node) -> Result<usize> {
+    let target = Target::from_config(&node.cfg)?;
+    if target.is_none() {
+        return Ok(0);
+    }
+    let mut p = Publisher::new(
+        &node.cfg,
+        node.store.clone(),
+        node.model.clone(),
+        node.metrics.clone(),
+        target,
+    );
+    let mut written = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let o = p.flush(Some(deadline)).await?;
+        written += o.written + o.deleted;
+        if o.deferred == 0 {
+            return Ok(written);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    if std::io::stderr().is_terminal() {
+        let pb = indicatif::ProgressBar::new(len);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events ({per_sec}, eta {eta})",
+        ) {
+            pb.set_style(style);
+        }
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
+}
+
+/// Feeds JSONL lines to a server or to the local data directory.
+async fn feed(
+    cfg: &Config,
+    url: Option<&str>,
+    token: Option<String>,
+    source: &str,
+    lines: Vec<Vec<u8>>,
+    batch: usize,
+) -> Result<serde_json::Value> {
+    let pb = progress_bar(lines.len() as u64);
+    let bodies = chunk_lines(&lines, batch.max(1));
+    if let Some(url) = url {
+        let client = Client::new(url, token)?;
+        for body in bodies {
+            let n = body.iter().filter(|b| **b == b'\n').count() as u64;
+            client.post_events(source, body).await?;
+            pb.inc(n);
+        }
+        pb.finish_and_clear();
+        return Ok(json!({ "sent": lines.len(), "to": url }));
+    }
+    let node = Node::open(cfg)?;
+    for body in bodies {
+        let payloads: Vec<Vec<u8>> = body
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        let n = payloads.len() as u64;
+        node.log
+            .append_blocking(crate::now_ms(), source, payloads)?;
+        pb.inc(n);
+    }
+    pb.finish_and_clear();
+    let o = node.drain()?;
+    let written = flush_offline(&node).await?;
+    Ok(json!({
+        "received": o.received, "applied": o.applied, "duplicates": o.duplicates,
+        "dlq": o.dlq, "late": o.late, "published": written,
+    }))
+}
+
+async fn import_retail(cfg: Config, a: ImportArgs, token: Option<String>) -> Result<()> {
+    let ds = crate::import::load_retail(&a.csv)?;
+    let imp = crate::import::from_retail(
+        &ds,
+        crate::now_ms(),
+        !a.no_shift,
+        a.derive_views,
+        a.full_catalog,
+    );
+    let lines: Vec<Vec<u8>> = imp
+        .events
+        .iter()
+        .map(|e| e.to_json().into_bytes())
+        .collect();
+    let mut wrote_file = false;
+    if let Some(out) = &a.events_out {
+        let mut text = Vec::new();
+        for l in &lines {
+            text.extend_from_slice(l);
+            text.push(b'\n');
+        }
+        std::fs::write(out, text)?;
+        wrote_file = true;
+    }
+    if let Some(out) = &a.catalog_out {
+        std::fs::write(out, serde_json::to_vec_pretty(&imp.catalog)?)?;
+        wrote_file = true;
+    }
+    let summary = json!({
+        "events": lines.len(),
+        "catalog_items": imp.catalog.len(),
+        "cancelled_invoices_skipped": imp.cancelled_invoices,
+        "shift_ms": imp.shift_ms,
+    });
+    if wrote_file {
+        print_json(&summary);
+        return Ok(());
+    }
+    // Catalog first, so events get their categories.
+    if let Some(url) = &a.remote.url {
+        Client::new(url, token.clone())?
+            .put_catalog(&imp.catalog)
+            .await?;
+    } else {
+        Node::open(&cfg)?.put_catalog(imp.catalog.clone())?;
+    }
+    let fed = feed(&cfg, a.remote.url.as_deref(), token, &a.source, lines, 1000).await?;
+    print_json(&json!({ "import": summary, "load": fed }));
+    Ok(())
+}
+
+async fn replay(cfg: Config, a: ReplayArgs, token: Option<String>) -> Result<()> {
+    let text = std::fs::read(&a.file)?;
+    let lines: Vec<Vec<u8>> = text
+        .split(|b| *b == b'\n')
+        .map(|l| l.trim_ascii())
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    let fed = feed(
+        &cfg,
+        a.remote.url.as_deref(),
+        token,
+        &a.source,
+        lines,
+        a.batch,
+    )
+    .await?;
+    print_json(&fed);
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! Configuration: embedded defaults, then a TOML file, then environment and flags (the CLI
+//! merges those last two through clap).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+const HOUR_MS: u64 = 3_600_000;
+
+/// The whole service configuration. Every field has an embedded default, so
+/// `attune-origin serve` with no file runs a single-machine setup with data in `./.attune/`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Store, event log and (by default) the directory target live here.
+    pub data_dir: PathBuf,
+    /// Ingest/admin HTTP listen address (`127.0.0.1:0` picks a free port).
+    pub listen: String,
+    /// Bearer token for `/v1/*` (events, catalog, admin). Empty or absent: no auth (dev only).
+    pub ingest_token: Option<String>,
+    /// Secret of the keyed profile hash (`p:<hash>`); must equal the worker's `ATTUNE_PROFILE_KEY`.
+    pub profile_key: String,
+    /// JSON logs instead of human-readable ones.
+    pub log_json: bool,
+    /// Deadline for draining and flushing on SIGTERM/Ctrl-C.
+    pub shutdown_deadline_ms: u64,
+    pub ingest: IngestConfig,
+    pub pipeline: PipelineConfig,
+    pub model: ModelConfig,
+    pub publish: PublishConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Most events in one request.
+    pub max_batch_events: usize,
+    /// Pending append requests before ingest answers 429.
+    pub queue_capacity: usize,
+    /// Log bytes not yet applied before ingest answers 429 (backpressure).
+    pub max_lag_bytes: u64,
+    /// `Retry-After` seconds sent with 429.
+    pub retry_after_s: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Most log records applied in one store transaction.
+    pub batch_max: usize,
+    /// How long an `event_id` is remembered (event time, behind the watermark).
+    pub dedup_horizon_ms: u64,
+    /// Events older than the source's watermark minus this go to the DLQ as `late`.
+    pub allowed_lateness_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Neighbours kept per item.
+    pub top_k: usize,
+    /// Distinct recent items per user that a new item co-occurs with.
+    pub history: usize,
+    /// Number of `c:`/`n:` shards.
+    pub shards: u32,
+    pub trend_half_life_ms: u64,
+    /// Entries in `Trending.items`.
+    pub trending_len: usize,
+    /// Entries per category in `Trending.by_category`.
+    pub per_category: usize,
+}
+
+/// Where snapshots go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// Chosen from what is configured: `url` → http, Cloudflare ids → cloudflare, `dir` → dir.
+    #[default]
+    Auto,
+    None,
+    /// The worker's dev bulk route (`http://127.0.0.1:8787/__attune/kv`) or any base URL with
+    /// the Cloudflare bulk shape.
+    Http,
+    Cloudflare,
+    Dir,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishConfig {
+    pub target: TargetKind,
+    /// Base URL for the http target; `PUT {url}/bulk`, `POST {url}/bulk/delete`.
+    pub url: Option<String>,
+    /// Bearer token for the http/cloudflare target.
+    pub token: Option<String>,
+    pub cloudflare_account_id: Option<String>,
+    pub cloudflare_namespace_id: Option<String>,
+    /// Cloudflare API base (tests point this elsewhere).
+    pub cloudflare_api: String,
+    /// Directory target.
+    pub dir: Option<PathBuf>,
+    pub flush_interval_ms: u64,
+    /// At most one write per key per this interval (Cloudflare: 1 s).
+    pub min_key_interval_ms: u64,
+    pub max_pairs: usize,
+    pub max_request_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from(".attune"),
+            listen: "127.0.0.1:7878".into(),
+            ingest_token: None,
+            profile_key: "attune-dev-profile-key".into(),
+            log_json: false,
+            shutdown_deadline_ms: 10_000,
+            ingest: IngestConfig::default(),
+            pipeline: PipelineConfig::default(),
+            model: ModelConfig::default(),
+            publish: PublishConfig::default(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_body_bytes: 1024 * 1024,
+            max_batch_events: 10_000,
+            queue_capacity: 256,
+            max_lag_bytes: 256 << 20,
+            retry_after_s: 1,
+        }
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            batch_max: 8192,
+            dedup_horizon_ms: 7 * 24 * HOUR_MS,
+            allowed_lateness_ms: 48 * HOUR_MS,
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            top_k: 20,
+            history: 10,
+            shards: 16,
+            trend_half_life_ms: 24 * HOUR_MS,
+            trending_len: 100,
+            per_category: 20,
+        }
+    }
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            target: TargetKind::Auto,
+            url: None,
+            token: None,
+            cloudflare_account_id: None,
+            cloudflare_namespace_id: None,
+            cloudflare_api: "https://api.cloudflare.com/client/v4".into(),
+            dir: None,
+            flush_interval_ms: 250,
+            min_key_interval_ms: 1_000,
+            max_pairs: 10_000,
+            max_request_bytes: 100_000_000,
+            request_timeout_ms: 10_000,
+            backoff_base_ms: 200,
+            backoff_max_ms: 30_000,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults overlaid with a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Checks cross-field invariants.
+    pub fn validate(&self) -> Result<()> {
+        if self.pipeline.dedup_horizon_ms < self.pipeline.allowed_lateness_ms {
+            return Err(Error::Config(
+                "pipeline.dedup_horizon_ms must be at least pipeline.allowed_lateness_ms \
+                 (a duplicate older than the horizon would otherwise be applied)"
+                    .into(),
+            ));
+        }
+        if attune_core::decay::EPOCH_MS <= self.pipeline.allowed_lateness_ms * 2 {
+            return Err(Error::Config(
+                "pipeline.allowed_lateness_ms must stay well under the core's decay epoch".into(),
+            ));
+        }
+        if self.publish.max_pairs == 0 || self.publish.max_pairs > 10_000 {
+            return Err(Error::Config("publish.max_pairs must be 1..=10000".into()));
+        }
+        if self.model.shards == 0 {
+            return Err(Error::Config("model.shards must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The resolved publish target.
+    pub fn target(&self) -> TargetKind {
+        let p = &self.publish;
+        match p.target {
+            TargetKind::Auto => {
+                if p.url.is_some() {
+                    TargetKind::Http
+                } else if p.cloudflare_account_id.is_some() && p.cloudflare_namespace_id.is_some() {
+                    TargetKind::Cloudflare
+                } else if p.dir.is_some() {
+                    TargetKind::Dir
+                } else {
+                    TargetKind::None
+                }
+            }
+            ref k => k.clone(),
+        }
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("store.redb")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.join("events.log")
+    }
+}

@@ -1,0 +1,193 @@
+//! Prometheus metrics (`prometheus-client`, one registry per service instance so several
+//! instances can live in one test process).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub events_received: Counter,
+    pub events_valid: Counter,
+    pub events_invalid: Family<Labels, Counter>,
+    pub events_duplicate: Counter,
+    pub events_late: Counter,
+    pub events_applied: Counter,
+    pub batches_rejected: Family<Labels, Counter>,
+    pub ingest_throttled: Counter,
+    pub batch_apply_seconds: Histogram,
+    pub batch_size: Histogram,
+    pub freshness_seconds: Histogram,
+    pub log_end_bytes: Gauge,
+    pub applied_offset_bytes: Gauge,
+    pub log_lag_bytes: Gauge,
+    pub store_bytes: Gauge,
+    pub outbox_keys: Gauge,
+    pub publish_requests: Family<Labels, Counter>,
+    pub publish_failures: Family<Labels, Counter>,
+    pub publish_retries: Counter,
+    pub published_keys: Family<Labels, Counter>,
+    pub exposures: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let m = Metrics {
+            events_received: Counter::default(),
+            events_valid: Counter::default(),
+            events_invalid: Family::default(),
+            events_duplicate: Counter::default(),
+            events_late: Counter::default(),
+            events_applied: Counter::default(),
+            batches_rejected: Family::default(),
+            ingest_throttled: Counter::default(),
+            batch_apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            freshness_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            log_end_bytes: Gauge::default(),
+            applied_offset_bytes: Gauge::default(),
+            log_lag_bytes: Gauge::default(),
+            store_bytes: Gauge::default(),
+            outbox_keys: Gauge::default(),
+            publish_requests: Family::default(),
+            publish_failures: Family::default(),
+            publish_retries: Counter::default(),
+            published_keys: Family::default(),
+            exposures: Family::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "attune_events_received",
+            "Events read from the log by the pipeline",
+            m.events_received.clone(),
+        );
+        r.register(
+            "attune_events_valid",
+            "Events that passed validation",
+            m.events_valid.clone(),
+        );
+        r.register(
+            "attune_events_invalid",
+            "Events refused by validation, by reason",
+            m.events_invalid.clone(),
+        );
+        r.register(
+            "attune_events_duplicate",
+            "Events whose event_id was already applied",
+            m.events_duplicate.clone(),
+        );
+        r.register(
+            "attune_events_late",
+            "Events older than the watermark minus the allowed lateness",
+            m.events_late.clone(),
+        );
+        r.register(
+            "attune_events_applied",
+            "Events applied to profiles",
+            m.events_applied.clone(),
+        );
+        r.register(
+            "attune_ingest_batches_rejected",
+            "Request bodies refused as a whole",
+            m.batches_rejected.clone(),
+        );
+        r.register(
+            "attune_ingest_throttled",
+            "Requests answered 429 (backpressure)",
+            m.ingest_throttled.clone(),
+        );
+        r.register(
+            "attune_batch_apply_seconds",
+            "Time to apply and commit one batch",
+            m.batch_apply_seconds.clone(),
+        );
+        r.register(
+            "attune_batch_events",
+            "Records per pipeline batch",
+            m.batch_size.clone(),
+        );
+        r.register(
+            "attune_freshness_seconds",
+            "Event accepted to KV written",
+            m.freshness_seconds.clone(),
+        );
+        r.register(
+            "attune_log_end_bytes",
+            "Durable end of the event log",
+            m.log_end_bytes.clone(),
+        );
+        r.register(
+            "attune_applied_offset_bytes",
+            "Committed pipeline offset",
+            m.applied_offset_bytes.clone(),
+        );
+        r.register(
+            "attune_log_lag_bytes",
+            "Log bytes not yet applied",
+            m.log_lag_bytes.clone(),
+        );
+        r.register(
+            "attune_store_bytes",
+            "Size of the store file",
+            m.store_bytes.clone(),
+        );
+        r.register(
+            "attune_outbox_keys",
+            "Keys waiting to be published",
+            m.outbox_keys.clone(),
+        );
+        r.register(
+            "attune_publish_requests",
+            "KV bulk requests by op and outcome",
+            m.publish_requests.clone(),
+        );
+        r.register(
+            "attune_publish_failures",
+            "Failed KV bulk requests by reason",
+            m.publish_failures.clone(),
+        );
+        r.register(
+            "attune_publish_retries",
+            "KV bulk request retries",
+            m.publish_retries.clone(),
+        );
+        r.register(
+            "attune_published_keys",
+            "Keys written or deleted in KV, by kind",
+            m.published_keys.clone(),
+        );
+        r.register(
+            "attune_exposures",
+            "Experiment exposures by experiment and arm",
+            m.exposures.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

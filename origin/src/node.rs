@@ -1,0 +1,226 @@
+//! A node: the opened store, log and model of one data directory, plus the operations the
+//! CLI and the admin API share (catalog, forget, full publish).
+
+use std::sync::{Arc, Mutex};
+
+use attune_core::CatalogItem;
+use attune_core::hash::profile_key;
+use attune_core::model::keys as kv;
+use redb::ReadableTable;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::log::Log;
+use crate::metrics::Metrics;
+use crate::model::Model;
+use crate::pipeline::Pipeline;
+use crate::store::{META, OUTBOX, Op, OutboxEntry, PROFILES, PUBLISHED, Store, keys, outbox_put};
+
+/// The embedded log's source name (its offset key in the store).
+pub const LOG_SOURCE: &str = "log";
+
+#[derive(Clone)]
+pub struct Node {
+    pub cfg: Config,
+    pub store: Store,
+    pub log: Log,
+    pub model: Arc<Mutex<Model>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    pub fn open(cfg: &Config) -> Result<Node> {
+        cfg.validate()?;
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let store = Store::open(&cfg.store_path())?;
+        let committed = store.meta(&keys::offset(LOG_SOURCE))?;
+        let log = Log::open(&cfg.log_path(), committed, cfg.ingest.queue_capacity)?;
+        let model = Model::load(cfg.model.clone(), &store)?;
+        let node = Node {
+            cfg: cfg.clone(),
+            store,
+            log,
+            model: Arc::new(Mutex::new(model)),
+            metrics: Arc::new(Metrics::new()),
+        };
+        node.ensure_config_enqueued()?;
+        Ok(node)
+    }
+
+    pub fn pipeline(&self) -> Result<Pipeline> {
+        Pipeline::new(
+            &self.cfg,
+            self.store.clone(),
+            self.model.clone(),
+            self.metrics.clone(),
+            LOG_SOURCE,
+        )
+    }
+
+    /// Makes sure `cfg` is (or will be) in KV.
+    fn ensure_config_enqueued(&self) -> Result<()> {
+        let tx = self.store.db.begin_write()?;
+        {
+            let published = tx.open_table(PUBLISHED)?;
+            let mut outbox = tx.open_table(OUTBOX)?;
+            if published.get(kv::CONFIG)?.is_none() && outbox.get(kv::CONFIG)?.is_none() {
+                outbox_put(
+                    &mut outbox,
+                    kv::CONFIG,
+                    OutboxEntry {
+                        op: Op::Put,
+                        version: 1,
+                        accepted_ms: crate::now_ms(),
+                        user: None,
+                    },
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Adds or replaces catalog entries and queues their shards for publishing.
+    pub fn put_catalog(&self, items: Vec<CatalogItem>) -> Result<usize> {
+        let n = items.len();
+        let tx = self.store.db.begin_write()?;
+        {
+            let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+            let shards = model.put_catalog(&tx, items)?;
+            let mut meta = tx.open_table(META)?;
+            let seq = meta.get(keys::MODEL_SEQ)?.map(|v| v.value()).unwrap_or(0) + 1;
+            meta.insert(keys::MODEL_SEQ, seq)?;
+            let mut outbox = tx.open_table(OUTBOX)?;
+            let now = crate::now_ms();
+            let mut shared: Vec<String> = shards.iter().map(|s| kv::catalog(*s)).collect();
+            // Categories feed `Trending.by_category`.
+            shared.push(kv::TRENDING.into());
+            for key in shared {
+                outbox_put(
+                    &mut outbox,
+                    &key,
+                    OutboxEntry {
+                        op: Op::Put,
+                        version: seq,
+                        accepted_ms: now,
+                        user: None,
+                    },
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Privacy delete: removes the user's profile from the store and queues the KV delete.
+    pub fn forget(&self, user: &str) -> Result<bool> {
+        let key = profile_key(self.cfg.profile_key.as_bytes(), user);
+        let tx = self.store.db.begin_write()?;
+        let existed;
+        {
+            let mut profiles = tx.open_table(PROFILES)?;
+            existed = profiles.remove(user)?.is_some();
+            let mut outbox = tx.open_table(OUTBOX)?;
+            outbox.insert(
+                key.as_str(),
+                OutboxEntry {
+                    op: Op::Delete,
+                    version: 0,
+                    accepted_ms: crate::now_ms(),
+                    user: None,
+                }
+                .encode()?
+                .as_slice(),
+            )?;
+        }
+        tx.commit()?;
+        Ok(existed)
+    }
+
+    /// Queues every profile and shared key for publishing again (`publish --full`).
+    pub fn enqueue_full(&self) -> Result<usize> {
+        let tx = self.store.db.begin_write()?;
+        let mut n = 0;
+        {
+            let profiles = tx.open_table(PROFILES)?;
+            let mut outbox = tx.open_table(OUTBOX)?;
+            let mut published = tx.open_table(PUBLISHED)?;
+            let mut meta = tx.open_table(META)?;
+            let now = crate::now_ms();
+            for row in profiles.iter()? {
+                let (k, v) = row?;
+                let state = crate::store::UserState::decode(v.value())?;
+                let key = profile_key(self.cfg.profile_key.as_bytes(), k.value());
+                published.remove(key.as_str())?;
+                outbox_put(
+                    &mut outbox,
+                    &key,
+                    OutboxEntry {
+                        op: Op::Put,
+                        version: state.profile.version,
+                        accepted_ms: now,
+                        user: Some(k.value().to_string()),
+                    },
+                )?;
+                n += 1;
+            }
+            let seq = meta.get(keys::MODEL_SEQ)?.map(|v| v.value()).unwrap_or(0) + 1;
+            meta.insert(keys::MODEL_SEQ, seq)?;
+            let shards = self.cfg.model.shards;
+            let mut shared = vec![kv::TRENDING.to_string(), kv::CONFIG.to_string()];
+            for s in 0..shards {
+                shared.push(kv::catalog(s));
+                shared.push(kv::neighbours(s));
+            }
+            for key in shared {
+                outbox_put(
+                    &mut outbox,
+                    &key,
+                    OutboxEntry {
+                        op: Op::Put,
+                        version: seq,
+                        accepted_ms: now,
+                        user: None,
+                    },
+                )?;
+                n += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Applies everything durable in the log (offline commands).
+    pub fn drain(&self) -> Result<crate::pipeline::BatchOutcome> {
+        use crate::log::Source;
+        let mut pipeline = self.pipeline()?;
+        let mut reader = self.log.reader()?;
+        let mut total = crate::pipeline::BatchOutcome::default();
+        let mut buf = Vec::new();
+        loop {
+            let from = pipeline.offset().max(reader.start());
+            if from >= reader.end() {
+                return Ok(total);
+            }
+            buf.clear();
+            reader.read(
+                from,
+                self.cfg.pipeline.batch_max,
+                std::time::Duration::ZERO,
+                &mut buf,
+            )?;
+            let o = pipeline.process(&buf)?;
+            total.received += o.received;
+            total.applied += o.applied;
+            total.duplicates += o.duplicates;
+            total.dlq += o.dlq;
+            total.late += o.late;
+        }
+    }
+}

@@ -1,0 +1,598 @@
+//! The KV publisher: drains the persistent outbox into bulk writes.
+//!
+//! - Coalesces: the outbox holds keys, the value is the key's newest state at publish time.
+//! - At most one write per key per `min_key_interval_ms`; deferred keys stay in the outbox.
+//! - Bulk requests of at most `max_pairs` (≤ 10,000) pairs and `max_request_bytes` (≤ 100 MB),
+//!   values base64 with metadata `{"v": version}`.
+//! - Retries 429/5xx/timeouts with exponential backoff and full jitter, honouring
+//!   `Retry-After`; a key leaves the outbox only after KV acknowledged it.
+//! - Never an older version over a newer one: `published` remembers what KV holds.
+//! - Deletes (forgotten users) go through `POST …/bulk/delete`.
+//! - The manifest `m` is written last, after the shared keys it names.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use attune_core::model::keys as kv;
+use attune_core::wire::{self, Envelope};
+use attune_core::{CatalogShard, Manifest, NeighbourShard, Trending};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use rand::Rng;
+use redb::ReadableTable;
+use serde::Serialize;
+
+use crate::config::{Config, PublishConfig, TargetKind};
+use crate::error::{Error, Result};
+use crate::metrics::{Metrics, labels};
+use crate::model::Model;
+use crate::store::{OUTBOX, Op, OutboxEntry, PROFILES, PUBLISHED, Store, UserState};
+
+/// One KV write.
+#[derive(Clone, Debug)]
+pub struct Pair {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+#[derive(Serialize)]
+struct BulkItem<'a> {
+    key: &'a str,
+    value: String,
+    base64: bool,
+    metadata: serde_json::Value,
+}
+
+/// Why a request failed.
+#[derive(Debug)]
+pub struct SendError {
+    pub retryable: bool,
+    pub retry_after: Option<Duration>,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Where snapshots go.
+#[derive(Debug, Clone)]
+pub enum Target {
+    None,
+    /// Cloudflare REST or the worker's dev route: same shape, different base URL.
+    Http {
+        client: reqwest::Client,
+        base: String,
+        token: String,
+    },
+    Dir(PathBuf),
+}
+
+impl Target {
+    pub fn from_config(cfg: &Config) -> Result<Target> {
+        let p = &cfg.publish;
+        let client = || {
+            reqwest::Client::builder()
+                .timeout(Duration::from_millis(p.request_timeout_ms))
+                .build()
+                .map_err(Error::from)
+        };
+        Ok(match cfg.target() {
+            TargetKind::None | TargetKind::Auto => Target::None,
+            TargetKind::Http => Target::Http {
+                client: client()?,
+                base: p
+                    .url
+                    .clone()
+                    .ok_or_else(|| Error::Config("publish.url is required".into()))?
+                    .trim_end_matches('/')
+                    .to_string(),
+                token: p.token.clone().unwrap_or_default(),
+            },
+            TargetKind::Cloudflare => {
+                let (Some(a), Some(n)) = (&p.cloudflare_account_id, &p.cloudflare_namespace_id)
+                else {
+                    return Err(Error::Config(
+                        "cloudflare target needs account and namespace ids".into(),
+                    ));
+                };
+                Target::Http {
+                    client: client()?,
+                    base: format!(
+                        "{}/accounts/{a}/storage/kv/namespaces/{n}",
+                        p.cloudflare_api.trim_end_matches('/')
+                    ),
+                    token: p.token.clone().unwrap_or_default(),
+                }
+            }
+            TargetKind::Dir => {
+                Target::Dir(p.dir.clone().unwrap_or_else(|| cfg.data_dir.join("kv")))
+            }
+        })
+    }
+
+    pub fn is_none(&self) -> bool {
+        matches!(self, Target::None)
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Target::None => "none".into(),
+            Target::Http { base, .. } => base.clone(),
+            Target::Dir(d) => format!("dir:{}", d.display()),
+        }
+    }
+
+    async fn send_http(
+        client: &reqwest::Client,
+        req: reqwest::RequestBuilder,
+    ) -> std::result::Result<(), SendError> {
+        let _ = client;
+        let resp = req.send().await.map_err(|e| SendError {
+            retryable: true,
+            retry_after: None,
+            reason: if e.is_timeout() { "timeout" } else { "connect" },
+            message: e.to_string(),
+        })?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = resp.text().await.unwrap_or_default();
+        if status.is_success() {
+            // Cloudflare answers 200 with success=false on some errors.
+            let ok = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("success").and_then(|s| s.as_bool()))
+                .unwrap_or(true);
+            if ok {
+                return Ok(());
+            }
+            return Err(SendError {
+                retryable: true,
+                retry_after,
+                reason: "unsuccessful",
+                message: body.chars().take(300).collect(),
+            });
+        }
+        let code = status.as_u16();
+        Err(SendError {
+            retryable: code == 429 || code == 408 || status.is_server_error(),
+            retry_after,
+            reason: if code == 429 {
+                "429"
+            } else if status.is_server_error() {
+                "5xx"
+            } else {
+                "4xx"
+            },
+            message: format!("{status}: {}", body.chars().take(300).collect::<String>()),
+        })
+    }
+
+    pub async fn put(&self, pairs: &[Pair]) -> std::result::Result<(), SendError> {
+        match self {
+            Target::None => Ok(()),
+            Target::Http {
+                client,
+                base,
+                token,
+            } => {
+                let body: Vec<BulkItem<'_>> = pairs
+                    .iter()
+                    .map(|p| BulkItem {
+                        key: &p.key,
+                        value: B64.encode(&p.value),
+                        base64: true,
+                        metadata: serde_json::json!({ "v": p.version }),
+                    })
+                    .collect();
+                let req = client
+                    .put(format!("{base}/bulk"))
+                    .bearer_auth(token)
+                    .json(&body);
+                Self::send_http(client, req).await
+            }
+            Target::Dir(dir) => {
+                let io = |e: std::io::Error| SendError {
+                    retryable: true,
+                    retry_after: None,
+                    reason: "io",
+                    message: e.to_string(),
+                };
+                std::fs::create_dir_all(dir).map_err(io)?;
+                for p in pairs {
+                    let name = p.key.replace(':', "_");
+                    let tmp = dir.join(format!(".{name}.tmp"));
+                    std::fs::write(&tmp, &p.value).map_err(io)?;
+                    std::fs::rename(&tmp, dir.join(&name)).map_err(io)?;
+                    std::fs::write(
+                        dir.join(format!("{name}.meta.json")),
+                        format!("{{\"v\":{}}}", p.version),
+                    )
+                    .map_err(io)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn delete(&self, keys: &[String]) -> std::result::Result<(), SendError> {
+        match self {
+            Target::None => Ok(()),
+            Target::Http {
+                client,
+                base,
+                token,
+            } => {
+                let req = client
+                    .post(format!("{base}/bulk/delete"))
+                    .bearer_auth(token)
+                    .json(keys);
+                Self::send_http(client, req).await
+            }
+            Target::Dir(dir) => {
+                for k in keys {
+                    let name = k.replace(':', "_");
+                    let _ = std::fs::remove_file(dir.join(&name));
+                    let _ = std::fs::remove_file(dir.join(format!("{name}.meta.json")));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The publisher state (one per store).
+pub struct Publisher {
+    store: Store,
+    model: Arc<Mutex<Model>>,
+    metrics: Arc<Metrics>,
+    target: Target,
+    cfg: PublishConfig,
+    last_write: HashMap<String, Instant>,
+    manifest_pending: bool,
+    last_chunk_len: usize,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one flush did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushOutcome {
+    pub written: usize,
+    pub deleted: usize,
+    /// Keys left in the outbox because of the per-key rate limit.
+    pub deferred: usize,
+}
+
+impl Publisher {
+    pub fn new(
+        cfg: &Config,
+        store: Store,
+        model: Arc<Mutex<Model>>,
+        metrics: Arc<Metrics>,
+        target: Target,
+    ) -> Self {
+        Publisher {
+            store,
+            model,
+            metrics,
+            target,
+            cfg: cfg.publish.clone(),
+            last_write: HashMap::new(),
+            manifest_pending: false,
+            last_chunk_len: 0,
+        }
+    }
+
+    /// Sends with retries until success or `deadline`.
+    async fn send<F, Fut>(&self, op: &'static str, deadline: Option<Instant>, f: F) -> Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<(), SendError>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            match f().await {
+                Ok(()) => {
+                    self.metrics
+                        .publish_requests
+                        .get_or_create(&labels(&[("op", op), ("outcome", "ok")]))
+                        .inc();
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.metrics
+                        .publish_requests
+                        .get_or_create(&labels(&[("op", op), ("outcome", "error")]))
+                        .inc();
+                    self.metrics
+                        .publish_failures
+                        .get_or_create(&labels(&[("reason", e.reason)]))
+                        .inc();
+                    let exp = self
+                        .cfg
+                        .backoff_base_ms
+                        .saturating_mul(1u64 << attempt.min(20))
+                        .min(self.cfg.backoff_max_ms);
+                    let jittered = rand::rng().random_range(exp / 2..=exp.max(1));
+                    let mut wait = Duration::from_millis(jittered);
+                    if let Some(ra) = e.retry_after {
+                        wait = wait.max(ra);
+                    }
+                    if !e.retryable {
+                        // A 4xx other than 429: keep the keys, try again much later.
+                        wait = wait.max(Duration::from_millis(self.cfg.backoff_max_ms));
+                    }
+                    tracing::warn!(op, attempt, reason = e.reason, error = %e.message, ?wait, "KV request failed");
+                    if let Some(d) = deadline
+                        && Instant::now() + wait > d
+                    {
+                        return Err(Error::Http(format!("{op}: {} (deadline)", e.message)));
+                    }
+                    self.metrics.publish_retries.inc();
+                    attempt += 1;
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes what the outbox holds (respecting the per-key interval unless `force`).
+    pub async fn flush(&mut self, deadline: Option<Instant>) -> Result<FlushOutcome> {
+        let mut outcome = FlushOutcome::default();
+        let now = Instant::now();
+        let min_gap = Duration::from_millis(self.cfg.min_key_interval_ms);
+        // 1. Read the outbox and build values from the newest state.
+        let mut puts: Vec<(Pair, u64)> = Vec::new();
+        let mut deletes: Vec<String> = Vec::new();
+        let mut stale: Vec<(String, u64)> = Vec::new();
+        {
+            let tx = self.store.db.begin_read()?;
+            let outbox = tx.open_table(OUTBOX)?;
+            let published = tx.open_table(PUBLISHED)?;
+            let profiles = tx.open_table(PROFILES)?;
+            let model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+            let wall = crate::now_ms();
+            let mut trending: Option<Trending> = None;
+            for row in outbox.iter()? {
+                let (k, v) = row?;
+                let key = k.value().to_string();
+                let entry = OutboxEntry::decode(v.value())?;
+                if self
+                    .last_write
+                    .get(&key)
+                    .is_some_and(|t| now.duration_since(*t) < min_gap)
+                {
+                    outcome.deferred += 1;
+                    continue;
+                }
+                if entry.op == Op::Delete {
+                    deletes.push(key);
+                    continue;
+                }
+                let have = published.get(key.as_str())?.map(|v| v.value());
+                let pair = if let Some(user) = &entry.user {
+                    let Some(state) = profiles.get(user.as_str())? else {
+                        stale.push((key, entry.version));
+                        continue;
+                    };
+                    let state = UserState::decode(state.value())?;
+                    let p = state.profile;
+                    let version = p.version;
+                    let env = Envelope::new(version, p.last_seen, p);
+                    Pair {
+                        key: key.clone(),
+                        value: wire::encode_profile(&env, wire::PROFILE_CAP_BYTES),
+                        version,
+                    }
+                } else {
+                    let version = entry.version;
+                    let value = if key == kv::TRENDING {
+                        let t = trending.get_or_insert_with(|| model.trending(wall)).clone();
+                        wire::encode(&Envelope::new(version, wall, t))
+                    } else if key == kv::CONFIG {
+                        wire::encode(&Envelope::new(
+                            version,
+                            wall,
+                            attune_core::rules::Config::default(),
+                        ))
+                    } else if let Some(s) = key.strip_prefix("n:") {
+                        let shard: NeighbourShard =
+                            model.neighbour_shard(s.parse().unwrap_or(u32::MAX));
+                        wire::encode(&Envelope::new(version, wall, shard))
+                    } else if let Some(s) = key.strip_prefix("c:") {
+                        let shard: CatalogShard =
+                            model.catalog_shard(s.parse().unwrap_or(u32::MAX));
+                        wire::encode(&Envelope::new(version, wall, shard))
+                    } else {
+                        stale.push((key, entry.version));
+                        continue;
+                    };
+                    Pair {
+                        key: key.clone(),
+                        value,
+                        version,
+                    }
+                };
+                if have.is_some_and(|h| h >= pair.version) {
+                    // KV already has this version or a newer one.
+                    stale.push((key, entry.version));
+                    continue;
+                }
+                puts.push((pair, entry.accepted_ms));
+                if puts.len() >= 50_000 {
+                    break;
+                }
+            }
+        }
+        if !stale.is_empty() {
+            self.ack(&stale, &[], false)?;
+        }
+        // 2. Bulk writes, chunked by pairs and bytes.
+        let mut shared_written = false;
+        let mut chunk: Vec<(Pair, u64)> = Vec::new();
+        let mut chunk_bytes = 2usize;
+        let mut pending = puts.into_iter().peekable();
+        while let Some((pair, acc)) = pending.next() {
+            let size = pair.key.len() + pair.value.len().div_ceil(3) * 4 + 80;
+            if !chunk.is_empty()
+                && (chunk.len() >= self.cfg.max_pairs
+                    || chunk_bytes + size > self.cfg.max_request_bytes)
+            {
+                shared_written |= self
+                    .write_chunk(std::mem::take(&mut chunk), deadline)
+                    .await?;
+                outcome.written += self.last_chunk_len;
+                chunk_bytes = 2;
+            }
+            chunk_bytes += size;
+            chunk.push((pair, acc));
+            if pending.peek().is_none() {
+                break;
+            }
+        }
+        if !chunk.is_empty() {
+            shared_written |= self.write_chunk(chunk, deadline).await?;
+            outcome.written += self.last_chunk_len;
+        }
+        // 3. Deletes.
+        for keys in deletes.chunks(self.cfg.max_pairs) {
+            let target = self.target.clone();
+            let keys_vec = keys.to_vec();
+            self.send("delete", deadline, || target.delete(&keys_vec))
+                .await?;
+            let acks: Vec<(String, u64)> = keys.iter().map(|k| (k.clone(), u64::MAX)).collect();
+            self.ack(&acks, keys, true)?;
+            self.metrics
+                .published_keys
+                .get_or_create(&labels(&[("kind", "delete")]))
+                .inc_by(keys.len() as u64);
+            outcome.deleted += keys.len();
+        }
+        // 4. The manifest, last.
+        if shared_written {
+            self.manifest_pending = true;
+        }
+        if self.manifest_pending
+            && !self
+                .last_write
+                .get(kv::MANIFEST)
+                .is_some_and(|t| now.duration_since(*t) < min_gap)
+        {
+            self.write_manifest(deadline).await?;
+        }
+        self.metrics
+            .outbox_keys
+            .set(self.store.outbox_len().unwrap_or(0) as i64);
+        Ok(outcome)
+    }
+
+    async fn write_chunk(
+        &mut self,
+        chunk: Vec<(Pair, u64)>,
+        deadline: Option<Instant>,
+    ) -> Result<bool> {
+        let pairs: Vec<Pair> = chunk.iter().map(|c| c.0.clone()).collect();
+        let target = self.target.clone();
+        self.send("put", deadline, || target.put(&pairs)).await?;
+        let wall = crate::now_ms();
+        let sent = Instant::now();
+        let mut shared = false;
+        for (p, acc) in &chunk {
+            self.last_write.insert(p.key.clone(), sent);
+            let kind = if p.key.starts_with("p:") {
+                self.metrics
+                    .freshness_seconds
+                    .observe(wall.saturating_sub(*acc) as f64 / 1000.0);
+                "profile"
+            } else {
+                shared = true;
+                "shared"
+            };
+            self.metrics
+                .published_keys
+                .get_or_create(&labels(&[("kind", kind)]))
+                .inc();
+        }
+        let acks: Vec<(String, u64)> = pairs.iter().map(|p| (p.key.clone(), p.version)).collect();
+        self.ack(&acks, &[], false)?;
+        self.last_chunk_len = pairs.len();
+        Ok(shared)
+    }
+
+    /// Records what KV now holds and removes outbox entries that are covered.
+    fn ack(&self, acks: &[(String, u64)], deleted: &[String], delete: bool) -> Result<()> {
+        let tx = self.store.db.begin_write()?;
+        {
+            let mut outbox = tx.open_table(OUTBOX)?;
+            let mut published = tx.open_table(PUBLISHED)?;
+            for (key, version) in acks {
+                if delete {
+                    published.remove(key.as_str())?;
+                } else if *version != u64::MAX {
+                    let have = published.get(key.as_str())?.map(|v| v.value()).unwrap_or(0);
+                    if *version > have {
+                        published.insert(key.as_str(), *version)?;
+                    }
+                }
+                let covered = match outbox.get(key.as_str())? {
+                    Some(v) => {
+                        let e = OutboxEntry::decode(v.value())?;
+                        if delete {
+                            e.op == Op::Delete
+                        } else {
+                            e.op == Op::Put && e.version <= *version
+                        }
+                    }
+                    None => false,
+                };
+                if covered {
+                    outbox.remove(key.as_str())?;
+                }
+            }
+            let _ = deleted;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    async fn write_manifest(&mut self, deadline: Option<Instant>) -> Result<()> {
+        let shards = self
+            .model
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shards();
+        let versions: Vec<(String, u64)> = self
+            .store
+            .published()?
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("p:") && k != kv::MANIFEST)
+            .collect();
+        let version = versions.iter().map(|v| v.1).max().unwrap_or(0);
+        let manifest = Manifest { shards, versions };
+        let pair = Pair {
+            key: kv::MANIFEST.into(),
+            value: wire::encode(&Envelope::new(version, crate::now_ms(), manifest)),
+            version,
+        };
+        let target = self.target.clone();
+        let pairs = vec![pair];
+        self.send("put", deadline, || target.put(&pairs)).await?;
+        self.last_write.insert(kv::MANIFEST.into(), Instant::now());
+        // The manifest's own version is informational; it is rewritten whenever shared keys
+        // move, so it is not tracked in `published` (it would shadow the shared versions).
+        self.manifest_pending = false;
+        Ok(())
+    }
+}

@@ -1,0 +1,242 @@
+//! The store (redb): profiles, dedup keys, source offsets and watermarks, model state, the
+//! publish outbox, what KV holds, the catalog and the dead-letter queue. The pipeline commits
+//! everything one batch changed in **one write transaction**, so a crash at any point leaves
+//! either all of a batch or none of it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use attune_core::{CatalogItem, Profile};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// user → [`UserState`] (MessagePack).
+pub const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
+/// xxh3-128 of `event_id` → event time; pruned behind the watermark by the horizon.
+pub const DEDUP: TableDefinition<u128, u64> = TableDefinition::new("dedup");
+/// Named counters, offsets (`offset:<source>`) and watermarks (`wm:<source>`).
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// item → [`CatalogItem`] (MessagePack).
+pub const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
+/// item → number of user histories it entered.
+pub const ITEM_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("item_counts");
+/// (a, b) with a < b → co-occurrence count.
+pub const PAIRS: TableDefinition<(&str, &str), u64> = TableDefinition::new("pairs");
+/// item → (decayed trend score, reference time of the score).
+pub const TREND: TableDefinition<&str, (f64, u64)> = TableDefinition::new("trend");
+/// KV key → [`OutboxEntry`] (MessagePack): what still has to be published.
+pub const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
+/// KV key → version KV acknowledged.
+pub const PUBLISHED: TableDefinition<&str, u64> = TableDefinition::new("published");
+/// sequence → [`DlqRecord`] (JSON).
+pub const DLQ: TableDefinition<u64, &[u8]> = TableDefinition::new("dlq");
+
+/// What the store keeps per user: the core's profile and the recent distinct items that feed
+/// item co-occurrence.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserState {
+    pub profile: Profile,
+    pub recent: Vec<String>,
+}
+
+impl UserState {
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        Ok(rmp_serde::from_slice(bytes)?)
+    }
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        Ok(rmp_serde::to_vec(self)?)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put,
+    Delete,
+}
+
+/// A pending publish of one key. The value is built from the store at publish time, so many
+/// changes to one key coalesce into one write of its newest version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub op: Op,
+    pub version: u64,
+    /// Earliest ingest time among the changes waiting in this entry (freshness).
+    pub accepted_ms: u64,
+    /// The user, for `p:` keys (never leaves the store).
+    pub user: Option<String>,
+}
+
+impl OutboxEntry {
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        Ok(rmp_serde::from_slice(bytes)?)
+    }
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        Ok(rmp_serde::to_vec(self)?)
+    }
+}
+
+/// One dead letter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DlqRecord {
+    pub seq: u64,
+    pub source: String,
+    pub offset: u64,
+    pub accepted_ms: u64,
+    /// Stable code (`bad_json`, `too_large`, `late`, …).
+    pub reason: String,
+    pub detail: String,
+    /// Size of the original event.
+    pub len: usize,
+    /// The event as received, cut to 2 KiB.
+    pub raw: String,
+}
+
+/// Named counters in `META`.
+pub mod keys {
+    pub const RECEIVED: &str = "received";
+    pub const APPLIED: &str = "applied";
+    pub const DUPLICATES: &str = "duplicates";
+    pub const DLQ: &str = "dlq";
+    pub const LATE: &str = "late";
+    pub const DLQ_SEQ: &str = "dlq_seq";
+    pub const MODEL_SEQ: &str = "model_seq";
+    pub fn offset(source: &str) -> String {
+        format!("offset:{source}")
+    }
+    pub fn watermark(source: &str) -> String {
+        format!("wm:{source}")
+    }
+}
+
+/// The opened database, shared by the pipeline, the publisher and the admin API.
+#[derive(Clone)]
+pub struct Store {
+    pub db: Arc<Database>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let db = Database::create(path)?;
+        // Create every table up front so readers never meet a missing one.
+        let tx = db.begin_write()?;
+        tx.open_table(PROFILES)?;
+        tx.open_table(DEDUP)?;
+        tx.open_table(META)?;
+        tx.open_table(CATALOG)?;
+        tx.open_table(ITEM_COUNTS)?;
+        tx.open_table(PAIRS)?;
+        tx.open_table(TREND)?;
+        tx.open_table(OUTBOX)?;
+        tx.open_table(PUBLISHED)?;
+        tx.open_table(DLQ)?;
+        tx.commit()?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    pub fn meta(&self, key: &str) -> Result<u64> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(META)?;
+        Ok(t.get(key)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    pub fn user(&self, user: &str) -> Result<Option<UserState>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PROFILES)?;
+        match t.get(user)? {
+            Some(v) => Ok(Some(UserState::decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every profile, sorted by user (tests and inspection).
+    pub fn profiles(&self) -> Result<Vec<(String, Profile)>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PROFILES)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_string(), UserState::decode(v.value())?.profile));
+        }
+        Ok(out)
+    }
+
+    pub fn dlq(&self, limit: usize) -> Result<Vec<DlqRecord>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(DLQ)?;
+        let mut out = Vec::new();
+        for row in t.iter()?.rev().take(limit) {
+            let (_, v) = row?;
+            out.push(serde_json::from_slice(v.value())?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    pub fn dlq_len(&self) -> Result<u64> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(DLQ)?.len()?)
+    }
+
+    pub fn outbox_len(&self) -> Result<u64> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(OUTBOX)?.len()?)
+    }
+
+    pub fn published(&self) -> Result<Vec<(String, u64)>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PUBLISHED)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_string(), v.value()));
+        }
+        Ok(out)
+    }
+
+    pub fn catalog(&self) -> Result<Vec<CatalogItem>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(CATALOG)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(rmp_serde::from_slice(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Bytes the database file takes on disk.
+    pub fn size_bytes(path: &Path) -> u64 {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// Merges a pending publish into the outbox inside a write transaction.
+pub fn outbox_put(
+    table: &mut redb::Table<&str, &[u8]>,
+    key: &str,
+    entry: OutboxEntry,
+) -> Result<()> {
+    let merged = match table.get(key)? {
+        Some(old) => {
+            let old = OutboxEntry::decode(old.value())?;
+            OutboxEntry {
+                accepted_ms: old.accepted_ms.min(entry.accepted_ms),
+                ..entry
+            }
+        }
+        None => entry,
+    };
+    table.insert(key, merged.encode()?.as_slice())?;
+    Ok(())
+}
