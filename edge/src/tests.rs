@@ -1,0 +1,214 @@
+//! Rewrite tests over realistic pages: the shipped shop's HTML, adversarial catalog values,
+//! chunked streaming and a large page.
+
+use std::rc::Rc;
+
+use attune_core::rules::DeviceClass;
+use attune_core::{CatalogItem, Manifest, Session};
+
+use crate::data::tests::{item, publish};
+use crate::data::{Model, ModelCache, decode};
+use crate::rewrite::{Inputs, PageRewriter, SlotKind, rewrite_all};
+
+const NOW: u64 = 1_733_040_000_000;
+
+fn model(items: Vec<CatalogItem>) -> Rc<Model> {
+    let kv = publish(items, 4, 1);
+    let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let (_, m): (u64, Manifest) = decode(&get("m").unwrap()).unwrap();
+    let mut cache = ModelCache::default();
+    for k in cache.stale_keys(&m) {
+        cache.store(&k, get(&k).as_deref()).unwrap();
+    }
+    Rc::new(cache.assemble(&m).unwrap())
+}
+
+fn inputs(model: Option<Rc<Model>>) -> Inputs {
+    Inputs {
+        now: NOW,
+        visitor: "v1".into(),
+        profile: None,
+        session: Some(Session::fresh(NOW)),
+        model,
+        country: None,
+        device: DeviceClass::Desktop,
+    }
+}
+
+fn s(b: &[u8]) -> String {
+    String::from_utf8(b.to_vec()).unwrap()
+}
+
+const PAGE: &str = r#"<!doctype html><html><head><meta name="attune:item" content="P1"><title>t</title></head><body>
+<div data-attune-slot="hero"><div data-attune-variant="default">D</div><div data-attune-variant="returning-buyer" hidden>R</div></div>
+<section data-attune-slot="recs" data-attune-strategy="trending" data-attune-count="2">
+<article data-attune-item><a data-attune-attr="href:url" href="/d1"><img data-attune-attr="src:image alt:title" src="/d1.svg" alt=""><span data-attune-field="title">Default one</span></a><span data-attune-field="price">£9</span></article>
+<article data-attune-item><a data-attune-attr="href:url" href="/d2"><span data-attune-field="title">Default two</span></a></article>
+<article data-attune-item><a data-attune-attr="href:url" href="/d3"><span data-attune-field="title">Default three</span></a></article>
+</section>
+<p data-attune-field="title">outside any item</p>
+</body></html>"#;
+
+#[test]
+fn fills_picks_and_keeps_defaults_beyond_them() {
+    let m = model(vec![
+        item("A1", "Alpha mug", "Mugs"),
+        item("B2", "Beta bag", "Bags"),
+        item("P1", "Page item", "Mugs"),
+    ]);
+    let (out, report) = rewrite_all(inputs(Some(m)), PAGE.as_bytes(), 1 << 20);
+    let out = s(&out);
+    assert_eq!(report.page_item.as_deref(), Some("P1"));
+    // Trending order: A1, B2 (P1 is the page's own item: excluded).
+    assert!(out.contains(r#"<article data-attune-item="A1"><a data-attune-attr="href:url" href="/p/A1.html"><img data-attune-attr="src:image alt:title" src="/img/A1.svg" alt="Alpha mug"><span data-attune-field="title">Alpha mug</span></a><span data-attune-field="price">£1.00</span>"#), "{out}");
+    assert!(out.contains(r#"href="/p/B2.html"><span data-attune-field="title">Beta bag</span>"#));
+    // Only two picks asked for: the third keeps the author's default.
+    assert!(out.contains(r#"<article data-attune-item><a data-attune-attr="href:url" href="/d3"><span data-attune-field="title">Default three</span>"#));
+    assert!(out.contains("outside any item"));
+    // Variant slot: no buyer, so `default` stays and the other goes.
+    assert!(
+        out.contains(r#"<div data-attune-variant="default">D</div></div>"#),
+        "{out}"
+    );
+    assert!(!out.contains("returning-buyer"));
+    let recs = &report.slots[1];
+    match &recs.kind {
+        SlotKind::Recs {
+            rendered, picks, ..
+        } => {
+            assert_eq!(rendered, &["A1", "B2"]);
+            assert_eq!(picks.len(), 2);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn default_content_without_data() {
+    let (out, report) = rewrite_all(inputs(None), PAGE.as_bytes(), 7);
+    let out = s(&out);
+    assert!(out.contains("Default one") && out.contains("Default two"));
+    assert!(!out.contains("returning-buyer"), "non-default variants go");
+    assert_eq!(report.page_item.as_deref(), Some("P1"));
+    assert!(matches!(
+        report.slots[1].kind,
+        SlotKind::Default { reason: "no-data" }
+    ));
+}
+
+#[test]
+fn escapes_adversarial_catalog_values() {
+    let evil = CatalogItem {
+        id: "E1".into(),
+        title: r#"Tom & Jerry's <script>alert(1)</script> "mug""#.into(),
+        url: "javascript:alert(1)".into(),
+        image: "java\tscript:alert(2)".into(),
+        price: "<b>£1</b>".into(),
+        category: "Mugs".into(),
+    };
+    let ok = CatalogItem {
+        url: "https://shop.example/p?a=1&b=\"2\"".into(),
+        ..item("F2", "Fine", "Bags")
+    };
+    let m = model(vec![evil, ok]);
+    let (out, _) = rewrite_all(inputs(Some(m)), PAGE.as_bytes(), 1 << 20);
+    let out = s(&out);
+    assert!(!out.contains("<script>alert"), "{out}");
+    assert!(!out.contains("javascript:"), "{out}");
+    assert!(!out.contains("<b>"));
+    assert!(
+        out.contains("Tom &amp; Jerry's &lt;script&gt;alert(1)&lt;/script&gt; \"mug\""),
+        "{out}"
+    );
+    // Refused URLs keep the default attribute values.
+    assert!(
+        out.contains(
+            r#"<article data-attune-item="E1"><a data-attune-attr="href:url" href="/d1">"#
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            r#"alt="Tom &amp; Jerry's &lt;script&gt;alert(1)&lt;/script&gt; &quot;mug&quot;""#
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"href="https://shop.example/p?a=1&amp;b=&quot;2&quot;""#),
+        "{out}"
+    );
+}
+
+#[test]
+fn small_chunks_give_identical_output() {
+    let m = model(vec![
+        item("A1", "Alpha", "Mugs"),
+        item("B2", "Beta", "Bags"),
+    ]);
+    let (whole, _) = rewrite_all(inputs(Some(m.clone())), PAGE.as_bytes(), 1 << 20);
+    for chunk in [1, 2, 3, 5, 16, 64] {
+        let (out, _) = rewrite_all(inputs(Some(m.clone())), PAGE.as_bytes(), chunk);
+        assert_eq!(s(&out), s(&whole), "chunk {chunk}");
+    }
+}
+
+#[test]
+fn a_large_page_streams_with_output_before_the_end() {
+    let m = model(vec![item("A1", "Alpha", "Mugs")]);
+    let mut page = String::from(PAGE.replace("</body></html>", ""));
+    let filler = "<p>Lorem ipsum dolor sit amet, consectetur adipiscing elit.</p>\n";
+    while page.len() < 5 * 1024 * 1024 {
+        page.push_str(filler);
+    }
+    page.push_str("</body></html>");
+    let mut rw = PageRewriter::new(inputs(Some(m)));
+    let mut produced = 0usize;
+    let mut first_output_at = None;
+    let mut max_pending = 0usize;
+    let mut fed = 0usize;
+    for c in page.as_bytes().chunks(16 * 1024) {
+        fed += c.len();
+        let out = rw.write(c);
+        produced += out.len();
+        if first_output_at.is_none() && !out.is_empty() {
+            first_output_at = Some(fed);
+        }
+        max_pending = max_pending.max(fed - produced);
+    }
+    let (rest, report) = rw.end();
+    produced += rest.len();
+    assert!(first_output_at.unwrap() <= 32 * 1024, "output starts early");
+    assert!(max_pending < 64 * 1024, "bounded buffering: {max_pending}");
+    assert!(produced + 1024 >= page.len(), "{produced}");
+    assert!(report.error.is_none());
+}
+
+#[test]
+fn rewrites_the_shop_pages() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/shop/public");
+    let Ok(index) = std::fs::read_to_string(format!("{dir}/index.html")) else {
+        eprintln!("examples/shop/public/index.html missing: skipping");
+        return;
+    };
+    // Real titles from the sample, with the characters that need escaping.
+    let m = model(vec![
+        item("22086", "PAPER CHAIN KIT 50'S CHRISTMAS", "Christmas"),
+        item(
+            "85123A",
+            "WHITE HANGING HEART T-LIGHT HOLDER",
+            "Hearts & Love",
+        ),
+        item("47566", "PARTY BUNTING", "Signs & Decor"),
+        item("X1", "SET/3 <RED> & \"WHITE\" JARS", "Kitchen & Baking"),
+    ]);
+    let (out, report) = rewrite_all(inputs(Some(m.clone())), index.as_bytes(), 1500);
+    let out = s(&out);
+    let (again, _) = rewrite_all(inputs(Some(m)), index.as_bytes(), 1 << 20);
+    assert_eq!(out, s(&again));
+    assert!(!report.slots.is_empty());
+    assert!(out.contains("SET/3 &lt;RED&gt; &amp; \"WHITE\" JARS"));
+    assert!(out.contains(r#"data-attune-item="85123A""#));
+    assert!(report.error.is_none());
+    // The hero keeps exactly one variant.
+    assert_eq!(out.matches("data-attune-variant=").count(), 1);
+}

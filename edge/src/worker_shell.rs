@@ -1,0 +1,849 @@
+//! The Worker shell: routing, cookies, KV reads within the time budget, the isolate-memory
+//! model cache, the upstream fetch (Cache API for a real upstream), the streaming rewrite and
+//! `waitUntil` work. Every decision is delegated to the plain modules.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use attune_core::rules::DeviceClass;
+use attune_core::session::{self, DEFAULT_GAP_MS};
+use attune_core::{Manifest, Profile, Session};
+use futures_channel::oneshot;
+use futures_util::future::{Either, join, join_all, select};
+use futures_util::{StreamExt, stream};
+use worker::{
+    ByteStream, Cache, Context, Date, Delay, Env, Fetch, Headers, KvStore, Method, Request,
+    RequestInit, Response, Result, console_error, event,
+};
+
+use crate::data::{Fallback, Model, ModelCache, decode};
+use crate::headers::{BEACON_JS, Debug, Outcome, ProfileState, Timing};
+use crate::identity::{self, Identity};
+use crate::policy::{self, RequestFacts};
+use crate::rewrite::{Inputs, PageRewriter, Report};
+use crate::{cookies, devkv, events};
+
+thread_local! {
+    static CACHE: RefCell<ModelCache> = RefCell::new(ModelCache::default());
+    static MODEL: RefCell<Option<Rc<Model>>> = const { RefCell::new(None) };
+}
+
+#[event(start)]
+fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// The worker's settings, from vars and secrets.
+struct Settings {
+    upstream: String,
+    ingest_url: String,
+    ingest_token: String,
+    budget_ms: u64,
+    demo_login: bool,
+    session_key: String,
+    profile_key: String,
+    debug_token: String,
+    dev_kv_token: String,
+    html_ttl_s: u64,
+}
+
+fn text(env: &Env, name: &str) -> String {
+    env.var(name)
+        .map(|v| v.to_string())
+        .or_else(|_| env.secret(name).map(|v| v.to_string()))
+        .unwrap_or_default()
+}
+
+impl Settings {
+    fn from_env(env: &Env) -> Self {
+        Settings {
+            upstream: text(env, "ATTUNE_UPSTREAM")
+                .trim_end_matches('/')
+                .to_owned(),
+            ingest_url: text(env, "ATTUNE_ORIGIN_INGEST_URL"),
+            ingest_token: text(env, "ATTUNE_INGEST_TOKEN"),
+            budget_ms: text(env, "ATTUNE_BUDGET_MS").trim().parse().unwrap_or(50),
+            demo_login: text(env, "ATTUNE_DEMO_LOGIN").trim() == "1",
+            session_key: text(env, "ATTUNE_SESSION_KEY"),
+            profile_key: text(env, "ATTUNE_PROFILE_KEY"),
+            debug_token: text(env, "ATTUNE_DEBUG_TOKEN"),
+            dev_kv_token: text(env, "ATTUNE_DEV_KV_TOKEN"),
+            html_ttl_s: text(env, "ATTUNE_HTML_TTL").trim().parse().unwrap_or(60),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    Date::now().as_millis()
+}
+
+fn random_hex() -> String {
+    let mut buf = [0u8; 16];
+    if getrandom::fill(&mut buf).is_err() {
+        // Never seen in Workers; a time-derived id is still unique enough for an event id.
+        buf[..8].copy_from_slice(&now_ms().to_le_bytes());
+    }
+    identity::hex(&buf)
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+    let settings = Settings::from_env(&env);
+    let path = req.path();
+    if path.starts_with("/__attune/") {
+        return match internal(req, &env, &ctx, &settings, &path).await {
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                console_error!("attune: internal route {path}: {e}");
+                text_response(400, "bad request")
+            }
+        };
+    }
+    page(req, &env, &ctx, &settings, false).await
+}
+
+fn text_response(status: u16, body: &str) -> Result<Response> {
+    Ok(Response::ok(body)?.with_status(status))
+}
+
+fn json_response(status: u16, body: String) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    headers.set("cache-control", "no-store")?;
+    Ok(Response::ok(body)?
+        .with_status(status)
+        .with_headers(headers))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Internal routes
+// ---------------------------------------------------------------------------------------------
+
+async fn internal(
+    mut req: Request,
+    env: &Env,
+    ctx: &Context,
+    s: &Settings,
+    path: &str,
+) -> Result<Response> {
+    let method = req.method();
+    match (method, path) {
+        (Method::Get, "/__attune/beacon.js") => {
+            let headers = Headers::new();
+            headers.set("content-type", "application/javascript; charset=utf-8")?;
+            headers.set("cache-control", "public, max-age=3600")?;
+            Ok(Response::ok(BEACON_JS)?.with_headers(headers))
+        }
+        (Method::Post, "/__attune/events") => beacon(req, env, ctx, s).await,
+        (Method::Put, "/__attune/kv/bulk") | (Method::Post, "/__attune/kv/bulk/delete") => {
+            dev_kv(req, env, s, path.ends_with("/delete")).await
+        }
+        (Method::Get, "/__attune/debug") => {
+            let token = req.headers().get("x-attune-debug")?.unwrap_or_default();
+            if s.debug_token.is_empty()
+                || !devkv::constant_time_eq(token.as_bytes(), s.debug_token.as_bytes())
+            {
+                return text_response(401, "unauthorized");
+            }
+            let url = req.url()?;
+            let target = url
+                .query_pairs()
+                .find(|(k, _)| k == "path")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_else(|| "/".into());
+            if !target.starts_with('/')
+                || target.starts_with("//")
+                || target.starts_with("/__attune/")
+            {
+                return text_response(400, "path must be a page path");
+            }
+            let mut target_url = url.clone();
+            target_url.set_query(None);
+            let (p, q) = target.split_once('?').unwrap_or((&target, ""));
+            target_url.set_path(p);
+            if !q.is_empty() {
+                target_url.set_query(Some(q));
+            }
+            let mut init = RequestInit::new();
+            init.with_method(Method::Get)
+                .with_headers(req.headers().clone());
+            let inner = Request::new_with_init(target_url.as_str(), &init)?;
+            page(inner, env, ctx, s, true).await
+        }
+        (Method::Get, "/__attune/demo/login") if s.demo_login => {
+            let url = req.url()?;
+            let user = url
+                .query_pairs()
+                .find(|(k, _)| k == "user")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            if !identity::valid_user_id(&user) || user.contains([';', ',', '"']) {
+                return text_response(400, "bad user");
+            }
+            redirect_with_cookie(&cookies::set(cookies::DEMO_USER, &user, 7 * 24 * 3600))
+        }
+        (Method::Get, "/__attune/demo/logout") if s.demo_login => {
+            redirect_with_cookie(&cookies::clear(cookies::DEMO_USER))
+        }
+        _ => {
+            let _ = req.bytes().await;
+            text_response(404, "not found")
+        }
+    }
+}
+
+fn redirect_with_cookie(cookie: &str) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set("location", "/")?;
+    headers.append("set-cookie", cookie)?;
+    headers.set("cache-control", "no-store")?;
+    Ok(Response::empty()?.with_status(302).with_headers(headers))
+}
+
+async fn beacon(mut req: Request, env: &Env, ctx: &Context, s: &Settings) -> Result<Response> {
+    let h = req.headers();
+    let cookie = h.get("cookie")?;
+    let gpc = h.get("sec-gpc")?;
+    let ua = h.get("user-agent")?;
+    let consent = cookies::get(cookie.as_deref(), cookies::CONSENT);
+    let too_big = h
+        .get("content-length")?
+        .and_then(|l| l.trim().parse::<usize>().ok())
+        .is_some_and(|l| l > events::MAX_BATCH_BYTES);
+    if too_big {
+        return json_response(400, events::error_reply("too_large"));
+    }
+    let body = req.bytes().await?;
+    if policy::consent_denied(gpc.as_deref(), consent) || ua.as_deref().is_some_and(policy::is_bot)
+    {
+        // Never stored, never forwarded.
+        return json_response(202, r#"{"accepted":0,"rejected":[]}"#.into());
+    }
+    let now = now_ms();
+    let mut set_cookies = Vec::new();
+    let vid = match cookies::get(cookie.as_deref(), cookies::VISITOR) {
+        Some(v) if identity::valid_visitor_id(v) => v.to_owned(),
+        _ => {
+            let v = random_hex();
+            set_cookies.push(cookies::set_visitor(&v));
+            v
+        }
+    };
+    let demo_user = s
+        .demo_login
+        .then(|| cookies::get(cookie.as_deref(), cookies::DEMO_USER))
+        .flatten();
+    let who = identity::resolve(demo_user, &vid);
+    let batch = match events::normalize_batch(&body, &who.id, now, &mut random_hex) {
+        Ok(b) => b,
+        Err(e) => return json_response(400, events::error_reply(e.code())),
+    };
+    // A viewed item joins the session at once (covers pages whose meta tag came late).
+    if !s.session_key.is_empty() {
+        let mut session = session::decode_cookie(
+            cookies::get(cookie.as_deref(), cookies::SESSION),
+            s.session_key.as_bytes(),
+            now,
+            DEFAULT_GAP_MS,
+        );
+        let mut changed = false;
+        for e in &batch.events {
+            if e.kind == attune_core::EventKind::View
+                && let Some(item) = &e.item
+                && session.recent.first().is_none_or(|r| &r.item != item)
+            {
+                session.record_item(item, now);
+                changed = true;
+            }
+        }
+        if changed {
+            set_cookies.push(cookies::set_session(&session::encode_cookie(
+                &session,
+                s.session_key.as_bytes(),
+            )));
+        }
+    }
+    let reply = events::batch_reply(&batch);
+    forward(ctx, env, s, batch.events);
+    let mut resp = json_response(202, reply)?;
+    for c in set_cookies {
+        resp.headers_mut().append("set-cookie", &c)?;
+    }
+    Ok(resp)
+}
+
+/// Sends events to the origin's ingest inside `waitUntil`.
+fn forward(ctx: &Context, _env: &Env, s: &Settings, events: Vec<attune_core::Event>) {
+    if events.is_empty() || s.ingest_url.is_empty() {
+        return;
+    }
+    let url = s.ingest_url.clone();
+    let token = s.ingest_token.clone();
+    ctx.wait_until(async move {
+        if let Err(e) = post_events(&url, &token, &events).await {
+            console_error!("attune: forwarding {} events to {url}: {e}", events.len());
+        }
+    });
+}
+
+async fn post_events(url: &str, token: &str, events: &[attune_core::Event]) -> Result<()> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/x-ndjson")?;
+    if !token.is_empty() {
+        headers.set("authorization", &format!("Bearer {token}"))?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(events::to_ndjson(events).into()));
+    let resp = Fetch::Request(Request::new_with_init(url, &init)?)
+        .send()
+        .await?;
+    if resp.status_code() >= 300 {
+        console_error!("attune: ingest answered {}", resp.status_code());
+    }
+    Ok(())
+}
+
+async fn dev_kv(mut req: Request, env: &Env, s: &Settings, delete: bool) -> Result<Response> {
+    if s.dev_kv_token.is_empty() {
+        return text_response(404, "not found");
+    }
+    let auth = req.headers().get("authorization")?;
+    if !devkv::authorized(auth.as_deref(), &s.dev_kv_token) {
+        return json_response(401, devkv::reply(0, &[], Some("unauthorized")));
+    }
+    let body = req.bytes().await?;
+    let kv = env.kv("ATTUNE_KV")?;
+    let mut failed = Vec::new();
+    let mut ok = 0;
+    if delete {
+        let keys = match devkv::parse_delete(&body) {
+            Ok(k) => k,
+            Err(e) => return json_response(400, devkv::reply(0, &[], Some(&e))),
+        };
+        for chunk in keys.chunks(64) {
+            let results = join_all(chunk.iter().map(|k| kv.delete(k))).await;
+            for (k, r) in chunk.iter().zip(results) {
+                match r {
+                    Ok(()) => ok += 1,
+                    Err(_) => failed.push(k.clone()),
+                }
+            }
+        }
+    } else {
+        let pairs = match devkv::parse_write(&body) {
+            Ok(p) => p,
+            Err(e) => return json_response(400, devkv::reply(0, &[], Some(&e))),
+        };
+        for chunk in pairs.chunks(64) {
+            let results = join_all(chunk.iter().map(|p| put(&kv, p))).await;
+            for (p, r) in chunk.iter().zip(results) {
+                match r {
+                    Ok(()) => ok += 1,
+                    Err(e) => {
+                        console_error!("attune: dev kv put {}: {e}", p.key);
+                        failed.push(p.key.clone());
+                    }
+                }
+            }
+        }
+    }
+    json_response(200, devkv::reply(ok, &failed, None))
+}
+
+async fn put(kv: &KvStore, p: &devkv::Pair) -> Result<()> {
+    let mut b = kv.put_bytes(&p.key, &p.value)?;
+    if let Some(m) = &p.metadata {
+        b = b.metadata(m)?;
+    }
+    if let Some(e) = p.expiration {
+        b = b.expiration(e);
+    }
+    if let Some(t) = p.expiration_ttl {
+        b = b.expiration_ttl(t);
+    }
+    b.execute().await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pages
+// ---------------------------------------------------------------------------------------------
+
+enum ProfileRead {
+    Found(Box<Profile>, u64),
+    Missing,
+    Skipped,
+    Failed(Fallback),
+}
+
+impl ProfileRead {
+    fn state(&self) -> ProfileState {
+        match self {
+            ProfileRead::Found(_, v) => ProfileState::Version(*v),
+            ProfileRead::Missing => ProfileState::Missing,
+            ProfileRead::Skipped => ProfileState::Skipped,
+            ProfileRead::Failed(f) => ProfileState::Failed(f.code()),
+        }
+    }
+}
+
+struct Loaded {
+    model: std::result::Result<Rc<Model>, Fallback>,
+    profile: ProfileRead,
+}
+
+async fn read_profile(kv: KvStore, key: Option<String>) -> ProfileRead {
+    let Some(key) = key else {
+        return ProfileRead::Skipped;
+    };
+    match kv.get(&key).bytes().await {
+        Err(_) => ProfileRead::Failed(Fallback::KvError),
+        Ok(None) => ProfileRead::Missing,
+        Ok(Some(bytes)) => match decode::<Profile>(&bytes) {
+            Ok((v, p)) => ProfileRead::Found(Box::new(p), v),
+            Err(f) => ProfileRead::Failed(f),
+        },
+    }
+}
+
+/// The shared model as of the current manifest: the isolate copy when the manifest's versions
+/// match, otherwise only the changed keys are read.
+async fn read_model(kv: KvStore) -> std::result::Result<Rc<Model>, Fallback> {
+    let bytes = kv
+        .get(attune_core::model::keys::MANIFEST)
+        .bytes()
+        .await
+        .map_err(|_| Fallback::KvError)?
+        .ok_or(Fallback::NoData)?;
+    let (_, manifest) = decode::<Manifest>(&bytes)?;
+    if let Some(model) = MODEL.with(|m| m.borrow().clone())
+        && model.manifest == manifest
+    {
+        return Ok(model);
+    }
+    let stale = CACHE.with(|c| c.borrow().stale_keys(&manifest));
+    let reads = join_all(stale.iter().map(|k| kv.get(k).bytes())).await;
+    let model = CACHE.with(|c| {
+        let mut cache = c.borrow_mut();
+        for (key, read) in stale.iter().zip(reads) {
+            let bytes = read.map_err(|_| Fallback::KvError)?;
+            cache.store(key, bytes.as_deref())?;
+        }
+        cache.assemble(&manifest)
+    })?;
+    let model = Rc::new(model);
+    MODEL.with(|m| *m.borrow_mut() = Some(model.clone()));
+    Ok(model)
+}
+
+/// Races a future against what is left of the budget. `None`: out of time.
+async fn within<T>(fut: impl std::future::Future<Output = T>, ms: u64) -> Option<T> {
+    let fut = Box::pin(fut);
+    let delay = Box::pin(Delay::from(Duration::from_millis(ms)));
+    match select(fut, delay).await {
+        Either::Left((v, _)) => Some(v),
+        Either::Right(_) => None,
+    }
+}
+
+fn copy_headers(from: &Headers, skip: &[&str]) -> Result<Headers> {
+    let out = Headers::new();
+    for (k, v) in from.entries() {
+        if !skip.iter().any(|s| k.eq_ignore_ascii_case(s)) {
+            out.append(&k, &v)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Passes the upstream response through untouched (body streamed as is), labelled.
+fn pass_through(resp: Response, outcome: Outcome, started: u64) -> Result<Response> {
+    let headers = copy_headers(resp.headers(), &["x-attune-user"])?;
+    headers.set("x-attune", &outcome.header())?;
+    let timing = Timing {
+        total: (now_ms() - started) as f64,
+        ..Timing::default()
+    };
+    headers.append("server-timing", &timing.header())?;
+    Ok(resp.with_headers(headers))
+}
+
+/// Fetches the page: from the assets binding, or the upstream origin through the Cache API
+/// (the HTML is cached once, unpersonalized).
+async fn upstream(req: Request, env: &Env, ctx: &Context, s: &Settings) -> Result<Response> {
+    if s.upstream.is_empty() {
+        return env.assets("ASSETS")?.fetch_request(req).await;
+    }
+    let url = req.url()?;
+    let target = format!(
+        "{}{}{}",
+        s.upstream,
+        url.path(),
+        url.query().map(|q| format!("?{q}")).unwrap_or_default()
+    );
+    let cacheable_req = req.method() == Method::Get && req.headers().get("range")?.is_none();
+    let cache = Cache::default();
+    if cacheable_req && let Ok(Some(hit)) = cache.get(target.as_str(), false).await {
+        return Ok(hit);
+    }
+    let mut init = RequestInit::new();
+    init.with_method(req.method())
+        .with_headers(copy_headers(req.headers(), &["host"])?);
+    let mut resp = Fetch::Request(Request::new_with_init(&target, &init)?)
+        .send()
+        .await?;
+    let h = resp.headers();
+    let cc = h
+        .get("cache-control")?
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let shared = cacheable_req
+        && resp.status_code() == 200
+        && h.get("content-type")?
+            .is_some_and(|c| c.contains("text/html"))
+        && !h.has("set-cookie")?
+        && !h.has("x-attune-user")?
+        && !cc.contains("private")
+        && !cc.contains("no-store");
+    if shared && s.html_ttl_s > 0 {
+        let copy = resp.cloned()?;
+        let headers = copy_headers(copy.headers(), &[])?;
+        if !cc.contains("max-age") {
+            headers.set(
+                "cache-control",
+                &format!("public, max-age={}", s.html_ttl_s),
+            )?;
+        }
+        let copy = copy.with_headers(headers);
+        ctx.wait_until(async move {
+            if let Err(e) = cache.put(target.as_str(), copy).await {
+                console_error!("attune: caching upstream HTML: {e}");
+            }
+        });
+    }
+    Ok(resp)
+}
+
+async fn page(
+    req: Request,
+    env: &Env,
+    ctx: &Context,
+    s: &Settings,
+    explain: bool,
+) -> Result<Response> {
+    let started = now_ms();
+    let h = req.headers();
+    let cookie = h.get("cookie")?;
+    let ua = h.get("user-agent")?;
+    let range = h.get("range")?;
+    let req_cc = h.get("cache-control")?;
+    let gpc = h.get("sec-gpc")?;
+    let debug = !s.debug_token.is_empty()
+        && h.get("x-attune-debug")?
+            .is_some_and(|t| devkv::constant_time_eq(t.as_bytes(), s.debug_token.as_bytes()));
+    let country = req.cf().and_then(|cf| cf.country());
+    let device = DeviceClass::from_user_agent(ua.as_deref().unwrap_or(""));
+    let method = req.method();
+    let method_str = method.to_string();
+    let facts = RequestFacts {
+        method: &method_str,
+        range: range.as_deref(),
+        cache_control: req_cc.as_deref(),
+        user_agent: ua.as_deref(),
+        sec_gpc: gpc.as_deref(),
+        consent_cookie: cookies::get(cookie.as_deref(), cookies::CONSENT),
+    };
+    if let Some(b) = policy::request_bypass(&facts) {
+        let resp = upstream(req, env, ctx, s).await?;
+        return pass_through(resp, Outcome::Bypass(b), started);
+    }
+
+    // Identity and session, then the KV reads start while the upstream is fetched.
+    let now = started;
+    let mut set_cookies = Vec::new();
+    let vid = match cookies::get(cookie.as_deref(), cookies::VISITOR) {
+        Some(v) if identity::valid_visitor_id(v) => v.to_owned(),
+        _ => {
+            let v = random_hex();
+            set_cookies.push(cookies::set_visitor(&v));
+            v
+        }
+    };
+    let demo_user = s
+        .demo_login
+        .then(|| cookies::get(cookie.as_deref(), cookies::DEMO_USER))
+        .flatten();
+    let mut who = identity::resolve(demo_user, &vid);
+    let mut session = (!s.session_key.is_empty()).then(|| {
+        session::decode_cookie(
+            cookies::get(cookie.as_deref(), cookies::SESSION),
+            s.session_key.as_bytes(),
+            now,
+            DEFAULT_GAP_MS,
+        )
+    });
+    let profile_key = |who: &Identity| {
+        (!s.profile_key.is_empty()).then(|| who.profile_key(s.profile_key.as_bytes()))
+    };
+
+    let kv = env.kv("ATTUNE_KV").ok();
+    let (tx, rx) = oneshot::channel::<Loaded>();
+    if let Some(kv) = kv.clone() {
+        let key = profile_key(&who);
+        // Runs on its own (waitUntil), so a read that misses the budget still warms the
+        // isolate cache for the next request.
+        ctx.wait_until(async move {
+            let (model, profile) = join(read_model(kv.clone()), read_profile(kv, key)).await;
+            let _ = tx.send(Loaded { model, profile });
+        });
+    }
+
+    let up_started = now_ms();
+    let resp = upstream(req, env, ctx, s).await?;
+    let up_ms = now_ms() - up_started;
+    let rh = resp.headers();
+    if let Some(b) = policy::response_bypass(
+        resp.status_code(),
+        rh.get("content-type")?.as_deref(),
+        rh.get("cache-control")?.as_deref(),
+        rh.get("content-encoding")?.as_deref(),
+    ) {
+        return pass_through(resp, Outcome::Bypass(b), started);
+    }
+    let upstream_user = rh.get("x-attune-user")?;
+
+    // Wait for the data with what is left of the budget.
+    let kv_started = now_ms();
+    let left = s.budget_ms.saturating_sub(kv_started - started);
+    let loaded = if kv.is_some() {
+        within(rx, left).await.map(|r| r.ok()).unwrap_or(None)
+    } else {
+        None
+    };
+    let timed_out = kv.is_some() && loaded.is_none();
+    let (mut model, mut profile) = match loaded {
+        Some(l) => (l.model, l.profile),
+        None => (
+            Err(if timed_out {
+                Fallback::KvTimeout
+            } else {
+                Fallback::KvError
+            }),
+            ProfileRead::Skipped,
+        ),
+    };
+    if let Some(user) = upstream_user.as_deref() {
+        let logged_in = identity::resolve(Some(user), &vid);
+        if logged_in != who {
+            who = logged_in;
+            let left = s.budget_ms.saturating_sub(now_ms() - started);
+            profile = match (&kv, model.is_ok()) {
+                (Some(kv), true) => within(read_profile(kv.clone(), profile_key(&who)), left)
+                    .await
+                    .unwrap_or(ProfileRead::Failed(Fallback::KvTimeout)),
+                _ => ProfileRead::Skipped,
+            };
+        }
+    }
+    let kv_ms = now_ms() - kv_started;
+    // A profile that is there but unreadable means default content: never guess.
+    if let ProfileRead::Failed(f) = &profile
+        && model.is_ok()
+    {
+        model = Err(*f);
+    }
+    let outcome = match &model {
+        Ok(_) => Outcome::Personalized,
+        Err(f) => Outcome::Default(f.code()),
+    };
+    let profile_state = profile.state();
+    let inputs = Inputs {
+        now,
+        visitor: who.id.clone(),
+        profile: match profile {
+            ProfileRead::Found(p, _) => Some(*p),
+            _ => None,
+        },
+        session: session.clone(),
+        model: model.ok(),
+        country,
+        device,
+    };
+    let segments: Vec<String> = match &inputs.model {
+        Some(m) => {
+            let ctx = attune_core::RequestContext {
+                profile: inputs.profile.as_ref(),
+                session: inputs.session.as_ref(),
+                country: inputs.country.as_deref(),
+                device,
+                now,
+            };
+            m.config
+                .segments_of(&ctx)
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let mut rewriter = PageRewriter::new(inputs);
+
+    // The first chunk goes through before the headers: it names the page's item (meta tag in
+    // <head>), which joins the session cookie sent with these headers.
+    let mut resp = resp;
+    let headers = copy_headers(
+        resp.headers(),
+        &[
+            "content-length",
+            "etag",
+            "x-attune-user",
+            "content-encoding",
+            "cache-control",
+        ],
+    )?;
+    let status = resp.status_code();
+    let mut body = resp.stream().ok();
+    let mut first = Vec::new();
+    let mut finished = body.is_none();
+    if let Some(b) = body.as_mut() {
+        match b.next().await {
+            Some(Ok(chunk)) => first = rewriter.write(&chunk),
+            Some(Err(e)) => {
+                console_error!("attune: upstream body: {e}");
+                finished = true;
+            }
+            None => finished = true,
+        }
+    }
+
+    let debug_json = |report: &Report, session: Option<&Session>| {
+        Debug {
+            outcome: outcome.header(),
+            identity: Some(who.kind),
+            profile: profile_state.clone(),
+            session_items: session
+                .map(|s| s.recent_items().collect())
+                .unwrap_or_default(),
+            segments: segments.iter().map(String::as_str).collect(),
+            report,
+        }
+        .json()
+    };
+
+    if explain {
+        let mut rest = body;
+        while let Some(b) = rest.as_mut() {
+            match b.next().await {
+                Some(Ok(chunk)) => {
+                    rewriter.write(&chunk);
+                }
+                _ => rest = None,
+            }
+        }
+        let (_, report) = rewriter.end();
+        return json_response(200, debug_json(&report, session.as_ref()));
+    }
+
+    if let (Some(sess), Some(item)) = (session.as_mut(), rewriter.page_item()) {
+        sess.record_item(&item, now);
+    }
+    if let Some(sess) = &session {
+        set_cookies.push(cookies::set_session(&session::encode_cookie(
+            sess,
+            s.session_key.as_bytes(),
+        )));
+    }
+    for c in &set_cookies {
+        headers.append("set-cookie", c)?;
+    }
+    headers.set("cache-control", "private, no-cache")?;
+    headers.set("x-attune", &outcome.header())?;
+    let timing = Timing {
+        total: (now_ms() - started) as f64,
+        kv_wait: Some(kv_ms as f64),
+        upstream: Some(up_ms as f64),
+    };
+    headers.append("server-timing", &timing.header())?;
+    if debug {
+        headers.set(
+            "x-attune-debug",
+            &debug_json(&rewriter.report(), session.as_ref()),
+        )?;
+    }
+
+    // Impressions of what was rendered, once the stream has ended (waitUntil).
+    let (report_tx, report_rx) = oneshot::channel::<Report>();
+    if outcome == Outcome::Personalized && !s.ingest_url.is_empty() {
+        let (url, token, user) = (s.ingest_url.clone(), s.ingest_token.clone(), who.id.clone());
+        ctx.wait_until(async move {
+            if let Ok(report) = report_rx.await {
+                let evs = events::impressions(&report, &user, now_ms(), &mut random_hex);
+                if !evs.is_empty()
+                    && let Err(e) = post_events(&url, &token, &evs).await
+                {
+                    console_error!("attune: forwarding impressions: {e}");
+                }
+            }
+        });
+    }
+
+    let state = StreamState {
+        first: Some(first),
+        upstream: if finished { None } else { body },
+        rewriter: Some(rewriter),
+        report_tx: Some(report_tx),
+    };
+    let out = stream::unfold(state, next_chunk);
+    Ok(Response::from_stream(out)?
+        .with_status(status)
+        .with_headers(headers))
+}
+
+struct StreamState {
+    first: Option<Vec<u8>>,
+    upstream: Option<ByteStream>,
+    rewriter: Option<PageRewriter>,
+    report_tx: Option<oneshot::Sender<Report>>,
+}
+
+/// One step of the response body: the next non-empty rewritten chunk, or the end.
+async fn next_chunk(mut st: StreamState) -> Option<(Result<Vec<u8>>, StreamState)> {
+    if let Some(first) = st.first.take()
+        && !first.is_empty()
+    {
+        return Some((Ok(first), st));
+    }
+    loop {
+        let rw = st.rewriter.as_mut()?;
+        let next = match st.upstream.as_mut() {
+            Some(b) => b.next().await,
+            None => None,
+        };
+        match next {
+            Some(Ok(chunk)) => {
+                let out = rw.write(&chunk);
+                if !out.is_empty() {
+                    return Some((Ok(out), st));
+                }
+            }
+            other => {
+                if let Some(Err(e)) = other {
+                    console_error!("attune: upstream body: {e}");
+                }
+                st.upstream = None;
+                let rw = st.rewriter.take()?;
+                let (rest, report) = rw.end();
+                if let Some(tx) = st.report_tx.take() {
+                    let _ = tx.send(report);
+                }
+                if rest.is_empty() {
+                    return None;
+                }
+                return Some((Ok(rest), st));
+            }
+        }
+    }
+}
