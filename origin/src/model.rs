@@ -106,7 +106,7 @@ impl Model {
         let mut t = tx.open_table(CATALOG)?;
         let mut shards = BTreeSet::new();
         for item in items {
-            t.insert(item.id.as_str(), rmp_serde::to_vec(&item)?.as_slice())?;
+            t.insert(item.id.as_str(), rmp_serde::to_vec_named(&item)?.as_slice())?;
             shards.insert(shard_of(&item.id, self.cfg.shards));
             self.index(&item.id);
             self.catalog.insert(item.id.clone(), item);

@@ -46,7 +46,7 @@ impl UserState {
         Ok(rmp_serde::from_slice(bytes)?)
     }
     pub fn encode(&self) -> Result<Vec<u8>> {
-        Ok(rmp_serde::to_vec(self)?)
+        Ok(rmp_serde::to_vec_named(self)?)
     }
 }
 
@@ -73,7 +73,7 @@ impl OutboxEntry {
         Ok(rmp_serde::from_slice(bytes)?)
     }
     pub fn encode(&self) -> Result<Vec<u8>> {
-        Ok(rmp_serde::to_vec(self)?)
+        Ok(rmp_serde::to_vec_named(self)?)
     }
 }
 
