@@ -109,7 +109,7 @@ fn decode_record(buf: &[u8], offset: u64) -> Option<(Record, usize)> {
     }
     let len = u32::from_le_bytes(buf[0..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(buf[4..8].try_into().ok()?);
-    if len < 9 || len > MAX_RECORD_BYTES + 300 || buf.len() < 8 + len {
+    if !(9..=MAX_RECORD_BYTES + 300).contains(&len) || buf.len() < 8 + len {
         return None;
     }
     let body = &buf[8..8 + len];

@@ -485,10 +485,10 @@ impl Publisher {
             self.manifest_pending = true;
         }
         if self.manifest_pending
-            && !self
+            && self
                 .last_write
                 .get(kv::MANIFEST)
-                .is_some_and(|t| now.duration_since(*t) < min_gap)
+                .is_none_or(|t| now.duration_since(*t) >= min_gap)
         {
             self.write_manifest(deadline).await?;
         }

@@ -27,6 +27,7 @@ struct Kv {
 
 type S = Arc<Mutex<Kv>>;
 
+#[allow(clippy::result_large_err)]
 fn check_headers(h: &HeaderMap) -> Result<(), Response> {
     if h.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer cf-token") {
         return Err((StatusCode::UNAUTHORIZED, "bad auth").into_response());
