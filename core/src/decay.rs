@@ -93,12 +93,36 @@ impl Acc {
 
     /// The score at `now`, as a plain number (weight units).
     pub fn value_at(&self, epoch: u32, now: Millis, half_life_ms: Millis) -> f64 {
+        self.value_with(&DecayAt::new(epoch, now, half_life_ms))
+    }
+
+    /// The score with precomputed decay factors: exactly [`Acc::value_at`] for the same
+    /// `(epoch, now, half_life)`, without its two `exp2` calls.
+    #[inline]
+    pub fn value_with(&self, decay: &DecayAt) -> f64 {
+        let older = self.0.saturating_add(self.1) as f64 * decay.older;
+        let current = self.2 as f64 * decay.current;
+        (older + current) / SCALE
+    }
+}
+
+/// The two decay factors [`Acc::value_at`] needs for one `(epoch, now, half_life)`. They do
+/// not depend on the accumulator, so scoring a whole list computes them once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DecayAt {
+    older: f64,
+    current: f64,
+}
+
+impl DecayAt {
+    pub fn new(epoch: u32, now: Millis, half_life_ms: Millis) -> Self {
         let cur_ref = epoch_start(epoch) as i64;
         let prev_ref = epoch_start(epoch.saturating_sub(1)) as i64;
         let now = now as i64;
-        let older = self.0.saturating_add(self.1) as f64 * growth(prev_ref - now, half_life_ms);
-        let current = self.2 as f64 * growth(cur_ref - now, half_life_ms);
-        (older + current) / SCALE
+        DecayAt {
+            older: growth(prev_ref - now, half_life_ms),
+            current: growth(cur_ref - now, half_life_ms),
+        }
     }
 }
 

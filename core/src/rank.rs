@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{CatalogView, NeighbourView, Trending};
-use crate::profile::{Profile, ProfileConfig};
+use crate::profile::{Profile, ProfileConfig, ScoreAt};
 use crate::session::Session;
 use crate::{HOUR_MS, Millis};
 
@@ -172,6 +172,8 @@ struct Candidate {
     score: f64,
     reason: Reason,
     reason_weight: f64,
+    /// Trend prior, when the item trends (filled in once the pool is complete).
+    prior: Option<f64>,
 }
 
 struct Pool<'a> {
@@ -187,6 +189,7 @@ impl<'a> Pool<'a> {
             score: 0.0,
             reason,
             reason_weight: 0.0,
+            prior: None,
         });
         c.score += amount;
         if amount > c.reason_weight {
@@ -274,6 +277,35 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
                 .map_or(0.0, |c| c.1)
         })
         .unwrap_or(0.0);
+    // Both terms are looked up per candidate, so their inputs are computed once here: the
+    // profile's category scores (sorted by category, like the profile) and the trend prior of
+    // the candidates that trend. The values are exactly `Profile::category_affinity` and
+    // `Trending::prior`.
+    let category_scores: Vec<(&str, f64)> = match input.profile {
+        Some(p) if strongest > 0.0 => {
+            let at = ScoreAt::new(p.epoch, input.now, input.profile_config);
+            p.categories
+                .iter()
+                .map(|a| (a.key.as_str(), a.score_with(&at)))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    let top_trend = input
+        .trending
+        .items
+        .first()
+        .map_or(0.0, |e| f64::from(e.score));
+    if top_trend > 0.0 {
+        for e in &input.trending.items {
+            if let Some(c) = pool.candidates.get_mut(e.item.as_str())
+                && c.prior.is_none()
+            {
+                // The first entry of an item counts, as in `Trending::prior`.
+                c.prior = Some(f64::from(e.score) / top_trend);
+            }
+        }
+    }
     let mut scored: Vec<(&str, Candidate, &str)> = Vec::with_capacity(pool.candidates.len());
     for (item, mut c) in pool.candidates {
         if excluded(input, item, hide_seen) {
@@ -282,14 +314,16 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
         let Some(entry) = input.catalog.item(item) else {
             continue;
         };
-        if let (Some(p), true) = (input.profile, strongest > 0.0) {
-            let affinity =
-                p.category_affinity(&entry.category, input.now, input.profile_config) / strongest;
+        if input.profile.is_some() && strongest > 0.0 {
+            let score = category_scores
+                .binary_search_by(|(k, _)| (*k).cmp(entry.category.as_str()))
+                .map_or(0.0, |i| category_scores[i].1);
+            let affinity = score / strongest;
             if affinity > 0.0 {
                 c.score += params.category_weight * affinity;
             }
         }
-        c.score += params.trend_weight * input.trending.prior(item);
+        c.score += params.trend_weight * c.prior.unwrap_or(0.0);
         scored.push((item, c, entry.category.as_str()));
     }
     scored.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then_with(|| a.0.cmp(b.0)));
