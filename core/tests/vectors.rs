@@ -133,7 +133,10 @@ fn applied(case: &ApplyCase) -> (Profile, ProfileConfig) {
     (p, cfg)
 }
 
-fn apply_outputs(case: &ApplyCase) -> (String, Vec<(String, String)>, Vec<(String, String)>) {
+/// `[key, f64 bits hex]` pairs.
+type Scores = Vec<(String, String)>;
+
+fn apply_outputs(case: &ApplyCase) -> (String, Scores, Scores) {
     let (p, cfg) = applied(case);
     let top = |list: Vec<(&str, f64)>| {
         list.into_iter()

@@ -230,3 +230,109 @@ pub fn manifest() -> Manifest {
         versions,
     }
 }
+
+/// The ranking benchmark's world: a 10,000-item catalog, 50 neighbours per item, 200
+/// trending items, a profile with a couple of weeks of history and a five-item session:
+/// about 500 distinct candidates for `for-you`.
+#[derive(Debug)]
+pub struct RankScenario {
+    pub catalog: CatalogShard,
+    pub neighbours: NeighbourShard,
+    pub trending: Trending,
+    pub profile: Profile,
+    pub session: Session,
+    pub config: ProfileConfig,
+    pub params: attune_core::RankParams,
+    pub now: Millis,
+}
+
+impl RankScenario {
+    pub fn new() -> Self {
+        const N: u32 = 10_000;
+        let config = ProfileConfig::default();
+        let events: Vec<(Event, Option<&'static str>)> = typical_events(N)
+            .into_iter()
+            .map(|(mut e, c)| {
+                // Spread the profile's items over the catalog.
+                if let Some(item) = &e.item {
+                    let n: u32 = item[1..].parse().unwrap_or(0);
+                    e.item = Some(item_id(n * 241 % N));
+                    return (e, Some(category_of(n * 241 % N)));
+                }
+                (e, c)
+            })
+            .collect();
+        RankScenario {
+            catalog: catalog(N),
+            neighbours: neighbours(N, 50),
+            trending: trending(N, 200, 50),
+            profile: profile_from(&events, &config),
+            session: session(T0, &[4_321, 777, 9_001, 1_234, 5_678]),
+            config,
+            params: attune_core::RankParams::default(),
+            now: T0,
+        }
+    }
+
+    pub fn input(&self, count: usize) -> attune_core::RankInput<'_> {
+        attune_core::RankInput {
+            strategy: Strategy::ForYou,
+            count,
+            profile: Some(&self.profile),
+            profile_config: &self.config,
+            session: Some(&self.session),
+            page_item: None,
+            category: None,
+            catalog: &self.catalog,
+            neighbours: &self.neighbours,
+            trending: &self.trending,
+            params: &self.params,
+            now: self.now,
+        }
+    }
+
+    /// Distinct candidate ids the ranker gathers (an upper bound: before exclusions).
+    pub fn candidate_count(&self) -> usize {
+        use attune_core::model::NeighbourView;
+        let mut ids: std::collections::BTreeSet<&str> = Default::default();
+        for r in self.session.recent.iter().take(self.params.seed_items) {
+            ids.extend(
+                self.neighbours
+                    .neighbours(&r.item)
+                    .iter()
+                    .map(|n| n.item.as_str()),
+            );
+        }
+        for (item, _) in self
+            .profile
+            .top_items(self.now, &self.config, self.params.seed_items)
+        {
+            ids.extend(
+                self.neighbours
+                    .neighbours(item)
+                    .iter()
+                    .map(|n| n.item.as_str()),
+            );
+        }
+        for (c, _) in
+            self.profile
+                .top_categories(self.now, &self.config, self.params.seed_categories)
+        {
+            ids.extend(
+                self.trending
+                    .category(c)
+                    .iter()
+                    .take(self.params.per_category)
+                    .map(String::as_str),
+            );
+        }
+        ids.extend(
+            self.trending
+                .items
+                .iter()
+                .take(self.params.trending_candidates)
+                .map(|e| e.item.as_str()),
+        );
+        ids.len()
+    }
+}
