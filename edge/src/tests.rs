@@ -155,7 +155,7 @@ fn small_chunks_give_identical_output() {
 #[test]
 fn a_large_page_streams_with_output_before_the_end() {
     let m = model(vec![item("A1", "Alpha", "Mugs")]);
-    let mut page = String::from(PAGE.replace("</body></html>", ""));
+    let mut page = PAGE.replace("</body></html>", "");
     let filler = "<p>Lorem ipsum dolor sit amet, consectetur adipiscing elit.</p>\n";
     while page.len() < 5 * 1024 * 1024 {
         page.push_str(filler);

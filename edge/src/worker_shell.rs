@@ -475,7 +475,20 @@ fn pass_through(resp: Response, outcome: Outcome, started: u64) -> Result<Respon
 /// (the HTML is cached once, unpersonalized).
 async fn upstream(req: Request, env: &Env, ctx: &Context, s: &Settings) -> Result<Response> {
     if s.upstream.is_empty() {
-        return env.assets("ASSETS")?.fetch_request(req).await;
+        let assets = env.assets("ASSETS")?;
+        // The shop is served with `html_handling = "none"`: a directory means its index.html.
+        let mut url = req.url()?;
+        if url.path().ends_with('/') {
+            let path = format!("{}index.html", url.path());
+            url.set_path(&path);
+            let mut init = RequestInit::new();
+            init.with_method(req.method())
+                .with_headers(copy_headers(req.headers(), &[])?);
+            return assets
+                .fetch_request(Request::new_with_init(url.as_str(), &init)?)
+                .await;
+        }
+        return assets.fetch_request(req).await;
     }
     let url = req.url()?;
     let target = format!(
