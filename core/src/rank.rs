@@ -199,7 +199,26 @@ impl<'a> Pool<'a> {
     }
 }
 
-/// Items the slot must not show.
+/// Items the slot must not show, sorted and deduplicated: the same set [`excluded`]
+/// describes, built once so candidates (visited in id order) are checked by a merge walk.
+fn exclusion_list<'a>(input: &RankInput<'a>, hide_seen: bool) -> Vec<&'a str> {
+    let mut out: Vec<&'a str> = Vec::new();
+    out.extend(input.page_item);
+    if let Some(p) = input.profile {
+        out.extend(p.purchased.iter().map(|x| x.item.as_str()));
+        out.extend(p.cart_items());
+    }
+    if hide_seen && let Some(s) = input.session {
+        out.extend(s.recent_items());
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Items the slot must not show (the reference the merge walk is checked against in debug
+/// builds).
+#[cfg(debug_assertions)]
 fn excluded(input: &RankInput<'_>, item: &str, hide_seen: bool) -> bool {
     if input.page_item == Some(item) {
         return true;
@@ -306,9 +325,18 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
             }
         }
     }
+    let exclusions = exclusion_list(input, hide_seen);
+    let mut next_exclusion = 0;
     let mut scored: Vec<(&str, Candidate, &str)> = Vec::with_capacity(pool.candidates.len());
+    // The pool iterates in ascending id order, like `exclusions`.
     for (item, mut c) in pool.candidates {
-        if excluded(input, item, hide_seen) {
+        while exclusions.get(next_exclusion).is_some_and(|x| *x < item) {
+            next_exclusion += 1;
+        }
+        let is_excluded = exclusions.get(next_exclusion) == Some(&item);
+        #[cfg(debug_assertions)]
+        debug_assert_eq!(is_excluded, excluded(input, item, hide_seen), "{item}");
+        if is_excluded {
             continue;
         }
         let Some(entry) = input.catalog.item(item) else {
