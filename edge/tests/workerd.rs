@@ -39,7 +39,7 @@ impl Drop for Wrangler {
         // wrangler runs workerd as a child: end the whole process group we started.
         let pid = self.child.id();
         let _ = Command::new("kill")
-            .args(["-TERM", &format!("-{pid}")])
+            .args(["-TERM", "--", &format!("-{pid}")])
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
