@@ -66,6 +66,9 @@ pub struct Global {
     /// KV target: a directory (one file per key) for inspection.
     #[arg(long, global = true, env = "ATTUNE_KV_DIR")]
     pub kv_dir: Option<PathBuf>,
+    /// Rules published under `cfg` (segments, variants, experiments): a JSON file.
+    #[arg(long, global = true, env = "ATTUNE_RULES")]
+    pub rules: Option<PathBuf>,
     #[arg(long, global = true, env = "CLOUDFLARE_ACCOUNT_ID")]
     pub cloudflare_account_id: Option<String>,
     #[arg(long, global = true, env = "CLOUDFLARE_KV_NAMESPACE_ID")]
@@ -205,6 +208,9 @@ pub fn load_config(g: &Global) -> Result<Config> {
     if let Some(v) = &g.data_dir {
         cfg.data_dir = v.clone();
     }
+    if let Some(v) = &g.rules {
+        cfg.rules_file = Some(v.clone());
+    }
     if let Some(v) = &g.listen {
         cfg.listen = v.clone();
     }
@@ -232,6 +238,7 @@ pub fn load_config(g: &Global) -> Result<Config> {
     if g.log_json {
         cfg.log_json = true;
     }
+    cfg.load_rules()?;
     cfg.validate()?;
     Ok(cfg)
 }

@@ -30,6 +30,12 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub model: ModelConfig,
     pub publish: PublishConfig,
+    /// JSON file with the segment, variant and experiment rules published under `cfg`
+    /// (`attune_core::rules::Config`). Absent: the built-in defaults.
+    pub rules_file: Option<PathBuf>,
+    /// The rules themselves, read from `rules_file` by [`Config::load_rules`].
+    #[serde(skip)]
+    pub rules: attune_core::rules::Config,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -126,6 +132,8 @@ impl Default for Config {
             pipeline: PipelineConfig::default(),
             model: ModelConfig::default(),
             publish: PublishConfig::default(),
+            rules_file: None,
+            rules: attune_core::rules::Config::default(),
         }
     }
 }
@@ -192,6 +200,17 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Reads `rules_file` (JSON) into `rules`; a bad file is an error, never a silent default.
+    pub fn load_rules(&mut self) -> Result<()> {
+        if let Some(path) = &self.rules_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            self.rules = serde_json::from_str(&text)
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        }
+        Ok(())
     }
 
     /// Checks cross-field invariants.

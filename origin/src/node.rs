@@ -63,19 +63,30 @@ impl Node {
         )
     }
 
-    /// Makes sure `cfg` is (or will be) in KV.
+    /// Makes sure the current rules are (or will be) in KV under `cfg`: a new version whenever
+    /// their content differs from what was last queued, so KV never keeps stale rules and
+    /// never goes back a version.
     fn ensure_config_enqueued(&self) -> Result<()> {
+        let content = serde_json::to_vec(&self.cfg.rules).unwrap_or_default();
+        let hash = u64::from(crc32fast::hash(&content)) | (content.len() as u64) << 32;
         let tx = self.store.db.begin_write()?;
         {
             let published = tx.open_table(PUBLISHED)?;
             let mut outbox = tx.open_table(OUTBOX)?;
-            if published.get(kv::CONFIG)?.is_none() && outbox.get(kv::CONFIG)?.is_none() {
+            let mut meta = tx.open_table(META)?;
+            let queued_hash = meta.get(keys::CFG_HASH)?.map(|v| v.value());
+            let never_queued =
+                published.get(kv::CONFIG)?.is_none() && outbox.get(kv::CONFIG)?.is_none();
+            if never_queued || queued_hash != Some(hash) {
+                let version = meta.get(keys::CFG_VERSION)?.map_or(0, |v| v.value()) + 1;
+                meta.insert(keys::CFG_VERSION, version)?;
+                meta.insert(keys::CFG_HASH, hash)?;
                 outbox_put(
                     &mut outbox,
                     kv::CONFIG,
                     OutboxEntry {
                         op: Op::Put,
-                        version: 1,
+                        version,
                         accepted_ms: crate::now_ms(),
                         user: None,
                     },

@@ -91,7 +91,7 @@ impl Pipeline {
             store,
             model,
             metrics,
-            profile_cfg: attune_core::rules::Config::default().profile,
+            profile_cfg: cfg.rules.profile.clone(),
             profile_secret: cfg.profile_key.as_bytes().to_vec(),
             source: source.to_string(),
             offset,

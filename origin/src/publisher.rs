@@ -256,6 +256,7 @@ pub struct Publisher {
     last_write: HashMap<String, Instant>,
     manifest_pending: bool,
     last_chunk_len: usize,
+    rules: Arc<attune_core::rules::Config>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -292,6 +293,7 @@ impl Publisher {
             last_write: HashMap::new(),
             manifest_pending: false,
             last_chunk_len: 0,
+            rules: Arc::new(cfg.rules.clone()),
         }
     }
 
@@ -402,11 +404,7 @@ impl Publisher {
                         let t = trending.get_or_insert_with(|| model.trending(wall)).clone();
                         wire::encode(&Envelope::new(version, wall, t))
                     } else if key == kv::CONFIG {
-                        wire::encode(&Envelope::new(
-                            version,
-                            wall,
-                            attune_core::rules::Config::default(),
-                        ))
+                        wire::encode(&Envelope::new(version, wall, &*self.rules))
                     } else if let Some(s) = key.strip_prefix("n:") {
                         let shard: NeighbourShard =
                             model.neighbour_shard(s.parse().unwrap_or(u32::MAX));

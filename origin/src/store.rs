@@ -102,6 +102,8 @@ pub mod keys {
     pub const LATE: &str = "late";
     pub const DLQ_SEQ: &str = "dlq_seq";
     pub const MODEL_SEQ: &str = "model_seq";
+    pub const CFG_VERSION: &str = "cfg_version";
+    pub const CFG_HASH: &str = "cfg_hash";
     pub fn offset(source: &str) -> String {
         format!("offset:{source}")
     }
