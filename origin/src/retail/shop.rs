@@ -427,11 +427,18 @@ impl<'a> Shop<'a> {
     }
 }
 
-/// A recommendation slot: the items are direct children of the slot element.
+/// A recommendation slot: the items are direct children of the slot element. The slot is
+/// named after its strategy, so every slot of a page has its own name (the edge ranks, reports
+/// and records impressions per slot name).
 fn slot(out: &mut String, attrs: &str, items: &[&RetailItem]) {
+    let name = attrs
+        .split("data-attune-strategy=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or("recs");
     let _ = writeln!(
         out,
-        "<section class=\"grid\" data-attune-slot=\"recs\" {attrs}>"
+        "<section class=\"grid\" data-attune-slot=\"{name}\" {attrs}>"
     );
     for item in items {
         card(out, item, true);
@@ -754,7 +761,7 @@ mod tests {
         assert!(home.contains("<div data-attune-variant=\"default\">"));
         assert!(home.contains("<div data-attune-variant=\"returning-buyer\" hidden>"));
         assert!(home.contains(
-            "data-attune-slot=\"recs\" data-attune-strategy=\"for-you\" data-attune-count=\"8\""
+            "data-attune-slot=\"for-you\" data-attune-strategy=\"for-you\" data-attune-count=\"8\""
         ));
         assert!(home.contains("data-attune-strategy=\"trending\" data-attune-count=\"4\""));
         // 8 for-you + 4 trending defaults, all distinct.
@@ -787,7 +794,7 @@ mod tests {
         assert!(page.contains("data-attune-add-to-cart=\"85123A\""));
         assert!(page.contains("href=\"/c/hearts-love.html\">Hearts &amp; Love</a>"));
         assert!(page.contains(
-            "data-attune-slot=\"recs\" data-attune-strategy=\"similar\" data-attune-count=\"4\""
+            "data-attune-slot=\"similar\" data-attune-strategy=\"similar\" data-attune-count=\"4\""
         ));
         let similar = page
             .split("data-attune-strategy=\"similar\"")
@@ -802,7 +809,7 @@ mod tests {
 
         let cat = &files["c/hearts-love.html"];
         assert!(cat.contains(concat!(
-            "data-attune-slot=\"recs\" data-attune-strategy=\"category\" ",
+            "data-attune-slot=\"category\" data-attune-strategy=\"category\" ",
             "data-attune-category=\"Hearts &amp; Love\" data-attune-count=\"4\""
         )));
         assert!(cat.contains("<a href=\"/c/hearts-love.html\" aria-current=\"page\">"));
