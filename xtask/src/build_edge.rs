@@ -11,6 +11,11 @@
 //! first runs the same `cargo build` worker-build would, fingerprints the resulting wasm together
 //! with everything else that shapes the output, and skips worker-build when `build/` already
 //! holds that exact build. `--force` always rebuilds.
+//!
+//! Release builds then lose the wasm `name` section: worker-build runs wasm-opt with
+//! `--debuginfo` appended to the configured arguments (to keep function names for stack traces),
+//! so `--strip-debug` in the crate metadata cannot drop it, and the names are about 250 KB raw
+//! (some 65 KB gzipped) of a Worker whose size limit counts. Panics still log their message.
 
 use std::fs;
 use std::io::Write;
@@ -89,6 +94,9 @@ pub fn build(profile: Profile, crate_dir: &Path, force: bool) -> Result<()> {
         .arg(crate_dir)
         .current_dir(crate_dir);
         util::run(&mut cmd)?;
+        if profile == Profile::Release {
+            strip_names(&out.join("index_bg.wasm"))?;
+        }
         if let Some(stamp) = &stamp {
             fs::write(&stamp_path, stamp)
                 .with_context(|| format!("writing {}", stamp_path.display()))?;
@@ -116,6 +124,56 @@ pub fn build(profile: Profile, crate_dir: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// Removes the `name` custom section (function names) from a wasm module in place. Every other
+/// section, including `producers` and `target_features`, is kept byte for byte.
+fn strip_names(path: &Path) -> Result<()> {
+    let wasm = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let stripped = without_custom_section(&wasm, "name")
+        .with_context(|| format!("{} is not a wasm module", path.display()))?;
+    if stripped.len() != wasm.len() {
+        fs::write(path, stripped).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `wasm` without its custom sections called `name`; `None` if it does not parse as a module.
+fn without_custom_section(wasm: &[u8], name: &str) -> Option<Vec<u8>> {
+    fn leb128(bytes: &[u8], at: &mut usize) -> Option<usize> {
+        let mut value = 0usize;
+        for shift in (0..35).step_by(7) {
+            let byte = *bytes.get(*at)?;
+            *at += 1;
+            value |= usize::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    if wasm.get(..4)? != b"\0asm" || wasm.len() < 8 {
+        return None;
+    }
+    let mut out = wasm[..8].to_vec();
+    let mut at = 8;
+    while at < wasm.len() {
+        let start = at;
+        let id = wasm[at];
+        at += 1;
+        let len = leb128(wasm, &mut at)?;
+        let end = at.checked_add(len).filter(|&end| end <= wasm.len())?;
+        let drop = id == 0 && {
+            let mut name_at = at;
+            let name_len = leb128(wasm, &mut name_at)?;
+            wasm.get(name_at..name_at.checked_add(name_len)?)? == name.as_bytes()
+        };
+        if !drop {
+            out.extend_from_slice(&wasm[start..end]);
+        }
+        at = end;
+    }
+    Some(out)
+}
+
 /// Size after `gzip -9`, which is what the Workers size limit is measured against.
 fn gzip_len(bytes: &[u8]) -> Result<u64> {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
@@ -140,8 +198,9 @@ fn build_fingerprint(profile: Profile, crate_dir: &Path) -> Option<String> {
     let mut input = fs::read(wasm_path).ok()?;
     input.extend_from_slice(manifest.as_bytes());
     let wasm_bindgen = bootstrap::cargo_lock_version("wasm-bindgen").unwrap_or_default();
+    // `strip-names`: output built before the name section was stripped is rebuilt.
     let tools = format!(
-        "{profile:?} worker-build {} wasm-bindgen {wasm_bindgen}",
+        "{profile:?} strip-names worker-build {} wasm-bindgen {wasm_bindgen}",
         bootstrap::WORKER_BUILD_VERSION
     );
     input.extend_from_slice(tools.as_bytes());
@@ -182,12 +241,41 @@ fn target_dir(crate_dir: &Path) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::package_name;
+    use super::{package_name, without_custom_section};
 
     #[test]
     fn reads_package_name() {
         let manifest = "[package]\nname = \"attune-edge\"\nversion.workspace = true\n\n[lib]\nname = \"other\"\n";
         assert_eq!(package_name(manifest).as_deref(), Some("attune-edge"));
         assert_eq!(package_name("[workspace]\nname = \"x\"\n"), None);
+    }
+
+    #[test]
+    fn strips_only_the_name_section() {
+        let custom = |name: &str, body: &[u8]| {
+            let mut payload = vec![name.len() as u8];
+            payload.extend_from_slice(name.as_bytes());
+            payload.extend_from_slice(body);
+            let mut section = vec![0, payload.len() as u8];
+            section.extend_from_slice(&payload);
+            section
+        };
+        let header = b"\0asm\x01\0\0\0".to_vec();
+        let types = vec![1, 1, 0];
+        let module = [
+            header.clone(),
+            types.clone(),
+            custom("name", &[1, 2, 3]),
+            custom("producers", &[4]),
+        ]
+        .concat();
+        let expected = [header, types, custom("producers", &[4])].concat();
+        assert_eq!(
+            without_custom_section(&module, "name"),
+            Some(expected.clone())
+        );
+        assert_eq!(without_custom_section(&expected, "name"), Some(expected));
+        assert_eq!(without_custom_section(b"not wasm", "name"), None);
+        assert_eq!(without_custom_section(&module[..12], "name"), None);
     }
 }
