@@ -15,6 +15,7 @@ pub mod headers;
 pub mod identity;
 pub mod policy;
 pub mod rewrite;
+pub mod urls;
 
 #[cfg(target_arch = "wasm32")]
 mod worker_shell;

@@ -22,7 +22,7 @@ use crate::headers::{BEACON_JS, Debug, Outcome, ProfileState, Timing};
 use crate::identity::{self, Identity};
 use crate::policy::{self, RequestFacts};
 use crate::rewrite::{Inputs, PageRewriter, Report};
-use crate::{cookies, devkv, events};
+use crate::{cookies, devkv, events, urls};
 
 thread_local! {
     static CACHE: RefCell<ModelCache> = RefCell::new(ModelCache::default());
@@ -146,38 +146,26 @@ async fn internal(
             {
                 return text_response(401, "unauthorized");
             }
-            let url = req.url()?;
-            let target = url
-                .query_pairs()
-                .find(|(k, _)| k == "path")
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_else(|| "/".into());
+            let url = req.inner().url();
+            let (origin, _, query) = urls::split(&url);
+            let target = urls::query_param(query, "path").unwrap_or_else(|| "/".into());
             if !target.starts_with('/')
                 || target.starts_with("//")
                 || target.starts_with("/__attune/")
             {
                 return text_response(400, "path must be a page path");
             }
-            let mut target_url = url.clone();
-            target_url.set_query(None);
             let (p, q) = target.split_once('?').unwrap_or((&target, ""));
-            target_url.set_path(p);
-            if !q.is_empty() {
-                target_url.set_query(Some(q));
-            }
+            let target_url = urls::join(origin, p, Some(q).filter(|q| !q.is_empty()));
             let mut init = RequestInit::new();
             init.with_method(Method::Get)
                 .with_headers(req.headers().clone());
-            let inner = Request::new_with_init(target_url.as_str(), &init)?;
+            let inner = Request::new_with_init(&target_url, &init)?;
             page(inner, env, ctx, s, true).await
         }
         (Method::Get, "/__attune/demo/login") if s.demo_login => {
-            let url = req.url()?;
-            let user = url
-                .query_pairs()
-                .find(|(k, _)| k == "user")
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default();
+            let url = req.inner().url();
+            let user = urls::query_param(urls::split(&url).2, "user").unwrap_or_default();
             if !identity::valid_user_id(&user) || user.contains([';', ',', '"']) {
                 return text_response(400, "bad user");
             }
@@ -477,26 +465,22 @@ async fn upstream(req: Request, env: &Env, ctx: &Context, s: &Settings) -> Resul
     if s.upstream.is_empty() {
         let assets = env.assets("ASSETS")?;
         // The shop is served with `html_handling = "none"`: a directory means its index.html.
-        let mut url = req.url()?;
-        if url.path().ends_with('/') {
-            let path = format!("{}index.html", url.path());
-            url.set_path(&path);
+        let url = req.inner().url();
+        let (origin, path, query) = urls::split(&url);
+        if path.ends_with('/') {
+            let url = urls::join(origin, &format!("{path}index.html"), query);
             let mut init = RequestInit::new();
             init.with_method(req.method())
                 .with_headers(copy_headers(req.headers(), &[])?);
             return assets
-                .fetch_request(Request::new_with_init(url.as_str(), &init)?)
+                .fetch_request(Request::new_with_init(&url, &init)?)
                 .await;
         }
         return assets.fetch_request(req).await;
     }
-    let url = req.url()?;
-    let target = format!(
-        "{}{}{}",
-        s.upstream,
-        url.path(),
-        url.query().map(|q| format!("?{q}")).unwrap_or_default()
-    );
+    let url = req.inner().url();
+    let (_, path, query) = urls::split(&url);
+    let target = urls::join(&s.upstream, path, query);
     let cacheable_req = req.method() == Method::Get && req.headers().get("range")?.is_none();
     let cache = Cache::default();
     if cacheable_req && let Ok(Some(hit)) = cache.get(target.as_str(), false).await {
