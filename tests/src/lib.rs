@@ -322,3 +322,263 @@ pub fn eventually<T>(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The origin binary, built on demand (a no-op when cargo already has it fresh).
+pub fn origin_binary() -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(repo_root())
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "attune-origin",
+            "--bin",
+            "attune-origin",
+        ])
+        .status()
+        .context("building attune-origin")?;
+    if !status.success() {
+        bail!("building attune-origin failed ({status})");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| repo_root().join("target"), PathBuf::from);
+    Ok(target.join("debug/attune-origin"))
+}
+
+/// The repository's wrangler.toml made standalone for a test: no `[build]` table (the test
+/// runs the Worker the xtask built; a nested build would wait on cargo's lock) and absolute
+/// paths.
+pub fn standalone_wrangler_config(dir: &Path) -> Result<PathBuf> {
+    let root = repo_root();
+    let text =
+        std::fs::read_to_string(root.join("wrangler.toml")).context("reading wrangler.toml")?;
+    let mut out = String::new();
+    let mut in_build = false;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            in_build = trimmed.starts_with("[build]");
+        }
+        if in_build {
+            continue;
+        }
+        let absolute = |key: &str| -> Option<String> {
+            let value = trimmed
+                .strip_prefix(key)?
+                .trim_start()
+                .strip_prefix('=')?
+                .trim()
+                .trim_matches('"');
+            Some(format!("{key} = \"{}\"", root.join(value).display()))
+        };
+        out.push_str(
+            &absolute("main")
+                .or_else(|| absolute("directory"))
+                .unwrap_or_else(|| line.to_string()),
+        );
+        out.push('\n');
+    }
+    let path = dir.join("wrangler.toml");
+    std::fs::write(&path, out)?;
+    Ok(path)
+}
+
+/// What a test wants of the stack.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    /// Start the origin (otherwise the Worker forwards events to a closed port).
+    pub origin: bool,
+    /// Rules file given to the origin (published under `cfg`).
+    pub rules: Option<PathBuf>,
+    /// The Worker's KV time budget.
+    pub budget_ms: u32,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            origin: true,
+            rules: Some(repo_root().join("examples/shop/rules.json")),
+            // Generous: CI machines are loaded; the production default (50 ms) is about a
+            // real CDN, not two cores compiling.
+            budget_ms: 3_000,
+        }
+    }
+}
+
+/// The Worker under `wrangler dev` and (optionally) the origin, on free ports, with their own
+/// temporary state.
+#[derive(Debug)]
+pub struct Stack {
+    pub worker_url: String,
+    pub origin_url: String,
+    pub worker: Service,
+    pub origin: Option<Service>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub fn start(opts: StackOptions) -> Result<Stack> {
+        let dir = tempfile::tempdir()?;
+        let worker_port = free_port();
+        let kv_url = format!("http://127.0.0.1:{worker_port}/__attune/kv");
+        let (origin, origin_url) = if opts.origin {
+            let mut cmd = Command::new(origin_binary()?);
+            cmd.current_dir(repo_root())
+                .args(["serve", "--listen", "127.0.0.1:0", "--kv-url", &kv_url])
+                .arg("--data-dir")
+                .arg(dir.path().join("origin"))
+                .env("ATTUNE_INGEST_TOKEN", INGEST_TOKEN)
+                .env("ATTUNE_PROFILE_KEY", PROFILE_KEY)
+                .env("ATTUNE_DEV_KV_TOKEN", DEV_KV_TOKEN)
+                .env("ATTUNE_LOG", "warn");
+            if let Some(rules) = &opts.rules {
+                cmd.arg("--rules").arg(rules);
+            }
+            let mut origin = Service::spawn("attune-origin", cmd)?;
+            let line = origin.wait_for_line("listening on http://", Duration::from_secs(60))?;
+            let url = line
+                .split("listening on ")
+                .nth(1)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            (Some(origin), url)
+        } else {
+            // Nobody listens here: the origin is down.
+            (None, format!("http://127.0.0.1:{}", free_port()))
+        };
+        let config = standalone_wrangler_config(dir.path())?;
+        let wrangler = std::env::var_os("ATTUNE_WRANGLER").map_or_else(
+            || repo_root().join("node_modules/.bin/wrangler"),
+            PathBuf::from,
+        );
+        let mut cmd = Command::new(wrangler);
+        cmd.current_dir(dir.path())
+            .arg("dev")
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                &worker_port.to_string(),
+                "--persist-to",
+            ])
+            .arg(dir.path().join("kv"));
+        for var in [
+            format!("ATTUNE_SESSION_KEY:{SESSION_KEY}"),
+            format!("ATTUNE_PROFILE_KEY:{PROFILE_KEY}"),
+            format!("ATTUNE_DEBUG_TOKEN:{DEBUG_TOKEN}"),
+            format!("ATTUNE_DEV_KV_TOKEN:{DEV_KV_TOKEN}"),
+            format!("ATTUNE_INGEST_TOKEN:{INGEST_TOKEN}"),
+            format!("ATTUNE_ORIGIN_INGEST_URL:{origin_url}/v1/events"),
+            format!("ATTUNE_BUDGET_MS:{}", opts.budget_ms),
+            "ATTUNE_DEMO_LOGIN:1".to_string(),
+        ] {
+            cmd.args(["--var", &var]);
+        }
+        cmd.env("WRANGLER_SEND_METRICS", "false")
+            .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+            .env("NO_COLOR", "1")
+            .env("CI", "1");
+        let worker = Service::spawn("wrangler dev", cmd)?;
+        let worker_url = format!("http://127.0.0.1:{worker_port}");
+        let mut stack = Stack {
+            worker_url,
+            origin_url,
+            worker,
+            origin,
+            dir,
+        };
+        let probe = format!("{}/__attune/beacon.js", stack.worker_url);
+        let agent = http();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if agent.get(&probe).call().is_ok_and(|r| r.status() == 200) {
+                break;
+            }
+            if !stack.worker.is_running() || Instant::now() > deadline {
+                bail!("wrangler dev did not come up:\n{}", stack.worker.output());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Ok(stack)
+    }
+
+    /// Runs an origin CLI command against the running origin (`--url`).
+    pub fn origin_cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(origin_binary()?)
+            .current_dir(repo_root())
+            .args(args)
+            .args(["--url", &self.origin_url])
+            .env("ATTUNE_INGEST_TOKEN", INGEST_TOKEN)
+            .env("ATTUNE_LOG", "warn")
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "attune-origin {args:?} failed: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The origin's Prometheus metrics as `(series, value)`.
+    pub fn origin_metrics(&self) -> Result<BTreeMap<String, f64>> {
+        let text = reply(http().get(format!("{}/metrics", self.origin_url)).call()?)?.text();
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// Sum of every series of a metric whose labels contain all of `labels`.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> Result<f64> {
+        Ok(self
+            .origin_metrics()?
+            .into_iter()
+            .filter(|(k, _)| {
+                (k == name || k.starts_with(&format!("{name}{{")))
+                    && labels.iter().all(|l| k.contains(l))
+            })
+            .map(|(_, v)| v)
+            .sum())
+    }
+
+    /// Writes raw values into the Worker's local KV through its dev bulk route.
+    pub fn kv_put(&self, pairs: &[(&str, &[u8])]) -> Result<()> {
+        use base64::Engine as _;
+        use std::fmt::Write as _;
+        let mut body = String::from("[");
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            let _ = write!(
+                body,
+                "{{\"key\":{},\"value\":\"{}\",\"base64\":true}}",
+                serde_json::Value::from(*k),
+                base64::engine::general_purpose::STANDARD.encode(v)
+            );
+        }
+        body.push(']');
+        let r = reply(
+            http()
+                .put(format!("{}/__attune/kv/bulk", self.worker_url))
+                .header("authorization", format!("Bearer {DEV_KV_TOKEN}"))
+                .header("content-type", "application/json")
+                .send(body.as_str())?,
+        )?;
+        if r.status != 200 {
+            bail!("kv bulk put: {} {}", r.status, r.text());
+        }
+        Ok(())
+    }
+}

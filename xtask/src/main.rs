@@ -1,6 +1,6 @@
 //! Attune's task runner (the rust-analyzer `xtask` pattern).
 //!
-//! `cargo xtask <command>`; one module per command. Only `std`, `anyhow` and `flate2`:
+//! `cargo xtask <command>`; one module per command. Only `std`, `anyhow`, `flate2` and `ctrlc`:
 //! the runner must compile in seconds on a fresh machine, before any tool is installed.
 
 mod bench;
@@ -19,7 +19,7 @@ commands:
   bootstrap [--browser]     install the toolchain this repository needs (idempotent; seconds when warm)
   build-edge [--dev]        build the Worker into edge/build/ with worker-build (no downloads)
   test [options]            the full check suite: fmt, clippy, no_std, edge wasm, native + wasm tests
-  demo                      run the local demo (arrives with the demo issue)
+  demo [--keep-state]       run the local demo: origin + wrangler dev + the shop, fed with the sample
   bench [args]              run the core benchmarks (criterion)
 
 test options:

@@ -1,0 +1,444 @@
+//! Attune as a user meets it: the real Worker under `wrangler dev` (workerd, local KV) in front
+//! of the demo shop, the real origin binary publishing to the Worker's dev KV route, the
+//! shipped Online Retail sample imported through the origin's API. Every check goes over HTTP,
+//! the way a browser, a beacon or an operator would.
+//!
+//! Needs the built Worker (`cargo xtask build-edge`; `cargo xtask test` builds it first). When
+//! it is missing the tests say so and pass without checking anything, so `cargo test` on a
+//! machine without the toolchain still runs the rest.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use attune_e2e::{
+    DEBUG_TOKEN, INGEST_TOKEN, Reply, Stack, StackOptions, Visitor, eventually, http, reply,
+    repo_root,
+};
+use serde_json::Value;
+
+const SAMPLE: &str = "data/online-retail/online_retail_sample.csv";
+const WAIT: Duration = Duration::from_secs(90);
+
+fn skip_without_worker() -> bool {
+    if attune_e2e::worker_built() {
+        return false;
+    }
+    println!(
+        "SKIPPED: edge/build or node_modules missing; run `cargo xtask build-edge` (cargo xtask test does)"
+    );
+    true
+}
+
+/// The debug explanation of one page for this visitor (the same request a page view makes).
+fn debug(v: &mut Visitor, path: &str) -> Result<(Reply, Value)> {
+    let r = v.get_with(path, &[("x-attune-debug", DEBUG_TOKEN)])?;
+    let header = r
+        .header("x-attune-debug")
+        .context("no x-attune-debug header")?
+        .to_string();
+    let json: Value = serde_json::from_str(&header)
+        .with_context(|| format!("debug header is not JSON: {header}"))?;
+    Ok((r, json))
+}
+
+fn slot<'a>(debug: &'a Value, name: &str) -> Option<&'a Value> {
+    debug["slots"]
+        .as_array()?
+        .iter()
+        .find(|s| s["slot"] == name)
+}
+
+fn picks(debug: &Value, name: &str) -> Vec<(String, String)> {
+    slot(debug, name)
+        .and_then(|s| s["picks"].as_array())
+        .map(|p| {
+            p.iter()
+                .map(|p| {
+                    (
+                        p["item"].as_str().unwrap_or("").to_string(),
+                        p["reason"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Hrefs of the items inside one slot of the rendered HTML, in order.
+fn slot_hrefs(html: &str, name: &str) -> Vec<String> {
+    let marker = format!("data-attune-slot=\"{name}\"");
+    let Some(start) = html.find(&marker) else {
+        return Vec::new();
+    };
+    let section = &html[start..];
+    let end = section.find("</section>").unwrap_or(section.len());
+    section[..end]
+        .split("href=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Starts the stack, imports the sample, and waits until the model reached the Worker.
+fn stack_with_sample() -> Result<Stack> {
+    let stack = Stack::start(StackOptions::default())?;
+    let out = stack.origin_cli(&["import-retail", SAMPLE])?;
+    println!("import-retail: {}", out.trim());
+    let mut probe = Visitor::new(&stack.worker_url);
+    eventually(WAIT, "the published model reaches the Worker", || {
+        let (r, d) = debug(&mut probe, "/")?;
+        let ready = r.header("x-attune").is_some_and(|h| h == "personalized")
+            && !picks(&d, "trending").is_empty();
+        Ok(ready.then_some(()))
+    })?;
+    Ok(stack)
+}
+
+#[test]
+fn personalization_end_to_end() -> Result<()> {
+    if skip_without_worker() {
+        return Ok(());
+    }
+    let stack = stack_with_sample()?;
+    let base = stack.worker_url.clone();
+    let home = std::fs::read_to_string(repo_root().join("examples/shop/public/index.html"))?;
+
+    // 1. A new visitor views three product pages; the next home page reflects them at once,
+    //    from the signed session cookie alone: nothing was published for this visitor.
+    let mut anon = Visitor::new(&base);
+    let (_, cold) = debug(&mut anon, "/")?;
+    let cold_for_you = picks(&cold, "for-you");
+    assert!(
+        !cold_for_you.is_empty(),
+        "cold visitors get trending picks: {cold}"
+    );
+    assert!(cold_for_you.iter().all(|(_, r)| r == "trending"), "{cold}");
+
+    let mut browsing = Visitor::new(&base);
+    let viewed = ["22632", "22865", "85123A"];
+    for item in viewed {
+        let r = browsing.get(&format!("/p/{item}.html"))?;
+        assert_eq!(r.status, 200);
+        assert!(
+            r.set_cookies().iter().any(|(k, _)| k == "attune_s"),
+            "product pages update the session"
+        );
+    }
+    let (r, d) = debug(&mut browsing, "/")?;
+    assert_eq!(r.header("x-attune"), Some("personalized"));
+    assert_eq!(
+        d["profile"], "missing",
+        "nothing published for this visitor yet: {d}"
+    );
+    let session: BTreeSet<&str> = d["session_items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(session, viewed.into_iter().collect(), "{d}");
+    let for_you = picks(&d, "for-you");
+    assert_eq!(
+        for_you.first().map(|p| p.1.as_str()),
+        Some("session-neighbour"),
+        "{d}"
+    );
+    assert!(
+        for_you
+            .iter()
+            .all(|(item, _)| !viewed.contains(&item.as_str())),
+        "seen items are not re-recommended"
+    );
+    let rendered = slot_hrefs(&r.text(), "for-you");
+    let defaults = slot_hrefs(&home, "for-you");
+    assert_ne!(rendered, defaults, "the for-you slot was rewritten");
+    assert_eq!(rendered.first(), Some(&format!("/p/{}.html", for_you[0].0)));
+    assert!(
+        r.header("cache-control")
+            .is_some_and(|c| c.contains("private"))
+    );
+
+    // 2. Purchases sent through the edge beacon reach the origin, are applied and published;
+    //    the next page shows profile-based picks without the purchased items.
+    let mut buyer = Visitor::new(&base);
+    buyer.get("/")?;
+    let bought = ["22632", "21212"];
+    let batch = format!(
+        "[{}]",
+        bought
+            .map(|i| format!(r#"{{"kind":"purchase","item":"{i}"}}"#))
+            .join(",")
+    );
+    let r = buyer.post(
+        "/__attune/events",
+        &batch,
+        &[("content-type", "application/json")],
+    )?;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let d = eventually(WAIT, "the buyer's profile reaches the Worker", || {
+        let (_, d) = debug(&mut buyer, "/")?;
+        Ok(d["profile"]["version"]
+            .as_u64()
+            .is_some_and(|v| v >= 2)
+            .then_some(d))
+    })?;
+    let for_you = picks(&d, "for-you");
+    assert!(!for_you.is_empty());
+    assert!(
+        for_you.iter().all(|(i, _)| !bought.contains(&i.as_str())),
+        "purchased items are excluded: {d}"
+    );
+    assert!(
+        for_you
+            .iter()
+            .any(|(_, r)| r == "profile-neighbour" || r == "category-affinity"),
+        "picks come from the profile: {d}"
+    );
+
+    // 3. The variant slot: `returning-buyer` for the buyer, `default` for a new visitor.
+    let hero = |d: &Value| slot(d, "hero").map(|s| s["chosen"].as_str().unwrap_or("").to_string());
+    assert_eq!(hero(&d).as_deref(), Some("returning-buyer"), "{d}");
+    let html = buyer.get("/")?.text();
+    assert!(
+        html.contains("data-attune-variant=\"returning-buyer\"")
+            && !html.contains("data-attune-variant=\"default\"")
+    );
+    assert_eq!(hero(&cold).as_deref(), Some("default"), "{cold}");
+    let html = Visitor::new(&base).get("/")?.text();
+    assert!(
+        html.contains("data-attune-variant=\"default\"")
+            && !html.contains("data-attune-variant=\"returning-buyer\"")
+    );
+
+    // 3b. The experiment on the trending slot (examples/shop/rules.json) splits visitors
+    //     deterministically and records exposures at the origin.
+    let exposures_before = stack.metric("attune_exposures_total", &["trending-vs-for-you"])?;
+    let mut arms = BTreeSet::new();
+    let visits = 12;
+    for _ in 0..visits {
+        let mut v = Visitor::new(&base);
+        let (_, first) = debug(&mut v, "/")?;
+        let arm = slot(&first, "trending")
+            .and_then(|s| s["exposure"]["arm"].as_str())
+            .map(str::to_string);
+        let arm = arm.with_context(|| format!("no exposure on the trending slot: {first}"))?;
+        let (_, again) = debug(&mut v, "/")?;
+        assert_eq!(
+            slot(&again, "trending").and_then(|s| s["exposure"]["arm"].as_str()),
+            Some(arm.as_str()),
+            "same visitor, same arm"
+        );
+        arms.insert(arm);
+    }
+    assert_eq!(
+        arms,
+        ["control", "personal"]
+            .map(String::from)
+            .into_iter()
+            .collect(),
+        "both arms are used"
+    );
+    eventually(WAIT, "exposures are counted at the origin", || {
+        let n = stack.metric("attune_exposures_total", &["trending-vs-for-you"])?;
+        Ok((n >= exposures_before + 2.0 * visits as f64).then_some(()))
+    })?;
+
+    // 5. Pass-through: byte-identical to the upstream, and no cookies for bots.
+    let public = repo_root().join("examples/shop/public");
+    let mut plain = Visitor::new(&base);
+    for (path, file) in [
+        ("/style.css", "style.css"),
+        ("/img/christmas.svg", "img/christmas.svg"),
+    ] {
+        let r = plain.get(path)?;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(
+            r.body,
+            std::fs::read(public.join(file))?,
+            "{path} is byte-identical"
+        );
+        assert!(
+            r.header("x-attune")
+                .is_some_and(|h| h.starts_with("bypass")),
+            "{path}"
+        );
+    }
+    let r = plain.get("/no/such/page.html")?;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body, std::fs::read(public.join("404.html"))?);
+    let r = plain.get_with("/", &[("range", "bytes=0-99")])?;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, home.as_bytes()[..100]);
+    let head = reply(
+        http()
+            .head(format!("{base}/"))
+            .header("user-agent", "Mozilla/5.0")
+            .call()?,
+    )?;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert!(
+        head.header("x-attune")
+            .is_some_and(|h| h.starts_with("bypass"))
+    );
+    let mut bot = Visitor::new(&base);
+    bot.user_agent =
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)".into();
+    let r = bot.get("/")?;
+    assert_eq!(r.text(), home, "bots get the page untouched");
+    assert!(r.set_cookies().is_empty(), "no cookies for bots");
+    assert_eq!(r.header("x-attune"), Some("bypass;reason=bot"));
+
+    // Sec-GPC: default content, no profile lookup, and no events accepted.
+    let mut private = Visitor::new(&base);
+    let r = private.get_with("/", &[("sec-gpc", "1")])?;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("x-attune").is_some_and(|h| h.contains("consent")),
+        "{:?}",
+        r.header("x-attune")
+    );
+    assert_eq!(
+        slot_hrefs(&r.text(), "for-you"),
+        slot_hrefs(&home, "for-you"),
+        "default content"
+    );
+    assert!(
+        r.set_cookies().iter().all(|(k, _)| k != "attune_vid"),
+        "no visitor id without consent"
+    );
+    let received_before = stack.metric("attune_events_received_total", &[])?;
+    let r = private.post(
+        "/__attune/events",
+        r#"[{"kind":"view","item":"22632"}]"#,
+        &[("sec-gpc", "1"), ("content-type", "application/json")],
+    )?;
+    assert!(r.status == 202 || r.status == 204, "{}", r.status);
+    // A consenting visitor's event sent afterwards arrives; the GPC one never does.
+    let r = plain.post(
+        "/__attune/events",
+        r#"[{"kind":"view","item":"22633"}]"#,
+        &[("content-type", "application/json")],
+    )?;
+    assert_eq!(r.status, 202);
+    eventually(WAIT, "the consenting visitor's event arrives", || {
+        Ok(
+            (stack.metric("attune_events_received_total", &[])? >= received_before + 1.0)
+                .then_some(()),
+        )
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        stack.metric("attune_events_received_total", &[])?,
+        received_before + 1.0,
+        "exactly one event arrived: the GPC visitor's was not forwarded"
+    );
+
+    // 6. Escaping: a catalog title with markup and a javascript: URL render escaped / refused.
+    let hostile = serde_json::json!([{
+        "id": "22632",
+        "title": "Tom & Jerry's <script>alert(1)</script> warmer",
+        "url": "javascript:alert(1)",
+        "image": "/img/christmas.svg",
+        "price": "£2.10",
+        "category": "Christmas"
+    }]);
+    let r = reply(
+        http()
+            .put(format!("{}/v1/catalog", stack.origin_url))
+            .header("authorization", format!("Bearer {INGEST_TOKEN}"))
+            .header("content-type", "application/json")
+            .send(hostile.to_string().as_str())?,
+    )?;
+    assert!(r.status < 300, "catalog PUT: {} {}", r.status, r.text());
+    // Any page whose `similar` slot picks 22632 shows how it renders.
+    let candidates: Vec<String> = slot_hrefs(&home, "for-you")
+        .into_iter()
+        .chain(slot_hrefs(&home, "trending"))
+        .collect();
+    let mut viewer = Visitor::new(&base);
+    let html = eventually(WAIT, "a page renders the updated catalog entry", || {
+        for page in &candidates {
+            let (r, d) = debug(&mut viewer, page)?;
+            let rendered = slot(&d, "similar")
+                .and_then(|s| s["rendered"].as_array())
+                .cloned()
+                .unwrap_or_default();
+            let html = r.text();
+            if rendered.iter().any(|i| i == "22632") && html.contains("Tom &amp; Jerry") {
+                return Ok(Some(html));
+            }
+        }
+        Ok(None)
+    })?;
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "markup is escaped"
+    );
+    assert!(!html.contains("<script>alert(1)"), "no injected script");
+    assert!(
+        !html.to_ascii_lowercase().contains("javascript:"),
+        "javascript: URLs are refused"
+    );
+    Ok(())
+}
+
+#[test]
+fn default_content_when_origin_or_data_fail() -> Result<()> {
+    if skip_without_worker() {
+        return Ok(());
+    }
+    // The origin is down and KV is empty: pages are still served, with default content.
+    let stack = Stack::start(StackOptions {
+        origin: false,
+        ..StackOptions::default()
+    })?;
+    let home = std::fs::read_to_string(repo_root().join("examples/shop/public/index.html"))?;
+    let mut v = Visitor::new(&stack.worker_url);
+    let expect_default = |v: &mut Visitor, reason: &str| -> Result<()> {
+        let r = v.get("/")?;
+        assert_eq!(r.status, 200);
+        let header = r.header("x-attune").unwrap_or_default().to_string();
+        if header != format!("default;reason={reason}") {
+            bail!("expected default;reason={reason}, got {header:?}");
+        }
+        assert_eq!(
+            slot_hrefs(&r.text(), "for-you"),
+            slot_hrefs(&home, "for-you"),
+            "the author's defaults"
+        );
+        assert!(r.text().contains("data-attune-variant=\"default\""));
+        Ok(())
+    };
+    expect_default(&mut v, "no-data")?;
+    let r = v.get("/p/85123A.html")?;
+    assert_eq!(r.status, 200);
+    // Beacons still get their 202 at once; forwarding fails quietly in the background.
+    let r = v.post(
+        "/__attune/events",
+        r#"[{"kind":"view","item":"85123A"}]"#,
+        &[("content-type", "application/json")],
+    )?;
+    assert_eq!(r.status, 202);
+    let r = v.post(
+        "/__attune/events",
+        "{not json",
+        &[("content-type", "application/json")],
+    )?;
+    assert_eq!(r.status, 400);
+
+    // A corrupt manifest, then one of an unknown major schema version.
+    stack.kv_put(&[("m", b"\xc1 definitely not msgpack")])?;
+    expect_default(&mut v, "bad-snapshot")?;
+    let future = attune_core::wire::Envelope {
+        schema: 9 << 8,
+        version: 1,
+        updated_at: 0,
+        body: attune_core::Manifest::default(),
+    };
+    stack.kv_put(&[("m", &attune_core::wire::encode(&future))])?;
+    expect_default(&mut v, "unknown-schema")?;
+    Ok(())
+}
