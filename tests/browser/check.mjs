@@ -50,5 +50,6 @@ for (const [i, url] of urls.entries()) {
   await page.close();
 }
 const cookies = await context.cookies();
+// Names and values: the test looks the visitor id up at the origin (values are test-only ids).
 await browser.close();
-console.log(JSON.stringify({ results, cookies: cookies.map((c) => c.name) }));
+console.log(JSON.stringify({ results, cookies: cookies.map((c) => ({ name: c.name, value: c.value })) }));

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use serde_json::Value;
 
 /// Secrets the tests give both the worker and the origin.
 pub const SESSION_KEY: &str = "e2e-session-key";
@@ -581,4 +582,88 @@ impl Stack {
         }
         Ok(())
     }
+}
+
+// ---- Page-level helpers shared by the end-to-end and browser tests ----
+
+pub const SAMPLE: &str = "data/online-retail/online_retail_sample.csv";
+
+pub fn skip_without_worker() -> bool {
+    if worker_built() {
+        return false;
+    }
+    println!(
+        "SKIPPED: edge/build or node_modules missing; run `cargo xtask build-edge` (cargo xtask test does)"
+    );
+    true
+}
+
+/// The debug explanation of one page for this visitor (the same request a page view makes).
+pub fn debug(v: &mut Visitor, path: &str) -> Result<(Reply, Value)> {
+    let r = v.get_with(path, &[("x-attune-debug", DEBUG_TOKEN)])?;
+    let header = r
+        .header("x-attune-debug")
+        .context("no x-attune-debug header")?
+        .to_string();
+    let json: Value = serde_json::from_str(&header)
+        .with_context(|| format!("debug header is not JSON: {header}"))?;
+    Ok((r, json))
+}
+
+pub fn slot<'a>(debug: &'a Value, name: &str) -> Option<&'a Value> {
+    debug["slots"]
+        .as_array()?
+        .iter()
+        .find(|s| s["slot"] == name)
+}
+
+pub fn picks(debug: &Value, name: &str) -> Vec<(String, String)> {
+    slot(debug, name)
+        .and_then(|s| s["picks"].as_array())
+        .map(|p| {
+            p.iter()
+                .map(|p| {
+                    (
+                        p["item"].as_str().unwrap_or("").to_string(),
+                        p["reason"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Hrefs of the items inside one slot of the rendered HTML, in order.
+pub fn slot_hrefs(html: &str, name: &str) -> Vec<String> {
+    let marker = format!("data-attune-slot=\"{name}\"");
+    let Some(start) = html.find(&marker) else {
+        return Vec::new();
+    };
+    let section = &html[start..];
+    let end = section.find("</section>").unwrap_or(section.len());
+    section[..end]
+        .split("href=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Starts the stack, imports the sample, and waits until the model reached the Worker.
+pub fn stack_with_sample() -> Result<Stack> {
+    let stack = Stack::start(StackOptions::default())?;
+    let out = stack.origin_cli(&["import-retail", SAMPLE])?;
+    println!("import-retail: {}", out.trim());
+    let mut probe = Visitor::new(&stack.worker_url);
+    eventually(
+        Duration::from_secs(90),
+        "the published model reaches the Worker",
+        || {
+            let (r, d) = debug(&mut probe, "/")?;
+            let ready = r.header("x-attune").is_some_and(|h| h == "personalized")
+                && !picks(&d, "trending").is_empty();
+            Ok(ready.then_some(()))
+        },
+    )?;
+    Ok(stack)
 }

@@ -12,89 +12,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use attune_e2e::{
-    DEBUG_TOKEN, INGEST_TOKEN, Reply, Stack, StackOptions, Visitor, eventually, http, reply,
-    repo_root,
+    INGEST_TOKEN, Stack, StackOptions, Visitor, debug, eventually, http, picks, reply, repo_root,
+    skip_without_worker, slot, slot_hrefs, stack_with_sample,
 };
 use serde_json::Value;
 
-const SAMPLE: &str = "data/online-retail/online_retail_sample.csv";
 const WAIT: Duration = Duration::from_secs(90);
-
-fn skip_without_worker() -> bool {
-    if attune_e2e::worker_built() {
-        return false;
-    }
-    println!(
-        "SKIPPED: edge/build or node_modules missing; run `cargo xtask build-edge` (cargo xtask test does)"
-    );
-    true
-}
-
-/// The debug explanation of one page for this visitor (the same request a page view makes).
-fn debug(v: &mut Visitor, path: &str) -> Result<(Reply, Value)> {
-    let r = v.get_with(path, &[("x-attune-debug", DEBUG_TOKEN)])?;
-    let header = r
-        .header("x-attune-debug")
-        .context("no x-attune-debug header")?
-        .to_string();
-    let json: Value = serde_json::from_str(&header)
-        .with_context(|| format!("debug header is not JSON: {header}"))?;
-    Ok((r, json))
-}
-
-fn slot<'a>(debug: &'a Value, name: &str) -> Option<&'a Value> {
-    debug["slots"]
-        .as_array()?
-        .iter()
-        .find(|s| s["slot"] == name)
-}
-
-fn picks(debug: &Value, name: &str) -> Vec<(String, String)> {
-    slot(debug, name)
-        .and_then(|s| s["picks"].as_array())
-        .map(|p| {
-            p.iter()
-                .map(|p| {
-                    (
-                        p["item"].as_str().unwrap_or("").to_string(),
-                        p["reason"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Hrefs of the items inside one slot of the rendered HTML, in order.
-fn slot_hrefs(html: &str, name: &str) -> Vec<String> {
-    let marker = format!("data-attune-slot=\"{name}\"");
-    let Some(start) = html.find(&marker) else {
-        return Vec::new();
-    };
-    let section = &html[start..];
-    let end = section.find("</section>").unwrap_or(section.len());
-    section[..end]
-        .split("href=\"")
-        .skip(1)
-        .filter_map(|s| s.split('"').next())
-        .map(str::to_string)
-        .collect()
-}
-
-/// Starts the stack, imports the sample, and waits until the model reached the Worker.
-fn stack_with_sample() -> Result<Stack> {
-    let stack = Stack::start(StackOptions::default())?;
-    let out = stack.origin_cli(&["import-retail", SAMPLE])?;
-    println!("import-retail: {}", out.trim());
-    let mut probe = Visitor::new(&stack.worker_url);
-    eventually(WAIT, "the published model reaches the Worker", || {
-        let (r, d) = debug(&mut probe, "/")?;
-        let ready = r.header("x-attune").is_some_and(|h| h == "personalized")
-            && !picks(&d, "trending").is_empty();
-        Ok(ready.then_some(()))
-    })?;
-    Ok(stack)
-}
 
 #[test]
 fn personalization_end_to_end() -> Result<()> {
