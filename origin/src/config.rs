@@ -56,8 +56,12 @@ pub struct IngestConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Most log records applied in one store transaction.
+    /// Most log records applied in one store transaction (the pipeline sizes batches below
+    /// this so one takes about 300 ms).
     pub batch_max: usize,
+    /// User states the pipeline keeps decoded in memory between batches (least recently
+    /// used evicted); a miss reads the store.
+    pub profile_cache: usize,
     /// How long an `event_id` is remembered (event time, behind the watermark).
     pub dedup_horizon_ms: u64,
     /// Events older than the source's watermark minus this go to the DLQ as `late`.
@@ -153,7 +157,8 @@ impl Default for IngestConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
-            batch_max: 8192,
+            batch_max: 65_536,
+            profile_cache: 200_000,
             dedup_horizon_ms: 7 * 24 * HOUR_MS,
             allowed_lateness_ms: 48 * HOUR_MS,
         }

@@ -80,7 +80,6 @@ pub fn evaluate(events: Vec<Event>, catalog: Vec<attune_core::CatalogItem>) -> R
     model.set_catalog(catalog);
     let pcfg = ProfileConfig::default();
     let mut users: BTreeMap<String, UserState> = BTreeMap::new();
-    let mut touched = Default::default();
     let mut training = 0;
     for (i, e) in events.iter().enumerate() {
         if held.contains(&i) {
@@ -94,7 +93,7 @@ pub fn evaluate(events: Vec<Event>, catalog: Vec<attune_core::CatalogItem>) -> R
             .and_then(|it| model.category(it))
             .map(str::to_string);
         state.profile.apply(e, cat.as_deref(), &pcfg);
-        model.observe(e, pcfg.weight(e.kind).weight, state, &mut touched);
+        model.observe(e, pcfg.weight(e.kind).weight, state);
     }
     let catalog = model.catalog_shard(0);
     let neighbours = model.neighbour_shard(0);

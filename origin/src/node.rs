@@ -137,6 +137,7 @@ impl Node {
         {
             let mut profiles = tx.open_table(PROFILES)?;
             existed = profiles.remove(user)?.is_some();
+            self.store.note_forgotten(user);
             let mut outbox = tx.open_table(OUTBOX)?;
             outbox.insert(
                 key.as_str(),
@@ -222,7 +223,7 @@ impl Node {
             buf.clear();
             reader.read(
                 from,
-                self.cfg.pipeline.batch_max,
+                pipeline.batch_limit(self.cfg.pipeline.batch_max),
                 std::time::Duration::ZERO,
                 &mut buf,
             )?;
@@ -232,6 +233,7 @@ impl Node {
             total.duplicates += o.duplicates;
             total.dlq += o.dlq;
             total.late += o.late;
+            total.batches += o.batches;
         }
     }
 }

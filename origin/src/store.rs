@@ -4,7 +4,7 @@
 //! either all of a batch or none of it.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use attune_core::{CatalogItem, Profile};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -14,16 +14,27 @@ use crate::error::Result;
 
 /// user → [`UserState`] (MessagePack).
 pub const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
-/// xxh3-128 of `event_id` → event time; pruned behind the watermark by the horizon.
+/// xxh3-128 of `event_id` → event time, one row per id (written by earlier versions; still
+/// read at start and pruned, no longer written).
 pub const DEDUP: TableDefinition<u128, u64> = TableDefinition::new("dedup");
+/// The dedup keys a batch added, one row per batch: (newest event time in the row, the
+/// batch's end offset) → packed `[xxh3-128 of event_id: u128 LE][event time: u64 LE]`.
+/// A row is deleted once its newest event time falls behind the horizon.
+pub const DEDUP_LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dedup_log");
 /// Named counters, offsets (`offset:<source>`) and watermarks (`wm:<source>`).
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// item → [`CatalogItem`] (MessagePack).
 pub const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
 /// item → number of user histories it entered.
 pub const ITEM_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("item_counts");
-/// (a, b) with a < b → co-occurrence count.
+/// (a, b) with a < b → co-occurrence count (written by earlier versions; still read).
 pub const PAIRS: TableDefinition<(&str, &str), u64> = TableDefinition::new("pairs");
+/// Interned item id → item (ids are dense, assigned in order).
+pub const ITEMS: TableDefinition<u32, &str> = TableDefinition::new("items");
+/// Co-occurrence counts as a log of absolute values: sequence → packed
+/// `[a: u32 LE][b: u32 LE][count: u64 LE]` (item ids, a < b). Replayed in order at load;
+/// compacted into a snapshot when it outgrows the live state (see `model.rs`).
+pub const PAIR_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("pair_log");
 /// item → (decayed trend score, reference time of the score).
 pub const TREND: TableDefinition<&str, (f64, u64)> = TableDefinition::new("trend");
 /// KV key → [`OutboxEntry`] (MessagePack): what still has to be published.
@@ -102,6 +113,8 @@ pub mod keys {
     pub const LATE: &str = "late";
     pub const DLQ_SEQ: &str = "dlq_seq";
     pub const MODEL_SEQ: &str = "model_seq";
+    /// Next `DEDUP_LOG` row number.
+    pub const DEDUP_ROW: &str = "dedup_row";
     pub const CFG_VERSION: &str = "cfg_version";
     pub const CFG_HASH: &str = "cfg_hash";
     pub fn offset(source: &str) -> String {
@@ -116,7 +129,13 @@ pub mod keys {
 #[derive(Clone)]
 pub struct Store {
     pub db: Arc<Database>,
+    /// Users deleted from `PROFILES` since the pipeline last looked (its profile cache drops
+    /// them); `None` once too many piled up (the pipeline then drops its whole cache).
+    forgotten: Arc<Mutex<Option<Vec<String>>>>,
 }
+
+/// Pending forgotten users kept before the pipeline is told to drop its whole cache instead.
+const FORGOTTEN_MAX: usize = 10_000;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -134,6 +153,9 @@ impl Store {
         let tx = db.begin_write()?;
         tx.open_table(PROFILES)?;
         tx.open_table(DEDUP)?;
+        tx.open_table(DEDUP_LOG)?;
+        tx.open_table(ITEMS)?;
+        tx.open_table(PAIR_LOG)?;
         tx.open_table(META)?;
         tx.open_table(CATALOG)?;
         tx.open_table(ITEM_COUNTS)?;
@@ -143,7 +165,30 @@ impl Store {
         tx.open_table(PUBLISHED)?;
         tx.open_table(DLQ)?;
         tx.commit()?;
-        Ok(Store { db: Arc::new(db) })
+        Ok(Store {
+            db: Arc::new(db),
+            forgotten: Arc::new(Mutex::new(Some(Vec::new()))),
+        })
+    }
+
+    /// Notes that `user`'s profile is being deleted. Call it inside the deleting write
+    /// transaction, before its commit: the pipeline takes the notes after it began its own
+    /// write transaction, so every delete committed before that batch is seen by it.
+    pub fn note_forgotten(&self, user: &str) {
+        let mut f = self.forgotten.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = f.as_mut() {
+            if list.len() >= FORGOTTEN_MAX {
+                *f = None;
+            } else {
+                list.push(user.to_string());
+            }
+        }
+    }
+
+    /// Users forgotten since the last call; `None` means "too many: forget every cached one".
+    pub fn take_forgotten(&self) -> Option<Vec<String>> {
+        let mut f = self.forgotten.lock().unwrap_or_else(|e| e.into_inner());
+        f.replace(Vec::new())
     }
 
     pub fn meta(&self, key: &str) -> Result<u64> {
