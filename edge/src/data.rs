@@ -10,6 +10,7 @@ use attune_core::wire::{self, WireError};
 use attune_core::{
     CatalogItem, CatalogShard, Config, Manifest, Neighbour, NeighbourShard, Trending,
 };
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 /// Why a response got default content (`x-attune: default;reason=<code>`).
@@ -60,7 +61,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(u64, T), Fallback> {
     if schema >> 8 != u64::from(wire::SCHEMA_MAJOR) || schema > u64::from(u16::MAX) {
         return Err(Fallback::UnknownSchema);
     }
-    let env: wire::Envelope<T> = serde_json::from_value(tree).map_err(|_| Fallback::BadSnapshot)?;
+    let env = wire::Envelope::<T>::deserialize(&tree).map_err(|_| Fallback::BadSnapshot)?;
     Ok((env.version, env.body))
 }
 
@@ -110,9 +111,12 @@ fn pick<T>(m: &Manifest, key: &str, held: Option<&(u64, Rc<T>)>) -> Option<Rc<T>
     m.version_of(key).and(held.map(|x| x.1.clone()))
 }
 
+/// Whether the held copy satisfies the manifest. A copy newer than the manifest names is
+/// fine: KV only moves forward, and the publisher keeps changing hot keys such as `t` after
+/// writing a manifest, so an exact match would turn every such race into default content.
 fn fresh<T>(slot: Option<&(u64, T)>, want: Option<u64>) -> bool {
     match (slot, want) {
-        (Some((have, _)), Some(want)) => *have == want,
+        (Some((have, _)), Some(want)) => *have >= want,
         // Not in the manifest: nothing to read, an empty default stands in.
         (_, None) => true,
         (None, Some(_)) => false,
