@@ -600,14 +600,20 @@ pub fn skip_without_worker() -> bool {
 
 /// The debug explanation of one page for this visitor (the same request a page view makes).
 pub fn debug(v: &mut Visitor, path: &str) -> Result<(Reply, Value)> {
-    let r = v.get_with(path, &[("x-attune-debug", DEBUG_TOKEN)])?;
-    let header = r
-        .header("x-attune-debug")
-        .context("no x-attune-debug header")?
-        .to_string();
-    let json: Value = serde_json::from_str(&header)
-        .with_context(|| format!("debug header is not JSON: {header}"))?;
-    Ok((r, json))
+    // The page view itself (cookies, session, impressions), then the debug route, which renders
+    // the same page for the same cookies to the end and explains every slot (the page's own
+    // `x-attune-debug` header only covers the slots in its first chunk).
+    let page = v.get(path)?;
+    let r = v.get_with(
+        &format!("/__attune/debug?path={path}"),
+        &[("x-attune-debug", DEBUG_TOKEN)],
+    )?;
+    if r.status != 200 {
+        bail!("debug route: {} {}", r.status, r.text());
+    }
+    let json: Value = serde_json::from_slice(&r.body)
+        .with_context(|| format!("debug is not JSON: {}", r.text()))?;
+    Ok((page, json))
 }
 
 pub fn slot<'a>(debug: &'a Value, name: &str) -> Option<&'a Value> {
@@ -655,15 +661,28 @@ pub fn stack_with_sample() -> Result<Stack> {
     let out = stack.origin_cli(&["import-retail", SAMPLE])?;
     println!("import-retail: {}", out.trim());
     let mut probe = Visitor::new(&stack.worker_url);
-    eventually(
+    let mut last = String::new();
+    let ready = eventually(
         Duration::from_secs(90),
         "the published model reaches the Worker",
         || {
             let (r, d) = debug(&mut probe, "/")?;
             let ready = r.header("x-attune").is_some_and(|h| h == "personalized")
                 && !picks(&d, "trending").is_empty();
+            last = format!("x-attune: {:?}, debug: {d}", r.header("x-attune"));
             Ok(ready.then_some(()))
         },
-    )?;
+    );
+    if let Err(e) = ready {
+        let origin = stack
+            .origin
+            .as_ref()
+            .map(Service::output)
+            .unwrap_or_default();
+        bail!(
+            "{e:#}\nlast page: {last}\norigin output:\n{origin}\nworker output:\n{}",
+            stack.worker.output()
+        );
+    }
     Ok(stack)
 }
