@@ -505,6 +505,8 @@ fn layout(title: &str, head: &str, main: &str, active_slug: Option<&str>) -> Str
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
             "<title>{full_title}</title>\n",
             "<link rel=\"stylesheet\" href=\"/style.css\">\n",
+            // An icon that exists, so browsers do not log a 404 for /favicon.ico.
+            "<link rel=\"icon\" href=\"/img/gifts.svg\" type=\"image/svg+xml\">\n",
             "{head}",
             "<script src=\"/__attune/beacon.js\" defer></script>\n",
             "</head>\n<body>\n",
