@@ -59,19 +59,18 @@ impl Acc {
     /// Adds `weight` observed at `ts`, for a holder whose current epoch is `epoch`.
     /// The caller has already advanced the holder to `max(epoch, epoch_of(ts))`.
     pub fn add(&mut self, epoch: u32, ts: Millis, weight: f64, half_life_ms: Millis) {
-        let ts_epoch = epoch_of(ts);
-        let (bucket, reference) = if ts_epoch >= epoch {
-            (&mut self.2, epoch_start(epoch))
-        } else if ts_epoch + 1 == epoch {
-            (&mut self.1, epoch_start(epoch - 1))
-        } else {
-            // Older than the previous epoch: far beyond any allowed lateness. Fold it straight
-            // into the base, relative to the previous epoch's start.
-            (&mut self.0, epoch_start(epoch.saturating_sub(1)))
+        self.add_contribution(Contribution::new(epoch, ts, weight, half_life_ms));
+    }
+
+    /// Adds a precomputed [`Contribution`]: exactly [`Acc::add`] with the same arguments.
+    #[inline]
+    pub fn add_contribution(&mut self, c: Contribution) {
+        let bucket = match c.bucket {
+            Bucket::Cur => &mut self.2,
+            Bucket::Prev => &mut self.1,
+            Bucket::Base => &mut self.0,
         };
-        let delta = ts as i64 - reference as i64;
-        let contribution = fixed(weight * growth(delta, half_life_ms) * SCALE);
-        *bucket = bucket.saturating_add(contribution);
+        *bucket = bucket.saturating_add(c.value);
     }
 
     /// Moves the accumulator from epoch `from` to epoch `to` (`to > from`).
@@ -103,6 +102,43 @@ impl Acc {
         let older = self.0.saturating_add(self.1) as f64 * decay.older;
         let current = self.2 as f64 * decay.current;
         (older + current) / SCALE
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bucket {
+    Base,
+    Prev,
+    Cur,
+}
+
+/// What one observation adds to an accumulator: its bucket and fixed-point value. It depends on
+/// the holder's epoch, the time, the weight and the half-life only, so one event that touches
+/// several accumulators (an item and its category) computes it (and its `exp2`) once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Contribution {
+    bucket: Bucket,
+    value: i64,
+}
+
+impl Contribution {
+    /// `weight` observed at `ts`, for a holder whose current epoch is `epoch`.
+    pub fn new(epoch: u32, ts: Millis, weight: f64, half_life_ms: Millis) -> Self {
+        let ts_epoch = epoch_of(ts);
+        let (bucket, reference) = if ts_epoch >= epoch {
+            (Bucket::Cur, epoch_start(epoch))
+        } else if ts_epoch + 1 == epoch {
+            (Bucket::Prev, epoch_start(epoch - 1))
+        } else {
+            // Older than the previous epoch: far beyond any allowed lateness. Fold it straight
+            // into the base, relative to the previous epoch's start.
+            (Bucket::Base, epoch_start(epoch.saturating_sub(1)))
+        };
+        let delta = ts as i64 - reference as i64;
+        Contribution {
+            bucket,
+            value: fixed(weight * growth(delta, half_life_ms) * SCALE),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
-use crate::decay::{Acc, DecayAt, epoch_of};
+use crate::decay::{Acc, Contribution, DecayAt, epoch_of};
 use crate::event::{Event, EventKind};
 use crate::{DAY_MS, MINUTE_MS, Millis};
 
@@ -237,8 +237,13 @@ impl Profile {
         let kw = cfg.weight(event.kind);
         if let Some(item) = event.item.as_deref() {
             if kw.weight != 0.0 {
-                let half_life = cfg.half_life(kw.class);
-                let epoch = self.epoch;
+                // The same contribution for the item and its category: computed once.
+                let contribution = Contribution::new(
+                    self.epoch,
+                    ts,
+                    f64::from(kw.weight),
+                    cfg.half_life(kw.class),
+                );
                 let add = |list: &mut Vec<Affinity>, key: &str| {
                     let a = upsert(
                         list,
@@ -253,7 +258,7 @@ impl Profile {
                         DecayClass::Short => &mut a.short,
                         DecayClass::Long => &mut a.long,
                     };
-                    acc.add(epoch, ts, f64::from(kw.weight), half_life);
+                    acc.add_contribution(contribution);
                 };
                 add(&mut self.items, item);
                 if let Some(category) = category.filter(|c| !c.is_empty()) {
@@ -392,7 +397,20 @@ impl Profile {
             (&mut self.items, cfg.max_items),
             (&mut self.categories, cfg.max_categories),
         ] {
-            if list.len() > max {
+            if list.len() == max + 1 {
+                // The usual case (one key was just added): drop the single weakest, which is
+                // what the general case below keeps out, without allocating.
+                let at = ScoreAt::new(epoch, at, cfg);
+                let mut weakest = (f64::INFINITY, 0);
+                for (i, a) in list.iter().enumerate() {
+                    let score = a.score_with(&at);
+                    // Ties drop the larger key (the later position).
+                    if i == 0 || score.total_cmp(&weakest.0).is_le() {
+                        weakest = (score, i);
+                    }
+                }
+                list.remove(weakest.1);
+            } else if list.len() > max {
                 let at = ScoreAt::new(epoch, at, cfg);
                 let mut ranked: Vec<(f64, usize)> = list
                     .iter()
@@ -430,6 +448,18 @@ impl Profile {
 /// Keeps the `max` entries with the largest `age_key` (ties keep the smaller position, i.e. the
 /// smaller key in a sorted list).
 fn drop_oldest<T>(list: &mut Vec<T>, max: usize, age_key: impl Fn(&T) -> Millis) {
+    if list.len() == max + 1 {
+        // One over (the usual case): drop the single oldest, ties the later position.
+        let mut oldest = (Millis::MAX, 0);
+        for (i, e) in list.iter().enumerate() {
+            let k = age_key(e);
+            if k <= oldest.0 {
+                oldest = (k, i);
+            }
+        }
+        list.remove(oldest.1);
+        return;
+    }
     let mut ranked: Vec<(Millis, usize)> = list
         .iter()
         .enumerate()
