@@ -98,8 +98,18 @@ mod benches {
         assert_eq!(picks.len(), 10);
         eprintln!("rank scenario: {} candidates gathered", s.candidate_count());
         let mut g = c.benchmark_group("rank");
+        // The catalog and neighbour shards indexed once (`CatalogIndex`, `NeighbourIndex`), as
+        // the edge and the origin keep them.
         g.bench_function("for-you top-10, 10k catalog", |b| {
             b.iter(|| attune_core::rank(black_box(&input)))
+        });
+        // The same against the bare shards (a binary search per lookup).
+        let mut bare = s.input(10);
+        bare.catalog = &s.catalog;
+        bare.neighbours = &s.neighbours;
+        assert_eq!(attune_core::rank(&bare), picks);
+        g.bench_function("for-you top-10, 10k catalog, unindexed shards", |b| {
+            b.iter(|| attune_core::rank(black_box(&bare)))
         });
         g.finish();
     }

@@ -28,6 +28,7 @@ pub mod profile;
 pub mod rank;
 pub mod rules;
 pub mod session;
+mod table;
 #[cfg(feature = "wire")]
 pub mod wire;
 
@@ -40,7 +41,10 @@ pub const HOUR_MS: Millis = 60 * MINUTE_MS;
 pub const DAY_MS: Millis = 24 * HOUR_MS;
 
 pub use event::{Event, EventError, EventKind};
-pub use model::{CatalogItem, CatalogShard, Manifest, Neighbour, NeighbourShard, Trending};
+pub use model::{
+    CatalogIndex, CatalogItem, CatalogShard, Manifest, Neighbour, NeighbourIndex, NeighbourShard,
+    Trending,
+};
 pub use profile::{Profile, ProfileConfig};
 pub use rank::{Pick, RankInput, RankParams, Reason, Strategy, rank};
 pub use rules::{Config, RequestContext};

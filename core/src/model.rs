@@ -7,6 +7,8 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
+use crate::table::{Table, hash_str, same};
+
 /// One product as the page renders it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogItem {
@@ -31,6 +33,32 @@ pub struct Neighbour {
 /// Read access to a catalog, however the caller stores it.
 pub trait CatalogView {
     fn item(&self, id: &str) -> Option<&CatalogItem>;
+
+    /// [`CatalogView::item`] for a caller that has already hashed the id (`hash` is
+    /// `IdHash::of(id)`), so a view with a hash index need not hash it again. The default
+    /// ignores the hash.
+    #[inline]
+    fn item_hashed(&self, id: &str, hash: IdHash) -> Option<&CatalogItem> {
+        let _ = hash;
+        self.item(id)
+    }
+}
+
+/// The stable hash of an item id: xxh3-64 of its bytes, the same natively and in wasm (and the
+/// hash [`shard_of`] takes its remainder of). Ranking computes it once per candidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IdHash(u64);
+
+impl IdHash {
+    #[inline]
+    pub fn of(id: &str) -> Self {
+        IdHash(hash_str(id))
+    }
+
+    #[inline]
+    pub fn get(self) -> u64 {
+        self.0
+    }
 }
 
 /// Read access to neighbour lists, however the caller stores them.
@@ -62,6 +90,61 @@ impl CatalogView for CatalogShard {
     }
 }
 
+/// A catalog shard with a hash index over its ids: the same [`CatalogView`] as the shard,
+/// with lookups in (amortised) constant time instead of a binary search over the id strings.
+/// Build it once per shard and keep it next to the data (the edge in isolate memory, the
+/// origin's evaluation for its whole run); ranking looks up every candidate in the catalog.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CatalogIndex {
+    shard: CatalogShard,
+    table: Table,
+}
+
+impl CatalogIndex {
+    /// Indexes `shard`. When an id occurs more than once (shards from
+    /// [`CatalogShard::from_items`] never do), the first entry wins.
+    pub fn new(shard: CatalogShard) -> Self {
+        let items = &shard.items;
+        let mut table = Table::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let hash = hash_str(&item.id);
+            if table.find(hash, |j| items[j].id == item.id).is_none() {
+                table.insert(hash, i, |j| hash_str(&items[j].id));
+            }
+        }
+        CatalogIndex { shard, table }
+    }
+
+    pub fn shard(&self) -> &CatalogShard {
+        &self.shard
+    }
+
+    pub fn into_shard(self) -> CatalogShard {
+        self.shard
+    }
+}
+
+impl From<CatalogShard> for CatalogIndex {
+    fn from(shard: CatalogShard) -> Self {
+        CatalogIndex::new(shard)
+    }
+}
+
+impl CatalogView for CatalogIndex {
+    #[inline]
+    fn item(&self, id: &str) -> Option<&CatalogItem> {
+        self.item_hashed(id, IdHash::of(id))
+    }
+
+    #[inline]
+    fn item_hashed(&self, id: &str, hash: IdHash) -> Option<&CatalogItem> {
+        let items = &self.shard.items;
+        self.table
+            .find(hash.get(), |i| same(&items[i].id, id))
+            .map(|i| &items[i])
+    }
+}
+
 /// Neighbour lists of one shard of items (`n:<shard>`), sorted by item id.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NeighbourShard {
@@ -84,10 +167,62 @@ impl NeighbourView for NeighbourShard {
     }
 }
 
+/// A neighbour shard with a hash index over its item ids: the same [`NeighbourView`] as the
+/// shard, without the binary search over the id strings. Like [`CatalogIndex`], build it once
+/// per shard and keep it next to the data.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NeighbourIndex {
+    shard: NeighbourShard,
+    table: Table,
+}
+
+impl NeighbourIndex {
+    /// Indexes `shard`. When an id occurs more than once (shards from
+    /// [`NeighbourShard::from_lists`] never do), the first list wins.
+    pub fn new(shard: NeighbourShard) -> Self {
+        let lists = &shard.lists;
+        let mut table = Table::with_capacity(lists.len());
+        for (i, (id, _)) in lists.iter().enumerate() {
+            let hash = hash_str(id);
+            if table.find(hash, |j| lists[j].0 == *id).is_none() {
+                table.insert(hash, i, |j| hash_str(&lists[j].0));
+            }
+        }
+        NeighbourIndex { shard, table }
+    }
+
+    pub fn shard(&self) -> &NeighbourShard {
+        &self.shard
+    }
+
+    pub fn into_shard(self) -> NeighbourShard {
+        self.shard
+    }
+}
+
+impl From<NeighbourShard> for NeighbourIndex {
+    fn from(shard: NeighbourShard) -> Self {
+        NeighbourIndex::new(shard)
+    }
+}
+
+impl NeighbourView for NeighbourIndex {
+    fn neighbours(&self, id: &str) -> &[Neighbour] {
+        let lists = &self.shard.lists;
+        self.table
+            .find(hash_str(id), |i| same(&lists[i].0, id))
+            .map_or(&[], |i| &lists[i].1)
+    }
+}
+
 /// Several shards seen as one (the edge holds the few it needed for a request).
 impl<T: CatalogView> CatalogView for [T] {
     fn item(&self, id: &str) -> Option<&CatalogItem> {
         self.iter().find_map(|s| s.item(id))
+    }
+
+    fn item_hashed(&self, id: &str, hash: IdHash) -> Option<&CatalogItem> {
+        self.iter().find_map(|s| s.item_hashed(id, hash))
     }
 }
 
@@ -180,7 +315,7 @@ pub mod keys {
 /// The shard an item's catalog entry and neighbour list live in. A stable hash (xxh3), the
 /// same natively and in wasm, so the origin and the edge agree.
 pub fn shard_of(item: &str, shards: u32) -> u32 {
-    (xxhash_rust::xxh3::xxh3_64(item.as_bytes()) % u64::from(shards.max(1))) as u32
+    (IdHash::of(item).get() % u64::from(shards.max(1))) as u32
 }
 
 #[cfg(test)]

@@ -4,18 +4,21 @@
 //! gathered from the session's recent items, the profile's top items, the user's strongest
 //! categories and trending; minus exclusions (purchased, in cart, the page's own item, items
 //! already seen this session for discovery strategies); a diversity cap per category; ties
-//! broken by item id. Candidates are collected in a `BTreeMap`, so nothing depends on hash or
-//! insertion order and the output is identical natively and in wasm.
+//! broken by item id. Candidates are pooled in first-seen order behind a hash index, every
+//! score is summed in gathering order, and the output is sorted by a total order (score, then
+//! id), so nothing depends on hash or table order and the output is identical natively and in
+//! wasm.
 
-use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CatalogView, NeighbourView, Trending};
+use crate::model::{CatalogView, IdHash, NeighbourView, Trending};
 use crate::profile::{Profile, ProfileConfig, ScoreAt};
 use crate::session::Session;
+use crate::table::{Table, hash_str, same};
 use crate::{HOUR_MS, Millis};
 
 /// How a slot chooses its items (`data-attune-strategy`).
@@ -174,23 +177,64 @@ struct Candidate {
     reason_weight: f64,
     /// Trend prior, when the item trends (filled in once the pool is complete).
     prior: Option<f64>,
+    excluded: bool,
 }
 
+/// The candidates gathered so far, in first-seen order, with a hash index over their ids.
+/// Every contribution to a candidate is added in the order it is gathered, so its score is
+/// the same float sum whatever the index looks like; nothing is ever read out in hash order,
+/// and the final order is a total order (score, then id).
 struct Pool<'a> {
-    candidates: BTreeMap<&'a str, Candidate>,
+    ids: Vec<&'a str>,
+    hashes: Vec<IdHash>,
+    candidates: Vec<Candidate>,
+    index: Table,
 }
 
 impl<'a> Pool<'a> {
+    /// A pool sized for about `n` candidates (it grows past them).
+    fn with_capacity(n: usize) -> Self {
+        Pool {
+            ids: Vec::with_capacity(n),
+            hashes: Vec::with_capacity(n),
+            candidates: Vec::with_capacity(n),
+            index: Table::with_capacity(n),
+        }
+    }
+
+    fn position(&self, item: &str, hash: IdHash) -> Option<usize> {
+        self.index.find(hash.get(), |i| same(self.ids[i], item))
+    }
+
+    fn get_mut(&mut self, item: &str) -> Option<&mut Candidate> {
+        let i = self.position(item, IdHash::of(item))?;
+        Some(&mut self.candidates[i])
+    }
+
     fn add(&mut self, item: &'a str, amount: f64, reason: Reason) {
         if !(amount.is_finite()) || amount <= 0.0 {
             return;
         }
-        let c = self.candidates.entry(item).or_insert(Candidate {
-            score: 0.0,
-            reason,
-            reason_weight: 0.0,
-            prior: None,
-        });
+        let hash = IdHash::of(item);
+        let i = match self.position(item, hash) {
+            Some(i) => i,
+            None => {
+                let i = self.ids.len();
+                self.ids.push(item);
+                self.hashes.push(hash);
+                self.candidates.push(Candidate {
+                    score: 0.0,
+                    reason,
+                    reason_weight: 0.0,
+                    prior: None,
+                    excluded: false,
+                });
+                let hashes = &self.hashes;
+                self.index.insert(hash.get(), i, |j| hashes[j].get());
+                i
+            }
+        };
+        let c = &mut self.candidates[i];
         c.score += amount;
         if amount > c.reason_weight {
             c.reason = reason;
@@ -199,25 +243,60 @@ impl<'a> Pool<'a> {
     }
 }
 
-/// Items the slot must not show, sorted and deduplicated: the same set [`excluded`]
-/// describes, built once so candidates (visited in id order) are checked by a merge walk.
-fn exclusion_list<'a>(input: &RankInput<'a>, hide_seen: bool) -> Vec<&'a str> {
-    let mut out: Vec<&'a str> = Vec::new();
-    out.extend(input.page_item);
-    if let Some(p) = input.profile {
-        out.extend(p.purchased.iter().map(|x| x.item.as_str()));
-        out.extend(p.cart_items());
-    }
-    if hide_seen && let Some(s) = input.session {
-        out.extend(s.recent_items());
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
+/// The profile's category scores, sorted by category (like the profile), with a hash index
+/// for the per-candidate lookups.
+struct CategoryScores<'a> {
+    scores: Vec<(&'a str, f64)>,
+    /// `None` when the list is not strictly sorted (a hand-made profile): then lookups are the
+    /// binary search `Profile::category_affinity` does, duplicates and all.
+    index: Option<Table>,
 }
 
-/// Items the slot must not show (the reference the merge walk is checked against in debug
-/// builds).
+impl<'a> CategoryScores<'a> {
+    fn new(scores: Vec<(&'a str, f64)>) -> Self {
+        let index = scores.windows(2).all(|w| w[0].0 < w[1].0).then(|| {
+            let mut t = Table::with_capacity(scores.len());
+            for (i, (k, _)) in scores.iter().enumerate() {
+                t.insert(hash_str(k), i, |j| hash_str(scores[j].0));
+            }
+            t
+        });
+        CategoryScores { scores, index }
+    }
+
+    /// The score of `category`, 0 when the profile has none.
+    #[inline]
+    fn get(&self, category: &str) -> f64 {
+        let found = match &self.index {
+            Some(t) => t.find(hash_str(category), |i| same(self.scores[i].0, category)),
+            None => self
+                .scores
+                .binary_search_by(|(k, _)| (*k).cmp(category))
+                .ok(),
+        };
+        found.map_or(0.0, |i| self.scores[i].1)
+    }
+}
+
+/// Marks the candidates the slot must not show: the same set [`excluded`] describes.
+fn mark_exclusions(input: &RankInput<'_>, pool: &mut Pool<'_>, hide_seen: bool) {
+    let mut mark = |item: &str| {
+        if let Some(c) = pool.get_mut(item) {
+            c.excluded = true;
+        }
+    };
+    input.page_item.into_iter().for_each(&mut mark);
+    if let Some(p) = input.profile {
+        p.purchased.iter().for_each(|x| mark(&x.item));
+        p.cart_items().for_each(&mut mark);
+    }
+    if hide_seen && let Some(s) = input.session {
+        s.recent_items().for_each(&mut mark);
+    }
+}
+
+/// Items the slot must not show (the reference [`mark_exclusions`] is checked against in
+/// debug builds).
 #[cfg(debug_assertions)]
 fn excluded(input: &RankInput<'_>, item: &str, hide_seen: bool) -> bool {
     if input.page_item == Some(item) {
@@ -241,9 +320,15 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
         return Vec::new();
     }
     let params = input.params;
-    let mut pool = Pool {
-        candidates: BTreeMap::new(),
-    };
+    // A capacity hint only: the pool is usually about `max_candidates` strong for the
+    // personal strategies, and far smaller for the others.
+    let mut pool = Pool::with_capacity(match input.strategy {
+        Strategy::ForYou | Strategy::Similar => params
+            .max_candidates
+            .saturating_add(params.trending_candidates)
+            .min(4096),
+        _ => 64,
+    });
     let mut hide_seen = true;
     match input.strategy {
         Strategy::ForYou => {
@@ -300,15 +385,17 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
     // profile's category scores (sorted by category, like the profile) and the trend prior of
     // the candidates that trend. The values are exactly `Profile::category_affinity` and
     // `Trending::prior`.
-    let category_scores: Vec<(&str, f64)> = match input.profile {
+    let category_scores = match input.profile {
         Some(p) if strongest > 0.0 => {
             let at = ScoreAt::new(p.epoch, input.now, input.profile_config);
-            p.categories
-                .iter()
-                .map(|a| (a.key.as_str(), a.score_with(&at)))
-                .collect()
+            CategoryScores::new(
+                p.categories
+                    .iter()
+                    .map(|a| (a.key.as_str(), a.score_with(&at)))
+                    .collect(),
+            )
         }
-        _ => Vec::new(),
+        _ => CategoryScores::new(Vec::new()),
     };
     let top_trend = input
         .trending
@@ -317,7 +404,7 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
         .map_or(0.0, |e| f64::from(e.score));
     if top_trend > 0.0 {
         for e in &input.trending.items {
-            if let Some(c) = pool.candidates.get_mut(e.item.as_str())
+            if let Some(c) = pool.get_mut(&e.item)
                 && c.prior.is_none()
             {
                 // The first entry of an item counts, as in `Trending::prior`.
@@ -325,37 +412,35 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
             }
         }
     }
-    let exclusions = exclusion_list(input, hide_seen);
-    let mut next_exclusion = 0;
-    let mut scored: Vec<(&str, Candidate, &str)> = Vec::with_capacity(pool.candidates.len());
-    // The pool iterates in ascending id order, like `exclusions`.
-    for (item, mut c) in pool.candidates {
-        while exclusions.get(next_exclusion).is_some_and(|x| *x < item) {
-            next_exclusion += 1;
-        }
-        let is_excluded = exclusions.get(next_exclusion) == Some(&item);
+    mark_exclusions(input, &mut pool, hide_seen);
+    let mut scored: Vec<Scored<'_>> = Vec::with_capacity(pool.candidates.len());
+    for ((&item, c), &hash) in pool.ids.iter().zip(&pool.candidates).zip(&pool.hashes) {
         #[cfg(debug_assertions)]
-        debug_assert_eq!(is_excluded, excluded(input, item, hide_seen), "{item}");
-        if is_excluded {
+        debug_assert_eq!(c.excluded, excluded(input, item, hide_seen), "{item}");
+        if c.excluded {
             continue;
         }
-        let Some(entry) = input.catalog.item(item) else {
+        let Some(entry) = input.catalog.item_hashed(item, hash) else {
             continue;
         };
+        let mut c = *c;
         if input.profile.is_some() && strongest > 0.0 {
-            let score = category_scores
-                .binary_search_by(|(k, _)| (*k).cmp(entry.category.as_str()))
-                .map_or(0.0, |i| category_scores[i].1);
+            let score = category_scores.get(&entry.category);
             let affinity = score / strongest;
             if affinity > 0.0 {
                 c.score += params.category_weight * affinity;
             }
         }
         c.score += params.trend_weight * c.prior.unwrap_or(0.0);
-        scored.push((item, c, entry.category.as_str()));
+        scored.push(Scored {
+            item,
+            score: c.score,
+            reason: c.reason,
+            category: entry.category.as_str(),
+        });
     }
-    scored.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then_with(|| a.0.cmp(b.0)));
-    scored.truncate(params.max_candidates.max(input.count));
+    // Only the best `max_candidates` take part (the weakest are dropped past it).
+    let limit = scored.len().min(params.max_candidates.max(input.count));
 
     let cap = match input.strategy {
         // These slots are about one category or the visitor's own trail: no cap.
@@ -363,24 +448,60 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
         _ if params.diversity_cap == 0 => input.count.div_ceil(2).max(1),
         _ => params.diversity_cap,
     };
-    let mut per_category: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut per_category: Vec<(&str, usize)> = Vec::new();
     let mut picks = Vec::with_capacity(input.count);
-    for (item, c, category) in scored {
-        let used = per_category.entry(category).or_insert(0);
-        if *used >= cap {
-            continue;
+    // Walk the candidates best first. The order is total (ids are unique), so sorting only a
+    // best prefix first, and the rest when the diversity cap skips too many, visits exactly
+    // the order a full sort gives.
+    let mut sorted = 0;
+    while sorted < limit && picks.len() < input.count {
+        let remaining = &mut scored[sorted..];
+        let take = remaining.len().min((4 * input.count).max(32));
+        if take < remaining.len() {
+            remaining.select_nth_unstable_by(take - 1, Scored::order);
         }
-        *used += 1;
-        picks.push(Pick {
-            item: item.into(),
-            score: c.score,
-            reason: c.reason,
-        });
-        if picks.len() == input.count {
-            break;
+        remaining[..take].sort_unstable_by(Scored::order);
+        let end = (sorted + take).min(limit);
+        for s in &scored[sorted..end] {
+            let at = match per_category.iter().position(|(k, _)| *k == s.category) {
+                Some(at) => at,
+                None => {
+                    per_category.push((s.category, 0));
+                    per_category.len() - 1
+                }
+            };
+            let used = &mut per_category[at].1;
+            if *used >= cap {
+                continue;
+            }
+            *used += 1;
+            picks.push(Pick {
+                item: s.item.into(),
+                score: s.score,
+                reason: s.reason,
+            });
+            if picks.len() == input.count {
+                break;
+            }
         }
+        sorted = end;
     }
     picks
+}
+
+/// A scored candidate on its way to the slot.
+struct Scored<'a> {
+    item: &'a str,
+    score: f64,
+    reason: Reason,
+    category: &'a str,
+}
+
+impl Scored<'_> {
+    /// Best first: score descending, then id ascending.
+    fn order(a: &Self, b: &Self) -> Ordering {
+        b.score.total_cmp(&a.score).then_with(|| a.item.cmp(b.item))
+    }
 }
 
 /// Candidates from the visitor's own history: neighbours of this session's items (by recency),

@@ -6,7 +6,8 @@
 
 use attune_core::event::{Event, EventKind, SCHEMA_VERSION};
 use attune_core::model::{
-    CatalogItem, CatalogShard, Manifest, Neighbour, NeighbourShard, TrendEntry,
+    CatalogIndex, CatalogItem, CatalogShard, Manifest, Neighbour, NeighbourIndex, NeighbourShard,
+    TrendEntry,
 };
 use attune_core::profile::{Profile, ProfileConfig};
 use attune_core::rules::{Arm, Config, Experiment, Predicate, Segment, SlotRule, VariantRule};
@@ -237,7 +238,11 @@ pub fn manifest() -> Manifest {
 #[derive(Debug)]
 pub struct RankScenario {
     pub catalog: CatalogShard,
+    /// The catalog as a real caller ranks against it: indexed once, kept next to the shard.
+    pub catalog_index: CatalogIndex,
     pub neighbours: NeighbourShard,
+    /// The neighbour shard, indexed the same way.
+    pub neighbour_index: NeighbourIndex,
     pub trending: Trending,
     pub profile: Profile,
     pub session: Session,
@@ -262,8 +267,11 @@ impl RankScenario {
                 (e, c)
             })
             .collect();
+        let catalog = catalog(N);
         RankScenario {
-            catalog: catalog(N),
+            catalog_index: CatalogIndex::new(catalog.clone()),
+            catalog,
+            neighbour_index: NeighbourIndex::new(neighbours(N, 50)),
             neighbours: neighbours(N, 50),
             trending: trending(N, 200, 50),
             profile: profile_from(&events, &config),
@@ -283,8 +291,8 @@ impl RankScenario {
             session: Some(&self.session),
             page_item: None,
             category: None,
-            catalog: &self.catalog,
-            neighbours: &self.neighbours,
+            catalog: &self.catalog_index,
+            neighbours: &self.neighbour_index,
             trending: &self.trending,
             params: &self.params,
             now: self.now,
