@@ -214,7 +214,14 @@ impl Profile {
     /// Applies one validated event. `category` is the item's category from the catalog, if
     /// known. There is deliberately no `now`: the result depends on the events alone, which is
     /// what makes it order-independent and replayable.
+    ///
+    /// Impressions are records of what Attune showed, not of what the visitor did: they feed
+    /// exposure counts and the model, and leave the profile (and its version) untouched, so a
+    /// page view alone never causes a profile write to KV.
     pub fn apply(&mut self, event: &Event, category: Option<&str>, cfg: &ProfileConfig) {
+        if event.kind == EventKind::Impression {
+            return;
+        }
         let ts = event.ts;
         let ts_epoch = epoch_of(ts);
         if self.is_empty() {

@@ -348,6 +348,20 @@ impl Pipeline {
         let mut trend_changed = false;
         self.dirty.clear();
         for (event, accepted_ms) in &events {
+            // Impressions record what the edge showed: they count exposures and leave the
+            // visitor's state alone (no profile version, no KV write for a mere page view).
+            if event.kind == EventKind::Impression {
+                if let (Some(exp), Some(arm)) =
+                    (event.prop_str("experiment"), event.prop_str("arm"))
+                {
+                    self.metrics
+                        .exposures
+                        .get_or_create(&labels(&[("experiment", exp), ("arm", arm)]))
+                        .inc();
+                }
+                out.applied += 1;
+                continue;
+            }
             let Some(entry) = self.cache.get_mut(event.user.as_str()) else {
                 return Err(Error::Store(format!("user {} not loaded", event.user)));
             };
@@ -367,15 +381,6 @@ impl Pipeline {
             let weight = self.profile_cfg.weight(event.kind).weight;
             model.observe(event, weight, &mut entry.state);
             trend_changed |= weight > 0.0 && event.item.is_some();
-            if event.kind == EventKind::Impression
-                && let (Some(exp), Some(arm)) =
-                    (event.prop_str("experiment"), event.prop_str("arm"))
-            {
-                self.metrics
-                    .exposures
-                    .get_or_create(&labels(&[("experiment", exp), ("arm", arm)]))
-                    .inc();
-            }
             out.applied += 1;
         }
         events.clear();
