@@ -34,7 +34,7 @@ use crate::metrics::{Metrics, labels};
 use crate::model::Model;
 use crate::store::{
     DEDUP, DEDUP_LOG, DLQ, DlqRecord, META, OUTBOX, Op, OutboxEntry, PROFILES, Store, UserState,
-    keys, outbox_put,
+    keys, outbox_put, outbox_put_with,
 };
 
 /// What one batch did.
@@ -447,7 +447,7 @@ impl Pipeline {
                 .kv_key
                 .get_or_insert_with(|| profile_key(&self.profile_secret, user));
             first_accept = first_accept.min(c.accepted_ms);
-            outbox_put(
+            outbox_put_with(
                 &mut outbox,
                 key,
                 OutboxEntry {
@@ -456,6 +456,7 @@ impl Pipeline {
                     accepted_ms: c.accepted_ms,
                     user: Some(user.to_string()),
                 },
+                &mut self.buf,
             )?;
         }
         if first_accept == u64::MAX {
