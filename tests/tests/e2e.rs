@@ -191,9 +191,16 @@ fn personalization_end_to_end() -> Result<()> {
     let r = plain.get("/no/such/page.html")?;
     assert_eq!(r.status, 404);
     assert_eq!(r.body, std::fs::read(public.join("404.html"))?);
+    // Range requests go to the upstream untouched. (Under `wrangler dev` the assets upstream
+    // answers a range with the whole file; a real origin answers 206. Either way the edge
+    // passes the upstream's bytes through as they are.)
     let r = plain.get_with("/", &[("range", "bytes=0-99")])?;
-    assert_eq!(r.status, 206);
-    assert_eq!(r.body, home.as_bytes()[..100]);
+    assert_eq!(r.header("x-attune"), Some("bypass;reason=range"));
+    match r.status {
+        206 => assert_eq!(r.body, home.as_bytes()[..100]),
+        200 => assert_eq!(r.body, home.as_bytes()),
+        other => panic!("range request answered {other}"),
+    }
     let head = reply(
         http()
             .head(format!("{base}/"))
@@ -281,10 +288,10 @@ fn personalization_end_to_end() -> Result<()> {
         .into_iter()
         .chain(slot_hrefs(&home, "trending"))
         .collect();
-    let mut viewer = Visitor::new(&base);
     let html = eventually(WAIT, "a page renders the updated catalog entry", || {
-        for page in &candidates {
-            let (r, d) = debug(&mut viewer, page)?;
+        for page in candidates.iter().filter(|p| !p.contains("22632")) {
+            // A fresh visitor each time: items seen this session are not recommended again.
+            let (r, d) = debug(&mut Visitor::new(&base), page)?;
             let rendered = slot(&d, "similar")
                 .and_then(|s| s["rendered"].as_array())
                 .cloned()
