@@ -42,8 +42,8 @@ pub const DAY_MS: Millis = 24 * HOUR_MS;
 
 pub use event::{Event, EventError, EventKind};
 pub use model::{
-    CatalogIndex, CatalogItem, CatalogShard, Manifest, Neighbour, NeighbourIndex, NeighbourShard,
-    Trending,
+    CatalogIndex, CatalogItem, CatalogShard, IdHash, IdKey, Manifest, Neighbour, NeighbourIndex,
+    NeighbourList, NeighbourShard, Trending,
 };
 pub use profile::{Profile, ProfileConfig};
 pub use rank::{Pick, RankInput, RankParams, Reason, Strategy, rank};

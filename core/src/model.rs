@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
-use crate::table::{Table, hash_str, same};
+use crate::table::{Key, Table, hash_str, same};
 
 /// One product as the page renders it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +42,16 @@ pub trait CatalogView {
         let _ = hash;
         self.item(id)
     }
+
+    /// The category of `id` (`key` is `IdKey::of(id)`), when the item is in the catalog.
+    /// Ranking needs nothing else of a candidate's entry; a view that keeps ids and
+    /// categories compactly ([`CatalogIndex`]) answers without reading the item record, and
+    /// returns the same `&str` for every item of a category. The default reads the item.
+    #[inline]
+    fn category_keyed(&self, id: &str, key: &IdKey) -> Option<&str> {
+        self.item_hashed(id, key.hash())
+            .map(|c| c.category.as_str())
+    }
 }
 
 /// The stable hash of an item id: xxh3-64 of its bytes, the same natively and in wasm (and the
@@ -61,10 +71,73 @@ impl IdHash {
     }
 }
 
+/// An item id in the compact form the indexes compare: its [`IdHash`] and, for short ids (up
+/// to 16 bytes), the bytes themselves, so comparing two keys seldom reads either id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdKey(Key);
+
+impl IdKey {
+    #[inline]
+    pub fn of(id: &str) -> Self {
+        IdKey(Key::of(id))
+    }
+
+    #[inline]
+    pub fn hash(&self) -> IdHash {
+        IdHash(self.0.hash)
+    }
+
+    #[inline]
+    pub(crate) fn key(&self) -> &Key {
+        &self.0
+    }
+}
+
+/// A neighbour list as ranking reads it: the neighbours, and the [`IdKey`] of each when the
+/// view keeps them precomputed ([`NeighbourIndex`] does); otherwise they are computed as the
+/// list is read.
+#[derive(Clone, Copy, Debug)]
+pub struct NeighbourList<'a> {
+    list: &'a [Neighbour],
+    /// Empty, or one key per neighbour.
+    keys: &'a [IdKey],
+}
+
+impl<'a> NeighbourList<'a> {
+    pub fn new(list: &'a [Neighbour]) -> Self {
+        NeighbourList { list, keys: &[] }
+    }
+
+    pub fn as_slice(&self) -> &'a [Neighbour] {
+        self.list
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The neighbours with their keys, most similar first.
+    #[inline]
+    pub fn iter(&self) -> impl Iterator<Item = (&'a Neighbour, IdKey)> + 'a {
+        let (list, keys) = (self.list, self.keys);
+        list.iter().enumerate().map(move |(i, n)| {
+            let key = keys.get(i).copied().unwrap_or_else(|| IdKey::of(&n.item));
+            (n, key)
+        })
+    }
+}
+
 /// Read access to neighbour lists, however the caller stores them.
 pub trait NeighbourView {
     /// Neighbours of `id`, most similar first (empty when unknown).
     fn neighbours(&self, id: &str) -> &[Neighbour];
+
+    /// [`NeighbourView::neighbours`] with the neighbours' keys, when the view keeps them (the
+    /// default computes them as they are read).
+    #[inline]
+    fn neighbour_list(&self, id: &str) -> NeighbourList<'_> {
+        NeighbourList::new(self.neighbours(id))
+    }
 }
 
 /// One shard of the catalog (`c:<shard>`), sorted by id.
@@ -98,6 +171,10 @@ impl CatalogView for CatalogShard {
 pub struct CatalogIndex {
     shard: CatalogShard,
     table: Table,
+    /// The key and category of every item, in item order.
+    entries: Vec<Entry>,
+    /// The distinct category names, in first-seen order.
+    categories: Vec<String>,
 }
 
 impl CatalogIndex {
@@ -106,13 +183,47 @@ impl CatalogIndex {
     pub fn new(shard: CatalogShard) -> Self {
         let items = &shard.items;
         let mut table = Table::with_capacity(items.len());
+        let mut entries: Vec<Entry> = Vec::with_capacity(items.len());
+        let mut categories: Vec<String> = Vec::new();
+        let mut category_table = Table::with_capacity(16);
         for (i, item) in items.iter().enumerate() {
-            let hash = hash_str(&item.id);
+            let key = IdKey::of(&item.id);
+            let hash = key.hash().get();
             if table.find(hash, |j| items[j].id == item.id).is_none() {
-                table.insert(hash, i, |j| hash_str(&items[j].id));
+                table.insert(hash, i, |j| entries[j].key.hash);
             }
+            let cat_hash = hash_str(&item.category);
+            let c = match category_table.find(cat_hash, |c| categories[c] == item.category) {
+                Some(c) => c,
+                None => {
+                    categories.push(item.category.clone());
+                    let c = categories.len() - 1;
+                    category_table.insert(cat_hash, c, |j| hash_str(&categories[j]));
+                    c
+                }
+            };
+            entries.push(Entry {
+                key: key.0,
+                category: u32::try_from(c).unwrap_or(u32::MAX),
+            });
         }
-        CatalogIndex { shard, table }
+        CatalogIndex {
+            shard,
+            table,
+            entries,
+            categories,
+        }
+    }
+
+    /// The position of `id` (whose key is `key`) in the shard.
+    #[inline]
+    fn position(&self, id: &str, key: &Key) -> Option<usize> {
+        let items = &self.shard.items;
+        self.table.find(key.hash, |i| {
+            self.entries[i]
+                .key
+                .matches(key, id, || items[i].id.as_str())
+        })
     }
 
     pub fn shard(&self) -> &CatalogShard {
@@ -143,6 +254,21 @@ impl CatalogView for CatalogIndex {
             .find(hash.get(), |i| same(&items[i].id, id))
             .map(|i| &items[i])
     }
+
+    #[inline]
+    fn category_keyed(&self, id: &str, key: &IdKey) -> Option<&str> {
+        let i = self.position(id, &key.0)?;
+        let c = self.entries[i].category as usize;
+        self.categories.get(c).map(String::as_str)
+    }
+}
+
+/// What [`CatalogIndex`] keeps of an item for ranking, next to each other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    key: Key,
+    /// Index into the interned category names.
+    category: u32,
 }
 
 /// Neighbour lists of one shard of items (`n:<shard>`), sorted by item id.
@@ -174,6 +300,10 @@ impl NeighbourView for NeighbourShard {
 pub struct NeighbourIndex {
     shard: NeighbourShard,
     table: Table,
+    /// The key of every neighbour of every list, lists in shard order.
+    keys: Vec<IdKey>,
+    /// Where each list's keys start in `keys` (one more entry than lists).
+    starts: Vec<u32>,
 }
 
 impl NeighbourIndex {
@@ -182,13 +312,23 @@ impl NeighbourIndex {
     pub fn new(shard: NeighbourShard) -> Self {
         let lists = &shard.lists;
         let mut table = Table::with_capacity(lists.len());
-        for (i, (id, _)) in lists.iter().enumerate() {
+        let mut keys = Vec::with_capacity(lists.iter().map(|l| l.1.len()).sum());
+        let mut starts = Vec::with_capacity(lists.len() + 1);
+        starts.push(0);
+        for (i, (id, list)) in lists.iter().enumerate() {
             let hash = hash_str(id);
             if table.find(hash, |j| lists[j].0 == *id).is_none() {
                 table.insert(hash, i, |j| hash_str(&lists[j].0));
             }
+            keys.extend(list.iter().map(|n| IdKey::of(&n.item)));
+            starts.push(u32::try_from(keys.len()).unwrap_or(u32::MAX));
         }
-        NeighbourIndex { shard, table }
+        NeighbourIndex {
+            shard,
+            table,
+            keys,
+            starts,
+        }
     }
 
     pub fn shard(&self) -> &NeighbourShard {
@@ -206,12 +346,30 @@ impl From<NeighbourShard> for NeighbourIndex {
     }
 }
 
+impl NeighbourIndex {
+    fn position(&self, id: &str) -> Option<usize> {
+        let lists = &self.shard.lists;
+        self.table.find(hash_str(id), |i| same(&lists[i].0, id))
+    }
+}
+
 impl NeighbourView for NeighbourIndex {
     fn neighbours(&self, id: &str) -> &[Neighbour] {
-        let lists = &self.shard.lists;
-        self.table
-            .find(hash_str(id), |i| same(&lists[i].0, id))
-            .map_or(&[], |i| &lists[i].1)
+        self.position(id).map_or(&[], |i| &self.shard.lists[i].1)
+    }
+
+    #[inline]
+    fn neighbour_list(&self, id: &str) -> NeighbourList<'_> {
+        let Some(i) = self.position(id) else {
+            return NeighbourList::new(&[]);
+        };
+        let list = &self.shard.lists[i].1;
+        let (start, end) = (self.starts[i] as usize, self.starts[i + 1] as usize);
+        let keys = self.keys.get(start..end).unwrap_or(&[]);
+        NeighbourList {
+            list,
+            keys: if keys.len() == list.len() { keys } else { &[] },
+        }
     }
 }
 
@@ -224,6 +382,10 @@ impl<T: CatalogView> CatalogView for [T] {
     fn item_hashed(&self, id: &str, hash: IdHash) -> Option<&CatalogItem> {
         self.iter().find_map(|s| s.item_hashed(id, hash))
     }
+
+    fn category_keyed(&self, id: &str, key: &IdKey) -> Option<&str> {
+        self.iter().find_map(|s| s.category_keyed(id, key))
+    }
 }
 
 impl<T: NeighbourView> NeighbourView for [T] {
@@ -232,6 +394,13 @@ impl<T: NeighbourView> NeighbourView for [T] {
             .map(|s| s.neighbours(id))
             .find(|n| !n.is_empty())
             .unwrap_or(&[])
+    }
+
+    fn neighbour_list(&self, id: &str) -> NeighbourList<'_> {
+        self.iter()
+            .map(|s| s.neighbour_list(id))
+            .find(|n| !n.is_empty())
+            .unwrap_or(NeighbourList::new(&[]))
     }
 }
 

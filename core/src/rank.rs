@@ -11,11 +11,10 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CatalogView, IdHash, NeighbourView, Trending};
+use crate::model::{CatalogView, IdKey, NeighbourView, Trending};
 use crate::profile::{Profile, ProfileConfig, ScoreAt};
 use crate::session::Session;
 use crate::table::{Table, hash_str, same};
@@ -186,7 +185,7 @@ struct Candidate {
 /// and the final order is a total order (score, then id).
 struct Pool<'a> {
     ids: Vec<&'a str>,
-    hashes: Vec<IdHash>,
+    keys: Vec<IdKey>,
     candidates: Vec<Candidate>,
     index: Table,
 }
@@ -196,18 +195,21 @@ impl<'a> Pool<'a> {
     fn with_capacity(n: usize) -> Self {
         Pool {
             ids: Vec::with_capacity(n),
-            hashes: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
             candidates: Vec::with_capacity(n),
             index: Table::with_capacity(n),
         }
     }
 
-    fn position(&self, item: &str, hash: IdHash) -> Option<usize> {
-        self.index.find(hash.get(), |i| same(self.ids[i], item))
+    #[inline]
+    fn position(&self, item: &str, key: &IdKey) -> Option<usize> {
+        self.index.find(key.hash().get(), |i| {
+            self.keys[i].key().matches(key.key(), item, || self.ids[i])
+        })
     }
 
     fn get_mut(&mut self, item: &str) -> Option<&mut Candidate> {
-        let i = self.position(item, IdHash::of(item))?;
+        let i = self.position(item, &IdKey::of(item))?;
         Some(&mut self.candidates[i])
     }
 
@@ -215,13 +217,21 @@ impl<'a> Pool<'a> {
         if !(amount.is_finite()) || amount <= 0.0 {
             return;
         }
-        let hash = IdHash::of(item);
-        let i = match self.position(item, hash) {
+        self.add_keyed(item, IdKey::of(item), amount, reason);
+    }
+
+    /// [`Pool::add`] of an item whose key is known (`key == IdKey::of(item)`).
+    #[inline]
+    fn add_keyed(&mut self, item: &'a str, key: IdKey, amount: f64, reason: Reason) {
+        if !(amount.is_finite()) || amount <= 0.0 {
+            return;
+        }
+        let i = match self.position(item, &key) {
             Some(i) => i,
             None => {
                 let i = self.ids.len();
                 self.ids.push(item);
-                self.hashes.push(hash);
+                self.keys.push(key);
                 self.candidates.push(Candidate {
                     score: 0.0,
                     reason,
@@ -229,8 +239,9 @@ impl<'a> Pool<'a> {
                     prior: None,
                     excluded: false,
                 });
-                let hashes = &self.hashes;
-                self.index.insert(hash.get(), i, |j| hashes[j].get());
+                let keys = &self.keys;
+                self.index
+                    .insert(key.hash().get(), i, |j| keys[j].hash().get());
                 i
             }
         };
@@ -275,6 +286,51 @@ impl<'a> CategoryScores<'a> {
                 .ok(),
         };
         found.map_or(0.0, |i| self.scores[i].1)
+    }
+}
+
+/// The categories of the scored candidates, each with its affinity term, numbered in
+/// first-seen order (the diversity cap counts by that number). A catalog that interns its
+/// categories ([`crate::CatalogIndex`]) returns the same `&str` for every item of a
+/// category, so most lookups end at a pointer comparison with the last few categories seen;
+/// the rest go through a hash index by name. Either way a name maps to one number.
+struct Categories<'a> {
+    names: Vec<&'a str>,
+    affinity: Vec<f64>,
+    index: Table,
+}
+
+impl<'a> Categories<'a> {
+    fn new() -> Self {
+        Categories {
+            names: Vec::new(),
+            affinity: Vec::new(),
+            index: Table::with_capacity(16),
+        }
+    }
+
+    /// The number of `name`, `affinity(name)` computing its term the first time it is seen.
+    #[inline]
+    fn number(&mut self, name: &'a str, affinity: impl FnOnce(&str) -> f64) -> usize {
+        if let Some(i) = self
+            .names
+            .iter()
+            .take(8)
+            .position(|n| core::ptr::eq(n.as_ptr(), name.as_ptr()) && n.len() == name.len())
+        {
+            return i;
+        }
+        let hash = hash_str(name);
+        let names = &self.names;
+        if let Some(i) = self.index.find(hash, |i| same(names[i], name)) {
+            return i;
+        }
+        let i = self.names.len();
+        self.names.push(name);
+        self.affinity.push(affinity(name));
+        let names = &self.names;
+        self.index.insert(hash, i, |j| hash_str(names[j]));
+        i
     }
 }
 
@@ -326,6 +382,7 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
         Strategy::ForYou | Strategy::Similar => params
             .max_candidates
             .saturating_add(params.trending_candidates)
+            .saturating_add(params.seed_categories.saturating_mul(params.per_category))
             .min(4096),
         _ => 64,
     });
@@ -337,8 +394,8 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
         }
         Strategy::Similar => {
             if let Some(page) = input.page_item {
-                for n in input.neighbours.neighbours(page) {
-                    pool.add(&n.item, f64::from(n.sim), Reason::SimilarToPage);
+                for (n, key) in input.neighbours.neighbour_list(page).iter() {
+                    pool.add_keyed(&n.item, key, f64::from(n.sim), Reason::SimilarToPage);
                 }
                 // Same-category popular items keep the slot full for items without neighbours.
                 if let Some(cat) = input.catalog.item(page).map(|c| c.category.as_str()) {
@@ -413,30 +470,42 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
         }
     }
     mark_exclusions(input, &mut pool, hide_seen);
-    let mut scored: Vec<Scored<'_>> = Vec::with_capacity(pool.candidates.len());
-    for ((&item, c), &hash) in pool.ids.iter().zip(&pool.candidates).zip(&pool.hashes) {
+    let with_affinity = input.profile.is_some() && strongest > 0.0;
+    let mut categories = Categories::new();
+    let mut scored: Vec<Scored> = Vec::with_capacity(pool.candidates.len());
+    for (i, ((&item, c), key)) in pool
+        .ids
+        .iter()
+        .zip(&pool.candidates)
+        .zip(&pool.keys)
+        .enumerate()
+    {
         #[cfg(debug_assertions)]
         debug_assert_eq!(c.excluded, excluded(input, item, hide_seen), "{item}");
         if c.excluded {
             continue;
         }
-        let Some(entry) = input.catalog.item_hashed(item, hash) else {
+        let Some(category) = input.catalog.category_keyed(item, key) else {
             continue;
         };
-        let mut c = *c;
-        if input.profile.is_some() && strongest > 0.0 {
-            let score = category_scores.get(&entry.category);
-            let affinity = score / strongest;
-            if affinity > 0.0 {
-                c.score += params.category_weight * affinity;
+        let category = categories.number(category, |name| {
+            if with_affinity {
+                category_scores.get(name) / strongest
+            } else {
+                0.0
             }
+        });
+        let mut score = c.score;
+        let affinity = categories.affinity[category];
+        if affinity > 0.0 {
+            score += params.category_weight * affinity;
         }
-        c.score += params.trend_weight * c.prior.unwrap_or(0.0);
+        score += params.trend_weight * c.prior.unwrap_or(0.0);
         scored.push(Scored {
-            item,
-            score: c.score,
+            score,
+            candidate: i as u32,
+            category: category as u32,
             reason: c.reason,
-            category: entry.category.as_str(),
         });
     }
     // Only the best `max_candidates` take part (the weakest are dropped past it).
@@ -448,8 +517,14 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
         _ if params.diversity_cap == 0 => input.count.div_ceil(2).max(1),
         _ => params.diversity_cap,
     };
-    let mut per_category: Vec<(&str, usize)> = Vec::new();
+    let mut per_category = alloc::vec![0usize; categories.names.len()];
     let mut picks = Vec::with_capacity(input.count);
+    let ids = &pool.ids;
+    let order = |a: &Scored, b: &Scored| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| ids[a.candidate as usize].cmp(ids[b.candidate as usize]))
+    };
     // Walk the candidates best first. The order is total (ids are unique), so sorting only a
     // best prefix first, and the rest when the diversity cap skips too many, visits exactly
     // the order a full sort gives.
@@ -458,25 +533,18 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
         let remaining = &mut scored[sorted..];
         let take = remaining.len().min((4 * input.count).max(32));
         if take < remaining.len() {
-            remaining.select_nth_unstable_by(take - 1, Scored::order);
+            remaining.select_nth_unstable_by(take - 1, order);
         }
-        remaining[..take].sort_unstable_by(Scored::order);
+        remaining[..take].sort_unstable_by(order);
         let end = (sorted + take).min(limit);
         for s in &scored[sorted..end] {
-            let at = match per_category.iter().position(|(k, _)| *k == s.category) {
-                Some(at) => at,
-                None => {
-                    per_category.push((s.category, 0));
-                    per_category.len() - 1
-                }
-            };
-            let used = &mut per_category[at].1;
+            let used = &mut per_category[s.category as usize];
             if *used >= cap {
                 continue;
             }
             *used += 1;
             picks.push(Pick {
-                item: s.item.into(),
+                item: ids[s.candidate as usize].into(),
                 score: s.score,
                 reason: s.reason,
             });
@@ -489,19 +557,14 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
     picks
 }
 
-/// A scored candidate on its way to the slot.
-struct Scored<'a> {
-    item: &'a str,
+/// A scored candidate on its way to the slot: its score, its place in the pool (for the id)
+/// and its category's number in [`Categories`].
+#[derive(Clone, Copy)]
+struct Scored {
     score: f64,
+    candidate: u32,
+    category: u32,
     reason: Reason,
-    category: &'a str,
-}
-
-impl Scored<'_> {
-    /// Best first: score descending, then id ascending.
-    fn order(a: &Self, b: &Self) -> Ordering {
-        b.score.total_cmp(&a.score).then_with(|| a.item.cmp(b.item))
-    }
 }
 
 /// Candidates from the visitor's own history: neighbours of this session's items (by recency),
@@ -512,9 +575,10 @@ fn gather_personal<'a>(input: &RankInput<'a>, pool: &mut Pool<'a>) {
         for r in session.recent.iter().take(params.seed_items) {
             let age = input.now.saturating_sub(r.ts) as f64;
             let recency = libm::exp2(-age / params.session_half_life_ms.max(1) as f64);
-            for n in input.neighbours.neighbours(&r.item) {
-                pool.add(
+            for (n, key) in input.neighbours.neighbour_list(&r.item).iter() {
+                pool.add_keyed(
                     &n.item,
+                    key,
                     params.session_weight * f64::from(n.sim) * recency,
                     Reason::SessionNeighbour,
                 );
@@ -528,8 +592,13 @@ fn gather_personal<'a>(input: &RankInput<'a>, pool: &mut Pool<'a>) {
     if let Some(&(_, strongest)) = top.first() {
         for (item, affinity) in top {
             let weight = params.profile_weight * affinity / strongest;
-            for n in input.neighbours.neighbours(item) {
-                pool.add(&n.item, weight * f64::from(n.sim), Reason::ProfileNeighbour);
+            for (n, key) in input.neighbours.neighbour_list(item).iter() {
+                pool.add_keyed(
+                    &n.item,
+                    key,
+                    weight * f64::from(n.sim),
+                    Reason::ProfileNeighbour,
+                );
             }
         }
     }

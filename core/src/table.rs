@@ -45,6 +45,64 @@ pub(crate) fn same(a: &str, b: &str) -> bool {
     }
 }
 
+/// An id in the compact form the hash indexes compare: its hash and, for ids of at most
+/// [`Key::INLINE`] bytes, the bytes themselves (zero-padded, the length in the last byte), so
+/// two short keys are equal exactly when their ids are, without reading either id. A longer
+/// id keeps its hash and its length here and its comparison falls back to the strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Key {
+    pub(crate) hash: u64,
+    words: [u64; 2],
+}
+
+impl Key {
+    pub(crate) const INLINE: usize = 15;
+    /// The last byte of a long id's key.
+    const LONG: u8 = 0xff;
+
+    #[inline]
+    pub(crate) fn of(id: &str) -> Self {
+        Self::with_hash(id, hash_str(id))
+    }
+
+    /// The key of `id` whose hash is already known (`hash == hash_str(id)`).
+    #[inline]
+    pub(crate) fn with_hash(id: &str, hash: u64) -> Self {
+        let b = id.as_bytes();
+        let mut buf = [0u8; 16];
+        if b.len() <= Self::INLINE {
+            buf[..b.len()].copy_from_slice(b);
+            buf[15] = b.len() as u8;
+        } else {
+            buf[..8].copy_from_slice(&(b.len() as u64).to_le_bytes());
+            buf[15] = Self::LONG;
+        }
+        let mut lo = [0u8; 8];
+        let mut hi = [0u8; 8];
+        lo.copy_from_slice(&buf[..8]);
+        hi.copy_from_slice(&buf[8..]);
+        Key {
+            hash,
+            words: [u64::from_le_bytes(lo), u64::from_le_bytes(hi)],
+        }
+    }
+
+    /// Whether this key's id is `id`, given `id`'s key; `full` gives this key's own id and is
+    /// only called for ids too long to be inline.
+    #[inline]
+    pub(crate) fn matches<'s>(
+        &self,
+        other: &Key,
+        id: &str,
+        full: impl FnOnce() -> &'s str,
+    ) -> bool {
+        if self.hash != other.hash || self.words != other.words {
+            return false;
+        }
+        (self.words[1] >> 56) as u8 != Self::LONG || full() == id
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Slot {
     /// Low 32 bits of the key's hash (a filter before the key comparison).
@@ -169,6 +227,23 @@ mod tests {
             ] {
                 assert_eq!(same(a, b), a == b, "{a} {b}");
                 assert!(same(a, a) && same(b, b));
+            }
+        }
+        let ids = [
+            "",
+            "\0",
+            "a",
+            "a\0",
+            "85123A",
+            "abcdefghijklmno",
+            "abcdefghijklmnop",
+            "abcdefghijklmnopq",
+            "abcdefghijklmnoq",
+        ];
+        for a in ids {
+            for b in ids {
+                let (ka, kb) = (Key::of(a), Key::of(b));
+                assert_eq!(ka.matches(&kb, b, || a), a == b, "{a:?} {b:?}");
             }
         }
         let long = "abcdefghijklmnopqrstuvwxyz";

@@ -790,6 +790,74 @@ fn run(w: &World) -> Vec<attune_core::Pick> {
     })
 }
 
+/// Several shards seen as one through the slice impls (a slice is unsized, so not a `dyn`).
+struct Shards<T>(Vec<T>);
+
+impl<T: attune_core::model::CatalogView> attune_core::model::CatalogView for Shards<T> {
+    fn item(&self, id: &str) -> Option<&CatalogItem> {
+        self.0[..].item(id)
+    }
+    fn item_hashed(&self, id: &str, hash: attune_core::IdHash) -> Option<&CatalogItem> {
+        self.0[..].item_hashed(id, hash)
+    }
+    fn category_keyed(&self, id: &str, key: &attune_core::IdKey) -> Option<&str> {
+        self.0[..].category_keyed(id, key)
+    }
+}
+
+impl<T: attune_core::model::NeighbourView> attune_core::model::NeighbourView for Shards<T> {
+    fn neighbours(&self, id: &str) -> &[Neighbour] {
+        self.0[..].neighbours(id)
+    }
+    fn neighbour_list(&self, id: &str) -> attune_core::NeighbourList<'_> {
+        self.0[..].neighbour_list(id)
+    }
+}
+
+fn run_indexed(w: &World) -> Vec<attune_core::Pick> {
+    use attune_core::{CatalogIndex, NeighbourIndex};
+    let cfg = ProfileConfig::default();
+    // Split in two shards by id parity, as the edge holds the few shards a request needs.
+    let split = |odd: bool| {
+        let catalog = CatalogShard::from_items(
+            w.catalog
+                .items
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| (i % 2 == 1) == odd)
+                .map(|(_, c)| c.clone())
+                .collect(),
+        );
+        let neighbours = NeighbourShard::from_lists(
+            w.neighbours
+                .lists
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| (i % 2 == 1) == odd)
+                .map(|(_, l)| l.clone())
+                .collect(),
+        );
+        (CatalogIndex::new(catalog), NeighbourIndex::new(neighbours))
+    };
+    let (a, b) = (split(false), split(true));
+    let catalogs = Shards(vec![a.0, b.0]);
+    let neighbours = Shards(vec![a.1, b.1]);
+    rank(&RankInput {
+        strategy: w.strategy,
+        count: w.count,
+        profile: w.profile.as_ref(),
+        profile_config: &cfg,
+        session: w.session.as_ref(),
+        page_item: w.page_item.as_deref(),
+        category: w.category.as_deref(),
+        catalog: &catalogs,
+        neighbours: &neighbours,
+        trending: &w.trending,
+        params: &w.params,
+        now: w.now,
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
 
@@ -800,6 +868,9 @@ proptest! {
         prop_assert!(picks.len() <= w.count);
         // Determinism: the same input, twice and from a copy, gives the same output.
         prop_assert_eq!(&picks, &run(&w));
+        // The hash indexes (interned categories, precomputed neighbour keys) and several
+        // shards seen as one rank exactly as the bare shard does.
+        prop_assert_eq!(&picks, &run_indexed(&w));
         prop_assert_eq!(&picks, &run(&w.clone()));
         let mut per_category: BTreeMap<String, usize> = BTreeMap::new();
         for p in &picks {
