@@ -120,8 +120,13 @@ pub async fn start(cfg: Config) -> Result<Running> {
                     }
                     _ = pub_stop_rx.changed() => break,
                 }
-                if let Err(e) = p.flush(None).await {
-                    tracing::warn!(error = %e, "publish flush failed");
+                // A flush retries until KV answers; a stop must not wait for that, so it
+                // cancels the flush (the outbox keeps whatever was not acknowledged).
+                tokio::select! {
+                    r = p.flush(None) => if let Err(e) = r {
+                        tracing::warn!(error = %e, "publish flush failed");
+                    },
+                    _ = pub_stop_rx.changed() => break,
                 }
             }
             // Final flush within the deadline (per-key interval still applies).
