@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use attune_core::model::{CatalogView, NeighbourView, keys, shard_of};
+use attune_core::model::{
+    CatalogIndex, CatalogView, IdHash, IdKey, NeighbourIndex, NeighbourList, NeighbourView, keys,
+};
 use attune_core::wire::{self, WireError};
 use attune_core::{
     CatalogItem, CatalogShard, Config, Manifest, Neighbour, NeighbourShard, Trending,
@@ -65,33 +67,52 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(u64, T), Fallback> {
     Ok((env.version, env.body))
 }
 
-/// Everything shared by all visitors that ranking needs.
+/// Everything shared by all visitors that ranking needs. The catalog and neighbour shards are
+/// hash-indexed ([`CatalogIndex`], [`NeighbourIndex`]) once, when the shard is decoded, and
+/// shared by every request of the isolate.
 #[derive(Debug)]
 pub struct Model {
     pub manifest: Manifest,
     pub config: Rc<Config>,
     pub trending: Rc<Trending>,
-    pub catalog: Vec<Rc<CatalogShard>>,
-    pub neighbours: Vec<Rc<NeighbourShard>>,
+    pub catalog: Vec<Rc<CatalogIndex>>,
+    pub neighbours: Vec<Rc<NeighbourIndex>>,
 }
 
 impl Model {
-    fn shard(&self, id: &str) -> usize {
-        shard_of(id, self.manifest.shards) as usize
+    /// The shard of an item whose id hashes to `hash`: `shard_of`, without hashing again.
+    fn shard(&self, hash: IdHash) -> usize {
+        (hash.get() % u64::from(self.manifest.shards.max(1))) as usize
     }
 }
 
 impl CatalogView for Model {
     fn item(&self, id: &str) -> Option<&CatalogItem> {
-        self.catalog.get(self.shard(id)).and_then(|s| s.item(id))
+        self.item_hashed(id, IdHash::of(id))
+    }
+
+    fn item_hashed(&self, id: &str, hash: IdHash) -> Option<&CatalogItem> {
+        self.catalog
+            .get(self.shard(hash))
+            .and_then(|s| s.item_hashed(id, hash))
+    }
+
+    fn category_keyed(&self, id: &str, key: &IdKey) -> Option<&str> {
+        self.catalog
+            .get(self.shard(key.hash()))
+            .and_then(|s| s.category_keyed(id, key))
     }
 }
 
 impl NeighbourView for Model {
     fn neighbours(&self, id: &str) -> &[Neighbour] {
+        self.neighbour_list(id).as_slice()
+    }
+
+    fn neighbour_list(&self, id: &str) -> NeighbourList<'_> {
         self.neighbours
-            .get(self.shard(id))
-            .map_or(&[], |s| s.neighbours(id))
+            .get(self.shard(IdHash::of(id)))
+            .map_or(NeighbourList::new(&[]), |s| s.neighbour_list(id))
     }
 }
 
@@ -103,8 +124,8 @@ pub const MAX_SHARDS: u32 = 256;
 pub struct ModelCache {
     config: Option<(u64, Rc<Config>)>,
     trending: Option<(u64, Rc<Trending>)>,
-    catalog: BTreeMap<u32, (u64, Rc<CatalogShard>)>,
-    neighbours: BTreeMap<u32, (u64, Rc<NeighbourShard>)>,
+    catalog: BTreeMap<u32, (u64, Rc<CatalogIndex>)>,
+    neighbours: BTreeMap<u32, (u64, Rc<NeighbourIndex>)>,
 }
 
 fn pick<T>(m: &Manifest, key: &str, held: Option<&(u64, Rc<T>)>) -> Option<Rc<T>> {
@@ -158,10 +179,12 @@ impl ModelCache {
             self.trending = Some((v, Rc::new(body)));
         } else if let Some(s) = key.strip_prefix("c:").and_then(|s| s.parse().ok()) {
             let (v, body) = decode::<CatalogShard>(bytes)?;
-            self.catalog.insert(s, (v, Rc::new(body)));
+            self.catalog
+                .insert(s, (v, Rc::new(CatalogIndex::new(body))));
         } else if let Some(s) = key.strip_prefix("n:").and_then(|s| s.parse().ok()) {
             let (v, body) = decode::<NeighbourShard>(bytes)?;
-            self.neighbours.insert(s, (v, Rc::new(body)));
+            self.neighbours
+                .insert(s, (v, Rc::new(NeighbourIndex::new(body))));
         }
         Ok(())
     }
@@ -192,7 +215,7 @@ impl ModelCache {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use attune_core::model::TrendEntry;
+    use attune_core::model::{TrendEntry, shard_of};
     use attune_core::wire::{Envelope, encode};
 
     pub(crate) fn item(id: &str, title: &str, category: &str) -> CatalogItem {
@@ -262,6 +285,13 @@ pub(crate) mod tests {
         assert!(cache.stale_keys(&m).is_empty());
         let model = cache.assemble(&m).unwrap();
         assert_eq!(model.item("b").unwrap().title, "B");
+        // The keyed lookups ranking uses pick the same shard as `shard_of`.
+        for (id, category) in [("a", "Mugs"), ("b", "Bags")] {
+            let s = shard_of(id, m.shards) as usize;
+            assert!(model.catalog[s].item(id).is_some());
+            assert_eq!(model.category_keyed(id, &IdKey::of(id)), Some(category));
+        }
+        assert_eq!(model.category_keyed("zz", &IdKey::of("zz")), None);
         assert!(model.neighbours("a").is_empty());
         // A new version of one shard: only that key is read again.
         let mut m2 = m.clone();
