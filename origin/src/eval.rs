@@ -95,8 +95,10 @@ pub fn evaluate(events: Vec<Event>, catalog: Vec<attune_core::CatalogItem>) -> R
         state.profile.apply(e, cat.as_deref(), &pcfg);
         model.observe(e, pcfg.weight(e.kind).weight, state);
     }
-    let catalog = model.catalog_shard(0);
-    let neighbours = model.neighbour_shard(0);
+    // Indexed once for the whole run, as the edge keeps them: every `rank` below looks each
+    // candidate up in both.
+    let catalog = attune_core::CatalogIndex::new(model.catalog_shard(0));
+    let neighbours = attune_core::NeighbourIndex::new(model.neighbour_shard(0));
     let params = RankParams::default();
     let mut r = Report {
         users: tests.len(),
