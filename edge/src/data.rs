@@ -132,6 +132,10 @@ fn pick<T>(m: &Manifest, key: &str, held: Option<&(u64, Rc<T>)>) -> Option<Rc<T>
     m.version_of(key).and(held.map(|x| x.1.clone()))
 }
 
+fn renderable(item: &CatalogItem) -> bool {
+    crate::escape::safe_url(&item.url).is_some() && crate::escape::safe_url(&item.image).is_some()
+}
+
 /// Whether the held copy satisfies the manifest. A copy newer than the manifest names is
 /// fine: KV only moves forward, and the publisher keeps changing hot keys such as `t` after
 /// writing a manifest, so an exact match would turn every such race into default content.
@@ -178,7 +182,11 @@ impl ModelCache {
             let (v, body) = decode::<Trending>(bytes)?;
             self.trending = Some((v, Rc::new(body)));
         } else if let Some(s) = key.strip_prefix("c:").and_then(|s| s.parse().ok()) {
-            let (v, body) = decode::<CatalogShard>(bytes)?;
+            let (v, mut body) = decode::<CatalogShard>(bytes)?;
+            // Entries the page could not show safely (a link or image that is neither relative
+            // nor http(s)) are left out of the catalog, so ranking picks the next best item
+            // rather than pairing a title with the author's default link.
+            body.items.retain(renderable);
             self.catalog
                 .insert(s, (v, Rc::new(CatalogIndex::new(body))));
         } else if let Some(s) = key.strip_prefix("n:").and_then(|s| s.parse().ok()) {
@@ -265,6 +273,23 @@ pub(crate) mod tests {
         let m = Manifest { shards, versions };
         out.push(("m".to_owned(), encode(&Envelope::new(version, 0, m))));
         out
+    }
+
+    #[test]
+    fn unsafe_catalog_entries_are_left_out() {
+        let mut bad = item("bad", "Bad", "Mugs");
+        bad.url = "javascript:alert(1)".into();
+        let mut bad_image = item("img", "Bad image", "Mugs");
+        bad_image.image = "data:text/html,x".into();
+        let shard = CatalogShard::from_items(vec![item("ok", "Ok", "Mugs"), bad, bad_image]);
+        let mut cache = ModelCache::default();
+        cache
+            .store("c:0", Some(&encode(&Envelope::new(1, 0, shard))))
+            .unwrap();
+        let held = &cache.catalog.get(&0).unwrap().1;
+        assert!(held.item("ok").is_some());
+        assert!(held.item("bad").is_none());
+        assert!(held.item("img").is_none());
     }
 
     #[test]

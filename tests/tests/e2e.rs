@@ -266,15 +266,55 @@ fn personalization_end_to_end() -> Result<()> {
         "exactly one event arrived: the GPC visitor's was not forwarded"
     );
 
-    // 6. Escaping: a catalog title with markup and a javascript: URL render escaped / refused.
-    let hostile = serde_json::json!([{
-        "id": "22632",
-        "title": "Tom & Jerry's <script>alert(1)</script> warmer",
-        "url": "javascript:alert(1)",
-        "image": "/img/christmas.svg",
-        "price": "£2.10",
-        "category": "Christmas"
-    }]);
+    // 6. Escaping: catalog text with markup renders escaped; a link that tries to break out of
+    //    its attribute stays inside it; an entry with a javascript: URL is never shown.
+    let hostile = serde_json::json!([
+        {
+            "id": "22632",
+            "title": "Tom & Jerry's <script>alert(1)</script> warmer",
+            "url": "/p/22632.html?from=\"><script>alert(2)</script>",
+            "image": "/img/christmas.svg",
+            "price": "£2.10",
+            "category": "Christmas"
+        },
+        {
+            "id": "22633",
+            "title": "Sneaky link",
+            "url": "javascript:alert(3)",
+            "image": "/img/christmas.svg",
+            "price": "£2.10",
+            "category": "Christmas"
+        }
+    ]);
+    // Pages whose slots show 22632 and 22633 (both bestsellers) before the change.
+    let candidates: Vec<String> = slot_hrefs(&home, "for-you")
+        .into_iter()
+        .chain(slot_hrefs(&home, "trending"))
+        .filter(|p| !p.contains("22632") && !p.contains("22633"))
+        .collect();
+    let survey = || -> Result<(Option<String>, BTreeSet<String>)> {
+        let mut found = None;
+        let mut rendered = BTreeSet::new();
+        for page in &candidates {
+            // A fresh visitor each time: items seen this session are not recommended again.
+            let (r, d) = debug(&mut Visitor::new(&base), page)?;
+            for s in d["slots"].as_array().into_iter().flatten() {
+                for i in s["rendered"].as_array().into_iter().flatten() {
+                    rendered.insert(i.as_str().unwrap_or("").to_string());
+                }
+            }
+            let html = r.text();
+            if found.is_none() && html.contains("Tom &amp; Jerry") {
+                found = Some(html);
+            }
+        }
+        Ok((found, rendered))
+    };
+    let (_, before) = survey()?;
+    assert!(
+        before.contains("22633"),
+        "22633 is shown somewhere before: {before:?}"
+    );
     let r = reply(
         http()
             .put(format!("{}/v1/catalog", stack.origin_url))
@@ -283,35 +323,28 @@ fn personalization_end_to_end() -> Result<()> {
             .send(hostile.to_string().as_str())?,
     )?;
     assert!(r.status < 300, "catalog PUT: {} {}", r.status, r.text());
-    // Any page whose `similar` slot picks 22632 shows how it renders.
-    let candidates: Vec<String> = slot_hrefs(&home, "for-you")
-        .into_iter()
-        .chain(slot_hrefs(&home, "trending"))
-        .collect();
-    let html = eventually(WAIT, "a page renders the updated catalog entry", || {
-        for page in candidates.iter().filter(|p| !p.contains("22632")) {
-            // A fresh visitor each time: items seen this session are not recommended again.
-            let (r, d) = debug(&mut Visitor::new(&base), page)?;
-            let rendered = slot(&d, "similar")
-                .and_then(|s| s["rendered"].as_array())
-                .cloned()
-                .unwrap_or_default();
-            let html = r.text();
-            if rendered.iter().any(|i| i == "22632") && html.contains("Tom &amp; Jerry") {
-                return Ok(Some(html));
-            }
-        }
-        Ok(None)
-    })?;
+    let (html, rendered_anywhere) =
+        eventually(WAIT, "a page renders the updated catalog entry", || {
+            let (found, rendered) = survey()?;
+            Ok(found.map(|html| (html, rendered)))
+        })?;
     assert!(
         html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
         "markup is escaped"
     );
-    assert!(!html.contains("<script>alert(1)"), "no injected script");
+    assert!(
+        !html.contains("<script>alert("),
+        "no injected script, in text or through an attribute"
+    );
     assert!(
         !html.to_ascii_lowercase().contains("javascript:"),
         "javascript: URLs are refused"
     );
+    assert!(
+        !rendered_anywhere.contains("22633"),
+        "the entry with a javascript: URL is never shown: {rendered_anywhere:?}"
+    );
+
     Ok(())
 }
 
