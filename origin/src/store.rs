@@ -274,36 +274,16 @@ pub fn outbox_put(
     key: &str,
     entry: OutboxEntry,
 ) -> Result<()> {
-    let mut buf = Vec::new();
-    outbox_put_with(table, key, entry, &mut buf)
-}
-
-/// [`outbox_put`] with a reusable encoding buffer. Writes first and merges only when an older
-/// entry was pending and waited longer (one B-tree descent in the common case, not two).
-pub fn outbox_put_with(
-    table: &mut redb::Table<&str, &[u8]>,
-    key: &str,
-    entry: OutboxEntry,
-    buf: &mut Vec<u8>,
-) -> Result<()> {
-    buf.clear();
-    rmp_serde::encode::write_named(buf, &entry)?;
-    let old = match table.insert(key, buf.as_slice())? {
-        Some(old) => Some(OutboxEntry::decode(old.value())?.accepted_ms),
-        None => None,
-    };
-    if let Some(old_accepted) = old
-        && old_accepted < entry.accepted_ms
-    {
-        buf.clear();
-        rmp_serde::encode::write_named(
-            buf,
-            &OutboxEntry {
-                accepted_ms: old_accepted,
+    let merged = match table.get(key)? {
+        Some(old) => {
+            let old = OutboxEntry::decode(old.value())?;
+            OutboxEntry {
+                accepted_ms: old.accepted_ms.min(entry.accepted_ms),
                 ..entry
-            },
-        )?;
-        table.insert(key, buf.as_slice())?;
-    }
+            }
+        }
+        None => entry,
+    };
+    table.insert(key, merged.encode()?.as_slice())?;
     Ok(())
 }
