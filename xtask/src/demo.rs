@@ -117,9 +117,10 @@ pub fn cmd(args: &[String]) -> Result<()> {
         format!("ATTUNE_ORIGIN_INGEST_URL:{ingest}"),
         "ATTUNE_DEMO_LOGIN:1".to_string(),
     ];
-    let config = dev_config(&root, &state)?;
+    // The repository's own wrangler.toml: its build step (`cargo xtask build-edge`) finds the
+    // Worker just built and returns at once.
     let mut wrangler = util::command(util::node_bin_dir().join("wrangler"));
-    wrangler.arg("dev").arg("--config").arg(&config);
+    wrangler.arg("dev");
     wrangler.args([
         "--ip",
         "127.0.0.1",
@@ -137,7 +138,7 @@ pub fn cmd(args: &[String]) -> Result<()> {
         &mut worker,
         WORKER_PORT,
         "/__attune/beacon.js",
-        Duration::from_secs(120),
+        Duration::from_secs(300),
         &stop,
     )?;
     println!("Worker ready on http://127.0.0.1:{WORKER_PORT} (log: .attune/demo/wrangler.log)");
@@ -198,41 +199,6 @@ pub fn cmd(args: &[String]) -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     shutdown(origin, worker)
-}
-
-/// The repository's wrangler.toml without its `[build]` table (the Worker was just built, and
-/// a second build from inside wrangler would only wait for cargo's lock), with absolute paths.
-fn dev_config(root: &Path, state: &Path) -> Result<PathBuf> {
-    let text =
-        std::fs::read_to_string(root.join("wrangler.toml")).context("reading wrangler.toml")?;
-    let mut out = String::new();
-    let mut in_build = false;
-    for line in text.lines() {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with('[') {
-            in_build = trimmed.starts_with("[build]");
-        }
-        if in_build {
-            continue;
-        }
-        let absolute = |key: &str| -> Option<String> {
-            let rest = trimmed
-                .strip_prefix(key)?
-                .trim_start()
-                .strip_prefix('=')?
-                .trim();
-            let path = rest.trim_matches('"');
-            Some(format!("{key} = \"{}\"", root.join(path).display()))
-        };
-        match absolute("main").or_else(|| absolute("directory")) {
-            Some(line) => out.push_str(&line),
-            None => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    let path = state.join("wrangler.toml");
-    std::fs::write(&path, out)?;
-    Ok(path)
 }
 
 fn step(what: &str) {
