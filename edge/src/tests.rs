@@ -101,30 +101,54 @@ fn escapes_adversarial_catalog_values() {
     let evil = CatalogItem {
         id: "E1".into(),
         title: r#"Tom & Jerry's <script>alert(1)</script> "mug""#.into(),
-        url: "javascript:alert(1)".into(),
-        image: "java\tscript:alert(2)".into(),
+        url: "/p/E1?x=\"><script>alert(3)</script>".into(),
+        image: "/img/e1.svg".into(),
         price: "<b>£1</b>".into(),
         category: "Mugs".into(),
+    };
+    // Entries whose link or image is not relative or http(s) never reach the page.
+    let refused = CatalogItem {
+        url: "javascript:alert(1)".into(),
+        ..item("J3", "Refused link", "Toys")
+    };
+    let refused_image = CatalogItem {
+        image: "java\tscript:alert(2)".into(),
+        ..item("J4", "Refused image", "Lamps")
     };
     let ok = CatalogItem {
         url: "https://shop.example/p?a=1&b=\"2\"".into(),
         ..item("F2", "Fine", "Bags")
     };
-    let m = model(vec![evil, ok]);
-    let (out, _) = rewrite_all(inputs(Some(m)), PAGE.as_bytes(), 1 << 20);
+    let m = model(vec![evil, refused, refused_image, ok]);
+    let (out, report) = rewrite_all(inputs(Some(m)), PAGE.as_bytes(), 1 << 20);
     let out = s(&out);
     assert!(!out.contains("<script>alert"), "{out}");
-    assert!(!out.contains("javascript:"), "{out}");
+    assert!(
+        !out.contains("javascript:") && !out.contains("script:alert"),
+        "{out}"
+    );
     assert!(!out.contains("<b>"));
+    assert!(!out.contains("J3") && !out.contains("J4"), "{out}");
+    let rendered: Vec<&str> = report
+        .slots
+        .iter()
+        .filter_map(|s| match &s.kind {
+            SlotKind::Recs { rendered, .. } => Some(rendered.iter().map(String::as_str)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        rendered.contains(&"E1") && rendered.contains(&"F2"),
+        "{rendered:?}"
+    );
     assert!(
         out.contains("Tom &amp; Jerry's &lt;script&gt;alert(1)&lt;/script&gt; \"mug\""),
         "{out}"
     );
-    // Refused URLs keep the default attribute values.
+    // A link that tries to close its attribute stays inside it.
     assert!(
-        out.contains(
-            r#"<article data-attune-item="E1"><a data-attune-attr="href:url" href="/d1">"#
-        ),
+        out.contains(r#"href="/p/E1?x=&quot;&gt;&lt;script&gt;alert(3)&lt;/script&gt;""#),
         "{out}"
     );
     assert!(
