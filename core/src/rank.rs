@@ -471,95 +471,250 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
     }
     mark_exclusions(input, &mut pool, hide_seen);
     let with_affinity = input.profile.is_some() && strongest > 0.0;
-    let mut categories = Categories::new();
-    let mut scored: Vec<Scored> = Vec::with_capacity(pool.candidates.len());
-    for (i, ((&item, c), key)) in pool
-        .ids
-        .iter()
-        .zip(&pool.candidates)
-        .zip(&pool.keys)
-        .enumerate()
-    {
-        #[cfg(debug_assertions)]
-        debug_assert_eq!(c.excluded, excluded(input, item, hide_seen), "{item}");
-        if c.excluded {
-            continue;
-        }
-        let Some(category) = input.catalog.category_keyed(item, key) else {
-            continue;
-        };
-        let category = categories.number(category, |name| {
-            if with_affinity {
-                category_scores.get(name) / strongest
-            } else {
-                0.0
-            }
-        });
-        let mut score = c.score;
-        let affinity = categories.affinity[category];
-        if affinity > 0.0 {
-            score += params.category_weight * affinity;
-        }
-        score += params.trend_weight * c.prior.unwrap_or(0.0);
-        scored.push(Scored {
-            score,
-            candidate: i as u32,
-            category: category as u32,
-            reason: c.reason,
-        });
-    }
-    // Only the best `max_candidates` take part (the weakest are dropped past it).
-    let limit = scored.len().min(params.max_candidates.max(input.count));
-
     let cap = match input.strategy {
         // These slots are about one category or the visitor's own trail: no cap.
         Strategy::Category | Strategy::RecentlyViewed => usize::MAX,
         _ if params.diversity_cap == 0 => input.count.div_ceil(2).max(1),
         _ => params.diversity_cap,
     };
-    let mut per_category = alloc::vec![0usize; categories.names.len()];
-    let mut picks = Vec::with_capacity(input.count);
-    let ids = &pool.ids;
-    let order = |a: &Scored, b: &Scored| {
-        b.score
-            .total_cmp(&a.score)
-            .then_with(|| ids[a.candidate as usize].cmp(ids[b.candidate as usize]))
+    let scoring = Scoring {
+        input,
+        category_scores: &category_scores,
+        strongest: if with_affinity { strongest } else { 0.0 },
+        cap,
     };
-    // Walk the candidates best first. The order is total (ids are unique), so sorting only a
-    // best prefix first, and the rest when the diversity cap skips too many, visits exactly
-    // the order a full sort gives.
-    let mut sorted = 0;
-    while sorted < limit && picks.len() < input.count {
-        let remaining = &mut scored[sorted..];
-        let take = remaining.len().min((4 * input.count).max(32));
-        if take < remaining.len() {
-            remaining.select_nth_unstable_by(take - 1, order);
+    let chosen = match scoring.choose_bounded(&pool) {
+        Some(chosen) => {
+            #[cfg(debug_assertions)]
+            debug_assert_eq!(chosen, scoring.choose_all(&pool, hide_seen));
+            chosen
         }
-        remaining[..take].sort_unstable_by(order);
-        let end = (sorted + take).min(limit);
-        for s in &scored[sorted..end] {
-            let used = &mut per_category[s.category as usize];
-            if *used >= cap {
+        None => scoring.choose_all(&pool, hide_seen),
+    };
+    chosen
+        .into_iter()
+        .map(|s| Pick {
+            item: pool.ids[s.candidate as usize].into(),
+            score: s.score,
+            reason: s.reason,
+        })
+        .collect()
+}
+
+/// How the pooled candidates are scored and walked into the slot.
+struct Scoring<'i, 'a> {
+    input: &'i RankInput<'a>,
+    category_scores: &'i CategoryScores<'i>,
+    /// The strongest category's score, or 0 when category affinity does not apply.
+    strongest: f64,
+    /// Most picks of one category.
+    cap: usize,
+}
+
+impl<'a> Scoring<'_, 'a> {
+    /// The affinity term of `name`.
+    #[inline]
+    fn affinity(&self, name: &str) -> f64 {
+        if self.strongest > 0.0 {
+            self.category_scores.get(name) / self.strongest
+        } else {
+            0.0
+        }
+    }
+
+    /// The final score of `c` whose category's affinity term is `affinity`. Monotone in
+    /// `affinity` when the weights are not negative (every step is a rounded addition or a
+    /// product with a non-negative weight), which is what [`Scoring::choose_bounded`] needs.
+    #[inline]
+    fn score(&self, c: &Candidate, affinity: f64) -> f64 {
+        let params = self.input.params;
+        let mut score = c.score;
+        if affinity > 0.0 {
+            score += params.category_weight * affinity;
+        }
+        score += params.trend_weight * c.prior.unwrap_or(0.0);
+        score
+    }
+
+    /// Looks candidate `i` up in the catalog and scores it (`None` when it is not there).
+    #[inline]
+    fn resolve(
+        &self,
+        pool: &Pool<'a>,
+        categories: &mut Categories<'a>,
+        i: usize,
+    ) -> Option<Scored> {
+        let (item, key, c) = (pool.ids[i], &pool.keys[i], &pool.candidates[i]);
+        let category = self.input.catalog.category_keyed(item, key)?;
+        let category = categories.number(category, |name| self.affinity(name));
+        Some(Scored {
+            score: self.score(c, categories.affinity[category]),
+            candidate: i as u32,
+            category: category as u32,
+            reason: c.reason,
+        })
+    }
+
+    /// The picks, best first, from every candidate: each is looked up in the catalog and
+    /// scored, and the best `max_candidates` are walked under the diversity cap.
+    fn choose_all(&self, pool: &Pool<'a>, hide_seen: bool) -> Vec<Scored> {
+        let input = self.input;
+        let _ = hide_seen;
+        let mut categories = Categories::new();
+        let mut scored: Vec<Scored> = Vec::with_capacity(pool.candidates.len());
+        for (i, c) in pool.candidates.iter().enumerate() {
+            #[cfg(debug_assertions)]
+            debug_assert_eq!(
+                c.excluded,
+                excluded(input, pool.ids[i], hide_seen),
+                "{}",
+                pool.ids[i]
+            );
+            if c.excluded {
                 continue;
             }
-            *used += 1;
-            picks.push(Pick {
-                item: ids[s.candidate as usize].into(),
-                score: s.score,
-                reason: s.reason,
-            });
-            if picks.len() == input.count {
-                break;
+            scored.extend(self.resolve(pool, &mut categories, i));
+        }
+        // Only the best `max_candidates` take part (the weakest are dropped past it).
+        let limit = scored
+            .len()
+            .min(input.params.max_candidates.max(input.count));
+        let mut per_category = alloc::vec![0usize; categories.names.len()];
+        let mut picks = Vec::with_capacity(input.count);
+        let ids = &pool.ids;
+        let order = |a: &Scored, b: &Scored| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| ids[a.candidate as usize].cmp(ids[b.candidate as usize]))
+        };
+        // Walk the candidates best first. The order is total (ids are unique), so sorting only
+        // a best prefix first, and the rest when the diversity cap skips too many, visits
+        // exactly the order a full sort gives.
+        let mut sorted = 0;
+        while sorted < limit && picks.len() < input.count {
+            let remaining = &mut scored[sorted..];
+            let take = remaining.len().min((4 * input.count).max(32));
+            if take < remaining.len() {
+                remaining.select_nth_unstable_by(take - 1, order);
+            }
+            remaining[..take].sort_unstable_by(order);
+            let end = (sorted + take).min(limit);
+            for s in &scored[sorted..end] {
+                let used = &mut per_category[s.category as usize];
+                if *used >= self.cap {
+                    continue;
+                }
+                *used += 1;
+                picks.push(*s);
+                if picks.len() == input.count {
+                    break;
+                }
+            }
+            sorted = end;
+        }
+        picks
+    }
+
+    /// [`Scoring::choose_all`] without looking up every candidate: each candidate's score has
+    /// an upper bound known before its catalog lookup (its category term at the strongest
+    /// affinity any category has), so candidates are looked up in the order of their bounds,
+    /// and a looked-up candidate whose score beats every bound still unresolved has its
+    /// final place in the order. The walk under the diversity cap only ever reads such a
+    /// settled prefix, and the `max_candidates` cut-off is a position in that same order, so
+    /// the picks are exactly those of the full pass. `None` when the bound does not hold
+    /// (negative or non-finite weights or scores): then the caller takes the full pass.
+    fn choose_bounded(&self, pool: &Pool<'a>) -> Option<Vec<Scored>> {
+        let input = self.input;
+        let params = input.params;
+        if !(params.category_weight >= 0.0
+            && params.trend_weight >= 0.0
+            && params.category_weight.is_finite()
+            && params.trend_weight.is_finite())
+        {
+            return None;
+        }
+        let mut top_affinity = 0.0f64;
+        if self.strongest > 0.0 {
+            for &(_, s) in &self.category_scores.scores {
+                let a = s / self.strongest;
+                if !a.is_finite() {
+                    return None;
+                }
+                top_affinity = top_affinity.max(a);
             }
         }
-        sorted = end;
+        let mut bounds: Vec<(f64, u32)> = Vec::with_capacity(pool.candidates.len());
+        for (i, c) in pool.candidates.iter().enumerate() {
+            if c.excluded {
+                continue;
+            }
+            let bound = self.score(c, top_affinity);
+            if !bound.is_finite() {
+                return None;
+            }
+            bounds.push((bound, i as u32));
+        }
+        let limit = params.max_candidates.max(input.count);
+        let ids = &pool.ids;
+        let order = |a: &Scored, b: &Scored| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| ids[a.candidate as usize].cmp(ids[b.candidate as usize]))
+        };
+        let by_bound = |a: &(f64, u32), b: &(f64, u32)| b.0.total_cmp(&a.0);
+        let mut categories = Categories::new();
+        let mut resolved: Vec<Scored> = Vec::with_capacity((4 * input.count).max(32));
+        let mut per_category: Vec<usize> = Vec::new();
+        let mut picks: Vec<Scored> = Vec::with_capacity(input.count);
+        let mut done = 0;
+        let mut batch = (4 * input.count).max(32);
+        loop {
+            let remaining = &mut bounds[done..];
+            let take = remaining.len().min(batch);
+            if take < remaining.len() {
+                remaining.select_nth_unstable_by(take - 1, by_bound);
+            }
+            for &(_, i) in &remaining[..take] {
+                resolved.extend(self.resolve(pool, &mut categories, i as usize));
+            }
+            done += take;
+            // Every unresolved candidate scores at most this.
+            let open = bounds[done..]
+                .iter()
+                .map(|b| b.0)
+                .reduce(f64::max)
+                .unwrap_or(f64::NEG_INFINITY);
+            resolved.sort_unstable_by(order);
+            per_category.clear();
+            per_category.resize(categories.names.len(), 0);
+            picks.clear();
+            // Positions of the order walked so far, every one of them settled.
+            let mut walked = 0;
+            for s in &resolved {
+                if walked == limit || picks.len() == input.count || s.score <= open {
+                    // Past the cut-off, the slot full, or an unresolved candidate may
+                    // come first.
+                    break;
+                }
+                walked += 1;
+                let used = &mut per_category[s.category as usize];
+                if *used >= self.cap {
+                    continue;
+                }
+                *used += 1;
+                picks.push(*s);
+            }
+            if picks.len() == input.count || walked == limit || done == bounds.len() {
+                return Some(picks);
+            }
+            batch = batch.saturating_mul(2);
+        }
     }
-    picks
 }
 
 /// A scored candidate on its way to the slot: its score, its place in the pool (for the id)
 /// and its category's number in [`Categories`].
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Scored {
     score: f64,
     candidate: u32,
