@@ -130,7 +130,7 @@ mod cookie {
                 .map(|r| (r.item.clone(), last.saturating_sub(to_s(r.ts))))
                 .collect(),
         );
-        let bytes = rmp_serde::to_vec(&payload).unwrap_or_default();
+        let bytes = msgpack::encode(&payload);
         let mut out = String::from(VERSION_PREFIX);
         B64.encode_string(bytes, &mut out);
         let mut m = mac(key);
@@ -162,7 +162,7 @@ mod cookie {
             .ok_or(CookieError::Malformed)?;
         let body = B64.decode(payload).map_err(|_| CookieError::Malformed)?;
         let (started, last, pages, recent): Payload =
-            rmp_serde::from_slice(&body).map_err(|_| CookieError::Malformed)?;
+            msgpack::decode(&body).ok_or(CookieError::Malformed)?;
         let ms = |s: u64| s.saturating_mul(SECOND_MS);
         let mut session = Session {
             started: ms(started),
@@ -183,6 +183,203 @@ mod cookie {
             });
         }
         Ok(session)
+    }
+
+    /// The payload's MessagePack, written and read by hand: byte for byte what `rmp_serde`
+    /// makes of [`Payload`] (smallest integer and length forms), and reading what `rmp_serde`
+    /// would accept for it (any integer form that fits, `str` or valid UTF-8 `bin` for the item,
+    /// exact array lengths, trailing bytes ignored). A generic serde codec for this one small
+    /// tuple cost the Worker some 30 KB of wasm.
+    mod msgpack {
+        use super::Payload;
+        use alloc::string::String;
+        use alloc::vec::Vec;
+
+        fn put_uint(out: &mut Vec<u8>, v: u64) {
+            if v < 0x80 {
+                out.push(v as u8);
+            } else if v <= 0xff {
+                out.extend_from_slice(&[0xcc, v as u8]);
+            } else if v <= 0xffff {
+                out.push(0xcd);
+                out.extend_from_slice(&(v as u16).to_be_bytes());
+            } else if v <= 0xffff_ffff {
+                out.push(0xce);
+                out.extend_from_slice(&(v as u32).to_be_bytes());
+            } else {
+                out.push(0xcf);
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+
+        /// A length with its fix form (`fix` marker, below `fix_max`), then 8-, 16- and 32-bit
+        /// forms (`wide` markers; `None` where the type has no such form).
+        fn put_len(out: &mut Vec<u8>, n: usize, fix: u8, fix_max: usize, wide: [Option<u8>; 3]) {
+            match (n, wide) {
+                (n, _) if n < fix_max => out.push(fix | n as u8),
+                (n, [Some(m), _, _]) if n <= 0xff => out.extend_from_slice(&[m, n as u8]),
+                (n, [_, Some(m), _]) if n <= 0xffff => {
+                    out.push(m);
+                    out.extend_from_slice(&(n as u16).to_be_bytes());
+                }
+                (n, [_, _, m]) => {
+                    out.push(m.unwrap_or(0xdd));
+                    out.extend_from_slice(&(n as u32).to_be_bytes());
+                }
+            }
+        }
+
+        const ARRAY: [Option<u8>; 3] = [None, Some(0xdc), Some(0xdd)];
+        const STR: [Option<u8>; 3] = [Some(0xd9), Some(0xda), Some(0xdb)];
+
+        pub(super) fn encode((started, last, pages, recent): &Payload) -> Vec<u8> {
+            let mut out = Vec::new();
+            put_len(&mut out, 4, 0x90, 16, ARRAY);
+            put_uint(&mut out, *started);
+            put_uint(&mut out, *last);
+            put_uint(&mut out, u64::from(*pages));
+            put_len(&mut out, recent.len(), 0x90, 16, ARRAY);
+            for (item, age) in recent {
+                put_len(&mut out, 2, 0x90, 16, ARRAY);
+                put_len(&mut out, item.len(), 0xa0, 32, STR);
+                out.extend_from_slice(item.as_bytes());
+                put_uint(&mut out, *age);
+            }
+            out
+        }
+
+        struct Reader<'a>(&'a [u8]);
+
+        impl<'a> Reader<'a> {
+            fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+                let (head, rest) = self.0.split_at_checked(n)?;
+                self.0 = rest;
+                Some(head)
+            }
+
+            fn byte(&mut self) -> Option<u8> {
+                Some(self.take(1)?[0])
+            }
+
+            /// A big-endian unsigned integer of `n` bytes (at most 8).
+            fn be(&mut self, n: usize) -> Option<u64> {
+                Some(self.take(n)?.iter().fold(0, |v, &b| v << 8 | u64::from(b)))
+            }
+
+            /// A big-endian signed integer of `n` bytes, sign-extended.
+            fn be_signed(&mut self, n: usize) -> Option<i64> {
+                let shift = 64 - 8 * n as u32;
+                Some(((self.be(n)? << shift) as i64) >> shift)
+            }
+
+            fn uint(&mut self) -> Option<u64> {
+                match self.byte()? {
+                    m @ 0x00..=0x7f => Some(u64::from(m)),
+                    m @ 0xcc..=0xcf => self.be(1 << (m - 0xcc)),
+                    m @ 0xd0..=0xd3 => u64::try_from(self.be_signed(1 << (m - 0xd0))?).ok(),
+                    _ => None,
+                }
+            }
+
+            fn array(&mut self) -> Option<usize> {
+                match self.byte()? {
+                    m @ 0x90..=0x9f => Some(usize::from(m & 0x0f)),
+                    0xdc => self.len(2),
+                    0xdd => self.len(4),
+                    _ => None,
+                }
+            }
+
+            fn len(&mut self, n: usize) -> Option<usize> {
+                usize::try_from(self.be(n)?).ok()
+            }
+
+            fn string(&mut self) -> Option<String> {
+                let len = match self.byte()? {
+                    m @ 0xa0..=0xbf => usize::from(m & 0x1f),
+                    0xd9 | 0xc4 => self.len(1)?,
+                    0xda | 0xc5 => self.len(2)?,
+                    0xdb | 0xc6 => self.len(4)?,
+                    _ => return None,
+                };
+                String::from_utf8(self.take(len)?.to_vec()).ok()
+            }
+        }
+
+        pub(super) fn decode(bytes: &[u8]) -> Option<Payload> {
+            let mut r = Reader(bytes);
+            if r.array()? != 4 {
+                return None;
+            }
+            let started = r.uint()?;
+            let last = r.uint()?;
+            let pages = u32::try_from(r.uint()?).ok()?;
+            let n = r.array()?;
+            let mut recent = Vec::new();
+            for _ in 0..n {
+                if r.array()? != 2 {
+                    return None;
+                }
+                recent.push((r.string()?, r.uint()?));
+            }
+            Some((started, last, pages, recent))
+        }
+
+        #[cfg(test)]
+        mod tests {
+            use super::*;
+            use alloc::format;
+            use alloc::vec;
+
+            #[test]
+            fn matches_rmp_serde() {
+                let edges = [0, 1, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x1_0000, 0xffff_ffff];
+                let mut payloads: Vec<Payload> = Vec::new();
+                for &v in edges.iter().chain(&[0x1_0000_0000, u64::MAX]) {
+                    payloads.push((v, v, v as u32, vec![(String::from("a"), v)]));
+                }
+                for len in [0, 1, 15, 16, 17, 31, 32, 33, 255, 256, 300, 0x1_0000] {
+                    let item: String = "é".repeat(len / 2) + &"x".repeat(len % 2);
+                    payloads.push((1, 2, 3, vec![(item, 4); len.min(20)]));
+                }
+                payloads.push((7, 8, 9, (0..300).map(|i| (format!("i{i}"), i)).collect()));
+                for p in &payloads {
+                    let ours = encode(p);
+                    assert_eq!(ours, rmp_serde::to_vec(p).unwrap());
+                    assert_eq!(decode(&ours).as_ref(), Some(p));
+                }
+            }
+
+            #[test]
+            fn reads_what_rmp_serde_reads() {
+                // Other integer widths, signed forms, `bin` items, trailing bytes.
+                let body: Vec<u8> = [
+                    &[0x94, 0xcf][..],
+                    &5u64.to_be_bytes(),
+                    &[
+                        0xd2, 0, 0, 0, 6, 0xd0, 7, 0x91, 0x92, 0xc4, 1, b'x', 0xcd, 0, 9, 0xc0,
+                    ],
+                ]
+                .concat();
+                let want: Payload = rmp_serde::from_slice(&body).unwrap();
+                assert_eq!(decode(&body), Some(want));
+                let bad: [&[u8]; 9] = [
+                    &[],
+                    &[0x93, 1, 2, 3],
+                    &[0x95, 1, 2, 3, 0x90, 0],
+                    &[0x94, 0xff, 2, 3, 0x90],
+                    &[0x94, 1, 2, 0xcf, 0, 0, 0, 1, 0, 0, 0, 0, 0x90],
+                    &[0x94, 1, 2, 3, 0x91, 0x93, 0xa1, b'x', 1, 2],
+                    &[0x94, 1, 2, 3, 0x91, 0x92, 0xa1, 0xff, 1],
+                    &[0x94, 1, 2, 3, 0x92, 0x92, 0xa1, b'x', 1],
+                    &[0x94, 1, 2, 0xca, 0, 0, 0, 0, 0x90],
+                ];
+                for b in bad {
+                    assert!(rmp_serde::from_slice::<Payload>(b).is_err(), "{b:?}");
+                    assert_eq!(decode(b), None, "{b:?}");
+                }
+            }
+        }
     }
 
     /// The session in `cookie`, continued at `now`; a fresh session when the cookie is absent,
