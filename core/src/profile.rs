@@ -426,14 +426,7 @@ impl Profile {
                     .collect();
                 // Strongest first; equal scores keep the smaller key.
                 ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                let mut keep: Vec<usize> = ranked[..max].iter().map(|r| r.1).collect();
-                keep.sort_unstable();
-                let mut index = 0;
-                list.retain(|_| {
-                    let kept = keep.binary_search(&index).is_ok();
-                    index += 1;
-                    kept
-                });
+                retain_positions(list, ranked[..max].iter().map(|r| r.1).collect());
             }
         }
         if self.purchased.len() > cfg.max_purchased {
@@ -473,7 +466,11 @@ fn drop_oldest<T>(list: &mut Vec<T>, max: usize, age_key: impl Fn(&T) -> Millis)
         .map(|(i, e)| (age_key(e), i))
         .collect();
     ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let mut keep: Vec<usize> = ranked[..max].iter().map(|r| r.1).collect();
+    retain_positions(list, ranked[..max].iter().map(|r| r.1).collect());
+}
+
+/// Keeps the entries at the positions in `keep` (in any order), in their list order.
+fn retain_positions<T>(list: &mut Vec<T>, mut keep: Vec<usize>) {
     keep.sort_unstable();
     let mut index = 0;
     list.retain(|_| {

@@ -210,19 +210,7 @@ async fn beacon(mut req: Request, env: &Env, ctx: &Context, s: &Settings) -> Res
     }
     let now = now_ms();
     let mut set_cookies = Vec::new();
-    let vid = match cookies::get(cookie.as_deref(), cookies::VISITOR) {
-        Some(v) if identity::valid_visitor_id(v) => v.to_owned(),
-        _ => {
-            let v = random_hex();
-            set_cookies.push(cookies::set_visitor(&v));
-            v
-        }
-    };
-    let demo_user = s
-        .demo_login
-        .then(|| cookies::get(cookie.as_deref(), cookies::DEMO_USER))
-        .flatten();
-    let who = identity::resolve(demo_user, &vid);
+    let (_, who) = identify(cookie.as_deref(), s, &mut set_cookies);
     let batch = match events::normalize_batch(&body, &who.id, now, &mut random_hex) {
         Ok(b) => b,
         Err(e) => return json_response(400, events::error_reply(e.code())),
@@ -273,6 +261,29 @@ fn forward(ctx: &Context, _env: &Env, s: &Settings, events: Vec<attune_core::Eve
             console_error!("attune: forwarding {} events to {url}: {e}", events.len());
         }
     });
+}
+
+/// The visitor id from `attune_vid` (a new one, with its `Set-Cookie`, when it is absent or
+/// malformed) and the identity the profile is keyed by.
+fn identify(
+    cookie: Option<&str>,
+    s: &Settings,
+    set_cookies: &mut Vec<String>,
+) -> (String, identity::Identity) {
+    let vid = match cookies::get(cookie, cookies::VISITOR) {
+        Some(v) if identity::valid_visitor_id(v) => v.to_owned(),
+        _ => {
+            let v = random_hex();
+            set_cookies.push(cookies::set_visitor(&v));
+            v
+        }
+    };
+    let demo_user = s
+        .demo_login
+        .then(|| cookies::get(cookie, cookies::DEMO_USER))
+        .flatten();
+    let who = identity::resolve(demo_user, &vid);
+    (vid, who)
 }
 
 async fn post_events(url: &str, token: &str, events: &[attune_core::Event]) -> Result<()> {
@@ -561,19 +572,7 @@ async fn page(
     // Identity and session, then the KV reads start while the upstream is fetched.
     let now = started;
     let mut set_cookies = Vec::new();
-    let vid = match cookies::get(cookie.as_deref(), cookies::VISITOR) {
-        Some(v) if identity::valid_visitor_id(v) => v.to_owned(),
-        _ => {
-            let v = random_hex();
-            set_cookies.push(cookies::set_visitor(&v));
-            v
-        }
-    };
-    let demo_user = s
-        .demo_login
-        .then(|| cookies::get(cookie.as_deref(), cookies::DEMO_USER))
-        .flatten();
-    let mut who = identity::resolve(demo_user, &vid);
+    let (vid, mut who) = identify(cookie.as_deref(), s, &mut set_cookies);
     let mut session = (!s.session_key.is_empty()).then(|| {
         session::decode_cookie(
             cookies::get(cookie.as_deref(), cookies::SESSION),
