@@ -239,7 +239,16 @@ fn personalization_end_to_end() -> Result<()> {
         r.set_cookies().iter().all(|(k, _)| k != "attune_vid"),
         "no visitor id without consent"
     );
-    let received_before = stack.metric("attune_events_received_total", &[])?;
+    // Impressions of earlier page views are forwarded in the background: wait until the
+    // origin's intake is quiet so the count below can be exact.
+    let mut last = -1.0;
+    let received_before = eventually(WAIT, "the origin's intake settles", || {
+        let now = stack.metric("attune_events_received_total", &[])?;
+        let settled = now == last;
+        last = now;
+        std::thread::sleep(Duration::from_millis(1500));
+        Ok(settled.then_some(now))
+    })?;
     let r = private.post(
         "/__attune/events",
         r#"[{"kind":"view","item":"22632"}]"#,
