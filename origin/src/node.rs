@@ -81,15 +81,11 @@ impl Node {
                 let version = meta.get(keys::CFG_VERSION)?.map_or(0, |v| v.value()) + 1;
                 meta.insert(keys::CFG_VERSION, version)?;
                 meta.insert(keys::CFG_HASH, hash)?;
-                outbox_put(
+                enqueue_shared(
                     &mut outbox,
-                    kv::CONFIG,
-                    OutboxEntry {
-                        op: Op::Put,
-                        version,
-                        accepted_ms: crate::now_ms(),
-                        user: None,
-                    },
+                    [kv::CONFIG.to_string()],
+                    version,
+                    crate::now_ms(),
                 )?;
             }
         }
@@ -112,18 +108,7 @@ impl Node {
             let mut shared: Vec<String> = shards.iter().map(|s| kv::catalog(*s)).collect();
             // Categories feed `Trending.by_category`.
             shared.push(kv::TRENDING.into());
-            for key in shared {
-                outbox_put(
-                    &mut outbox,
-                    &key,
-                    OutboxEntry {
-                        op: Op::Put,
-                        version: seq,
-                        accepted_ms: now,
-                        user: None,
-                    },
-                )?;
-            }
+            enqueue_shared(&mut outbox, shared, seq, now)?;
         }
         tx.commit()?;
         Ok(n)
@@ -185,24 +170,18 @@ impl Node {
             let seq = meta.get(keys::MODEL_SEQ)?.map(|v| v.value()).unwrap_or(0) + 1;
             meta.insert(keys::MODEL_SEQ, seq)?;
             let shards = self.cfg.model.shards;
-            let mut shared = vec![kv::TRENDING.to_string(), kv::CONFIG.to_string()];
+            let mut shared = vec![kv::TRENDING.to_string()];
             for s in 0..shards {
                 shared.push(kv::catalog(s));
                 shared.push(kv::neighbours(s));
             }
-            for key in shared {
-                outbox_put(
-                    &mut outbox,
-                    &key,
-                    OutboxEntry {
-                        op: Op::Put,
-                        version: seq,
-                        accepted_ms: now,
-                        user: None,
-                    },
-                )?;
-                n += 1;
-            }
+            n += enqueue_shared(&mut outbox, shared, seq, now)?;
+            // `cfg` has its own version line (see `ensure_config_enqueued`): re-send the current
+            // rules at their own version. Giving them the model's sequence number would let a
+            // later rules change (a smaller version) look older than KV and never be sent.
+            let cfg_version = meta.get(keys::CFG_VERSION)?.map_or(1, |v| v.value());
+            published.remove(kv::CONFIG)?;
+            n += enqueue_shared(&mut outbox, [kv::CONFIG.to_string()], cfg_version, now)?;
         }
         tx.commit()?;
         Ok(n)
@@ -235,5 +214,70 @@ impl Node {
             total.late += o.late;
             total.batches += o.batches;
         }
+    }
+}
+
+/// Queues shared keys (model shards, trending, config) for publishing at `version`; returns how
+/// many were queued.
+fn enqueue_shared(
+    outbox: &mut redb::Table<&str, &[u8]>,
+    keys: impl IntoIterator<Item = String>,
+    version: u64,
+    now: u64,
+) -> Result<usize> {
+    let mut n = 0;
+    for key in keys {
+        outbox_put(
+            outbox,
+            &key,
+            OutboxEntry {
+                op: Op::Put,
+                version,
+                accepted_ms: now,
+                user: None,
+            },
+        )?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TargetKind;
+    use crate::store::OutboxEntry;
+
+    fn queued_version(node: &Node, key: &str) -> Option<u64> {
+        let tx = node.store.db.begin_read().ok()?;
+        let outbox = tx.open_table(OUTBOX).ok()?;
+        let row = outbox.get(key).ok()??;
+        OutboxEntry::decode(row.value()).ok().map(|e| e.version)
+    }
+
+    /// `cfg` keeps its own version line: a full publish re-sends the current rules at their
+    /// version (not the model's sequence), and a later rules change gets the next version.
+    #[test]
+    fn full_publish_keeps_the_config_version_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        cfg.publish.target = TargetKind::None;
+        {
+            let node = Node::open(&cfg).unwrap();
+            assert_eq!(queued_version(&node, kv::CONFIG), Some(1));
+            for _ in 0..5 {
+                node.put_catalog(Vec::new()).unwrap();
+            }
+            node.enqueue_full().unwrap();
+            assert_eq!(queued_version(&node, kv::CONFIG), Some(1));
+            assert_eq!(queued_version(&node, kv::TRENDING), Some(6));
+        }
+        cfg.rules.experiments.clear();
+        cfg.rules.segments.clear();
+        let node = Node::open(&cfg).unwrap();
+        assert_eq!(queued_version(&node, kv::CONFIG), Some(2));
     }
 }
