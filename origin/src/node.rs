@@ -14,7 +14,9 @@ use crate::log::Log;
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::pipeline::Pipeline;
-use crate::store::{META, OUTBOX, Op, OutboxEntry, PROFILES, PUBLISHED, Store, keys, outbox_put};
+use crate::store::{
+    META, OUTBOX, Op, OutboxEntry, PROFILES, PUBLISHED, Store, enqueue_shared, keys, outbox_put,
+};
 
 /// The embedded log's source name (its offset key in the store).
 pub const LOG_SOURCE: &str = "log";
@@ -215,31 +217,6 @@ impl Node {
             total.batches += o.batches;
         }
     }
-}
-
-/// Queues shared keys (model shards, trending, config) for publishing at `version`; returns how
-/// many were queued.
-fn enqueue_shared(
-    outbox: &mut redb::Table<&str, &[u8]>,
-    keys: impl IntoIterator<Item = String>,
-    version: u64,
-    now: u64,
-) -> Result<usize> {
-    let mut n = 0;
-    for key in keys {
-        outbox_put(
-            outbox,
-            &key,
-            OutboxEntry {
-                op: Op::Put,
-                version,
-                accepted_ms: now,
-                user: None,
-            },
-        )?;
-        n += 1;
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

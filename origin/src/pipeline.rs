@@ -34,7 +34,7 @@ use crate::metrics::{Metrics, labels};
 use crate::model::Model;
 use crate::store::{
     DEDUP, DEDUP_LOG, DLQ, DlqRecord, META, OUTBOX, Op, OutboxEntry, PROFILES, Store, UserState,
-    keys, outbox_put,
+    enqueue_shared, keys, outbox_put,
 };
 
 /// What one batch did.
@@ -468,30 +468,11 @@ impl Pipeline {
         if !shards.is_empty() || trend_changed {
             let seq = meta.get(keys::MODEL_SEQ)?.map(|v| v.value()).unwrap_or(0) + 1;
             meta.insert(keys::MODEL_SEQ, seq)?;
-            for s in shards {
-                outbox_put(
-                    &mut outbox,
-                    &kv::neighbours(s),
-                    OutboxEntry {
-                        op: Op::Put,
-                        version: seq,
-                        accepted_ms: first_accept,
-                        user: None,
-                    },
-                )?;
-            }
+            let mut shared: Vec<String> = shards.into_iter().map(kv::neighbours).collect();
             if trend_changed {
-                outbox_put(
-                    &mut outbox,
-                    kv::TRENDING,
-                    OutboxEntry {
-                        op: Op::Put,
-                        version: seq,
-                        accepted_ms: first_accept,
-                        user: None,
-                    },
-                )?;
+                shared.push(kv::TRENDING.to_string());
             }
+            enqueue_shared(&mut outbox, shared, seq, first_accept)?;
         }
         model.persist(tx)?;
         if !dead.is_empty() {

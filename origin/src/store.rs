@@ -287,3 +287,28 @@ pub fn outbox_put(
     table.insert(key, merged.encode()?.as_slice())?;
     Ok(())
 }
+
+/// Queues shared keys (model shards, trending, config) for publishing at `version`; returns how
+/// many were queued.
+pub fn enqueue_shared(
+    outbox: &mut redb::Table<&str, &[u8]>,
+    keys: impl IntoIterator<Item = String>,
+    version: u64,
+    now: u64,
+) -> Result<usize> {
+    let mut n = 0;
+    for key in keys {
+        outbox_put(
+            outbox,
+            &key,
+            OutboxEntry {
+                op: Op::Put,
+                version,
+                accepted_ms: now,
+                user: None,
+            },
+        )?;
+        n += 1;
+    }
+    Ok(n)
+}
