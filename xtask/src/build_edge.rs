@@ -61,6 +61,10 @@ pub fn cmd(args: &[String]) -> Result<()> {
     build(profile, &crate_dir, force)
 }
 
+/// The workspace's release profile is tuned for the native origin (`opt-level = 3`); the Worker
+/// is built for size, since every kilobyte of wasm is paid on cold starts.
+const EDGE_OPT_LEVEL: (&str, &str) = ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "z");
+
 pub fn build(profile: Profile, crate_dir: &Path, force: bool) -> Result<()> {
     let started = Instant::now();
     let out = crate_dir.join("build");
@@ -72,6 +76,7 @@ pub fn build(profile: Profile, crate_dir: &Path, force: bool) -> Result<()> {
     cargo
         .current_dir(crate_dir)
         .env("WASM_BINDGEN_USE_JS_SYS", "1")
+        .env(EDGE_OPT_LEVEL.0, EDGE_OPT_LEVEL.1)
         .args(["build", "--lib", "--target", "wasm32-unknown-unknown"]);
     if profile == Profile::Release {
         cargo.arg("--release");
@@ -92,6 +97,7 @@ pub fn build(profile: Profile, crate_dir: &Path, force: bool) -> Result<()> {
             Profile::Dev => "--dev",
         })
         .arg(crate_dir)
+        .env(EDGE_OPT_LEVEL.0, EDGE_OPT_LEVEL.1)
         .current_dir(crate_dir);
         util::run(&mut cmd)?;
         if profile == Profile::Release {
