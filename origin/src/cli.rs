@@ -393,13 +393,7 @@ pub async fn flush_offline(node: &Node) -> Result<usize> {
     if target.is_none() {
         return Ok(0);
     }
-    let mut p = Publisher::new(
-        &node.cfg,
-        node.store.clone(),
-        node.model.clone(),
-        node.metrics.clone(),
-        target,
-    );
+    let mut p = Publisher::new(node, target);
     let mut written = 0;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {

@@ -62,6 +62,13 @@ pub struct PipelineConfig {
     /// User states the pipeline keeps decoded in memory between batches (least recently
     /// used evicted); a miss reads the store.
     pub profile_cache: usize,
+    /// Longest time between checkpoints while events keep arriving (the pipeline also
+    /// checkpoints whenever it catches up with the log). A crash replays at most this much of
+    /// the log; 0 checkpoints after every micro-batch.
+    pub checkpoint_interval_ms: u64,
+    /// Changed users that trigger a checkpoint before the interval is up (they stay in memory
+    /// until then; keep it below `profile_cache`).
+    pub checkpoint_max_unsaved: usize,
     /// How long an `event_id` is remembered (event time, behind the watermark).
     pub dedup_horizon_ms: u64,
     /// Events older than the source's watermark minus this go to the DLQ as `late`.
@@ -159,6 +166,8 @@ impl Default for PipelineConfig {
         PipelineConfig {
             batch_max: 65_536,
             profile_cache: 200_000,
+            checkpoint_interval_ms: 10_000,
+            checkpoint_max_unsaved: 100_000,
             dedup_horizon_ms: 7 * 24 * HOUR_MS,
             allowed_lateness_ms: 48 * HOUR_MS,
         }

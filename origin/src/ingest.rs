@@ -313,13 +313,19 @@ async fn publish_full(State(state): State<AppState>, headers: HeaderMap) -> Resp
 }
 
 /// Pipeline and publisher progress (no user data).
+///
+/// The counters are as of the last checkpoint (the pipeline checkpoints whenever it catches up
+/// with the log); `applied_offset` is what it applied in memory.
 pub fn status_json(node: &Node, applied_offset: u64) -> serde_json::Value {
     let s = &node.store;
     let m = |k: &str| s.meta(k).unwrap_or(0);
     use crate::store::keys;
+    let unpublished = crate::live::lock(&node.live).unpublished_len();
     json!({
         "log_end": node.log.end(),
         "applied_offset": applied_offset,
+        "checkpointed_offset": m(&keys::offset(crate::node::LOG_SOURCE)),
+        "unpublished": unpublished,
         "received": m(keys::RECEIVED),
         "applied": m(keys::APPLIED),
         "duplicates": m(keys::DUPLICATES),

@@ -22,6 +22,7 @@ pub mod eval;
 pub mod fxhash;
 pub mod import;
 pub mod ingest;
+pub mod live;
 pub mod log;
 pub mod metrics;
 pub mod model;

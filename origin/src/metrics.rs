@@ -23,6 +23,7 @@ pub struct Metrics {
     pub ingest_throttled: Counter,
     pub batch_apply_seconds: Histogram,
     pub batch_size: Histogram,
+    pub checkpoint_seconds: Histogram,
     pub freshness_seconds: Histogram,
     pub log_end_bytes: Gauge,
     pub applied_offset_bytes: Gauge,
@@ -63,6 +64,7 @@ impl Metrics {
             ingest_throttled: Counter::default(),
             batch_apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            checkpoint_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             freshness_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             log_end_bytes: Gauge::default(),
             applied_offset_bytes: Gauge::default(),
@@ -118,8 +120,13 @@ impl Metrics {
         );
         r.register(
             "attune_batch_apply_seconds",
-            "Time to apply and commit one batch",
+            "Time to apply one micro-batch in memory",
             m.batch_apply_seconds.clone(),
+        );
+        r.register(
+            "attune_checkpoint_seconds",
+            "Time to write and commit one checkpoint (fsync included)",
+            m.checkpoint_seconds.clone(),
         );
         r.register(
             "attune_batch_events",

@@ -21,7 +21,9 @@ use redb::{ReadableTable, WriteTransaction};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::fxhash::{FxHashMap, FxHashSet, NameMap};
-use crate::store::{CATALOG, ITEM_COUNTS, ITEMS, PAIR_LOG, PAIRS, Store, TREND, UserState};
+use crate::store::{
+    CATALOG, ITEM_COUNTS, ITEMS, META, PAIR_LOG, PAIRS, PUBLISHED, Store, TREND, UserState,
+};
 
 /// Entries per `PAIR_LOG` record (16 bytes each: 4 MiB records).
 const PAIR_RECORD_ENTRIES: usize = 1 << 18;
@@ -60,6 +62,8 @@ pub struct Model {
     /// Bytes in `PAIR_LOG` and the key its next record gets.
     log_bytes: u64,
     log_next: u64,
+    /// Version of the last change to the shared keys (`MODEL_SEQ` once checkpointed).
+    seq: u64,
 }
 
 #[inline]
@@ -142,6 +146,22 @@ impl Model {
             m.intern(k.value());
             m.catalog.insert(k.value().to_string(), item);
         }
+        // Start above every shared version KV may hold: changes after the last checkpoint may
+        // have been published before a crash, and the replay numbers its changes anew.
+        let seq = tx
+            .open_table(META)?
+            .get(crate::store::keys::MODEL_SEQ)?
+            .map_or(0, |v| v.value());
+        let mut published = 0;
+        for row in tx.open_table(PUBLISHED)?.iter()? {
+            let (k, v) = row?;
+            let k = k.value();
+            if k.starts_with("n:") || k.starts_with("c:") || k == attune_core::model::keys::TRENDING
+            {
+                published = published.max(v.value());
+            }
+        }
+        m.seq = seq.max(published);
         m.live_pairs = m.adj.iter().map(|r| r.len() as u64).sum::<u64>() / 2;
         m.touched.iter_mut().for_each(|t| *t = false);
         m.touched_any = false;
@@ -171,6 +191,17 @@ impl Model {
             set.insert(item.to_string());
         }
         id
+    }
+
+    /// A new version for shared keys changed now.
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The newest shared-key version handed out.
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 
     pub fn shards(&self) -> u32 {

@@ -10,12 +10,14 @@ use redb::ReadableTable;
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::live::{self, Live, SharedLive, Unpublished};
 use crate::log::Log;
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::pipeline::Pipeline;
 use crate::store::{
-    META, OUTBOX, Op, OutboxEntry, PROFILES, PUBLISHED, Store, enqueue_shared, keys, outbox_put,
+    FORGOTTEN, META, OUTBOX, Op, OutboxEntry, PENDING, PROFILES, PUBLISHED, Store, enqueue_shared,
+    keys, outbox_put,
 };
 
 /// The embedded log's source name (its offset key in the store).
@@ -27,6 +29,8 @@ pub struct Node {
     pub store: Store,
     pub log: Log,
     pub model: Arc<Mutex<Model>>,
+    /// What the pipeline applied beyond the last checkpoint, shared with the publisher.
+    pub live: SharedLive,
     pub metrics: Arc<Metrics>,
 }
 
@@ -44,11 +48,13 @@ impl Node {
         let committed = store.meta(&keys::offset(LOG_SOURCE))?;
         let log = Log::open(&cfg.log_path(), committed, cfg.ingest.queue_capacity)?;
         let model = Model::load(cfg.model.clone(), &store)?;
+        let live = load_live(&store)?;
         let node = Node {
             cfg: cfg.clone(),
             store,
             log,
             model: Arc::new(Mutex::new(model)),
+            live: Arc::new(Mutex::new(live)),
             metrics: Arc::new(Metrics::new()),
         };
         node.ensure_config_enqueued()?;
@@ -60,6 +66,7 @@ impl Node {
             &self.cfg,
             self.store.clone(),
             self.model.clone(),
+            self.live.clone(),
             self.metrics.clone(),
             LOG_SOURCE,
         )
@@ -103,7 +110,7 @@ impl Node {
             let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
             let shards = model.put_catalog(&tx, items)?;
             let mut meta = tx.open_table(META)?;
-            let seq = meta.get(keys::MODEL_SEQ)?.map(|v| v.value()).unwrap_or(0) + 1;
+            let seq = model.next_seq();
             meta.insert(keys::MODEL_SEQ, seq)?;
             let mut outbox = tx.open_table(OUTBOX)?;
             let now = crate::now_ms();
@@ -116,15 +123,23 @@ impl Node {
         Ok(n)
     }
 
-    /// Privacy delete: removes the user's profile from the store and queues the KV delete.
+    /// Privacy delete: removes the user's profile from the store and from memory, queues the
+    /// KV delete, and records the log end so the pipeline drops the user's events written
+    /// before now (also when it replays them after a crash).
     pub fn forget(&self, user: &str) -> Result<bool> {
         let key = profile_key(self.cfg.profile_key.as_bytes(), user);
+        let until = self.log.end();
+        // Lock order: redb write transaction → live (as the pipeline's checkpoint).
         let tx = self.store.db.begin_write()?;
         let existed;
         {
+            let mut live = live::lock(&self.live);
             let mut profiles = tx.open_table(PROFILES)?;
-            existed = profiles.remove(user)?.is_some();
-            self.store.note_forgotten(user);
+            existed = profiles.remove(user)?.is_some() | live.users.remove(user).is_some();
+            live.unpublished.remove(user);
+            live.forgotten.insert(user.into(), until);
+            tx.open_table(PENDING)?.remove(user)?;
+            tx.open_table(FORGOTTEN)?.insert(user, until)?;
             let mut outbox = tx.open_table(OUTBOX)?;
             outbox.insert(
                 key.as_str(),
@@ -169,7 +184,11 @@ impl Node {
                 )?;
                 n += 1;
             }
-            let seq = meta.get(keys::MODEL_SEQ)?.map(|v| v.value()).unwrap_or(0) + 1;
+            let seq = self
+                .model
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .next_seq();
             meta.insert(keys::MODEL_SEQ, seq)?;
             let shards = self.cfg.model.shards;
             let mut shared = vec![kv::TRENDING.to_string()];
@@ -189,7 +208,7 @@ impl Node {
         Ok(n)
     }
 
-    /// Applies everything durable in the log (offline commands).
+    /// Applies everything durable in the log and checkpoints (offline commands).
     pub fn drain(&self) -> Result<crate::pipeline::BatchOutcome> {
         use crate::log::Source;
         let mut pipeline = self.pipeline()?;
@@ -199,6 +218,7 @@ impl Node {
         loop {
             let from = pipeline.offset().max(reader.start());
             if from >= reader.end() {
+                total.checkpoints += pipeline.checkpoint()?;
                 return Ok(total);
             }
             buf.clear();
@@ -215,8 +235,31 @@ impl Node {
             total.dlq += o.dlq;
             total.late += o.late;
             total.batches += o.batches;
+            total.checkpoints += o.checkpoints;
         }
     }
+}
+
+/// The publishes and forgets the last checkpoint left waiting.
+fn load_live(store: &Store) -> Result<Live> {
+    let mut live = Live::default();
+    let tx = store.db.begin_read()?;
+    let now = crate::now_ms();
+    for row in tx.open_table(PENDING)?.iter()? {
+        let (k, v) = row?;
+        live.unpublished.insert(
+            k.value().into(),
+            Unpublished {
+                version: v.value(),
+                accepted_ms: now,
+            },
+        );
+    }
+    for row in tx.open_table(FORGOTTEN)?.iter()? {
+        let (k, v) = row?;
+        live.forgotten.insert(k.value().into(), v.value());
+    }
+    Ok(live)
 }
 
 #[cfg(test)]

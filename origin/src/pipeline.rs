@@ -1,18 +1,26 @@
 //! The stream pipeline: validate (core) → dedup (`event_id`, persistent, horizon-bounded) →
 //! per-source event-time watermark with allowed lateness → `Profile::apply` (core) and the
-//! model, in batches. Each batch's profiles, dedup keys, offsets, watermarks, counters, model
-//! changes, dead letters and outbox entries commit in one redb write transaction.
+//! model.
 //!
-//! State the batch needs is kept in memory and only its changes are written:
-//! - dedup keys live in a hash map (pruned behind the horizon) and each batch appends one
-//!   packed `DEDUP_LOG` row with the keys it added, so restart reloads exactly the committed set;
-//! - profiles live in a bounded cache of committed states (least recently used evicted after a
-//!   commit); each batch writes every profile it changed once, in user order;
-//! - the model writes each changed count/pair once per batch (see `model.rs`).
+//! It works like a checkpointing stream processor (Flink's q17 reference included):
+//! - **micro-batches** are applied in memory: user states in [`Live`], the model, dedup keys,
+//!   watermarks, counters and dead letters. What they change is handed to the publisher at
+//!   once (through [`Live`]), so freshness does not wait for the store;
+//! - a **checkpoint** commits everything changed since the previous one in **one redb write
+//!   transaction**: user states, dedup keys, the log offset, watermarks, counters, model
+//!   changes, dead letters and pending publishes. It runs when the pipeline catches up with the
+//!   log, every `checkpoint_interval_ms` under load, when `checkpoint_max_unsaved` users have
+//!   changed, and on shutdown;
+//! - after a crash the pipeline restarts from the checkpoint and replays the durable log from
+//!   its offset. Applying is deterministic (no wall clock: the core's decay works on event
+//!   time), so the replay recomputes the same states and versions: nothing is lost, nothing
+//!   is applied twice, and the publisher never rewrites a version KV already holds.
 //!
-//! If a batch fails after it changed memory, the pipeline refuses further batches: the caller
-//! must reopen it, which reloads the committed state and replays the log from the committed
-//! offset.
+//! Writing each changed user once per checkpoint rather than once per micro-batch is what
+//! makes the throughput: a busy user changes many times between two checkpoints.
+//!
+//! If a micro-batch or checkpoint fails after it changed memory, the pipeline refuses further
+//! work: the caller must reopen the node, which reloads the checkpoint and replays the log.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,23 +29,23 @@ use std::time::{Duration, Instant};
 
 use attune_core::Event;
 use attune_core::event::{EventKind, parse_event};
-use attune_core::hash::profile_key;
 use attune_core::model::keys as kv;
 use attune_core::profile::ProfileConfig;
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::fxhash::{FxHashMap, NameBuild};
+use crate::fxhash::FxHashMap;
+use crate::live::{self, Cached, Live, SharedLive, Unpublished};
 use crate::log::{Record, Source};
 use crate::metrics::{Metrics, labels};
 use crate::model::Model;
 use crate::store::{
-    DEDUP, DEDUP_LOG, DLQ, DlqRecord, META, OUTBOX, Op, OutboxEntry, PROFILES, Store, UserState,
-    enqueue_shared, keys, outbox_put,
+    DEDUP, DEDUP_LOG, DLQ, DlqRecord, FORGOTTEN, META, OUTBOX, PENDING, PROFILES, Store, UserState,
+    enqueue_shared, keys,
 };
 
-/// What one batch did.
+/// What one micro-batch (or a run of them) did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
     pub received: u64,
@@ -45,64 +53,82 @@ pub struct BatchOutcome {
     pub duplicates: u64,
     pub dlq: u64,
     pub late: u64,
-    /// Transactions committed (1 per batch; summed by [`crate::node::Node::drain`]).
+    /// Micro-batches applied.
     pub batches: u64,
+    /// Checkpoints committed.
+    pub checkpoints: u64,
+}
+
+impl BatchOutcome {
+    fn add(&mut self, o: &BatchOutcome) {
+        self.received += o.received;
+        self.applied += o.applied;
+        self.duplicates += o.duplicates;
+        self.dlq += o.dlq;
+        self.late += o.late;
+        self.batches += o.batches;
+        self.checkpoints += o.checkpoints;
+    }
 }
 
 /// Shared progress, read by ingest (backpressure) and the status endpoint.
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Log offset applied in memory.
     pub offset: AtomicU64,
+    /// Log offset of the last checkpoint.
+    pub checkpointed: AtomicU64,
     pub batches: AtomicU64,
-}
-
-/// A committed user state in the cache.
-#[derive(Debug)]
-struct Cached {
-    /// The user (the map's key, shared).
-    user: Arc<str>,
-    state: UserState,
-    /// The user's KV key (an HMAC; computed once while cached).
-    kv_key: Option<String>,
-    /// Batch number of the last use (eviction order).
-    used: u64,
-    /// Batch number that last changed it, and the earliest ingest time among that batch's
-    /// events for this user (freshness).
-    dirty_in: u64,
-    accepted_ms: u64,
+    pub checkpoints: AtomicU64,
 }
 
 /// `event_id` digests seen within the horizon, with their event times.
 #[derive(Debug, Default)]
 struct Dedup {
     seen: FxHashMap<u128, u64>,
-    /// Added by the batch in progress.
+    /// Added since the last checkpoint.
     added: Vec<(u128, u64)>,
     pruned_to: u64,
     next_row: u64,
 }
 
+/// Changes since the last checkpoint that are not user states.
+#[derive(Debug, Default)]
+struct SinceCheckpoint {
+    counts: BatchOutcome,
+    dead: Vec<DlqRecord>,
+    /// Users changed (each once).
+    unsaved: Vec<Arc<str>>,
+    /// Shared keys queued (written to `OUTBOX` by the checkpoint).
+    shared: bool,
+}
+
 pub struct Pipeline {
     store: Store,
     model: Arc<Mutex<Model>>,
+    live: SharedLive,
     metrics: Arc<Metrics>,
     profile_cfg: ProfileConfig,
-    profile_secret: Vec<u8>,
     source: String,
+    /// Log offset applied in memory, and the checkpoint's.
     offset: u64,
+    checkpointed: u64,
     watermarks: HashMap<String, u64>,
     lateness: u64,
     horizon: u64,
     dedup: Dedup,
-    cache: HashMap<Arc<str>, Cached, NameBuild>,
+    dlq_seq: u64,
+    since: SinceCheckpoint,
+    last_checkpoint: Instant,
+    checkpoint_every: Duration,
+    max_unsaved: usize,
     cache_cap: usize,
     batch_no: u64,
-    /// Reused per batch.
+    /// Reused per micro-batch.
     events: Vec<(Event, u64)>,
-    dirty: Vec<Arc<str>>,
     buf: Vec<u8>,
     poisoned: bool,
-    /// Adaptive batch size (0 until the first batch).
+    /// Adaptive micro-batch size (0 until the first one).
     limit: usize,
     progress: Arc<Progress>,
 }
@@ -112,20 +138,16 @@ impl std::fmt::Debug for Pipeline {
         f.debug_struct("Pipeline")
             .field("source", &self.source)
             .field("offset", &self.offset)
+            .field("checkpointed", &self.checkpointed)
             .finish_non_exhaustive()
     }
 }
 
-fn now_ms() -> u64 {
-    crate::now_ms()
-}
-
-/// Time one batch should take (see [`Pipeline::batch_limit`]).
-const BATCH_TARGET: Duration = Duration::from_millis(300);
-/// The adaptive batch limit never goes below this: a batch's fixed cost (commit, fsync) can
-/// approach the target on a busy disk, and a smaller limit would then cap the throughput
-/// below the arrival rate (backlog, not batching, would then dominate freshness).
-const MIN_BATCH: usize = 8192;
+/// Time one micro-batch should take (see [`Pipeline::batch_limit`]): it holds the [`Live`]
+/// lock the publisher also takes, and its changes reach the publisher when it ends.
+const BATCH_TARGET: Duration = Duration::from_millis(50);
+/// The adaptive limit never goes below this (a micro-batch has a small fixed cost).
+const MIN_BATCH: usize = 1024;
 
 /// Bytes per packed dedup entry in `DEDUP_LOG`.
 const DEDUP_ENTRY: usize = 24;
@@ -135,6 +157,7 @@ impl Pipeline {
         cfg: &Config,
         store: Store,
         model: Arc<Mutex<Model>>,
+        live: SharedLive,
         metrics: Arc<Metrics>,
         source: &str,
     ) -> Result<Self> {
@@ -142,6 +165,7 @@ impl Pipeline {
         let mut watermarks = HashMap::new();
         let mut dedup = Dedup::default();
         let horizon = cfg.pipeline.dedup_horizon_ms;
+        let dlq_seq;
         {
             let tx = store.db.begin_read()?;
             let t = tx.open_table(META)?;
@@ -150,6 +174,7 @@ impl Pipeline {
                 watermarks.insert(k.value()["wm:".len()..].to_string(), v.value());
             }
             dedup.next_row = t.get(keys::DEDUP_ROW)?.map(|v| v.value()).unwrap_or(0);
+            dlq_seq = t.get(keys::DLQ_SEQ)?.map(|v| v.value()).unwrap_or(0);
             // Keys already behind the horizon can only belong to late events: skip them.
             let cutoff = min_watermark(&watermarks)
                 .map(|w| w.saturating_sub(horizon))
@@ -170,48 +195,60 @@ impl Pipeline {
                 }
             }
         }
+        // Whatever memory held beyond the checkpoint is replayed from the log.
+        live::lock(&live).users.clear();
         Ok(Pipeline {
             store,
             model,
+            live,
             metrics,
             profile_cfg: attune_core::rules::Config::default().profile,
-            profile_secret: cfg.profile_key.as_bytes().to_vec(),
             source: source.to_string(),
             offset,
+            checkpointed: offset,
             watermarks,
             lateness: cfg.pipeline.allowed_lateness_ms,
             horizon,
             dedup,
-            cache: HashMap::default(),
+            dlq_seq,
+            since: SinceCheckpoint::default(),
+            last_checkpoint: Instant::now(),
+            checkpoint_every: Duration::from_millis(cfg.pipeline.checkpoint_interval_ms),
+            max_unsaved: cfg.pipeline.checkpoint_max_unsaved.max(1),
             cache_cap: cfg.pipeline.profile_cache.max(1),
             batch_no: 0,
             events: Vec::new(),
-            dirty: Vec::new(),
             buf: Vec::new(),
             poisoned: false,
             limit: 0,
             progress: Arc::new(Progress {
                 offset: AtomicU64::new(offset),
+                checkpointed: AtomicU64::new(offset),
                 batches: AtomicU64::new(0),
+                checkpoints: AtomicU64::new(0),
             }),
         })
     }
 
-    /// Committed offset (0 = nothing applied yet; the source's start applies then).
+    /// Offset applied in memory (0 = nothing applied yet; the source's start applies then).
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Offset of the last checkpoint.
+    pub fn checkpointed(&self) -> u64 {
+        self.checkpointed
     }
 
     pub fn progress(&self) -> Arc<Progress> {
         self.progress.clone()
     }
 
-    /// How many records the next batch should take, at most `batch_max`: sized from the
-    /// measured rate so one batch takes about [`BATCH_TARGET`] (a batch's events are published
-    /// only after its commit, so this bounds what batching adds to freshness).
+    /// How many records the next micro-batch should take, at most `batch_max`: sized from the
+    /// measured rate so one takes about [`BATCH_TARGET`].
     pub fn batch_limit(&self, batch_max: usize) -> usize {
         if self.limit == 0 {
-            batch_max.max(1)
+            MIN_BATCH.min(batch_max.max(1))
         } else {
             self.limit.clamp(1, batch_max.max(1))
         }
@@ -224,52 +261,61 @@ impl Pipeline {
         self.limit = want.clamp(MIN_BATCH, grow.max(MIN_BATCH));
     }
 
-    /// Applies one batch of records in one transaction.
-    pub fn process(&mut self, records: &[Record]) -> Result<BatchOutcome> {
+    fn check_poisoned(&self) -> Result<()> {
         if self.poisoned {
             return Err(Error::Store(
                 "the pipeline stopped after a failed batch; reopen it to resume from the \
-                 committed offset"
+                 checkpoint"
                     .into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Applies one micro-batch, then checkpoints if one is due.
+    pub fn process(&mut self, records: &[Record]) -> Result<BatchOutcome> {
+        self.check_poisoned()?;
         if records.is_empty() {
             return Ok(BatchOutcome::default());
         }
         let started = Instant::now();
-        let r = self.process_batch(records);
+        let r = self.apply_batch(records);
         if r.is_err() {
             self.poisoned = true;
         }
         self.adapt(records.len(), started.elapsed());
-        r
+        let mut out = r?;
+        if self.checkpoint_due() {
+            out.checkpoints += self.checkpoint()?;
+        }
+        Ok(out)
     }
 
-    fn process_batch(&mut self, records: &[Record]) -> Result<BatchOutcome> {
+    fn checkpoint_due(&self) -> bool {
+        self.last_checkpoint.elapsed() >= self.checkpoint_every
+            || self.since.unsaved.len() >= self.max_unsaved
+    }
+
+    /// Whether anything was applied since the last checkpoint.
+    pub fn has_unsaved(&self) -> bool {
+        self.offset != self.checkpointed
+            || !self.since.unsaved.is_empty()
+            || !self.since.dead.is_empty()
+    }
+
+    fn apply_batch(&mut self, records: &[Record]) -> Result<BatchOutcome> {
         let started = Instant::now();
         let mut out = BatchOutcome {
             batches: 1,
             ..BatchOutcome::default()
         };
-        let tx = self.store.db.begin_write()?;
         self.batch_no += 1;
         let batch_no = self.batch_no;
-        // Profiles deleted since the last batch (their writers committed before `tx` began).
-        match self.store.take_forgotten() {
-            None => self.cache.clear(),
-            Some(users) => {
-                for u in users {
-                    self.cache.remove(u.as_str());
-                }
-            }
-        }
+        // Lock order everywhere: redb write transaction → model → live.
         let model_arc = self.model.clone();
         let mut model = model_arc.lock().unwrap_or_else(|e| e.into_inner());
-        let mut dead: Vec<DlqRecord> = Vec::new();
-        let mut dlq_seq = {
-            let meta = tx.open_table(META)?;
-            meta.get(keys::DLQ_SEQ)?.map(|v| v.value()).unwrap_or(0)
-        };
+        let live_arc = self.live.clone();
+        let mut live = live::lock(&live_arc);
         // 1. Validate, dedup, watermark (in log order).
         let mut events = std::mem::take(&mut self.events);
         events.clear();
@@ -282,8 +328,9 @@ impl Pipeline {
                         .events_invalid
                         .get_or_create(&labels(&[("reason", e.code())]))
                         .inc();
-                    dlq_seq += 1;
-                    dead.push(dead_letter(dlq_seq, rec, e.code(), &e.to_string()));
+                    self.dlq_seq += 1;
+                    let d = dead_letter(self.dlq_seq, rec, e.code(), &e.to_string());
+                    self.since.dead.push(d);
                     out.dlq += 1;
                     continue;
                 }
@@ -302,12 +349,13 @@ impl Pipeline {
                     .events_invalid
                     .get_or_create(&labels(&[("reason", "late")]))
                     .inc();
-                dlq_seq += 1;
+                self.dlq_seq += 1;
                 let detail = format!(
                     "event time {} is older than watermark {} minus allowed lateness {} ms",
                     event.ts, *wm, self.lateness
                 );
-                dead.push(dead_letter(dlq_seq, rec, "late", &detail));
+                let d = dead_letter(self.dlq_seq, rec, "late", &detail);
+                self.since.dead.push(d);
                 out.dlq += 1;
                 out.late += 1;
                 continue;
@@ -315,41 +363,55 @@ impl Pipeline {
             *wm = (*wm).max(event.ts);
             self.dedup.seen.insert(h, event.ts);
             self.dedup.added.push((h, event.ts));
+            // A forgotten user's events from before the forget are erased, not applied (also
+            // when a restart replays them).
+            if live
+                .forgotten
+                .get(event.user.as_str())
+                .is_some_and(|until| rec.offset < *until)
+            {
+                out.applied += 1;
+                continue;
+            }
             events.push((event, rec.accepted_ms));
         }
-        // 2. Load the users the cache lacks, in key order.
+        // 2. Load the users memory lacks, in key order.
         {
             let mut missing: Vec<&str> = events
                 .iter()
                 .filter(|(e, _)| e.kind != EventKind::Impression)
                 .map(|(e, _)| e.user.as_str())
-                .filter(|u| !self.cache.contains_key(*u))
+                .filter(|u| !live.users.contains_key(*u))
                 .collect();
-            missing.sort_unstable();
-            missing.dedup();
-            let profiles = tx.open_table(PROFILES)?;
-            for user in missing {
-                let state = match profiles.get(user)? {
-                    Some(v) => UserState::decode(v.value())?,
-                    None => UserState::default(),
-                };
-                let user: Arc<str> = Arc::from(user);
-                self.cache.insert(
-                    user.clone(),
-                    Cached {
-                        user,
-                        state,
-                        kv_key: None,
-                        used: batch_no,
-                        dirty_in: 0,
-                        accepted_ms: 0,
-                    },
-                );
+            if !missing.is_empty() {
+                missing.sort_unstable();
+                missing.dedup();
+                let tx = self.store.db.begin_read()?;
+                let profiles = tx.open_table(PROFILES)?;
+                for user in missing {
+                    let state = match profiles.get(user)? {
+                        Some(v) => UserState::decode(v.value())?,
+                        None => UserState::default(),
+                    };
+                    let user: Arc<str> = Arc::from(user);
+                    live.users.insert(
+                        user.clone(),
+                        Cached {
+                            user,
+                            state,
+                            used: batch_no,
+                            dirty_in: 0,
+                            unsaved: false,
+                        },
+                    );
+                }
             }
         }
         // 3. Apply (in log order).
         let mut trend_changed = false;
-        self.dirty.clear();
+        let Live {
+            users, unpublished, ..
+        } = &mut *live;
         for (event, accepted_ms) in &events {
             // Impressions record what the edge showed: they count exposures and leave the
             // visitor's state alone (no profile version, no KV write for a mere page view).
@@ -365,17 +427,10 @@ impl Pipeline {
                 out.applied += 1;
                 continue;
             }
-            let Some(entry) = self.cache.get_mut(event.user.as_str()) else {
+            let Some(entry) = users.get_mut(event.user.as_str()) else {
                 return Err(Error::Store(format!("user {} not loaded", event.user)));
             };
             entry.used = batch_no;
-            if entry.dirty_in != batch_no {
-                entry.dirty_in = batch_no;
-                entry.accepted_ms = *accepted_ms;
-                self.dirty.push(entry.user.clone());
-            } else {
-                entry.accepted_ms = entry.accepted_ms.min(*accepted_ms);
-            }
             let category = event.item.as_deref().and_then(|i| model.category(i));
             entry
                 .state
@@ -384,17 +439,53 @@ impl Pipeline {
             let weight = self.profile_cfg.weight(event.kind).weight;
             model.observe(event, weight, &mut entry.state);
             trend_changed |= weight > 0.0 && event.item.is_some();
+            // Hand the change to the publisher.
+            let version = entry.state.profile.version;
+            if entry.dirty_in != batch_no {
+                entry.dirty_in = batch_no;
+                if !entry.unsaved {
+                    entry.unsaved = true;
+                    self.since.unsaved.push(entry.user.clone());
+                }
+                unpublished
+                    .entry(entry.user.clone())
+                    .and_modify(|u| u.merge(version, *accepted_ms))
+                    .or_insert(Unpublished {
+                        version,
+                        accepted_ms: *accepted_ms,
+                    });
+            } else if let Some(u) = unpublished.get_mut(event.user.as_str()) {
+                u.merge(version, *accepted_ms);
+            }
             out.applied += 1;
         }
+        // 4. Shared keys the micro-batch changed, at a new model version.
+        let shards = model.take_touched_shards();
+        if !shards.is_empty() || trend_changed {
+            let seq = model.next_seq();
+            let first_accept = events.iter().map(|e| e.1).min().unwrap_or_else(now_ms);
+            let mut shared: Vec<String> = shards.into_iter().map(kv::neighbours).collect();
+            if trend_changed {
+                shared.push(kv::TRENDING.to_string());
+            }
+            for key in shared {
+                live.shared
+                    .entry(key)
+                    .and_modify(|u| u.merge(seq, first_accept))
+                    .or_insert(Unpublished {
+                        version: seq,
+                        accepted_ms: first_accept,
+                    });
+            }
+            self.since.shared = true;
+        }
+        drop(live);
+        drop(model);
         events.clear();
         self.events = events;
-        let last = records.last().map(|r| r.next).unwrap_or(self.offset);
-        self.write_batch(&tx, &mut model, trend_changed, dead, dlq_seq, &out, last)?;
-        drop(model);
-        tx.commit()?;
-        self.evict();
-        self.offset = last;
-        self.progress.offset.store(last, Ordering::Release);
+        self.offset = records.last().map(|r| r.next).unwrap_or(self.offset);
+        self.since.counts.add(&out);
+        self.progress.offset.store(self.offset, Ordering::Release);
         self.progress.batches.fetch_add(1, Ordering::Relaxed);
         let m = &self.metrics;
         m.events_received.inc_by(out.received);
@@ -402,119 +493,157 @@ impl Pipeline {
         m.events_duplicate.inc_by(out.duplicates);
         m.events_late.inc_by(out.late);
         m.events_applied.inc_by(out.applied);
-        m.applied_offset_bytes.set(last as i64);
+        m.applied_offset_bytes.set(self.offset as i64);
         m.batch_apply_seconds
             .observe(started.elapsed().as_secs_f64());
         m.batch_size.observe(records.len() as f64);
         Ok(out)
     }
 
-    /// Keeps the cache within its capacity: drops the least recently used quarter.
+    /// Commits everything applied since the last checkpoint in one write transaction; returns
+    /// 1 if it committed one, 0 if there was nothing to write.
+    pub fn checkpoint(&mut self) -> Result<u64> {
+        self.check_poisoned()?;
+        if !self.has_unsaved() {
+            self.last_checkpoint = Instant::now();
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let r = self.write_checkpoint();
+        if r.is_err() {
+            self.poisoned = true;
+        }
+        r?;
+        self.checkpointed = self.offset;
+        self.since = SinceCheckpoint::default();
+        self.last_checkpoint = Instant::now();
+        self.evict();
+        self.progress
+            .checkpointed
+            .store(self.checkpointed, Ordering::Release);
+        self.progress.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .checkpoint_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(1)
+    }
+
+    fn write_checkpoint(&mut self) -> Result<()> {
+        let tx = self.store.db.begin_write()?;
+        {
+            let model_arc = self.model.clone();
+            let mut model = model_arc.lock().unwrap_or_else(|e| e.into_inner());
+            {
+                let live_arc = self.live.clone();
+                let mut live = live::lock(&live_arc);
+                self.write_users(&tx, &mut live)?;
+                if self.since.shared {
+                    let mut outbox = tx.open_table(OUTBOX)?;
+                    for (key, u) in &live.shared {
+                        enqueue_shared(&mut outbox, [key.clone()], u.version, u.accepted_ms)?;
+                    }
+                }
+                // Forgotten users whose erased events can no longer be replayed.
+                let done: Vec<Box<str>> = live
+                    .forgotten
+                    .iter()
+                    .filter(|(_, until)| **until <= self.offset)
+                    .map(|(u, _)| u.clone())
+                    .collect();
+                if !done.is_empty() {
+                    let mut t = tx.open_table(FORGOTTEN)?;
+                    for u in done {
+                        t.remove(&*u)?;
+                        live.forgotten.remove(&u);
+                    }
+                }
+            }
+            let mut meta = tx.open_table(META)?;
+            meta.insert(keys::MODEL_SEQ, model.seq())?;
+            model.persist(&tx)?;
+            drop(model);
+            if !self.since.dead.is_empty() {
+                let mut dlq = tx.open_table(DLQ)?;
+                for d in &self.since.dead {
+                    dlq.insert(d.seq, serde_json::to_vec(d)?.as_slice())?;
+                }
+                meta.insert(keys::DLQ_SEQ, self.dlq_seq)?;
+            }
+            let c = self.since.counts;
+            for (k, add) in [
+                (keys::RECEIVED, c.received),
+                (keys::APPLIED, c.applied),
+                (keys::DUPLICATES, c.duplicates),
+                (keys::DLQ, c.dlq),
+                (keys::LATE, c.late),
+            ] {
+                if add > 0 {
+                    let v = meta.get(k)?.map(|v| v.value()).unwrap_or(0);
+                    meta.insert(k, v + add)?;
+                }
+            }
+            for (source, wm) in &self.watermarks {
+                meta.insert(keys::watermark(source).as_str(), *wm)?;
+            }
+            meta.insert(keys::offset(&self.source).as_str(), self.offset)?;
+            if !self.dedup.added.is_empty() {
+                self.buf.clear();
+                let mut newest = 0;
+                for (h, ts) in self.dedup.added.drain(..) {
+                    self.buf.extend_from_slice(&h.to_le_bytes());
+                    self.buf.extend_from_slice(&ts.to_le_bytes());
+                    newest = newest.max(ts);
+                }
+                let row = self.dedup.next_row;
+                self.dedup.next_row += 1;
+                tx.open_table(DEDUP_LOG)?
+                    .insert((newest, row), self.buf.as_slice())?;
+                meta.insert(keys::DEDUP_ROW, self.dedup.next_row)?;
+            }
+        }
+        self.prune_dedup(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes every user changed since the last checkpoint (in user order, so the
+    /// transaction's writes are deterministic), and the publishes still waiting for them.
+    fn write_users(&mut self, tx: &WriteTransaction, live: &mut Live) -> Result<()> {
+        let mut profiles = tx.open_table(PROFILES)?;
+        let mut pending = tx.open_table(PENDING)?;
+        self.since.unsaved.sort_unstable();
+        let Live {
+            users, unpublished, ..
+        } = live;
+        for user in &self.since.unsaved {
+            // Gone: forgotten since it changed.
+            let Some(c) = users.get_mut(&**user) else {
+                continue;
+            };
+            c.unsaved = false;
+            self.buf.clear();
+            c.state.encode_into(&mut self.buf)?;
+            profiles.insert(&**user, self.buf.as_slice())?;
+            if let Some(u) = unpublished.get(&**user) {
+                pending.insert(&**user, u.version)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps memory within its capacity: drops the least recently used quarter of the clean
+    /// user states (states changed since the checkpoint stay).
     fn evict(&mut self) {
-        if self.cache.len() <= self.cache_cap {
+        let mut live = live::lock(&self.live);
+        if live.users.len() <= self.cache_cap {
             return;
         }
         let keep = self.cache_cap - self.cache_cap / 4;
-        let mut used: Vec<u64> = self.cache.values().map(|c| c.used).collect();
+        let mut used: Vec<u64> = live.users.values().map(|c| c.used).collect();
         let drop_n = used.len() - keep;
         let (_, nth, _) = used.select_nth_unstable(drop_n);
         let threshold = *nth;
-        self.cache.retain(|_, c| c.used >= threshold);
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn write_batch(
-        &mut self,
-        tx: &WriteTransaction,
-        model: &mut Model,
-        trend_changed: bool,
-        dead: Vec<DlqRecord>,
-        dlq_seq: u64,
-        out: &BatchOutcome,
-        last: u64,
-    ) -> Result<()> {
-        let mut profiles = tx.open_table(PROFILES)?;
-        let mut outbox = tx.open_table(OUTBOX)?;
-        let mut meta = tx.open_table(META)?;
-        // Users sorted so the transaction's write order is deterministic.
-        self.dirty.sort_unstable();
-        let mut first_accept = u64::MAX;
-        for user in &self.dirty {
-            let Some(c) = self.cache.get_mut(&**user) else {
-                continue;
-            };
-            self.buf.clear();
-            rmp_serde::encode::write_named(&mut self.buf, &c.state)?;
-            profiles.insert(&**user, self.buf.as_slice())?;
-            let key = c
-                .kv_key
-                .get_or_insert_with(|| profile_key(&self.profile_secret, user));
-            first_accept = first_accept.min(c.accepted_ms);
-            outbox_put(
-                &mut outbox,
-                key,
-                OutboxEntry {
-                    op: Op::Put,
-                    version: c.state.profile.version,
-                    accepted_ms: c.accepted_ms,
-                    user: Some(user.to_string()),
-                },
-            )?;
-        }
-        if first_accept == u64::MAX {
-            first_accept = now_ms();
-        }
-        let shards = model.take_touched_shards();
-        if !shards.is_empty() || trend_changed {
-            let seq = meta.get(keys::MODEL_SEQ)?.map(|v| v.value()).unwrap_or(0) + 1;
-            meta.insert(keys::MODEL_SEQ, seq)?;
-            let mut shared: Vec<String> = shards.into_iter().map(kv::neighbours).collect();
-            if trend_changed {
-                shared.push(kv::TRENDING.to_string());
-            }
-            enqueue_shared(&mut outbox, shared, seq, first_accept)?;
-        }
-        model.persist(tx)?;
-        if !dead.is_empty() {
-            let mut dlq = tx.open_table(DLQ)?;
-            for d in &dead {
-                dlq.insert(d.seq, serde_json::to_vec(d)?.as_slice())?;
-            }
-            meta.insert(keys::DLQ_SEQ, dlq_seq)?;
-        }
-        for (k, add) in [
-            (keys::RECEIVED, out.received),
-            (keys::APPLIED, out.applied),
-            (keys::DUPLICATES, out.duplicates),
-            (keys::DLQ, out.dlq),
-            (keys::LATE, out.late),
-        ] {
-            if add > 0 {
-                let v = meta.get(k)?.map(|v| v.value()).unwrap_or(0);
-                meta.insert(k, v + add)?;
-            }
-        }
-        for (source, wm) in &self.watermarks {
-            meta.insert(keys::watermark(source).as_str(), *wm)?;
-        }
-        meta.insert(keys::offset(&self.source).as_str(), last)?;
-        if !self.dedup.added.is_empty() {
-            self.buf.clear();
-            let mut newest = 0;
-            for (h, ts) in self.dedup.added.drain(..) {
-                self.buf.extend_from_slice(&h.to_le_bytes());
-                self.buf.extend_from_slice(&ts.to_le_bytes());
-                newest = newest.max(ts);
-            }
-            let row = self.dedup.next_row;
-            self.dedup.next_row += 1;
-            tx.open_table(DEDUP_LOG)?
-                .insert((newest, row), self.buf.as_slice())?;
-            meta.insert(keys::DEDUP_ROW, self.dedup.next_row)?;
-        }
-        drop((profiles, outbox, meta));
-        self.prune_dedup(tx)?;
-        Ok(())
+        live.users.retain(|_, c| c.unsaved || c.used >= threshold);
     }
 
     /// Forgets `event_id`s older than the horizon behind the slowest watermark; runs when the
@@ -540,7 +669,8 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Consumes `source` until `stop` is set and everything durable has been applied.
+    /// Consumes `source` until `stop` is set and everything durable has been applied and
+    /// checkpointed.
     pub fn run(
         &mut self,
         source: &mut dyn Source,
@@ -560,6 +690,9 @@ impl Pipeline {
                 .log_lag_bytes
                 .set(end.saturating_sub(from) as i64);
             if buf.is_empty() {
+                // Caught up: make it durable now (cheap when idle, and it keeps the replay
+                // after a crash short).
+                self.checkpoint()?;
                 if stop.load(Ordering::Acquire) && from >= end {
                     return Ok(());
                 }
@@ -569,6 +702,10 @@ impl Pipeline {
             on_batch(&outcome);
         }
     }
+}
+
+fn now_ms() -> u64 {
+    crate::now_ms()
 }
 
 fn min_watermark(watermarks: &HashMap<String, u64>) -> Option<u64> {
@@ -640,6 +777,7 @@ mod tests {
             .unwrap();
         let o = p.process(&buf).unwrap();
         assert_eq!((o.applied, o.duplicates), (1, 1));
+        p.checkpoint().unwrap();
         assert_eq!(node.store.user("a").unwrap().unwrap().profile.version, 3);
         // Forget while the pipeline has "a" cached, then apply one more event.
         assert!(node.forget("a").unwrap());
@@ -651,8 +789,134 @@ mod tests {
             .read(p.offset(), 100, std::time::Duration::ZERO, &mut buf)
             .unwrap();
         p.process(&buf).unwrap();
+        p.checkpoint().unwrap();
         let state = node.store.user("a").unwrap().unwrap();
         assert_eq!(state.profile.version, 1);
         assert_eq!(state.recent, vec!["w".to_string()]);
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use crate::config::{Config, TargetKind};
+    use crate::node::Node;
+
+    fn ev(n: u64, user: &str, item: &str) -> Vec<u8> {
+        format!(
+            r#"{{"v":1,"event_id":"k{n}","user":"{user}","ts":{},"kind":"view","item":"{item}"}}"#,
+            // Fixed event times: runs compared with each other must see the same events.
+            1_790_000_000_000 + n * 1000
+        )
+        .into_bytes()
+    }
+
+    fn config(dir: &std::path::Path) -> Config {
+        let mut cfg = Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
+        cfg.publish.target = TargetKind::None;
+        // No checkpoint but the ones the test asks for.
+        cfg.pipeline.checkpoint_interval_ms = 3_600_000;
+        cfg
+    }
+
+    fn events(range: std::ops::Range<u64>) -> Vec<Vec<u8>> {
+        range
+            .map(|n| ev(n, &format!("u{}", n % 7), &format!("i{}", n % 11)))
+            .collect()
+    }
+
+    /// Applies what the log holds beyond the pipeline's offset, without checkpointing.
+    fn apply_all(node: &Node, p: &mut super::Pipeline) {
+        use crate::log::Source;
+        let mut reader = node.log.reader().unwrap();
+        let mut buf = Vec::new();
+        while p.offset().max(reader.start()) < reader.end() {
+            buf.clear();
+            let from = p.offset().max(reader.start());
+            reader
+                .read(from, 16, std::time::Duration::ZERO, &mut buf)
+                .unwrap();
+            p.process(&buf).unwrap();
+        }
+    }
+
+    /// A "crash" (the node dropped without a checkpoint) loses nothing and applies nothing
+    /// twice: the reopened pipeline replays the log from the checkpoint to the same states.
+    #[test]
+    fn replay_from_the_checkpoint_reproduces_the_uninterrupted_states() {
+        let reference = {
+            let dir = tempfile::tempdir().unwrap();
+            let node = Node::open(&config(dir.path())).unwrap();
+            node.log
+                .append_blocking(crate::now_ms(), "t", events(0..300))
+                .unwrap();
+            node.drain().unwrap();
+            node.store.profiles().unwrap()
+        };
+        assert_eq!(reference.iter().map(|p| p.1.version).sum::<u64>(), 300);
+
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        {
+            let node = Node::open(&cfg).unwrap();
+            node.log
+                .append_blocking(crate::now_ms(), "t", events(0..100))
+                .unwrap();
+            let mut p = node.pipeline().unwrap();
+            apply_all(&node, &mut p);
+            assert_eq!(p.checkpoint().unwrap(), 1);
+            node.log
+                .append_blocking(crate::now_ms(), "t", events(100..200))
+                .unwrap();
+            apply_all(&node, &mut p);
+            assert!(p.has_unsaved());
+            assert!(p.checkpointed() < p.offset());
+            // Crash: no checkpoint for events 100..200.
+        }
+        let node = Node::open(&cfg).unwrap();
+        let applied: u64 = node
+            .store
+            .profiles()
+            .unwrap()
+            .iter()
+            .map(|p| p.1.version)
+            .sum();
+        assert_eq!(applied, 100, "the store holds the checkpoint only");
+        // Redelivered events (a client retrying after the crash) are duplicates.
+        node.log
+            .append_blocking(crate::now_ms(), "t", events(150..300))
+            .unwrap();
+        let o = node.drain().unwrap();
+        assert_eq!((o.applied, o.duplicates), (200, 50));
+        assert_eq!(node.store.profiles().unwrap(), reference);
+    }
+
+    /// A forget is not undone by a replay: the user's earlier events stay erased.
+    #[test]
+    fn forget_survives_a_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        {
+            let node = Node::open(&cfg).unwrap();
+            node.log
+                .append_blocking(crate::now_ms(), "t", events(0..70))
+                .unwrap();
+            let mut p = node.pipeline().unwrap();
+            apply_all(&node, &mut p);
+            assert!(node.forget("u3").unwrap());
+            node.log
+                .append_blocking(crate::now_ms(), "t", vec![ev(1000, "u3", "fresh")])
+                .unwrap();
+            apply_all(&node, &mut p);
+            // Crash before any checkpoint.
+        }
+        let node = Node::open(&cfg).unwrap();
+        node.drain().unwrap();
+        let state = node.store.user("u3").unwrap().unwrap();
+        assert_eq!(state.profile.version, 1, "only the event after the forget");
+        assert_eq!(state.recent, vec!["fresh".to_string()]);
+        assert_eq!(node.store.user("u4").unwrap().unwrap().profile.version, 10);
     }
 }

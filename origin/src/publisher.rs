@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use attune_core::hash::profile_key;
 use attune_core::model::keys as kv;
 use attune_core::wire::{self, Envelope};
 use attune_core::{CatalogShard, Manifest, NeighbourShard, Trending};
@@ -26,9 +27,18 @@ use serde::Serialize;
 
 use crate::config::{Config, PublishConfig, TargetKind};
 use crate::error::{Error, Result};
+use crate::live::{self, SharedLive};
 use crate::metrics::{Metrics, labels};
 use crate::model::Model;
-use crate::store::{OUTBOX, Op, OutboxEntry, PROFILES, PUBLISHED, Store, UserState};
+use crate::node::Node;
+use crate::store::{OUTBOX, Op, OutboxEntry, PENDING, PROFILES, PUBLISHED, Store, UserState};
+
+/// Most user publishes one flush prepares (the rest wait for the next flush).
+const MAX_PUTS_PER_FLUSH: usize = 50_000;
+
+/// A user publish being prepared: (user, KV key, waiting version, accepted, the state if
+/// memory holds it).
+type WaitingUser = (Arc<str>, String, u64, u64, Option<attune_core::Profile>);
 
 /// One KV write.
 #[derive(Clone, Debug)]
@@ -36,6 +46,17 @@ pub struct Pair {
     pub key: String,
     pub value: Vec<u8>,
     pub version: u64,
+}
+
+/// What a write acknowledges besides the KV key: the user of a `p:` key, so its waiting
+/// publish (in memory and in `PENDING`) can be dropped.
+#[derive(Clone, Debug)]
+struct Ack {
+    key: String,
+    version: u64,
+    user: Option<Arc<str>>,
+    /// KV was written at `version` (false: the entry was stale and is only dropped).
+    written: bool,
 }
 
 #[derive(Serialize)]
@@ -250,9 +271,11 @@ impl Target {
 pub struct Publisher {
     store: Store,
     model: Arc<Mutex<Model>>,
+    live: SharedLive,
     metrics: Arc<Metrics>,
     target: Target,
     cfg: PublishConfig,
+    profile_secret: Vec<u8>,
     last_write: HashMap<String, Instant>,
     manifest_pending: bool,
     last_chunk_len: usize,
@@ -277,19 +300,16 @@ pub struct FlushOutcome {
 }
 
 impl Publisher {
-    pub fn new(
-        cfg: &Config,
-        store: Store,
-        model: Arc<Mutex<Model>>,
-        metrics: Arc<Metrics>,
-        target: Target,
-    ) -> Self {
+    pub fn new(node: &Node, target: Target) -> Self {
+        let cfg: &Config = &node.cfg;
         Publisher {
-            store,
-            model,
-            metrics,
+            store: node.store.clone(),
+            model: node.model.clone(),
+            live: node.live.clone(),
+            metrics: node.metrics.clone(),
             target,
             cfg: cfg.publish.clone(),
+            profile_secret: cfg.profile_key.as_bytes().to_vec(),
             last_write: HashMap::new(),
             manifest_pending: false,
             last_chunk_len: 0,
@@ -355,94 +375,163 @@ impl Publisher {
         let mut outcome = FlushOutcome::default();
         let now = Instant::now();
         let min_gap = Duration::from_millis(self.cfg.min_key_interval_ms);
-        // 1. Read the outbox and build values from the newest state.
-        let mut puts: Vec<(Pair, u64)> = Vec::new();
+        // 1. Collect what waits: the outbox (shared keys, deletes, full re-publishes) and what
+        //    the pipeline changed since (in memory), and build values from the newest state.
+        let mut puts: Vec<(Pair, u64, Option<Arc<str>>)> = Vec::new();
         let mut deletes: Vec<String> = Vec::new();
-        let mut stale: Vec<(String, u64)> = Vec::new();
+        let mut stale: Vec<Ack> = Vec::new();
+        let deferred = |key: &str, last_write: &HashMap<String, Instant>| {
+            last_write
+                .get(key)
+                .is_some_and(|t| now.duration_since(*t) < min_gap)
+        };
         {
             let tx = self.store.db.begin_read()?;
             let outbox = tx.open_table(OUTBOX)?;
             let published = tx.open_table(PUBLISHED)?;
             let profiles = tx.open_table(PROFILES)?;
             let model = self.model.lock().unwrap_or_else(|e| e.into_inner());
-            let wall = crate::now_ms();
-            let mut trending: Option<Trending> = None;
+            let mut users: Vec<WaitingUser> = Vec::new();
+            let mut shared: HashMap<String, (u64, u64)> = HashMap::new();
             for row in outbox.iter()? {
                 let (k, v) = row?;
                 let key = k.value().to_string();
                 let entry = OutboxEntry::decode(v.value())?;
-                if self
-                    .last_write
-                    .get(&key)
-                    .is_some_and(|t| now.duration_since(*t) < min_gap)
-                {
+                if deferred(&key, &self.last_write) {
                     outcome.deferred += 1;
                     continue;
                 }
-                if entry.op == Op::Delete {
-                    deletes.push(key);
+                match (entry.op, entry.user) {
+                    (Op::Delete, _) => deletes.push(key),
+                    (Op::Put, Some(user)) => {
+                        users.push((user.into(), key, entry.version, entry.accepted_ms, None))
+                    }
+                    (Op::Put, None) => {
+                        shared.insert(key, (entry.version, entry.accepted_ms));
+                    }
+                }
+            }
+            {
+                let live = live::lock(&self.live);
+                for (key, u) in &live.shared {
+                    if deferred(key, &self.last_write) {
+                        outcome.deferred += 1;
+                        continue;
+                    }
+                    let e = shared
+                        .entry(key.clone())
+                        .or_insert((u.version, u.accepted_ms));
+                    e.0 = e.0.max(u.version);
+                    e.1 = e.1.min(u.accepted_ms);
+                }
+                for (user, u) in &live.unpublished {
+                    if users.len() >= MAX_PUTS_PER_FLUSH {
+                        break;
+                    }
+                    let key = profile_key(&self.profile_secret, user);
+                    if deferred(&key, &self.last_write) {
+                        outcome.deferred += 1;
+                        continue;
+                    }
+                    let state = live.user(user).map(|s| s.profile.clone());
+                    users.push((user.clone(), key, u.version, u.accepted_ms, state));
+                }
+            }
+            for (user, key, waiting, accepted, state) in users {
+                let p = match state {
+                    Some(p) => p,
+                    // Not in memory: the checkpoint holds its newest state.
+                    None => match profiles.get(&*user)? {
+                        Some(v) => UserState::decode(v.value())?.profile,
+                        None => {
+                            stale.push(Ack {
+                                key,
+                                version: waiting,
+                                user: Some(user),
+                                written: false,
+                            });
+                            continue;
+                        }
+                    },
+                };
+                let version = p.version;
+                let have = published.get(key.as_str())?.map(|v| v.value());
+                if have.is_some_and(|h| h >= version) {
+                    // KV already has this version or a newer one.
+                    stale.push(Ack {
+                        key,
+                        version: waiting,
+                        user: Some(user),
+                        written: false,
+                    });
                     continue;
                 }
-                let have = published.get(key.as_str())?.map(|v| v.value());
-                let pair = if let Some(user) = &entry.user {
-                    let Some(state) = profiles.get(user.as_str())? else {
-                        stale.push((key, entry.version));
-                        continue;
-                    };
-                    let state = UserState::decode(state.value())?;
-                    let p = state.profile;
-                    let version = p.version;
-                    let env = Envelope::new(version, p.last_seen, p);
+                let env = Envelope::new(version, p.last_seen, p);
+                let value = wire::encode_profile(&env, wire::PROFILE_CAP_BYTES);
+                puts.push((
                     Pair {
-                        key: key.clone(),
-                        value: wire::encode_profile(&env, wire::PROFILE_CAP_BYTES),
-                        version,
-                    }
-                } else {
-                    let version = entry.version;
-                    let value = if key == kv::TRENDING {
-                        let t = trending.get_or_insert_with(|| model.trending(wall)).clone();
-                        wire::encode(&Envelope::new(version, wall, t))
-                    } else if key == kv::CONFIG {
-                        wire::encode(&Envelope::new(version, wall, &*self.rules))
-                    } else if let Some(s) = key.strip_prefix("n:") {
-                        let shard: NeighbourShard =
-                            model.neighbour_shard(s.parse().unwrap_or(u32::MAX));
-                        wire::encode(&Envelope::new(version, wall, shard))
-                    } else if let Some(s) = key.strip_prefix("c:") {
-                        let shard: CatalogShard =
-                            model.catalog_shard(s.parse().unwrap_or(u32::MAX));
-                        wire::encode(&Envelope::new(version, wall, shard))
-                    } else {
-                        stale.push((key, entry.version));
-                        continue;
-                    };
-                    Pair {
-                        key: key.clone(),
+                        key,
                         value,
                         version,
-                    }
+                    },
+                    accepted,
+                    Some(user),
+                ));
+            }
+            let wall = crate::now_ms();
+            let mut trending: Option<Trending> = None;
+            for (key, (version, accepted)) in shared {
+                let value = if key == kv::TRENDING {
+                    let t = trending.get_or_insert_with(|| model.trending(wall)).clone();
+                    wire::encode(&Envelope::new(version, wall, t))
+                } else if key == kv::CONFIG {
+                    wire::encode(&Envelope::new(version, wall, &*self.rules))
+                } else if let Some(s) = key.strip_prefix("n:") {
+                    let shard: NeighbourShard =
+                        model.neighbour_shard(s.parse().unwrap_or(u32::MAX));
+                    wire::encode(&Envelope::new(version, wall, shard))
+                } else if let Some(s) = key.strip_prefix("c:") {
+                    let shard: CatalogShard = model.catalog_shard(s.parse().unwrap_or(u32::MAX));
+                    wire::encode(&Envelope::new(version, wall, shard))
+                } else {
+                    stale.push(Ack {
+                        key,
+                        version,
+                        user: None,
+                        written: false,
+                    });
+                    continue;
                 };
-                if have.is_some_and(|h| h >= pair.version) {
-                    // KV already has this version or a newer one.
-                    stale.push((key, entry.version));
+                let have = published.get(key.as_str())?.map(|v| v.value());
+                if have.is_some_and(|h| h >= version) {
+                    stale.push(Ack {
+                        key,
+                        version,
+                        user: None,
+                        written: false,
+                    });
                     continue;
                 }
-                puts.push((pair, entry.accepted_ms));
-                if puts.len() >= 50_000 {
-                    break;
-                }
+                puts.push((
+                    Pair {
+                        key,
+                        value,
+                        version,
+                    },
+                    accepted,
+                    None,
+                ));
             }
         }
         if !stale.is_empty() {
-            self.ack(&stale, &[], false)?;
+            self.ack(&stale, false)?;
         }
         // 2. Bulk writes, chunked by pairs and bytes.
         let mut shared_written = false;
-        let mut chunk: Vec<(Pair, u64)> = Vec::new();
+        let mut chunk: Vec<(Pair, u64, Option<Arc<str>>)> = Vec::new();
         let mut chunk_bytes = 2usize;
         let mut pending = puts.into_iter().peekable();
-        while let Some((pair, acc)) = pending.next() {
+        while let Some((pair, acc, user)) = pending.next() {
             let size = pair.key.len() + pair.value.len().div_ceil(3) * 4 + 80;
             if !chunk.is_empty()
                 && (chunk.len() >= self.cfg.max_pairs
@@ -455,7 +544,7 @@ impl Publisher {
                 chunk_bytes = 2;
             }
             chunk_bytes += size;
-            chunk.push((pair, acc));
+            chunk.push((pair, acc, user));
             if pending.peek().is_none() {
                 break;
             }
@@ -470,8 +559,16 @@ impl Publisher {
             let keys_vec = keys.to_vec();
             self.send("delete", deadline, || target.delete(&keys_vec))
                 .await?;
-            let acks: Vec<(String, u64)> = keys.iter().map(|k| (k.clone(), u64::MAX)).collect();
-            self.ack(&acks, keys, true)?;
+            let acks: Vec<Ack> = keys
+                .iter()
+                .map(|k| Ack {
+                    key: k.clone(),
+                    version: u64::MAX,
+                    user: None,
+                    written: true,
+                })
+                .collect();
+            self.ack(&acks, true)?;
             self.metrics
                 .published_keys
                 .get_or_create(&labels(&[("kind", "delete")]))
@@ -498,7 +595,7 @@ impl Publisher {
 
     async fn write_chunk(
         &mut self,
-        chunk: Vec<(Pair, u64)>,
+        chunk: Vec<(Pair, u64, Option<Arc<str>>)>,
         deadline: Option<Instant>,
     ) -> Result<bool> {
         let pairs: Vec<Pair> = chunk.iter().map(|c| c.0.clone()).collect();
@@ -507,7 +604,7 @@ impl Publisher {
         let wall = crate::now_ms();
         let sent = Instant::now();
         let mut shared = false;
-        for (p, acc) in &chunk {
+        for (p, acc, _) in &chunk {
             self.last_write.insert(p.key.clone(), sent);
             let kind = if p.key.starts_with("p:") {
                 self.metrics
@@ -523,25 +620,44 @@ impl Publisher {
                 .get_or_create(&labels(&[("kind", kind)]))
                 .inc();
         }
-        let acks: Vec<(String, u64)> = pairs.iter().map(|p| (p.key.clone(), p.version)).collect();
-        self.ack(&acks, &[], false)?;
+        let acks: Vec<Ack> = chunk
+            .into_iter()
+            .map(|(p, _, user)| Ack {
+                key: p.key,
+                version: p.version,
+                user,
+                written: true,
+            })
+            .collect();
+        self.ack(&acks, false)?;
         self.last_chunk_len = pairs.len();
         Ok(shared)
     }
 
-    /// Records what KV now holds and removes outbox entries that are covered.
-    fn ack(&self, acks: &[(String, u64)], deleted: &[String], delete: bool) -> Result<()> {
+    /// Records what KV now holds and drops the waiting publishes it covers (outbox rows,
+    /// `PENDING` rows, and the in-memory entries).
+    fn ack(&self, acks: &[Ack], delete: bool) -> Result<()> {
+        // Lock order: redb write transaction → live (as the pipeline's checkpoint).
         let tx = self.store.db.begin_write()?;
         {
             let mut outbox = tx.open_table(OUTBOX)?;
             let mut published = tx.open_table(PUBLISHED)?;
-            for (key, version) in acks {
+            let mut pending = tx.open_table(PENDING)?;
+            let mut live = live::lock(&self.live);
+            for Ack {
+                key,
+                version,
+                user,
+                written,
+            } in acks
+            {
+                let version = *version;
                 if delete {
                     published.remove(key.as_str())?;
-                } else if *version != u64::MAX {
+                } else if *written {
                     let have = published.get(key.as_str())?.map(|v| v.value()).unwrap_or(0);
-                    if *version > have {
-                        published.insert(key.as_str(), *version)?;
+                    if version > have {
+                        published.insert(key.as_str(), version)?;
                     }
                 }
                 let covered = match outbox.get(key.as_str())? {
@@ -550,7 +666,7 @@ impl Publisher {
                         if delete {
                             e.op == Op::Delete
                         } else {
-                            e.op == Op::Put && e.version <= *version
+                            e.op == Op::Put && e.version <= version
                         }
                     }
                     None => false,
@@ -558,8 +674,18 @@ impl Publisher {
                 if covered {
                     outbox.remove(key.as_str())?;
                 }
+                match user {
+                    Some(user) => {
+                        let row = pending.get(&**user)?.map(|v| v.value());
+                        if row.is_some_and(|v| v <= version) {
+                            pending.remove(&**user)?;
+                        }
+                        live.ack_user(user, version);
+                    }
+                    None if !delete => live.ack_shared(key, version),
+                    None => {}
+                }
             }
-            let _ = deleted;
         }
         tx.commit()?;
         Ok(())

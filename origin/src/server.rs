@@ -63,6 +63,13 @@ pub async fn start(cfg: Config) -> Result<Running> {
     tracing::info!(%addr, target = %target.describe(), data_dir = %cfg.data_dir.display(), "starting");
 
     let pipeline = node.pipeline()?;
+    if node.log.end() > pipeline.offset().max(crate::log::FIRST_OFFSET) {
+        tracing::info!(
+            checkpoint = pipeline.offset(),
+            log_end = node.log.end(),
+            "replaying the log from the last checkpoint"
+        );
+    }
     let progress = pipeline.progress();
     let publish_now = Arc::new(Notify::new());
     let ready = Arc::new(AtomicBool::new(true));
@@ -100,13 +107,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     // Publisher task.
     let (pub_stop_tx, mut pub_stop_rx) = watch::channel(false);
     let publisher = {
-        let mut p = Publisher::new(
-            &cfg,
-            node.store.clone(),
-            node.model.clone(),
-            node.metrics.clone(),
-            target,
-        );
+        let mut p = Publisher::new(&node, target);
         let interval = Duration::from_millis(cfg.publish.flush_interval_ms.max(10));
         let notify = publish_now.clone();
         let deadline_ms = cfg.shutdown_deadline_ms;

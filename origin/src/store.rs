@@ -4,7 +4,7 @@
 //! either all of a batch or none of it.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use attune_core::{CatalogItem, Profile};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -39,6 +39,12 @@ pub const PAIR_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("pair_log
 pub const TREND: TableDefinition<&str, (f64, u64)> = TableDefinition::new("trend");
 /// KV key → [`OutboxEntry`] (MessagePack): what still has to be published.
 pub const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
+/// user → profile version waiting for KV at the last checkpoint (the publisher removes a row
+/// once KV holds that version).
+pub const PENDING: TableDefinition<&str, u64> = TableDefinition::new("pending");
+/// Forgotten user → log offset before which the pipeline drops their events (kept until a
+/// checkpoint passes that offset, so a replay cannot bring them back).
+pub const FORGOTTEN: TableDefinition<&str, u64> = TableDefinition::new("forgotten");
 /// KV key → version KV acknowledged.
 pub const PUBLISHED: TableDefinition<&str, u64> = TableDefinition::new("published");
 /// sequence → [`DlqRecord`] (JSON).
@@ -58,6 +64,10 @@ impl UserState {
     }
     pub fn encode(&self) -> Result<Vec<u8>> {
         Ok(rmp_serde::to_vec_named(self)?)
+    }
+    pub fn encode_into(&self, buf: &mut Vec<u8>) -> Result<()> {
+        rmp_serde::encode::write_named(buf, self)?;
+        Ok(())
     }
 }
 
@@ -129,13 +139,7 @@ pub mod keys {
 #[derive(Clone)]
 pub struct Store {
     pub db: Arc<Database>,
-    /// Users deleted from `PROFILES` since the pipeline last looked (its profile cache drops
-    /// them); `None` once too many piled up (the pipeline then drops its whole cache).
-    forgotten: Arc<Mutex<Option<Vec<String>>>>,
 }
-
-/// Pending forgotten users kept before the pipeline is told to drop its whole cache instead.
-const FORGOTTEN_MAX: usize = 10_000;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -163,32 +167,11 @@ impl Store {
         tx.open_table(TREND)?;
         tx.open_table(OUTBOX)?;
         tx.open_table(PUBLISHED)?;
+        tx.open_table(PENDING)?;
+        tx.open_table(FORGOTTEN)?;
         tx.open_table(DLQ)?;
         tx.commit()?;
-        Ok(Store {
-            db: Arc::new(db),
-            forgotten: Arc::new(Mutex::new(Some(Vec::new()))),
-        })
-    }
-
-    /// Notes that `user`'s profile is being deleted. Call it inside the deleting write
-    /// transaction, before its commit: the pipeline takes the notes after it began its own
-    /// write transaction, so every delete committed before that batch is seen by it.
-    pub fn note_forgotten(&self, user: &str) {
-        let mut f = self.forgotten.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(list) = f.as_mut() {
-            if list.len() >= FORGOTTEN_MAX {
-                *f = None;
-            } else {
-                list.push(user.to_string());
-            }
-        }
-    }
-
-    /// Users forgotten since the last call; `None` means "too many: forget every cached one".
-    pub fn take_forgotten(&self) -> Option<Vec<String>> {
-        let mut f = self.forgotten.lock().unwrap_or_else(|e| e.into_inner());
-        f.replace(Vec::new())
+        Ok(Store { db: Arc::new(db) })
     }
 
     pub fn meta(&self, key: &str) -> Result<u64> {
@@ -235,9 +218,10 @@ impl Store {
         Ok(tx.open_table(DLQ)?.len()?)
     }
 
+    /// Publishes waiting at the last checkpoint or queued by admin operations.
     pub fn outbox_len(&self) -> Result<u64> {
         let tx = self.db.begin_read()?;
-        Ok(tx.open_table(OUTBOX)?.len()?)
+        Ok(tx.open_table(OUTBOX)?.len()? + tx.open_table(PENDING)?.len()?)
     }
 
     pub fn published(&self) -> Result<Vec<(String, u64)>> {

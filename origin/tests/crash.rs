@@ -60,6 +60,8 @@ fn wait_caught_up(http: &reqwest::blocking::Client, url: &str, expect_received: 
         if let Ok(r) = http.get(format!("{url}/v1/status")).send()
             && let Ok(s) = r.json::<serde_json::Value>()
             && s["applied_offset"] == s["log_end"]
+            // The counters are the checkpoint's (it follows as soon as the pipeline is idle).
+            && s["checkpointed_offset"] == s["log_end"]
             && expect_received.is_none_or(|n| s["received"] == n)
         {
             return;

@@ -1,0 +1,105 @@
+//! What the pipeline has applied but not yet checkpointed, shared (behind one mutex) with the
+//! publisher and the privacy delete.
+//!
+//! The pipeline applies micro-batches in memory and makes them durable in **checkpoints**: one
+//! redb transaction with every user state, dedup key, offset, watermark, counter, model change,
+//! dead letter and pending publish changed since the previous one (see `pipeline.rs`). Between
+//! checkpoints the newest user states live only here, so:
+//! - the publisher reads a changed user's state from [`Live::users`] (the store's copy may be a
+//!   checkpoint behind) and publishes what [`Live::unpublished`] lists, without waiting for a
+//!   checkpoint (freshness does not depend on the checkpoint interval);
+//! - a crash loses nothing: the log is durable and the pipeline replays it from the
+//!   checkpointed offset, deterministically, so the replay recomputes the same user states and
+//!   versions (KV may already hold some of them; the publisher never rewrites a version KV has);
+//! - `forget` removes the user here as well as from the store, and records the log end at that
+//!   moment: the pipeline drops the user's events before that offset, also when it replays
+//!   them after a crash.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::fxhash::NameBuild;
+use crate::store::UserState;
+
+/// A user state the pipeline holds decoded.
+#[derive(Debug)]
+pub struct Cached {
+    /// The user (the map's key, shared).
+    pub user: Arc<str>,
+    pub state: UserState,
+    /// Micro-batch number of the last use (eviction order).
+    pub used: u64,
+    /// Micro-batch number that last changed it (marks it dirty once per micro-batch).
+    pub dirty_in: u64,
+    /// Changed since the last checkpoint (never evicted while set).
+    pub unsaved: bool,
+}
+
+/// A publish waiting for KV: the version to publish (at least) and the earliest ingest time of
+/// the changes it carries (freshness).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unpublished {
+    pub version: u64,
+    pub accepted_ms: u64,
+}
+
+impl Unpublished {
+    /// Folds a newer change into a waiting publish.
+    pub fn merge(&mut self, version: u64, accepted_ms: u64) {
+        self.version = self.version.max(version);
+        self.accepted_ms = self.accepted_ms.min(accepted_ms);
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Decoded user states: every user changed since the last checkpoint, plus a bounded
+    /// number of clean ones (least recently used evicted).
+    pub users: HashMap<Arc<str>, Cached, NameBuild>,
+    /// Users whose newest state KV has not acknowledged yet.
+    pub unpublished: HashMap<Arc<str>, Unpublished, NameBuild>,
+    /// Shared keys (neighbour shards, trending) changed by micro-batches and not yet
+    /// acknowledged by KV.
+    pub shared: HashMap<String, Unpublished>,
+    /// Forgotten users → the log offset before which their events are dropped.
+    pub forgotten: HashMap<Box<str>, u64, NameBuild>,
+}
+
+impl Live {
+    /// Drops what KV acknowledged: a user's or shared key's entry goes once KV holds its
+    /// version (a newer change keeps it waiting).
+    pub fn ack_user(&mut self, user: &str, version: u64) {
+        if self
+            .unpublished
+            .get(user)
+            .is_some_and(|u| u.version <= version)
+        {
+            self.unpublished.remove(user);
+        }
+    }
+
+    pub fn ack_shared(&mut self, key: &str, version: u64) {
+        if self.shared.get(key).is_some_and(|u| u.version <= version) {
+            self.shared.remove(key);
+        }
+    }
+
+    /// Waiting publishes (users and shared keys).
+    pub fn unpublished_len(&self) -> usize {
+        self.unpublished.len() + self.shared.len()
+    }
+
+    /// The newest state of `user` if it is held here.
+    pub fn user(&self, user: &str) -> Option<&UserState> {
+        self.users.get(user).map(|c| &c.state)
+    }
+}
+
+/// The shared handle.
+pub type SharedLive = Arc<std::sync::Mutex<Live>>;
+
+/// Locks, recovering from a poisoned lock (the data has no invariant a panic could break
+/// halfway that the next checkpoint would not rewrite).
+pub fn lock(live: &SharedLive) -> std::sync::MutexGuard<'_, Live> {
+    live.lock().unwrap_or_else(|e| e.into_inner())
+}
