@@ -3,6 +3,12 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// The pipeline allocates small strings per event (ids, users, items) and user states per
+/// checkpoint; mimalloc serves that pattern markedly faster than glibc's malloc (measured with
+/// `attune-origin bench`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = attune_origin::cli::Cli::parse();

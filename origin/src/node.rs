@@ -218,7 +218,9 @@ impl Node {
         loop {
             let from = pipeline.offset().max(reader.start());
             if from >= reader.end() {
+                let t = std::time::Instant::now();
                 total.checkpoints += pipeline.checkpoint()?;
+                total.checkpoint_us += t.elapsed().as_micros() as u64;
                 return Ok(total);
             }
             buf.clear();
@@ -236,6 +238,7 @@ impl Node {
             total.late += o.late;
             total.batches += o.batches;
             total.checkpoints += o.checkpoints;
+            total.checkpoint_us += o.checkpoint_us;
         }
     }
 }

@@ -55,8 +55,9 @@ pub struct BatchOutcome {
     pub late: u64,
     /// Micro-batches applied.
     pub batches: u64,
-    /// Checkpoints committed.
+    /// Checkpoints committed, and the time they took.
     pub checkpoints: u64,
+    pub checkpoint_us: u64,
 }
 
 impl BatchOutcome {
@@ -68,6 +69,7 @@ impl BatchOutcome {
         self.late += o.late;
         self.batches += o.batches;
         self.checkpoints += o.checkpoints;
+        self.checkpoint_us += o.checkpoint_us;
     }
 }
 
@@ -286,7 +288,9 @@ impl Pipeline {
         self.adapt(records.len(), started.elapsed());
         let mut out = r?;
         if self.checkpoint_due() {
+            let t = Instant::now();
             out.checkpoints += self.checkpoint()?;
+            out.checkpoint_us += t.elapsed().as_micros() as u64;
         }
         Ok(out)
     }
@@ -365,10 +369,11 @@ impl Pipeline {
             self.dedup.added.push((h, event.ts));
             // A forgotten user's events from before the forget are erased, not applied (also
             // when a restart replays them).
-            if live
-                .forgotten
-                .get(event.user.as_str())
-                .is_some_and(|until| rec.offset < *until)
+            if !live.forgotten.is_empty()
+                && live
+                    .forgotten
+                    .get(event.user.as_str())
+                    .is_some_and(|until| rec.offset < *until)
             {
                 out.applied += 1;
                 continue;

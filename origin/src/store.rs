@@ -65,8 +65,10 @@ impl UserState {
     pub fn encode(&self) -> Result<Vec<u8>> {
         Ok(rmp_serde::to_vec_named(self)?)
     }
+    /// Positional MessagePack (structs as arrays): about half the bytes of the named form and
+    /// faster to write. `decode` reads both forms (rows written by earlier versions are named).
     pub fn encode_into(&self, buf: &mut Vec<u8>) -> Result<()> {
-        rmp_serde::encode::write_named(buf, self)?;
+        rmp_serde::encode::write(buf, self)?;
         Ok(())
     }
 }
