@@ -16,8 +16,8 @@ use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::pipeline::Pipeline;
 use crate::store::{
-    FORGOTTEN, META, OUTBOX, Op, OutboxEntry, PENDING, PROFILES, PUBLISHED, Store, enqueue_shared,
-    keys, outbox_put,
+    FORGOTTEN, META, OUTBOX, Op, OutboxEntry, PENDING, PENDING_KEY, PROFILES, PUBLISHED, Store,
+    enqueue_shared, keys, outbox_put, unpack_pending,
 };
 
 /// The embedded log's source name (its offset key in the store).
@@ -138,7 +138,6 @@ impl Node {
             existed = profiles.remove(user)?.is_some() | live.users.remove(user).is_some();
             live.unpublished.remove(user);
             live.forgotten.insert(user.into(), until);
-            tx.open_table(PENDING)?.remove(user)?;
             tx.open_table(FORGOTTEN)?.insert(user, until)?;
             let mut outbox = tx.open_table(OUTBOX)?;
             outbox.insert(
@@ -248,15 +247,18 @@ fn load_live(store: &Store) -> Result<Live> {
     let mut live = Live::default();
     let tx = store.db.begin_read()?;
     let now = crate::now_ms();
-    for row in tx.open_table(PENDING)?.iter()? {
-        let (k, v) = row?;
-        live.unpublished.insert(
-            k.value().into(),
-            Unpublished {
-                version: v.value(),
-                accepted_ms: now,
-            },
-        );
+    if let Some(row) = tx.open_table(PENDING)?.get(PENDING_KEY)? {
+        let users = unpack_pending(row.value())
+            .ok_or_else(|| crate::Error::Store("the pending publishes row is malformed".into()))?;
+        for (user, version) in users {
+            live.unpublished.insert(
+                user.into(),
+                Unpublished {
+                    version,
+                    accepted_ms: now,
+                },
+            );
+        }
     }
     for row in tx.open_table(FORGOTTEN)?.iter()? {
         let (k, v) = row?;

@@ -41,8 +41,8 @@ use crate::log::{Record, Source};
 use crate::metrics::{Metrics, labels};
 use crate::model::Model;
 use crate::store::{
-    DEDUP, DEDUP_LOG, DLQ, DlqRecord, FORGOTTEN, META, OUTBOX, PENDING, PROFILES, Store, UserState,
-    enqueue_shared, keys,
+    DEDUP, DEDUP_LOG, DLQ, DlqRecord, FORGOTTEN, META, OUTBOX, PENDING, PENDING_KEY, PROFILES,
+    Store, UserState, enqueue_shared, keys, pack_pending,
 };
 
 /// What one micro-batch (or a run of them) did.
@@ -197,8 +197,15 @@ impl Pipeline {
                 }
             }
         }
-        // Whatever memory held beyond the checkpoint is replayed from the log.
-        live::lock(&live).users.clear();
+        // Whatever memory held beyond the checkpoint is replayed from the log. The map is sized
+        // for its capacity once (growing it rehashes every user state it holds).
+        {
+            let mut l = live::lock(&live);
+            l.users = HashMap::with_capacity_and_hasher(
+                cfg.pipeline.profile_cache.min(1 << 20),
+                Default::default(),
+            );
+        }
         Ok(Pipeline {
             store,
             model,
@@ -612,10 +619,9 @@ impl Pipeline {
     }
 
     /// Writes every user changed since the last checkpoint (in user order, so the
-    /// transaction's writes are deterministic), and the publishes still waiting for them.
+    /// transaction's writes are deterministic), and the user publishes still waiting.
     fn write_users(&mut self, tx: &WriteTransaction, live: &mut Live) -> Result<()> {
         let mut profiles = tx.open_table(PROFILES)?;
-        let mut pending = tx.open_table(PENDING)?;
         self.since.unsaved.sort_unstable();
         let Live {
             users, unpublished, ..
@@ -629,10 +635,13 @@ impl Pipeline {
             self.buf.clear();
             c.state.encode_into(&mut self.buf)?;
             profiles.insert(&**user, self.buf.as_slice())?;
-            if let Some(u) = unpublished.get(&**user) {
-                pending.insert(&**user, u.version)?;
-            }
         }
+        pack_pending(
+            unpublished.iter().map(|(u, p)| (&**u, p.version)),
+            &mut self.buf,
+        );
+        tx.open_table(PENDING)?
+            .insert(PENDING_KEY, self.buf.as_slice())?;
         Ok(())
     }
 

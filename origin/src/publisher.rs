@@ -31,7 +31,7 @@ use crate::live::{self, SharedLive};
 use crate::metrics::{Metrics, labels};
 use crate::model::Model;
 use crate::node::Node;
-use crate::store::{OUTBOX, Op, OutboxEntry, PENDING, PROFILES, PUBLISHED, Store, UserState};
+use crate::store::{OUTBOX, Op, OutboxEntry, PROFILES, PUBLISHED, Store, UserState};
 
 /// Most user publishes one flush prepares (the rest wait for the next flush).
 const MAX_PUTS_PER_FLUSH: usize = 50_000;
@@ -49,7 +49,7 @@ pub struct Pair {
 }
 
 /// What a write acknowledges besides the KV key: the user of a `p:` key, so its waiting
-/// publish (in memory and in `PENDING`) can be dropped.
+/// publish can be dropped (the next checkpoint's `PENDING` row no longer lists it).
 #[derive(Clone, Debug)]
 struct Ack {
     key: String,
@@ -634,15 +634,14 @@ impl Publisher {
         Ok(shared)
     }
 
-    /// Records what KV now holds and drops the waiting publishes it covers (outbox rows,
-    /// `PENDING` rows, and the in-memory entries).
+    /// Records what KV now holds and drops the waiting publishes it covers (outbox rows and
+    /// the in-memory entries).
     fn ack(&self, acks: &[Ack], delete: bool) -> Result<()> {
         // Lock order: redb write transaction → live (as the pipeline's checkpoint).
         let tx = self.store.db.begin_write()?;
         {
             let mut outbox = tx.open_table(OUTBOX)?;
             let mut published = tx.open_table(PUBLISHED)?;
-            let mut pending = tx.open_table(PENDING)?;
             let mut live = live::lock(&self.live);
             for Ack {
                 key,
@@ -675,13 +674,7 @@ impl Publisher {
                     outbox.remove(key.as_str())?;
                 }
                 match user {
-                    Some(user) => {
-                        let row = pending.get(&**user)?.map(|v| v.value());
-                        if row.is_some_and(|v| v <= version) {
-                            pending.remove(&**user)?;
-                        }
-                        live.ack_user(user, version);
-                    }
+                    Some(user) => live.ack_user(user, version),
                     None if !delete => live.ack_shared(key, version),
                     None => {}
                 }

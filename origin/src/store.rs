@@ -39,9 +39,37 @@ pub const PAIR_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("pair_log
 pub const TREND: TableDefinition<&str, (f64, u64)> = TableDefinition::new("trend");
 /// KV key → [`OutboxEntry`] (MessagePack): what still has to be published.
 pub const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
-/// user → profile version waiting for KV at the last checkpoint (the publisher removes a row
-/// once KV holds that version).
-pub const PENDING: TableDefinition<&str, u64> = TableDefinition::new("pending");
+/// The user publishes waiting for KV at the last checkpoint, as one packed row
+/// ([`PENDING_KEY`] → repeated `[user length: u16 LE][user][version: u64 LE]`), rewritten whole
+/// by every checkpoint: a few bytes per waiting user instead of a B-tree row each. Entries KV
+/// acknowledged after the checkpoint are dropped when read (the publisher checks `PUBLISHED`).
+pub const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_users");
+pub const PENDING_KEY: &str = "users";
+
+/// Packs `(user, version)` pairs for [`PENDING`].
+pub fn pack_pending<'a>(users: impl Iterator<Item = (&'a str, u64)>, buf: &mut Vec<u8>) {
+    buf.clear();
+    for (user, version) in users {
+        // User ids are limited to far less than 64 KiB by the core's validation.
+        let len = u16::try_from(user.len()).unwrap_or(u16::MAX);
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.extend_from_slice(&user.as_bytes()[..usize::from(len)]);
+        buf.extend_from_slice(&version.to_le_bytes());
+    }
+}
+
+/// Reads a [`PENDING`] row; `None` if it is malformed.
+pub fn unpack_pending(mut bytes: &[u8]) -> Option<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let len = usize::from(u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?));
+        let user = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
+        let version = u64::from_le_bytes(bytes.get(2 + len..10 + len)?.try_into().ok()?);
+        out.push((user.to_string(), version));
+        bytes = &bytes[10 + len..];
+    }
+    Some(out)
+}
 /// Forgotten user → log offset before which the pipeline drops their events (kept until a
 /// checkpoint passes that offset, so a replay cannot bring them back).
 pub const FORGOTTEN: TableDefinition<&str, u64> = TableDefinition::new("forgotten");
@@ -220,10 +248,11 @@ impl Store {
         Ok(tx.open_table(DLQ)?.len()?)
     }
 
-    /// Publishes waiting at the last checkpoint or queued by admin operations.
+    /// Publishes of shared keys and deletes waiting (user publishes wait in memory, see
+    /// `live.rs`).
     pub fn outbox_len(&self) -> Result<u64> {
         let tx = self.db.begin_read()?;
-        Ok(tx.open_table(OUTBOX)?.len()? + tx.open_table(PENDING)?.len()?)
+        Ok(tx.open_table(OUTBOX)?.len()?)
     }
 
     pub fn published(&self) -> Result<Vec<(String, u64)>> {
@@ -297,4 +326,27 @@ pub fn enqueue_shared(
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_rows_round_trip_and_refuse_garbage() {
+        let users = [("u1", 3u64), ("", 0), ("ünï", u64::MAX)];
+        let mut buf = Vec::new();
+        pack_pending(users.iter().copied(), &mut buf);
+        let back = unpack_pending(&buf).unwrap();
+        assert_eq!(
+            back,
+            users
+                .iter()
+                .map(|(u, v)| (u.to_string(), *v))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(unpack_pending(&[]), Some(vec![]));
+        assert_eq!(unpack_pending(&buf[..buf.len() - 1]), None);
+        assert_eq!(unpack_pending(&[5, 0, b'a']), None);
+    }
 }
