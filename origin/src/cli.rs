@@ -271,7 +271,7 @@ pub fn inspect_user_json(node: &Node, id: &str) -> Result<Option<serde_json::Val
         "top_categories": p.top_categories(now, &cfg, 5),
         "cart": p.cart_items().collect::<Vec<_>>(),
         "purchased": p.purchased.iter().map(|x| x.item.as_str()).collect::<Vec<_>>(),
-        "recent": state.recent,
+        "recent": node.model.lock().map(|m| m.recent_names(&state)).unwrap_or_default(),
         "snapshot_bytes": attune_core::wire::encode_profile(
             &attune_core::wire::Envelope::new(p.version, p.last_seen, p.clone()),
             attune_core::wire::PROFILE_CAP_BYTES).len(),

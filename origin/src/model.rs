@@ -41,7 +41,8 @@ pub struct Model {
     /// id → number of user histories it entered.
     counts: Vec<u64>,
     /// id → (other id → co-occurrence count); symmetric.
-    adj: Vec<FxHashMap<u32, u64>>,
+    /// (u32 counts: half the memory of u64 rows; they saturate rather than wrap.)
+    adj: Vec<FxHashMap<u32, u32>>,
     /// id → (decayed score, reference time).
     trend: Vec<Option<(f64, u64)>>,
     catalog: BTreeMap<String, CatalogItem>,
@@ -169,6 +170,7 @@ impl Model {
     }
 
     fn set_pair(&mut self, a: u32, b: u32, c: u64) {
+        let c = u32::try_from(c).unwrap_or(u32::MAX);
         self.adj[a as usize].insert(b, c);
         self.adj[b as usize].insert(a, c);
     }
@@ -301,8 +303,9 @@ impl Model {
             }
         }
         // Co-occurrence with the user's recent distinct items.
-        if let Some(pos) = user.recent.iter().position(|r| r == item) {
-            user.recent[..=pos].rotate_right(1);
+        self.adopt_recent(user);
+        if let Some(pos) = user.recent_ids.iter().position(|r| *r == id) {
+            user.recent_ids[..=pos].rotate_right(1);
             return;
         }
         self.counts[id as usize] += 1;
@@ -312,30 +315,45 @@ impl Model {
             self.dirty_counts.push(id);
         }
         self.touch(id);
-        for other in user.recent.iter().take(self.cfg.history) {
-            let o = self.intern(other);
-            *self.adj[id as usize].entry(o).or_insert(0) += 1;
+        for &o in user.recent_ids.iter().take(self.cfg.history) {
+            let c = self.adj[id as usize].entry(o).or_insert(0);
+            *c = c.saturating_add(1);
             let row = &mut self.adj[o as usize];
             let c = row.entry(id).or_insert(0);
             if *c == 0 {
                 self.live_pairs += 1;
             }
-            *c += 1;
+            *c = c.saturating_add(1);
             self.dirty_pairs.insert(pair_key(id, o));
             self.touch(o);
         }
         let keep = self.cfg.history.max(1);
-        if user.recent.len() >= keep {
-            user.recent.truncate(keep);
-            // Reuse the evicted entry's buffer.
-            if let Some(mut s) = user.recent.pop() {
-                s.clear();
-                s.push_str(item);
-                user.recent.insert(0, s);
-            }
-        } else {
-            user.recent.insert(0, item.to_string());
+        user.recent_ids.truncate(keep - 1);
+        user.recent_ids.insert(0, id);
+    }
+
+    /// Turns recent items stored by name (rows of earlier versions) into ids.
+    fn adopt_recent(&mut self, user: &mut UserState) {
+        if !user.recent.is_empty() {
+            let names = std::mem::take(&mut user.recent);
+            user.recent_ids = names.iter().map(|n| self.intern(n)).collect();
         }
+    }
+
+    /// The name of an interned item.
+    pub fn name(&self, id: u32) -> Option<&str> {
+        self.names.get(id as usize).map(|n| &**n)
+    }
+
+    /// A user's recent items by name, newest first.
+    pub fn recent_names(&self, user: &UserState) -> Vec<String> {
+        if !user.recent.is_empty() {
+            return user.recent.clone();
+        }
+        user.recent_ids
+            .iter()
+            .filter_map(|id| self.name(*id).map(str::to_string))
+            .collect()
     }
 
     /// Writes everything changed since the last call into `tx`.
@@ -380,7 +398,7 @@ impl Model {
                 for (a, row) in self.adj.iter().enumerate() {
                     for (b, c) in row {
                         if (a as u32) < *b {
-                            push_pair(&mut buf, a as u32, *b, *c);
+                            push_pair(&mut buf, a as u32, *b, u64::from(*c));
                             if buf.len() >= PAIR_RECORD_ENTRIES * 16 {
                                 self.log_bytes += buf.len() as u64;
                                 t.insert(self.log_next, buf.as_slice())?;
@@ -404,7 +422,7 @@ impl Model {
                     for k in chunk {
                         let (a, b) = ((k >> 32) as u32, *k as u32);
                         let c = self.adj[a as usize].get(&b).copied().unwrap_or(0);
-                        push_pair(&mut buf, a, b, c);
+                        push_pair(&mut buf, a, b, u64::from(c));
                     }
                     self.log_bytes += buf.len() as u64;
                     t.insert(self.log_next, buf.as_slice())?;

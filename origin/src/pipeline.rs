@@ -806,7 +806,8 @@ mod tests {
         p.checkpoint().unwrap();
         let state = node.store.user("a").unwrap().unwrap();
         assert_eq!(state.profile.version, 1);
-        assert_eq!(state.recent, vec!["w".to_string()]);
+        let recent = node.model.lock().unwrap().recent_names(&state);
+        assert_eq!(recent, vec!["w".to_string()]);
     }
 }
 
@@ -930,7 +931,8 @@ mod checkpoint_tests {
         node.drain().unwrap();
         let state = node.store.user("u3").unwrap().unwrap();
         assert_eq!(state.profile.version, 1, "only the event after the forget");
-        assert_eq!(state.recent, vec!["fresh".to_string()]);
+        let recent = node.model.lock().unwrap().recent_names(&state);
+        assert_eq!(recent, vec!["fresh".to_string()]);
         assert_eq!(node.store.user("u4").unwrap().unwrap().profile.version, 10);
     }
 }

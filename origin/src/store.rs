@@ -83,7 +83,14 @@ pub const DLQ: TableDefinition<u64, &[u8]> = TableDefinition::new("dlq");
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserState {
     pub profile: Profile,
+    /// Recent distinct items by name: rows written by earlier versions only (the model turns
+    /// them into `recent_ids` when the state is loaded).
+    #[serde(default)]
     pub recent: Vec<String>,
+    /// Recent distinct items, newest first, as the model's item ids (`ITEMS`, written in the
+    /// same checkpoint as the state, so an id here always has its name there).
+    #[serde(default)]
+    pub recent_ids: Vec<u32>,
 }
 
 impl UserState {
@@ -171,6 +178,9 @@ pub struct Store {
     pub db: Arc<Database>,
 }
 
+/// redb page cache size.
+const STORE_CACHE_BYTES: usize = 256 << 20;
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").finish_non_exhaustive()
@@ -182,7 +192,11 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let db = Database::create(path)?;
+        // redb's default page cache is 1 GiB; a quarter of that keeps the hot B-tree pages
+        // (the pipeline holds its own hot user states) and bounds the service's memory.
+        let db = redb::Builder::new()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(path)?;
         // Create every table up front so readers never meet a missing one.
         let tx = db.begin_write()?;
         tx.open_table(PROFILES)?;
