@@ -7,7 +7,9 @@
 //! ```text
 //! ingest (axum) ─► log (embedded, fsync'd; `Source` trait) ─► pipeline
 //!   validate (core) ─► dedup ─► watermark ─► Profile::apply (core) + model
-//!   ─► store (redb, one transaction per batch: profiles, dedup, offsets, model, outbox, DLQ)
+//!   ─► live (applied in memory; the publisher reads it at once)
+//!   ─► store (redb, one transaction per checkpoint: profiles, dedup, offsets, model, outbox,
+//!      DLQ; a crash replays the log from the last checkpoint)
 //!   ─► publisher (outbox → KV bulk API / dev route / directory)
 //! ```
 //!

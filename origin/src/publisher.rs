@@ -1,6 +1,11 @@
-//! The KV publisher: drains the persistent outbox into bulk writes.
+//! The KV publisher: drains what waits into bulk writes: the persistent outbox (shared keys,
+//! deletes, full re-publishes) and the user publishes the pipeline handed over in [`Live`]
+//! (checkpointed in `PENDING`, so a crash loses none).
 //!
-//! - Coalesces: the outbox holds keys, the value is the key's newest state at publish time.
+//! [`Live`]: crate::live::Live
+//!
+//! - Coalesces: what waits is keys; the value is the key's newest state at publish time (a
+//!   user's from memory when the pipeline holds it, else from the store).
 //! - At most one write per key per `min_key_interval_ms`; deferred keys stay in the outbox.
 //! - Bulk requests of at most `max_pairs` (≤ 10,000) pairs and `max_request_bytes` (≤ 100 MB),
 //!   values base64 with metadata `{"v": version}`.
