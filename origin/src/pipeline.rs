@@ -94,6 +94,20 @@ struct Dedup {
     next_row: u64,
 }
 
+/// What a checkpoint writes from [`Live`], encoded while holding its lock.
+#[derive(Debug, Default)]
+struct EncodedUsers {
+    /// Users and the span of their encoded state in `bytes`.
+    users: Vec<(Arc<str>, std::ops::Range<usize>)>,
+    bytes: Vec<u8>,
+    /// The packed `PENDING` row.
+    pending: Vec<u8>,
+    /// Shared keys waiting: (key, version, accepted).
+    shared: Vec<(String, u64, u64)>,
+    /// Forgotten users whose erased events can no longer be replayed.
+    forgotten_done: Vec<Box<str>>,
+}
+
 /// Changes since the last checkpoint that are not user states.
 #[derive(Debug, Default)]
 struct SinceCheckpoint {
@@ -543,33 +557,14 @@ impl Pipeline {
     fn write_checkpoint(&mut self) -> Result<()> {
         let tx = self.store.db.begin_write()?;
         {
+            // Encode under the live lock, write after releasing it: the publisher reads live
+            // while the B-tree inserts and the fsync run. Nothing can change the state in
+            // between: the pipeline is this thread, and forget, catalog and full-publish
+            // writes wait for this write transaction.
+            let encoded = self.encode_users()?;
+            self.write_users(&tx, &encoded)?;
             let model_arc = self.model.clone();
             let mut model = model_arc.lock().unwrap_or_else(|e| e.into_inner());
-            {
-                let live_arc = self.live.clone();
-                let mut live = live::lock(&live_arc);
-                self.write_users(&tx, &mut live)?;
-                if self.since.shared {
-                    let mut outbox = tx.open_table(OUTBOX)?;
-                    for (key, u) in &live.shared {
-                        enqueue_shared(&mut outbox, [key.clone()], u.version, u.accepted_ms)?;
-                    }
-                }
-                // Forgotten users whose erased events can no longer be replayed.
-                let done: Vec<Box<str>> = live
-                    .forgotten
-                    .iter()
-                    .filter(|(_, until)| **until <= self.offset)
-                    .map(|(u, _)| u.clone())
-                    .collect();
-                if !done.is_empty() {
-                    let mut t = tx.open_table(FORGOTTEN)?;
-                    for u in done {
-                        t.remove(&*u)?;
-                        live.forgotten.remove(&u);
-                    }
-                }
-            }
             let mut meta = tx.open_table(META)?;
             meta.insert(keys::MODEL_SEQ, model.seq())?;
             model.persist(&tx)?;
@@ -618,30 +613,70 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Writes every user changed since the last checkpoint (in user order, so the
-    /// transaction's writes are deterministic), and the user publishes still waiting.
-    fn write_users(&mut self, tx: &WriteTransaction, live: &mut Live) -> Result<()> {
-        let mut profiles = tx.open_table(PROFILES)?;
+    /// Encodes what the checkpoint writes from [`Live`]: every user changed since the last
+    /// checkpoint (in user order, so the transaction's writes are deterministic), the waiting
+    /// user publishes, the waiting shared keys, and the forgets a replay can no longer reach.
+    fn encode_users(&mut self) -> Result<EncodedUsers> {
+        let mut out = EncodedUsers::default();
         self.since.unsaved.sort_unstable();
+        let live_arc = self.live.clone();
+        let mut live = live::lock(&live_arc);
         let Live {
-            users, unpublished, ..
-        } = live;
+            users,
+            unpublished,
+            shared,
+            forgotten,
+        } = &mut *live;
         for user in &self.since.unsaved {
             // Gone: forgotten since it changed.
             let Some(c) = users.get_mut(&**user) else {
                 continue;
             };
             c.unsaved = false;
-            self.buf.clear();
-            c.state.encode_into(&mut self.buf)?;
-            profiles.insert(&**user, self.buf.as_slice())?;
+            let start = out.bytes.len();
+            c.state.encode_into(&mut out.bytes)?;
+            out.users.push((user.clone(), start..out.bytes.len()));
         }
         pack_pending(
             unpublished.iter().map(|(u, p)| (&**u, p.version)),
-            &mut self.buf,
+            &mut out.pending,
         );
+        if self.since.shared {
+            out.shared = shared
+                .iter()
+                .map(|(k, u)| (k.clone(), u.version, u.accepted_ms))
+                .collect();
+        }
+        out.forgotten_done = forgotten
+            .iter()
+            .filter(|(_, until)| **until <= self.offset)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for u in &out.forgotten_done {
+            forgotten.remove(u);
+        }
+        Ok(out)
+    }
+
+    fn write_users(&mut self, tx: &WriteTransaction, e: &EncodedUsers) -> Result<()> {
+        let mut profiles = tx.open_table(PROFILES)?;
+        for (user, span) in &e.users {
+            profiles.insert(&**user, &e.bytes[span.clone()])?;
+        }
         tx.open_table(PENDING)?
-            .insert(PENDING_KEY, self.buf.as_slice())?;
+            .insert(PENDING_KEY, e.pending.as_slice())?;
+        if !e.shared.is_empty() {
+            let mut outbox = tx.open_table(OUTBOX)?;
+            for (key, version, accepted) in &e.shared {
+                enqueue_shared(&mut outbox, [key.clone()], *version, *accepted)?;
+            }
+        }
+        if !e.forgotten_done.is_empty() {
+            let mut t = tx.open_table(FORGOTTEN)?;
+            for u in &e.forgotten_done {
+                t.remove(&**u)?;
+            }
+        }
         Ok(())
     }
 

@@ -282,6 +282,8 @@ pub struct Publisher {
     cfg: PublishConfig,
     profile_secret: Vec<u8>,
     last_write: HashMap<String, Instant>,
+    /// Last write per user (their keys are HMACs: deferral is decided before computing one).
+    last_write_user: HashMap<Arc<str>, Instant>,
     manifest_pending: bool,
     last_chunk_len: usize,
     rules: Arc<attune_core::rules::Config>,
@@ -316,6 +318,7 @@ impl Publisher {
             cfg: cfg.publish.clone(),
             profile_secret: cfg.profile_key.as_bytes().to_vec(),
             last_write: HashMap::new(),
+            last_write_user: HashMap::new(),
             manifest_pending: false,
             last_chunk_len: 0,
             rules: Arc::new(cfg.rules.clone()),
@@ -429,15 +432,23 @@ impl Publisher {
                     e.0 = e.0.max(u.version);
                     e.1 = e.1.min(u.accepted_ms);
                 }
+                if self.last_write_user.len() > 4096 {
+                    self.last_write_user
+                        .retain(|_, t| now.duration_since(*t) < min_gap);
+                }
                 for (user, u) in &live.unpublished {
                     if users.len() >= MAX_PUTS_PER_FLUSH {
                         break;
                     }
-                    let key = profile_key(&self.profile_secret, user);
-                    if deferred(&key, &self.last_write) {
+                    if self
+                        .last_write_user
+                        .get(user)
+                        .is_some_and(|t| now.duration_since(*t) < min_gap)
+                    {
                         outcome.deferred += 1;
                         continue;
                     }
+                    let key = profile_key(&self.profile_secret, user);
                     let state = live.user(user).map(|s| s.profile.clone());
                     users.push((user.clone(), key, u.version, u.accepted_ms, state));
                 }
@@ -609,8 +620,15 @@ impl Publisher {
         let wall = crate::now_ms();
         let sent = Instant::now();
         let mut shared = false;
-        for (p, acc, _) in &chunk {
-            self.last_write.insert(p.key.clone(), sent);
+        for (p, acc, user) in &chunk {
+            match user {
+                Some(user) => {
+                    self.last_write_user.insert(user.clone(), sent);
+                }
+                None => {
+                    self.last_write.insert(p.key.clone(), sent);
+                }
+            }
             let kind = if p.key.starts_with("p:") {
                 self.metrics
                     .freshness_seconds

@@ -123,9 +123,16 @@ pub async fn start(cfg: Config) -> Result<Running> {
                 }
                 // A flush retries until KV answers; a stop must not wait for that, so it
                 // cancels the flush (the outbox keeps whatever was not acknowledged).
+                let started = Instant::now();
                 tokio::select! {
-                    r = p.flush(None) => if let Err(e) = r {
-                        tracing::warn!(error = %e, "publish flush failed");
+                    r = p.flush(None) => match r {
+                        Ok(o) => tracing::debug!(
+                            written = o.written,
+                            deferred = o.deferred,
+                            ms = started.elapsed().as_millis() as u64,
+                            "flushed"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "publish flush failed"),
                     },
                     _ = pub_stop_rx.changed() => break,
                 }
