@@ -241,6 +241,13 @@ impl Config {
                 "pipeline.allowed_lateness_ms must stay well under the core's decay epoch".into(),
             ));
         }
+        if self.pipeline.checkpoint_max_unsaved > self.pipeline.profile_cache {
+            return Err(Error::Config(
+                "pipeline.checkpoint_max_unsaved must not exceed pipeline.profile_cache (changed \
+                 users stay in memory until the next checkpoint)"
+                    .into(),
+            ));
+        }
         if self.publish.max_pairs == 0 || self.publish.max_pairs > 10_000 {
             return Err(Error::Config("publish.max_pairs must be 1..=10000".into()));
         }
