@@ -13,8 +13,8 @@ use futures_channel::oneshot;
 use futures_util::future::{Either, join, join_all, select};
 use futures_util::{StreamExt, stream};
 use worker::{
-    ByteStream, Cache, Context, Date, Delay, Env, Fetch, Headers, KvStore, Method, Request,
-    RequestInit, Response, Result, console_error, event,
+    ByteStream, Cache, Context, Date, Delay, Env, Error, Fetch, Headers, KvStore, Method, Request,
+    Response, Result, console_error, event, wasm_bindgen::JsValue, web_sys,
 };
 
 use crate::data::{Fallback, Model, ModelCache, decode};
@@ -103,6 +103,31 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     page(req, &env, &ctx, &settings, false).await
 }
 
+/// `Request::new_with_init` without worker's `RequestInit`, whose conversion carries the
+/// serializer of every Cloudflare `cf` request property (some 11 KB of wasm) for a `cf` this
+/// Worker never sets. Same request otherwise (redirects followed, the fetch default).
+fn new_request(
+    url: &str,
+    method: Method,
+    headers: &Headers,
+    body: Option<&JsValue>,
+) -> Result<Request> {
+    let init = web_sys::RequestInit::new();
+    init.set_method(method.as_ref());
+    init.set_headers(headers.as_ref());
+    if let Some(body) = body {
+        init.set_body(body);
+    }
+    web_sys::Request::new_with_str_and_init(url, &init)
+        .map(Request::from)
+        .map_err(|e| {
+            Error::JsError(
+                e.as_string()
+                    .unwrap_or_else(|| "invalid URL or options for Request".into()),
+            )
+        })
+}
+
 fn text_response(status: u16, body: &str) -> Result<Response> {
     Ok(Response::ok(body)?.with_status(status))
 }
@@ -157,10 +182,7 @@ async fn internal(
             }
             let (p, q) = target.split_once('?').unwrap_or((&target, ""));
             let target_url = urls::join(origin, p, Some(q).filter(|q| !q.is_empty()));
-            let mut init = RequestInit::new();
-            init.with_method(Method::Get)
-                .with_headers(req.headers().clone());
-            let inner = Request::new_with_init(&target_url, &init)?;
+            let inner = new_request(&target_url, Method::Get, req.headers(), None)?;
             page(inner, env, ctx, s, true).await
         }
         (Method::Get, "/__attune/demo/login") if s.demo_login => {
@@ -292,11 +314,8 @@ async fn post_events(url: &str, token: &str, events: &[attune_core::Event]) -> R
     if !token.is_empty() {
         headers.set("authorization", &format!("Bearer {token}"))?;
     }
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(events::to_ndjson(events).into()));
-    let resp = Fetch::Request(Request::new_with_init(url, &init)?)
+    let body = JsValue::from(events::to_ndjson(events));
+    let resp = Fetch::Request(new_request(url, Method::Post, &headers, Some(&body))?)
         .send()
         .await?;
     if resp.status_code() >= 300 {
@@ -480,11 +499,9 @@ async fn upstream(req: Request, env: &Env, ctx: &Context, s: &Settings) -> Resul
         let (origin, path, query) = urls::split(&url);
         if path.ends_with('/') {
             let url = urls::join(origin, &format!("{path}index.html"), query);
-            let mut init = RequestInit::new();
-            init.with_method(req.method())
-                .with_headers(copy_headers(req.headers(), &[])?);
+            let headers = copy_headers(req.headers(), &[])?;
             return assets
-                .fetch_request(Request::new_with_init(&url, &init)?)
+                .fetch_request(new_request(&url, req.method(), &headers, None)?)
                 .await;
         }
         return assets.fetch_request(req).await;
@@ -497,10 +514,8 @@ async fn upstream(req: Request, env: &Env, ctx: &Context, s: &Settings) -> Resul
     if cacheable_req && let Ok(Some(hit)) = cache.get(target.as_str(), false).await {
         return Ok(hit);
     }
-    let mut init = RequestInit::new();
-    init.with_method(req.method())
-        .with_headers(copy_headers(req.headers(), &["host"])?);
-    let mut resp = Fetch::Request(Request::new_with_init(&target, &init)?)
+    let headers = copy_headers(req.headers(), &["host"])?;
+    let mut resp = Fetch::Request(new_request(&target, req.method(), &headers, None)?)
         .send()
         .await?;
     let h = resp.headers();
