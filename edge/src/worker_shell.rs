@@ -3,6 +3,8 @@
 //! `waitUntil` work. Every decision is delegated to the plain modules.
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -334,37 +336,44 @@ async fn dev_kv(mut req: Request, env: &Env, s: &Settings, delete: bool) -> Resu
     }
     let body = req.bytes().await?;
     let kv = env.kv("ATTUNE_KV")?;
+    let parsed = if delete {
+        devkv::parse_delete(&body).map(|keys| (keys, Vec::new()))
+    } else {
+        devkv::parse_write(&body).map(|pairs| (Vec::new(), pairs))
+    };
+    let (keys, pairs) = match parsed {
+        Ok(p) => p,
+        Err(e) => return json_response(400, devkv::reply(0, &[], Some(&e))),
+    };
+    let n = if delete { keys.len() } else { pairs.len() };
     let mut failed = Vec::new();
     let mut ok = 0;
-    if delete {
-        let keys = match devkv::parse_delete(&body) {
-            Ok(k) => k,
-            Err(e) => return json_response(400, devkv::reply(0, &[], Some(&e))),
-        };
-        for chunk in keys.chunks(64) {
-            let results = join_all(chunk.iter().map(|k| kv.delete(k))).await;
-            for (k, r) in chunk.iter().zip(results) {
-                match r {
-                    Ok(()) => ok += 1,
-                    Err(_) => failed.push(k.clone()),
+    // 64 writes or deletes at a time. One future type for both (boxed, answering whether it
+    // worked), so the wasm holds one `join_all`, not two.
+    for start in (0..n).step_by(64) {
+        let end = (start + 64).min(n);
+        let ops: Vec<Pin<Box<dyn Future<Output = bool> + '_>>> = (start..end)
+            .map(|i| -> Pin<Box<dyn Future<Output = bool> + '_>> {
+                if delete {
+                    let (kv, k) = (&kv, &keys[i]);
+                    Box::pin(async move { kv.delete(k).await.is_ok() })
+                } else {
+                    let (kv, p) = (&kv, &pairs[i]);
+                    Box::pin(async move {
+                        let r = put(kv, p).await;
+                        if let Err(e) = &r {
+                            console_error!("attune: dev kv put {}: {e}", p.key);
+                        }
+                        r.is_ok()
+                    })
                 }
-            }
-        }
-    } else {
-        let pairs = match devkv::parse_write(&body) {
-            Ok(p) => p,
-            Err(e) => return json_response(400, devkv::reply(0, &[], Some(&e))),
-        };
-        for chunk in pairs.chunks(64) {
-            let results = join_all(chunk.iter().map(|p| put(&kv, p))).await;
-            for (p, r) in chunk.iter().zip(results) {
-                match r {
-                    Ok(()) => ok += 1,
-                    Err(e) => {
-                        console_error!("attune: dev kv put {}: {e}", p.key);
-                        failed.push(p.key.clone());
-                    }
-                }
+            })
+            .collect();
+        for (i, done) in (start..end).zip(join_all(ops).await) {
+            if done {
+                ok += 1;
+            } else {
+                failed.push(if delete { &keys[i] } else { &pairs[i].key }.clone());
             }
         }
     }
