@@ -105,6 +105,13 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     page(req, &env, &ctx, &settings, false).await
 }
 
+/// `ctx.wait_until`, boxed: every background task shares one future type, so the wasm holds
+/// one copy of the promise glue instead of one per task.
+fn wait_until(ctx: &Context, task: impl Future<Output = ()> + 'static) {
+    let task: Pin<Box<dyn Future<Output = ()>>> = Box::pin(task);
+    ctx.wait_until(task);
+}
+
 /// `Request::new_with_init` without worker's `RequestInit`, whose conversion carries the
 /// serializer of every Cloudflare `cf` request property (some 11 KB of wasm) for a `cf` this
 /// Worker never sets. Same request otherwise (redirects followed, the fetch default).
@@ -280,7 +287,7 @@ fn forward(ctx: &Context, _env: &Env, s: &Settings, events: Vec<attune_core::Eve
     }
     let url = s.ingest_url.clone();
     let token = s.ingest_token.clone();
-    ctx.wait_until(async move {
+    wait_until(ctx, async move {
         if let Err(e) = post_events(&url, &token, &events).await {
             console_error!("attune: forwarding {} events to {url}: {e}", events.len());
         }
@@ -550,7 +557,7 @@ async fn upstream(req: Request, env: &Env, ctx: &Context, s: &Settings) -> Resul
             )?;
         }
         let copy = copy.with_headers(headers);
-        ctx.wait_until(async move {
+        wait_until(ctx, async move {
             if let Err(e) = cache.put(target.as_str(), copy).await {
                 console_error!("attune: caching upstream HTML: {e}");
             }
@@ -615,7 +622,7 @@ async fn page(
         let key = profile_key(&who);
         // Runs on its own (waitUntil), so a read that misses the budget still warms the
         // isolate cache for the next request.
-        ctx.wait_until(async move {
+        wait_until(ctx, async move {
             let (model, profile) = join(read_model(kv.clone()), read_profile(kv, key)).await;
             let _ = tx.send(Loaded { model, profile });
         });
@@ -798,7 +805,7 @@ async fn page(
     let (report_tx, report_rx) = oneshot::channel::<Report>();
     if outcome == Outcome::Personalized && !s.ingest_url.is_empty() {
         let (url, token, user) = (s.ingest_url.clone(), s.ingest_token.clone(), who.id.clone());
-        ctx.wait_until(async move {
+        wait_until(ctx, async move {
             if let Ok(report) = report_rx.await {
                 let evs = events::impressions(&report, &user, now_ms(), &mut random_hex);
                 if !evs.is_empty()
