@@ -1,7 +1,8 @@
 //! A hand-written reader for the snapshot envelope and every snapshot body, for the Worker.
 //!
 //! [`super::decode`] goes through `rmp-serde` and the serde derives, which is fine natively but
-//! costs the Worker's wasm some 100 KB (a generic deserializer instantiated per body type).
+//! cost the Worker's wasm some 93 KiB (27 KiB gzipped): a generic deserializer instantiated per
+//! body type.
 //! [`decode`] here reads the same bytes with small per-type readers and no serde at all. It
 //! accepts what the serde path through a generic tree (`serde_json::Value`) accepts:
 //!
