@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::Millis;
 use crate::profile::Profile;
 
+pub mod read;
+
 /// Major version of every snapshot body this build writes and reads.
 pub const SCHEMA_MAJOR: u8 = 1;
 /// Minor version this build writes.

@@ -53,12 +53,14 @@ fn check_bytes(name: &str, bytes: &[u8]) -> Vec<u8> {
 
 fn golden<T>(name: &str, value: T)
 where
-    T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + Clone,
+    T: Serialize + DeserializeOwned + wire::read::Read + PartialEq + std::fmt::Debug + Clone,
 {
     let envelope = Envelope::new(7, T0, value);
     let committed = check_bytes(name, &wire::encode(&envelope));
     let decoded: Envelope<T> = wire::decode(&committed).expect("committed bytes decode");
     assert_eq!(decoded, envelope, "{name}: decoding the committed bytes");
+    let read: Envelope<T> = wire::read::decode(&committed).expect("the reader decodes them");
+    assert_eq!(read, envelope, "{name}: the hand-written reader");
 }
 
 #[test]
@@ -142,6 +144,8 @@ fn additive_minor_change_still_decodes() {
     assert_eq!(decoded.schema, SCHEMA + 1);
     assert_eq!((decoded.version, decoded.updated_at), (8, T0 + 1_000));
     assert_eq!(decoded.body, profile);
+    let read: Envelope<Profile> = wire::read::decode(&committed).expect("the reader too");
+    assert_eq!(read, decoded);
 }
 
 #[test]
@@ -151,6 +155,12 @@ fn unknown_major_is_refused() {
     let committed = check_bytes("manifest_major_plus_one.bin", &wire::encode(&envelope));
     assert_eq!(
         wire::decode::<Manifest>(&committed),
+        Err(WireError::UnknownMajor {
+            found: SCHEMA_MAJOR + 1
+        })
+    );
+    assert_eq!(
+        wire::read::decode::<Manifest>(&committed),
         Err(WireError::UnknownMajor {
             found: SCHEMA_MAJOR + 1
         })

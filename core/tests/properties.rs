@@ -414,12 +414,16 @@ fn envelope<T: std::fmt::Debug>(
 
 fn round_trip<T>(e: &Envelope<T>) -> Result<(), TestCaseError>
 where
-    T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+    T: Serialize + DeserializeOwned + wire::read::Read + PartialEq + std::fmt::Debug,
 {
     let bytes = wire::encode(e);
     let decoded: Envelope<T> =
         wire::decode(&bytes).map_err(|err| TestCaseError::fail(err.to_string()))?;
     prop_assert_eq!(&decoded, e);
+    // The hand-written reader the Worker uses decodes the same.
+    let read: Envelope<T> =
+        wire::read::decode(&bytes).map_err(|err| TestCaseError::fail(err.to_string()))?;
+    prop_assert_eq!(&read, e);
     // Re-encoding what was decoded gives the same bytes: decoding is idempotent.
     prop_assert_eq!(wire::encode(&decoded), bytes);
     Ok(())
@@ -470,6 +474,12 @@ fn decode_all(bytes: &[u8]) {
     let _ = wire::decode::<Trending>(bytes);
     let _ = wire::decode::<Config>(bytes);
     let _ = wire::decode::<Manifest>(bytes);
+    let _ = wire::read::decode::<Profile>(bytes);
+    let _ = wire::read::decode::<CatalogShard>(bytes);
+    let _ = wire::read::decode::<NeighbourShard>(bytes);
+    let _ = wire::read::decode::<Trending>(bytes);
+    let _ = wire::read::decode::<Config>(bytes);
+    let _ = wire::read::decode::<Manifest>(bytes);
 }
 
 /// Valid envelopes to mutate: near-valid input reaches deeper into the decoders than noise.

@@ -8,12 +8,11 @@ use std::rc::Rc;
 use attune_core::model::{
     CatalogIndex, CatalogView, IdHash, IdKey, NeighbourIndex, NeighbourList, NeighbourView, keys,
 };
+use attune_core::wire::read::Read;
 use attune_core::wire::{self, WireError};
 use attune_core::{
     CatalogItem, CatalogShard, Config, Manifest, Neighbour, NeighbourShard, Trending,
 };
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
 
 /// Why a response got default content (`x-attune: default;reason=<code>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,22 +47,12 @@ impl From<WireError> for Fallback {
     }
 }
 
-/// Decodes a snapshot envelope: `(version, body)`. Same contract as `attune_core::wire::decode`
-/// (another major schema is refused, unknown fields are ignored), but the MessagePack is read
-/// into one generic tree first and the typed body is built from that tree: rmp-serde's
-/// deserializer is then instantiated once instead of once per snapshot type, which keeps
-/// the Worker's wasm a few hundred KB smaller. Tests pin it to the core's decoder.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(u64, T), Fallback> {
-    let tree: serde_json::Value =
-        rmp_serde::from_slice(bytes).map_err(|_| Fallback::BadSnapshot)?;
-    let schema = tree
-        .get("schema")
-        .and_then(serde_json::Value::as_u64)
-        .ok_or(Fallback::BadSnapshot)?;
-    if schema >> 8 != u64::from(wire::SCHEMA_MAJOR) || schema > u64::from(u16::MAX) {
-        return Err(Fallback::UnknownSchema);
-    }
-    let env = wire::Envelope::<T>::deserialize(&tree).map_err(|_| Fallback::BadSnapshot)?;
+/// Decodes a snapshot envelope: `(version, body)`, with the core's hand-written reader
+/// ([`wire::read`]): another major schema is refused, unknown fields are ignored. It keeps
+/// rmp-serde and the serde derives out of the Worker's wasm. Tests pin it to the core's serde
+/// decoder.
+pub fn decode<T: Read>(bytes: &[u8]) -> Result<(u64, T), Fallback> {
+    let env = wire::read::decode::<T>(bytes)?;
     Ok((env.version, env.body))
 }
 
@@ -348,7 +337,11 @@ mod decode_tests {
     use attune_core::wire::{Envelope, encode, encode_profile};
     use attune_core::{Profile, ProfileConfig};
 
-    fn same<T: serde::Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(body: T) {
+    fn same<
+        T: serde::Serialize + serde::de::DeserializeOwned + Read + PartialEq + std::fmt::Debug,
+    >(
+        body: T,
+    ) {
         let bytes = encode(&Envelope::new(42, 7, body));
         let core = wire::decode::<T>(&bytes).unwrap();
         let (v, ours) = decode::<T>(&bytes).unwrap();

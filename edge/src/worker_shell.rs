@@ -3,6 +3,8 @@
 //! `waitUntil` work. Every decision is delegated to the plain modules.
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -13,8 +15,8 @@ use futures_channel::oneshot;
 use futures_util::future::{Either, join, join_all, select};
 use futures_util::{StreamExt, stream};
 use worker::{
-    ByteStream, Cache, Context, Date, Delay, Env, Fetch, Headers, KvStore, Method, Request,
-    RequestInit, Response, Result, console_error, event,
+    ByteStream, Cache, Context, Date, Delay, Env, Error, Fetch, Headers, KvStore, Method, Request,
+    Response, Result, console_error, event, wasm_bindgen::JsValue, web_sys,
 };
 
 use crate::data::{Fallback, Model, ModelCache, decode};
@@ -103,6 +105,38 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     page(req, &env, &ctx, &settings, false).await
 }
 
+/// `ctx.wait_until`, boxed: every background task shares one future type, so the wasm holds
+/// one copy of the promise glue instead of one per task.
+fn wait_until(ctx: &Context, task: impl Future<Output = ()> + 'static) {
+    let task: Pin<Box<dyn Future<Output = ()>>> = Box::pin(task);
+    ctx.wait_until(task);
+}
+
+/// `Request::new_with_init` without worker's `RequestInit`, whose conversion carries the
+/// serializer of every Cloudflare `cf` request property (some 11 KB of wasm) for a `cf` this
+/// Worker never sets. Same request otherwise (redirects followed, the fetch default).
+fn new_request(
+    url: &str,
+    method: Method,
+    headers: &Headers,
+    body: Option<&JsValue>,
+) -> Result<Request> {
+    let init = web_sys::RequestInit::new();
+    init.set_method(method.as_ref());
+    init.set_headers(headers.as_ref());
+    if let Some(body) = body {
+        init.set_body(body);
+    }
+    web_sys::Request::new_with_str_and_init(url, &init)
+        .map(Request::from)
+        .map_err(|e| {
+            Error::JsError(
+                e.as_string()
+                    .unwrap_or_else(|| "invalid URL or options for Request".into()),
+            )
+        })
+}
+
 fn text_response(status: u16, body: &str) -> Result<Response> {
     Ok(Response::ok(body)?.with_status(status))
 }
@@ -157,10 +191,7 @@ async fn internal(
             }
             let (p, q) = target.split_once('?').unwrap_or((&target, ""));
             let target_url = urls::join(origin, p, Some(q).filter(|q| !q.is_empty()));
-            let mut init = RequestInit::new();
-            init.with_method(Method::Get)
-                .with_headers(req.headers().clone());
-            let inner = Request::new_with_init(&target_url, &init)?;
+            let inner = new_request(&target_url, Method::Get, req.headers(), None)?;
             page(inner, env, ctx, s, true).await
         }
         (Method::Get, "/__attune/demo/login") if s.demo_login => {
@@ -256,7 +287,7 @@ fn forward(ctx: &Context, _env: &Env, s: &Settings, events: Vec<attune_core::Eve
     }
     let url = s.ingest_url.clone();
     let token = s.ingest_token.clone();
-    ctx.wait_until(async move {
+    wait_until(ctx, async move {
         if let Err(e) = post_events(&url, &token, &events).await {
             console_error!("attune: forwarding {} events to {url}: {e}", events.len());
         }
@@ -292,11 +323,8 @@ async fn post_events(url: &str, token: &str, events: &[attune_core::Event]) -> R
     if !token.is_empty() {
         headers.set("authorization", &format!("Bearer {token}"))?;
     }
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(events::to_ndjson(events).into()));
-    let resp = Fetch::Request(Request::new_with_init(url, &init)?)
+    let body = JsValue::from(events::to_ndjson(events));
+    let resp = Fetch::Request(new_request(url, Method::Post, &headers, Some(&body))?)
         .send()
         .await?;
     if resp.status_code() >= 300 {
@@ -315,37 +343,44 @@ async fn dev_kv(mut req: Request, env: &Env, s: &Settings, delete: bool) -> Resu
     }
     let body = req.bytes().await?;
     let kv = env.kv("ATTUNE_KV")?;
+    let parsed = if delete {
+        devkv::parse_delete(&body).map(|keys| (keys, Vec::new()))
+    } else {
+        devkv::parse_write(&body).map(|pairs| (Vec::new(), pairs))
+    };
+    let (keys, pairs) = match parsed {
+        Ok(p) => p,
+        Err(e) => return json_response(400, devkv::reply(0, &[], Some(&e))),
+    };
+    let n = if delete { keys.len() } else { pairs.len() };
     let mut failed = Vec::new();
     let mut ok = 0;
-    if delete {
-        let keys = match devkv::parse_delete(&body) {
-            Ok(k) => k,
-            Err(e) => return json_response(400, devkv::reply(0, &[], Some(&e))),
-        };
-        for chunk in keys.chunks(64) {
-            let results = join_all(chunk.iter().map(|k| kv.delete(k))).await;
-            for (k, r) in chunk.iter().zip(results) {
-                match r {
-                    Ok(()) => ok += 1,
-                    Err(_) => failed.push(k.clone()),
+    // 64 writes or deletes at a time. One future type for both (boxed, answering whether it
+    // worked), so the wasm holds one `join_all`, not two.
+    for start in (0..n).step_by(64) {
+        let end = (start + 64).min(n);
+        let ops: Vec<Pin<Box<dyn Future<Output = bool> + '_>>> = (start..end)
+            .map(|i| -> Pin<Box<dyn Future<Output = bool> + '_>> {
+                if delete {
+                    let (kv, k) = (&kv, &keys[i]);
+                    Box::pin(async move { kv.delete(k).await.is_ok() })
+                } else {
+                    let (kv, p) = (&kv, &pairs[i]);
+                    Box::pin(async move {
+                        let r = put(kv, p).await;
+                        if let Err(e) = &r {
+                            console_error!("attune: dev kv put {}: {e}", p.key);
+                        }
+                        r.is_ok()
+                    })
                 }
-            }
-        }
-    } else {
-        let pairs = match devkv::parse_write(&body) {
-            Ok(p) => p,
-            Err(e) => return json_response(400, devkv::reply(0, &[], Some(&e))),
-        };
-        for chunk in pairs.chunks(64) {
-            let results = join_all(chunk.iter().map(|p| put(&kv, p))).await;
-            for (p, r) in chunk.iter().zip(results) {
-                match r {
-                    Ok(()) => ok += 1,
-                    Err(e) => {
-                        console_error!("attune: dev kv put {}: {e}", p.key);
-                        failed.push(p.key.clone());
-                    }
-                }
+            })
+            .collect();
+        for (i, done) in (start..end).zip(join_all(ops).await) {
+            if done {
+                ok += 1;
+            } else {
+                failed.push(if delete { &keys[i] } else { &pairs[i].key }.clone());
             }
         }
     }
@@ -480,11 +515,9 @@ async fn upstream(req: Request, env: &Env, ctx: &Context, s: &Settings) -> Resul
         let (origin, path, query) = urls::split(&url);
         if path.ends_with('/') {
             let url = urls::join(origin, &format!("{path}index.html"), query);
-            let mut init = RequestInit::new();
-            init.with_method(req.method())
-                .with_headers(copy_headers(req.headers(), &[])?);
+            let headers = copy_headers(req.headers(), &[])?;
             return assets
-                .fetch_request(Request::new_with_init(&url, &init)?)
+                .fetch_request(new_request(&url, req.method(), &headers, None)?)
                 .await;
         }
         return assets.fetch_request(req).await;
@@ -497,10 +530,8 @@ async fn upstream(req: Request, env: &Env, ctx: &Context, s: &Settings) -> Resul
     if cacheable_req && let Ok(Some(hit)) = cache.get(target.as_str(), false).await {
         return Ok(hit);
     }
-    let mut init = RequestInit::new();
-    init.with_method(req.method())
-        .with_headers(copy_headers(req.headers(), &["host"])?);
-    let mut resp = Fetch::Request(Request::new_with_init(&target, &init)?)
+    let headers = copy_headers(req.headers(), &["host"])?;
+    let mut resp = Fetch::Request(new_request(&target, req.method(), &headers, None)?)
         .send()
         .await?;
     let h = resp.headers();
@@ -526,7 +557,7 @@ async fn upstream(req: Request, env: &Env, ctx: &Context, s: &Settings) -> Resul
             )?;
         }
         let copy = copy.with_headers(headers);
-        ctx.wait_until(async move {
+        wait_until(ctx, async move {
             if let Err(e) = cache.put(target.as_str(), copy).await {
                 console_error!("attune: caching upstream HTML: {e}");
             }
@@ -591,7 +622,7 @@ async fn page(
         let key = profile_key(&who);
         // Runs on its own (waitUntil), so a read that misses the budget still warms the
         // isolate cache for the next request.
-        ctx.wait_until(async move {
+        wait_until(ctx, async move {
             let (model, profile) = join(read_model(kv.clone()), read_profile(kv, key)).await;
             let _ = tx.send(Loaded { model, profile });
         });
@@ -774,7 +805,7 @@ async fn page(
     let (report_tx, report_rx) = oneshot::channel::<Report>();
     if outcome == Outcome::Personalized && !s.ingest_url.is_empty() {
         let (url, token, user) = (s.ingest_url.clone(), s.ingest_token.clone(), who.id.clone());
-        ctx.wait_until(async move {
+        wait_until(ctx, async move {
             if let Ok(report) = report_rx.await {
                 let evs = events::impressions(&report, &user, now_ms(), &mut random_hex);
                 if !evs.is_empty()
