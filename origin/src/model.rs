@@ -20,7 +20,7 @@ use redb::{ReadableTable, WriteTransaction};
 
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::fxhash::{FxHashMap, FxHashSet, NameMap};
+use crate::fxhash::{FxHashMap, NameMap};
 use crate::store::{
     CATALOG, ITEM_COUNTS, ITEMS, META, PAIR_LOG, PAIRS, PUBLISHED, Store, TREND, UserState,
 };
@@ -41,8 +41,7 @@ pub struct Model {
     /// id → number of user histories it entered.
     counts: Vec<u64>,
     /// id → (other id → co-occurrence count); symmetric.
-    /// (u32 counts: half the memory of u64 rows; they saturate rather than wrap.)
-    adj: Vec<FxHashMap<u32, u32>>,
+    adj: Vec<FxHashMap<u32, PairCell>>,
     /// id → (decayed score, reference time).
     trend: Vec<Option<(f64, u64)>>,
     catalog: BTreeMap<String, CatalogItem>,
@@ -51,10 +50,14 @@ pub struct Model {
     persisted_names: u32,
     dirty_counts: Vec<u32>,
     dirty_trend: Vec<u32>,
-    /// Per id: bit 0 count dirty, bit 1 trend dirty.
+    /// Per id: bit 0 count dirty, bit 1 trend dirty, bit 2 a pair in its row changed.
     dirty_flags: Vec<u8>,
-    /// `lo << 32 | hi` (ids, lo < hi).
-    dirty_pairs: FxHashSet<u64>,
+    /// Ids whose row has pairs changed since the last persist (bit 2 set).
+    dirty_rows: Vec<u32>,
+    /// Distinct pairs changed since the last persist.
+    dirty_pairs: u64,
+    /// Persist generation: a cell with this epoch changed since the last persist.
+    epoch: u32,
     /// Shards whose neighbour lists changed since the last [`Model::take_touched_shards`].
     touched: Vec<bool>,
     touched_any: bool,
@@ -67,10 +70,14 @@ pub struct Model {
     seq: u64,
 }
 
-#[inline]
-fn pair_key(a: u32, b: u32) -> u64 {
-    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-    (u64::from(lo) << 32) | u64::from(hi)
+/// One co-occurrence count, in both items' rows. The epoch marks it changed since the last
+/// persist, in the cache line the update touches anyway (a separate dirty set cost a random
+/// memory access per update).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PairCell {
+    /// Saturating (u32: half the memory of u64 rows).
+    count: u32,
+    epoch: u32,
 }
 
 fn push_pair(buf: &mut Vec<u8>, a: u32, b: u32, c: u64) {
@@ -170,9 +177,21 @@ impl Model {
     }
 
     fn set_pair(&mut self, a: u32, b: u32, c: u64) {
-        let c = u32::try_from(c).unwrap_or(u32::MAX);
-        self.adj[a as usize].insert(b, c);
-        self.adj[b as usize].insert(a, c);
+        let cell = PairCell {
+            count: u32::try_from(c).unwrap_or(u32::MAX),
+            // Loaded state is persisted state: not dirty.
+            epoch: self.epoch.wrapping_sub(1),
+        };
+        self.adj[a as usize].insert(b, cell);
+        self.adj[b as usize].insert(a, cell);
+    }
+
+    fn mark_row(&mut self, id: u32) {
+        let f = &mut self.dirty_flags[id as usize];
+        if *f & 4 == 0 {
+            *f |= 4;
+            self.dirty_rows.push(id);
+        }
     }
 
     /// The id of `item`, adding it (and indexing it in its shard) the first time.
@@ -315,17 +334,28 @@ impl Model {
             self.dirty_counts.push(id);
         }
         self.touch(id);
+        let epoch = self.epoch;
+        let mut changed_rows = false;
         for &o in user.recent_ids.iter().take(self.cfg.history) {
-            let c = self.adj[id as usize].entry(o).or_insert(0);
-            *c = c.saturating_add(1);
-            let row = &mut self.adj[o as usize];
-            let c = row.entry(id).or_insert(0);
-            if *c == 0 {
+            let c = self.adj[id as usize].entry(o).or_default();
+            c.count = c.count.saturating_add(1);
+            let first_change = c.epoch != epoch || c.count == 1;
+            c.epoch = epoch;
+            let c = self.adj[o as usize].entry(id).or_default();
+            if c.count == 0 {
                 self.live_pairs += 1;
             }
-            *c = c.saturating_add(1);
-            self.dirty_pairs.insert(pair_key(id, o));
+            c.count = c.count.saturating_add(1);
+            c.epoch = epoch;
+            if first_change {
+                self.dirty_pairs += 1;
+            }
+            self.mark_row(o);
+            changed_rows = true;
             self.touch(o);
+        }
+        if changed_rows {
+            self.mark_row(id);
         }
         let keep = self.cfg.history.max(1);
         user.recent_ids.truncate(keep - 1);
@@ -385,51 +415,62 @@ impl Model {
                 }
             }
         }
-        if !self.dirty_pairs.is_empty() {
-            let mut t = tx.open_table(PAIR_LOG)?;
+        if self.dirty_pairs > 0 {
             let live_bytes = self.live_pairs * 16;
-            let delta_bytes = self.dirty_pairs.len() as u64 * 16;
-            if self.log_bytes + delta_bytes > 2 * live_bytes + PAIR_LOG_SLACK_BYTES {
-                // Compact: the whole state replaces the log.
+            let delta_bytes = self.dirty_pairs * 16;
+            let compact = self.log_bytes + delta_bytes > 2 * live_bytes + PAIR_LOG_SLACK_BYTES;
+            let mut t = tx.open_table(PAIR_LOG)?;
+            let rows: Vec<u32> = if compact {
+                // The whole state replaces the log.
                 t.retain(|_, _| false)?;
                 self.log_bytes = 0;
-                self.dirty_pairs.clear();
-                let mut buf = Vec::with_capacity(PAIR_RECORD_ENTRIES * 16);
-                for (a, row) in self.adj.iter().enumerate() {
-                    for (b, c) in row {
-                        if (a as u32) < *b {
-                            push_pair(&mut buf, a as u32, *b, u64::from(*c));
-                            if buf.len() >= PAIR_RECORD_ENTRIES * 16 {
-                                self.log_bytes += buf.len() as u64;
-                                t.insert(self.log_next, buf.as_slice())?;
-                                self.log_next += 1;
-                                buf.clear();
-                            }
-                        }
-                    }
-                }
-                if !buf.is_empty() {
-                    self.log_bytes += buf.len() as u64;
-                    t.insert(self.log_next, buf.as_slice())?;
-                    self.log_next += 1;
-                }
+                (0..self.adj.len() as u32).collect()
             } else {
-                let mut keys: Vec<u64> = self.dirty_pairs.drain().collect();
-                keys.sort_unstable();
-                let mut buf = Vec::with_capacity(keys.len().min(PAIR_RECORD_ENTRIES) * 16);
-                for chunk in keys.chunks(PAIR_RECORD_ENTRIES) {
-                    buf.clear();
-                    for k in chunk {
-                        let (a, b) = ((k >> 32) as u32, *k as u32);
-                        let c = self.adj[a as usize].get(&b).copied().unwrap_or(0);
-                        push_pair(&mut buf, a, b, u64::from(c));
+                let mut rows = self.dirty_rows.clone();
+                rows.sort_unstable();
+                rows
+            };
+            let epoch = self.epoch;
+            let mut buf = Vec::with_capacity(PAIR_RECORD_ENTRIES * 16);
+            let mut pairs: Vec<(u32, u32)> = Vec::new();
+            for a in rows {
+                pairs.clear();
+                pairs.extend(
+                    self.adj[a as usize]
+                        .iter()
+                        .filter(|(b, c)| a < **b && (compact || c.epoch == epoch))
+                        .map(|(b, c)| (*b, c.count)),
+                );
+                pairs.sort_unstable();
+                for (b, c) in &pairs {
+                    push_pair(&mut buf, a, *b, u64::from(*c));
+                    if buf.len() >= PAIR_RECORD_ENTRIES * 16 {
+                        self.append_pair_record(&mut t, &mut buf)?;
                     }
-                    self.log_bytes += buf.len() as u64;
-                    t.insert(self.log_next, buf.as_slice())?;
-                    self.log_next += 1;
                 }
             }
+            if !buf.is_empty() {
+                self.append_pair_record(&mut t, &mut buf)?;
+            }
         }
+        for id in self.dirty_rows.drain(..) {
+            self.dirty_flags[id as usize] &= !4;
+        }
+        self.dirty_pairs = 0;
+        // Cells marked with the old epoch are now persisted.
+        self.epoch = self.epoch.wrapping_add(1);
+        Ok(())
+    }
+
+    fn append_pair_record(
+        &mut self,
+        t: &mut redb::Table<u64, &[u8]>,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        self.log_bytes += buf.len() as u64;
+        t.insert(self.log_next, buf.as_slice())?;
+        self.log_next += 1;
+        buf.clear();
         Ok(())
     }
 
@@ -448,7 +489,7 @@ impl Model {
             .map(|(j, c)| {
                 let nj = self.counts[*j as usize].max(1) as f64;
                 (
-                    (*c as f64 / (ni * nj).sqrt()).min(1.0),
+                    (f64::from(c.count) / (ni * nj).sqrt()).min(1.0),
                     &*self.names[*j as usize],
                 )
             })
