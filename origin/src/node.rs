@@ -135,8 +135,9 @@ impl Node {
         {
             let mut live = live::lock(&self.live);
             let mut profiles = tx.open_table(PROFILES)?;
-            existed = profiles.remove(user)?.is_some() | live.users.remove(user).is_some();
-            live.unpublished.remove(user);
+            let held = live::user_key(user);
+            existed = profiles.remove(user)?.is_some() | live.users.remove(&held).is_some();
+            live.unpublished.remove(&held);
             live.forgotten.insert(user.into(), until);
             tx.open_table(FORGOTTEN)?.insert(user, until)?;
             let mut outbox = tx.open_table(OUTBOX)?;
@@ -252,11 +253,14 @@ fn load_live(store: &Store) -> Result<Live> {
             .ok_or_else(|| crate::Error::Store("the pending publishes row is malformed".into()))?;
         for (user, version) in users {
             live.unpublished.insert(
-                user.into(),
-                Unpublished {
-                    version,
-                    accepted_ms: now,
-                },
+                live::user_key(&user),
+                (
+                    user.into(),
+                    Unpublished {
+                        version,
+                        accepted_ms: now,
+                    },
+                ),
             );
         }
     }

@@ -36,7 +36,7 @@ use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fxhash::FxHashMap;
-use crate::live::{self, Cached, Live, SharedLive, Unpublished};
+use crate::live::{self, Cached, Live, SharedLive, Unpublished, UserKey, user_key};
 use crate::log::{Record, Source};
 use crate::metrics::{Metrics, labels};
 use crate::model::Model;
@@ -140,8 +140,8 @@ pub struct Pipeline {
     max_unsaved: usize,
     cache_cap: usize,
     batch_no: u64,
-    /// Reused per micro-batch.
-    events: Vec<(Event, u64)>,
+    /// Reused per micro-batch: (event, accepted, the user's key).
+    events: Vec<(Event, u64, UserKey)>,
     buf: Vec<u8>,
     poisoned: bool,
     /// Adaptive micro-batch size (0 until the first one).
@@ -215,7 +215,7 @@ impl Pipeline {
         // for its capacity once (growing it rehashes every user state it holds).
         {
             let mut l = live::lock(&live);
-            l.users = HashMap::with_capacity_and_hasher(
+            l.users = FxHashMap::with_capacity_and_hasher(
                 cfg.pipeline.profile_cache.min(1 << 20),
                 Default::default(),
             );
@@ -399,29 +399,30 @@ impl Pipeline {
                 out.applied += 1;
                 continue;
             }
-            events.push((event, rec.accepted_ms));
+            let key = user_key(&event.user);
+            events.push((event, rec.accepted_ms, key));
         }
         // 2. Load the users memory lacks, in key order.
         {
-            let mut missing: Vec<&str> = events
+            let mut missing: Vec<(&str, UserKey)> = events
                 .iter()
-                .filter(|(e, _)| e.kind != EventKind::Impression)
-                .map(|(e, _)| e.user.as_str())
-                .filter(|u| !live.users.contains_key(*u))
+                .filter(|(e, _, _)| e.kind != EventKind::Impression)
+                .filter(|(_, _, k)| !live.users.contains_key(k))
+                .map(|(e, _, k)| (e.user.as_str(), *k))
                 .collect();
             if !missing.is_empty() {
                 missing.sort_unstable();
                 missing.dedup();
                 let tx = self.store.db.begin_read()?;
                 let profiles = tx.open_table(PROFILES)?;
-                for user in missing {
+                for (user, key) in missing {
                     let state = match profiles.get(user)? {
                         Some(v) => UserState::decode(v.value())?,
                         None => UserState::default(),
                     };
                     let user: Arc<str> = Arc::from(user);
                     live.users.insert(
-                        user.clone(),
+                        key,
                         Cached {
                             user,
                             state,
@@ -438,7 +439,7 @@ impl Pipeline {
         let Live {
             users, unpublished, ..
         } = &mut *live;
-        for (event, accepted_ms) in &events {
+        for (event, accepted_ms, key) in &events {
             // Impressions record what the edge showed: they count exposures and leave the
             // visitor's state alone (no profile version, no KV write for a mere page view).
             if event.kind == EventKind::Impression {
@@ -453,7 +454,7 @@ impl Pipeline {
                 out.applied += 1;
                 continue;
             }
-            let Some(entry) = users.get_mut(event.user.as_str()) else {
+            let Some(entry) = users.get_mut(key) else {
                 return Err(Error::Store(format!("user {} not loaded", event.user)));
             };
             entry.used = batch_no;
@@ -474,13 +475,18 @@ impl Pipeline {
                     self.since.unsaved.push(entry.user.clone());
                 }
                 unpublished
-                    .entry(entry.user.clone())
-                    .and_modify(|u| u.merge(version, *accepted_ms))
-                    .or_insert(Unpublished {
-                        version,
-                        accepted_ms: *accepted_ms,
+                    .entry(*key)
+                    .and_modify(|(_, u)| u.merge(version, *accepted_ms))
+                    .or_insert_with(|| {
+                        (
+                            entry.user.clone(),
+                            Unpublished {
+                                version,
+                                accepted_ms: *accepted_ms,
+                            },
+                        )
                     });
-            } else if let Some(u) = unpublished.get_mut(event.user.as_str()) {
+            } else if let Some((_, u)) = unpublished.get_mut(key) {
                 u.merge(version, *accepted_ms);
             }
             out.applied += 1;
@@ -629,7 +635,7 @@ impl Pipeline {
         } = &mut *live;
         for user in &self.since.unsaved {
             // Gone: forgotten since it changed.
-            let Some(c) = users.get_mut(&**user) else {
+            let Some(c) = users.get_mut(&user_key(user)) else {
                 continue;
             };
             c.unsaved = false;
@@ -638,7 +644,7 @@ impl Pipeline {
             out.users.push((user.clone(), start..out.bytes.len()));
         }
         pack_pending(
-            unpublished.iter().map(|(u, p)| (&**u, p.version)),
+            unpublished.values().map(|(u, p)| (&**u, p.version)),
             &mut out.pending,
         );
         if self.since.shared {

@@ -436,7 +436,7 @@ impl Publisher {
                     self.last_write_user
                         .retain(|_, t| now.duration_since(*t) < min_gap);
                 }
-                for (user, u) in &live.unpublished {
+                for (user, u) in live.unpublished.values() {
                     if users.len() >= MAX_PUTS_PER_FLUSH {
                         break;
                     }
