@@ -104,6 +104,9 @@ ATTUNE_DEMO_LOGIN = "1"
             "127.0.0.1",
             "--port",
             &port.to_string(),
+            // Not workerd's default 9229, which another wrangler dev may hold.
+            "--inspector-port",
+            &free_port().to_string(),
             "--persist-to",
         ])
         .arg(dir.path().join("state"))

@@ -425,9 +425,16 @@ impl Stack {
         let worker_port = free_port();
         let kv_url = format!("http://127.0.0.1:{worker_port}/__attune/kv");
         let (origin, origin_url) = if opts.origin {
+            // The origin starts before the Worker and its first publishes fail until wrangler
+            // is up; a short backoff ceiling keeps a slow workerd start from turning into a
+            // 30 s retry sleep (the production default).
+            let config = dir.path().join("origin.toml");
+            std::fs::write(&config, "[publish]\nbackoff_max_ms = 1000\n")?;
             let mut cmd = Command::new(origin_binary()?);
             cmd.current_dir(repo_root())
                 .args(["serve", "--listen", "127.0.0.1:0", "--kv-url", &kv_url])
+                .arg("--config")
+                .arg(&config)
                 .arg("--data-dir")
                 .arg(dir.path().join("origin"))
                 .env("ATTUNE_INGEST_TOKEN", INGEST_TOKEN)
@@ -465,6 +472,10 @@ impl Stack {
                 "127.0.0.1",
                 "--port",
                 &worker_port.to_string(),
+                // Its own devtools port too: workerd binds 9229 by default, and stacks started
+                // in parallel raced for it ("Address already in use").
+                "--inspector-port",
+                &free_port().to_string(),
                 "--persist-to",
             ])
             .arg(dir.path().join("kv"));
