@@ -230,15 +230,7 @@ impl Node {
                 std::time::Duration::ZERO,
                 &mut buf,
             )?;
-            let o = pipeline.process(&buf)?;
-            total.received += o.received;
-            total.applied += o.applied;
-            total.duplicates += o.duplicates;
-            total.dlq += o.dlq;
-            total.late += o.late;
-            total.batches += o.batches;
-            total.checkpoints += o.checkpoints;
-            total.checkpoint_us += o.checkpoint_us;
+            total.add(&pipeline.process(&buf)?);
         }
     }
 }

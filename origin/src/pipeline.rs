@@ -61,7 +61,8 @@ pub struct BatchOutcome {
 }
 
 impl BatchOutcome {
-    fn add(&mut self, o: &BatchOutcome) {
+    /// Sums another outcome into this one.
+    pub fn add(&mut self, o: &BatchOutcome) {
         self.received += o.received;
         self.applied += o.applied;
         self.duplicates += o.duplicates;

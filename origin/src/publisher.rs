@@ -38,6 +38,19 @@ use crate::model::Model;
 use crate::node::Node;
 use crate::store::{OUTBOX, Op, OutboxEntry, PROFILES, PUBLISHED, Store, UserState};
 
+impl Ack {
+    /// A waiting entry that needs no write (KV holds that version or newer, or the state is
+    /// gone): it is only dropped.
+    fn stale(key: String, version: u64, user: Option<Arc<str>>) -> Self {
+        Ack {
+            key,
+            version,
+            user,
+            written: false,
+        }
+    }
+}
+
 /// Most user publishes one flush prepares (the rest wait for the next flush).
 const MAX_PUTS_PER_FLUSH: usize = 50_000;
 
@@ -460,12 +473,7 @@ impl Publisher {
                     None => match profiles.get(&*user)? {
                         Some(v) => UserState::decode(v.value())?.profile,
                         None => {
-                            stale.push(Ack {
-                                key,
-                                version: waiting,
-                                user: Some(user),
-                                written: false,
-                            });
+                            stale.push(Ack::stale(key, waiting, Some(user)));
                             continue;
                         }
                     },
@@ -474,29 +482,27 @@ impl Publisher {
                 let have = published.get(key.as_str())?.map(|v| v.value());
                 if have.is_some_and(|h| h >= version) {
                     // KV already has this version or a newer one.
-                    stale.push(Ack {
-                        key,
-                        version: waiting,
-                        user: Some(user),
-                        written: false,
-                    });
+                    stale.push(Ack::stale(key, waiting, Some(user)));
                     continue;
                 }
                 let env = Envelope::new(version, p.last_seen, p);
                 let value = wire::encode_profile(&env, wire::PROFILE_CAP_BYTES);
-                puts.push((
-                    Pair {
-                        key,
-                        value,
-                        version,
-                    },
-                    accepted,
-                    Some(user),
-                ));
+                let pair = Pair {
+                    key,
+                    value,
+                    version,
+                };
+                puts.push((pair, accepted, Some(user)));
             }
             let wall = crate::now_ms();
             let mut trending: Option<Trending> = None;
             for (key, (version, accepted)) in shared {
+                // Checked before building the value: a neighbour shard is not cheap.
+                let have = published.get(key.as_str())?.map(|v| v.value());
+                if have.is_some_and(|h| h >= version) {
+                    stale.push(Ack::stale(key, version, None));
+                    continue;
+                }
                 let value = if key == kv::TRENDING {
                     let t = trending.get_or_insert_with(|| model.trending(wall)).clone();
                     wire::encode(&Envelope::new(version, wall, t))
@@ -510,33 +516,15 @@ impl Publisher {
                     let shard: CatalogShard = model.catalog_shard(s.parse().unwrap_or(u32::MAX));
                     wire::encode(&Envelope::new(version, wall, shard))
                 } else {
-                    stale.push(Ack {
-                        key,
-                        version,
-                        user: None,
-                        written: false,
-                    });
+                    stale.push(Ack::stale(key, version, None));
                     continue;
                 };
-                let have = published.get(key.as_str())?.map(|v| v.value());
-                if have.is_some_and(|h| h >= version) {
-                    stale.push(Ack {
-                        key,
-                        version,
-                        user: None,
-                        written: false,
-                    });
-                    continue;
-                }
-                puts.push((
-                    Pair {
-                        key,
-                        value,
-                        version,
-                    },
-                    accepted,
-                    None,
-                ));
+                let pair = Pair {
+                    key,
+                    value,
+                    version,
+                };
+                puts.push((pair, accepted, None));
             }
         }
         if !stale.is_empty() {
