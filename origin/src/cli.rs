@@ -245,7 +245,7 @@ pub fn load_config(g: &Global) -> Result<Config> {
 
 /// A profile as JSON for `inspect user`.
 pub fn inspect_user_json(node: &Node, id: &str) -> Result<Option<serde_json::Value>> {
-    let Some(state) = node.store.user(id)? else {
+    let Some(state) = node.user(id)? else {
         return Ok(None);
     };
     let key = profile_key(node.cfg.profile_key.as_bytes(), id);

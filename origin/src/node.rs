@@ -123,6 +123,15 @@ impl Node {
         Ok(n)
     }
 
+    /// A user's newest state: the pipeline's if it holds one (it may be ahead of the last
+    /// checkpoint), else the store's.
+    pub fn user(&self, user: &str) -> Result<Option<crate::store::UserState>> {
+        if let Some(state) = live::lock(&self.live).user(user) {
+            return Ok(Some(state.clone()));
+        }
+        self.store.user(user)
+    }
+
     /// Privacy delete: removes the user's profile from the store and from memory, queues the
     /// KV delete, and records the log end so the pipeline drops the user's events written
     /// before now (also when it replays them after a crash).
