@@ -37,6 +37,61 @@ pub struct BenchArgs {
     /// Where to put the bench data (a temp dir by default).
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
+    /// Also run the same events with a commit after every micro-batch (no checkpoint
+    /// batching: the durability model before checkpoints) and report the ratio.
+    #[arg(long)]
+    pub baseline: bool,
+}
+
+/// One throughput run.
+struct Run {
+    outcome: crate::pipeline::BatchOutcome,
+    secs: f64,
+    store_bytes: u64,
+    users_stored: usize,
+}
+
+impl Run {
+    fn events_per_s(&self) -> f64 {
+        self.outcome.received as f64 / self.secs
+    }
+}
+
+/// Fills a fresh log with the synthetic events (not timed), then drains it on this thread.
+fn throughput(a: &BenchArgs, dir: &std::path::Path, checkpoint_interval_ms: u64) -> Result<Run> {
+    let mut cfg = Config {
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
+    cfg.pipeline.batch_max = a.batch;
+    cfg.pipeline.checkpoint_interval_ms = checkpoint_interval_ms;
+    cfg.publish.target = TargetKind::None;
+    let node = Node::open(&cfg)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let t0 = crate::now_ms() - 3_600_000;
+    eprintln!("generating {} events for {} users ...", a.events, a.users);
+    let mut n = 0u64;
+    while n < a.events {
+        let chunk = (a.events - n).min(50_000);
+        let payloads: Vec<Vec<u8>> = (0..chunk)
+            .map(|i| synthetic_event(&mut rng, n + i, a.users, a.items, t0 + (n + i) / 1000))
+            .collect();
+        node.log
+            .append_blocking(crate::now_ms(), "bench", payloads)?;
+        n += chunk;
+    }
+    eprintln!("applying ...");
+    let started = Instant::now();
+    let outcome = node.drain()?;
+    let secs = started.elapsed().as_secs_f64();
+    let store_bytes = crate::store::Store::size_bytes(&cfg.store_path());
+    let users_stored = node.store.profiles().map(|p| p.len()).unwrap_or(0);
+    Ok(Run {
+        outcome,
+        secs,
+        store_bytes,
+        users_stored,
+    })
 }
 
 fn rss_kib(field: &str) -> u64 {
@@ -71,37 +126,24 @@ pub fn synthetic_event(rng: &mut impl Rng, n: u64, users: u64, items: u64, ts: u
 pub async fn run(a: BenchArgs) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    let mut cfg = Config {
-        data_dir: dir.join("throughput"),
-        ..Config::default()
-    };
-    cfg.pipeline.batch_max = a.batch;
-    cfg.publish.target = TargetKind::None;
-    let node = Node::open(&cfg)?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
-    let t0 = crate::now_ms() - 3_600_000;
-    eprintln!("generating {} events for {} users ...", a.events, a.users);
-    let mut n = 0u64;
-    while n < a.events {
-        let chunk = (a.events - n).min(50_000);
-        let payloads: Vec<Vec<u8>> = (0..chunk)
-            .map(|i| synthetic_event(&mut rng, n + i, a.users, a.items, t0 + (n + i) / 1000))
-            .collect();
-        node.log
-            .append_blocking(crate::now_ms(), "bench", payloads)?;
-        n += chunk;
-    }
     let rss_before = rss_kib("VmRSS:");
-    eprintln!("applying ...");
-    let started = Instant::now();
-    let outcome = node.drain()?;
-    let secs = started.elapsed().as_secs_f64();
-    let batches = outcome.batches;
-    let eps = outcome.received as f64 / secs;
+    let run = throughput(
+        &a,
+        &dir.join("throughput"),
+        Config::default().pipeline.checkpoint_interval_ms,
+    )?;
     let hwm = rss_kib("VmHWM:");
-    let store_bytes = crate::store::Store::size_bytes(&cfg.store_path());
-    let users_stored = node.store.profiles().map(|p| p.len()).unwrap_or(0);
-    drop(node);
+    let baseline = if a.baseline {
+        Some(throughput(&a, &dir.join("baseline"), 0)?)
+    } else {
+        None
+    };
+    let outcome = run.outcome;
+    let secs = run.secs;
+    let batches = outcome.batches;
+    let eps = run.events_per_s();
+    let store_bytes = run.store_bytes;
+    let users_stored = run.users_stored;
 
     let freshness = if a.probes > 0 {
         Some(freshness(&dir.join("freshness"), a.probes).await?)
@@ -129,8 +171,19 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         eps / FLINK_Q17_PER_CORE,
         if eps >= 350_000.0 { "met" } else { "NOT met" }
     );
+    if let Some(b) = &baseline {
+        println!(
+            "    baseline, same events, a commit after every micro-batch ({} commits): \
+             {:.2} s, {:.0} events/s; checkpointing is x{:.2}",
+            b.outcome.checkpoints,
+            b.secs,
+            b.events_per_s(),
+            eps / b.events_per_s()
+        );
+    }
     println!(
-        "  memory: peak RSS {:.1} MiB (before apply {:.1} MiB) for {} users; store {:.1} MiB on disk",
+        "  memory (checkpointing run): peak RSS {:.1} MiB (before {:.1} MiB) for {} users; \
+         store {:.1} MiB on disk",
         hwm as f64 / 1024.0,
         rss_before as f64 / 1024.0,
         users_stored,
