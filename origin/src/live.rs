@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::fxhash::{FxHashMap, NameBuild};
+use crate::fxhash::{FxHashMap, FxHashSet, NameBuild};
 use crate::store::UserState;
 
 /// The key users are held under in memory: xxh3-128 of the user id. A lookup then compares
@@ -73,6 +73,10 @@ pub struct Live {
     pub shared: HashMap<String, Unpublished>,
     /// Forgotten users → the log offset before which their events are dropped.
     pub forgotten: HashMap<Box<str>, u64, NameBuild>,
+    /// Every user the store holds a state for (loaded at open, kept by checkpoints and
+    /// forgets): a user not in it is new, and the pipeline starts it without a B-tree lookup
+    /// (first visits are common; the lookup of a missing key was a measurable share of them).
+    pub stored: FxHashSet<UserKey>,
 }
 
 impl Live {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use attune_core::CatalogItem;
 use attune_core::hash::profile_key;
 use attune_core::model::keys as kv;
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 
 use crate::config::Config;
 use crate::error::Result;
@@ -146,6 +146,7 @@ impl Node {
             let mut profiles = tx.open_table(PROFILES)?;
             let held = live::user_key(user);
             existed = profiles.remove(user)?.is_some() | live.users.remove(&held).is_some();
+            live.stored.remove(&held);
             live.unpublished.remove(&held);
             live.forgotten.insert(user.into(), until);
             tx.open_table(FORGOTTEN)?.insert(user, until)?;
@@ -268,6 +269,12 @@ fn load_live(store: &Store) -> Result<Live> {
     for row in tx.open_table(FORGOTTEN)?.iter()? {
         let (k, v) = row?;
         live.forgotten.insert(k.value().into(), v.value());
+    }
+    let profiles = tx.open_table(PROFILES)?;
+    live.stored.reserve(profiles.len()? as usize);
+    for row in profiles.iter()? {
+        let (k, _) = row?;
+        live.stored.insert(live::user_key(k.value()));
     }
     Ok(live)
 }

@@ -417,7 +417,8 @@ impl Pipeline {
                 let tx = self.store.db.begin_read()?;
                 let profiles = tx.open_table(PROFILES)?;
                 for (user, key) in missing {
-                    let state = match profiles.get(user)? {
+                    let stored = live.stored.contains(&key);
+                    let state = match stored.then(|| profiles.get(user)).transpose()?.flatten() {
                         Some(v) => UserState::decode(v.value())?,
                         None => UserState::default(),
                     };
@@ -633,12 +634,17 @@ impl Pipeline {
             unpublished,
             shared,
             forgotten,
+            stored,
         } = &mut *live;
         for user in &self.since.unsaved {
+            let key = user_key(user);
             // Gone: forgotten since it changed.
-            let Some(c) = users.get_mut(&user_key(user)) else {
+            let Some(c) = users.get_mut(&key) else {
                 continue;
             };
+            // Counted as stored before the write: a key too many (a failed commit) only costs a
+            // lookup that finds nothing; a key missing would start a stored user afresh.
+            stored.insert(key);
             c.unsaved = false;
             let start = out.bytes.len();
             c.state.encode_into(&mut out.bytes)?;
