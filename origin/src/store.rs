@@ -100,10 +100,11 @@ impl UserState {
     pub fn encode(&self) -> Result<Vec<u8>> {
         Ok(rmp_serde::to_vec_named(self)?)
     }
-    /// Positional MessagePack (structs as arrays): about half the bytes of the named form and
-    /// faster to write. `decode` reads both forms (rows written by earlier versions are named).
+    /// Named MessagePack (structs as maps). Not the positional form: the core skips zero
+    /// accumulators when it serializes, and a skipped field shifts every later one in an
+    /// array (pinned by `user_states_round_trip_with_skipped_fields`).
     pub fn encode_into(&self, buf: &mut Vec<u8>) -> Result<()> {
-        rmp_serde::encode::write(buf, self)?;
+        rmp_serde::encode::write_named(buf, self)?;
         Ok(())
     }
 }
@@ -362,5 +363,36 @@ mod tests {
         assert_eq!(unpack_pending(&[]), Some(vec![]));
         assert_eq!(unpack_pending(&buf[..buf.len() - 1]), None);
         assert_eq!(unpack_pending(&[5, 0, b'a']), None);
+    }
+}
+
+#[cfg(test)]
+mod encoding_tests {
+    use super::*;
+    use attune_core::decay::Acc;
+    use attune_core::profile::Affinity;
+
+    /// Every field survives the store encoding, including affinities whose short or long
+    /// accumulator is zero (the core skips zero accumulators when it serializes).
+    #[test]
+    fn user_states_round_trip_with_skipped_fields() {
+        let mut state = UserState::default();
+        state.profile.version = 3;
+        state.profile.items = vec![
+            Affinity {
+                key: "a".into(),
+                short: Acc::default(),
+                long: Acc(1, 2, 3),
+            },
+            Affinity {
+                key: "b".into(),
+                short: Acc(4, 5, 6),
+                long: Acc::default(),
+            },
+        ];
+        state.recent_ids = vec![7, 8];
+        let mut buf = Vec::new();
+        state.encode_into(&mut buf).unwrap();
+        assert_eq!(UserState::decode(&buf).unwrap(), state);
     }
 }
