@@ -425,7 +425,12 @@ impl Publisher {
                 match (entry.op, entry.user) {
                     (Op::Delete, _) => deletes.push(key),
                     (Op::Put, Some(user)) => {
-                        users.push((user.into(), key, entry.version, entry.accepted_ms, None))
+                        users.push((user.into(), key, entry.version, entry.accepted_ms, None));
+                        // A full re-publish queues every user here: one flush takes a bounded
+                        // share (the rest stays queued for the next).
+                        if users.len() >= MAX_PUTS_PER_FLUSH {
+                            break;
+                        }
                     }
                     (Op::Put, None) => {
                         shared.insert(key, (entry.version, entry.accepted_ms));
