@@ -34,6 +34,7 @@ pub mod publisher;
 pub mod retail;
 pub mod server;
 pub mod store;
+pub mod store_format;
 
 pub use config::Config;
 pub use error::{Error, Result};

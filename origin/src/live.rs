@@ -45,6 +45,19 @@ pub struct Cached {
     pub unsaved: bool,
 }
 
+impl Cached {
+    /// A state just loaded (or started) by micro-batch `batch_no`.
+    pub fn new(user: Arc<str>, state: UserState, batch_no: u64) -> Self {
+        Cached {
+            user,
+            state,
+            used: batch_no,
+            dirty_in: 0,
+            unsaved: false,
+        }
+    }
+}
+
 /// A publish waiting for KV: the version to publish (at least) and the earliest ingest time of
 /// the changes it carries (freshness).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

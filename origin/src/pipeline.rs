@@ -403,36 +403,42 @@ impl Pipeline {
             let key = user_key(&event.user);
             events.push((event, rec.accepted_ms, key));
         }
-        // 2. Load the users memory lacks, in key order.
+        // 2. Bring in the users memory lacks: new ones start empty, stored ones are read in
+        //    name order (the B-tree's order, so the reads walk its leaves once).
         {
-            let mut missing: Vec<(&str, UserKey)> = events
+            let mut missing: Vec<(UserKey, &str)> = events
                 .iter()
                 .filter(|(e, _, _)| e.kind != EventKind::Impression)
                 .filter(|(_, _, k)| !live.users.contains_key(k))
-                .map(|(e, _, k)| (e.user.as_str(), *k))
+                .map(|(e, _, k)| (*k, e.user.as_str()))
                 .collect();
             if !missing.is_empty() {
-                missing.sort_unstable();
-                missing.dedup();
-                let tx = self.store.db.begin_read()?;
-                let profiles = tx.open_table(PROFILES)?;
-                for (user, key) in missing {
-                    let stored = live.stored.contains(&key);
-                    let state = match stored.then(|| profiles.get(user)).transpose()?.flatten() {
-                        Some(v) => UserState::decode(v.value())?,
-                        None => UserState::default(),
-                    };
-                    let user: Arc<str> = Arc::from(user);
-                    live.users.insert(
-                        key,
-                        Cached {
-                            user,
-                            state,
-                            used: batch_no,
-                            dirty_in: 0,
-                            unsaved: false,
-                        },
-                    );
+                // By key: integers sort faster than names, and a new user needs no order.
+                missing.sort_unstable_by_key(|m| m.0);
+                missing.dedup_by_key(|m| m.0);
+                let mut to_read: Vec<(&str, UserKey)> = Vec::new();
+                for (key, user) in missing {
+                    if live.stored.contains(&key) {
+                        to_read.push((user, key));
+                    } else {
+                        live.users.insert(
+                            key,
+                            Cached::new(Arc::from(user), UserState::default(), batch_no),
+                        );
+                    }
+                }
+                if !to_read.is_empty() {
+                    to_read.sort_unstable();
+                    let tx = self.store.db.begin_read()?;
+                    let profiles = tx.open_table(PROFILES)?;
+                    for (user, key) in to_read {
+                        let state = match profiles.get(user)? {
+                            Some(v) => UserState::decode(v.value())?,
+                            None => UserState::default(),
+                        };
+                        live.users
+                            .insert(key, Cached::new(Arc::from(user), state, batch_no));
+                    }
                 }
             }
         }

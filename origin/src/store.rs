@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
-/// user → [`UserState`] (MessagePack).
+/// user → [`UserState`] ([`crate::store_format`]).
 pub const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 /// xxh3-128 of `event_id` → event time, one row per id (written by earlier versions; still
 /// read at start and pruned, no longer written).
@@ -94,18 +94,23 @@ pub struct UserState {
 }
 
 impl UserState {
+    /// Reads a stored row: format 2 ([`crate::store_format`]) or format 1 (named MessagePack,
+    /// written by earlier versions).
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        Ok(rmp_serde::from_slice(bytes)?)
+        if bytes.first() == Some(&crate::store_format::TAG) {
+            crate::store_format::decode(bytes)
+        } else {
+            Ok(rmp_serde::from_slice(bytes)?)
+        }
     }
     pub fn encode(&self) -> Result<Vec<u8>> {
-        Ok(rmp_serde::to_vec_named(self)?)
+        let mut buf = Vec::new();
+        self.encode_into(&mut buf)?;
+        Ok(buf)
     }
-    /// Named MessagePack (structs as maps). Not the positional form: the core skips zero
-    /// accumulators when it serializes, and a skipped field shifts every later one in an
-    /// array (pinned by `user_states_round_trip_with_skipped_fields`).
+    /// Appends the store's encoding (format 2) to `buf`.
     pub fn encode_into(&self, buf: &mut Vec<u8>) -> Result<()> {
-        rmp_serde::encode::write_named(buf, self)?;
-        Ok(())
+        crate::store_format::encode_into(self, buf)
     }
 }
 
