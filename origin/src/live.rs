@@ -21,22 +21,17 @@ use std::sync::Arc;
 use crate::fxhash::{FxHashMap, FxHashSet, NameBuild};
 use crate::store::UserState;
 
-/// The key users are held under in memory: xxh3-128 of the user id. A lookup then compares
-/// 16 bytes inside the map instead of following a pointer to the id (a cache miss per lookup,
-/// three lookups per event); at 128 bits a collision is as unlikely as for the dedup keys,
-/// which rely on the same hash.
-pub type UserKey = u128;
-
-pub fn user_key(user: &str) -> UserKey {
-    xxhash_rust::xxh3::xxh3_128(user.as_bytes())
-}
+/// The key users are held under in memory and in the store: xxh3-128 of the user id. A
+/// lookup compares 16 bytes inside the map instead of following a pointer to the id (a cache
+/// miss per lookup, three lookups per event).
+pub use crate::store::{UserKey, user_key};
 
 /// A user state the pipeline holds decoded.
 #[derive(Debug)]
 pub struct Cached {
     /// The user (the map's key, shared).
     pub user: Arc<str>,
-    pub state: UserState,
+    pub state: Box<UserState>,
     /// Micro-batch number of the last use (eviction order).
     pub used: u64,
     /// Micro-batch number that last changed it (marks it dirty once per micro-batch).
@@ -50,7 +45,7 @@ impl Cached {
     pub fn new(user: Arc<str>, state: UserState, batch_no: u64) -> Self {
         Cached {
             user,
-            state,
+            state: Box::new(state),
             used: batch_no,
             dirty_in: 0,
             unsaved: false,
@@ -119,7 +114,7 @@ impl Live {
 
     /// The newest state of `user` if it is held here.
     pub fn user(&self, user: &str) -> Option<&UserState> {
-        self.users.get(&user_key(user)).map(|c| &c.state)
+        self.users.get(&user_key(user)).map(|c| &*c.state)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::pipeline::Pipeline;
 use crate::store::{
-    FORGOTTEN, META, OUTBOX, Op, OutboxEntry, PENDING, PENDING_KEY, PROFILES, PUBLISHED, Store,
+    FORGOTTEN, META, OUTBOX, Op, OutboxEntry, PENDING, PENDING_KEY, PUBLISHED, Store, USERS,
     enqueue_shared, keys, outbox_put, unpack_pending,
 };
 
@@ -143,9 +143,9 @@ impl Node {
         let existed;
         {
             let mut live = live::lock(&self.live);
-            let mut profiles = tx.open_table(PROFILES)?;
+            let mut users = tx.open_table(USERS)?;
             let held = live::user_key(user);
-            existed = profiles.remove(user)?.is_some() | live.users.remove(&held).is_some();
+            existed = users.remove(held)?.is_some() | live.users.remove(&held).is_some();
             live.stored.remove(&held);
             live.unpublished.remove(&held);
             live.forgotten.insert(user.into(), until);
@@ -172,15 +172,16 @@ impl Node {
         let tx = self.store.db.begin_write()?;
         let mut n = 0;
         {
-            let profiles = tx.open_table(PROFILES)?;
+            let users = tx.open_table(USERS)?;
             let mut outbox = tx.open_table(OUTBOX)?;
             let mut published = tx.open_table(PUBLISHED)?;
             let mut meta = tx.open_table(META)?;
             let now = crate::now_ms();
-            for row in profiles.iter()? {
-                let (k, v) = row?;
-                let state = crate::store::UserState::decode(v.value())?;
-                let key = profile_key(self.cfg.profile_key.as_bytes(), k.value());
+            for row in users.iter()? {
+                let (_, v) = row?;
+                let (user, state) = crate::store::user_row_id(v.value())?;
+                let state = crate::store::UserState::decode(state)?;
+                let key = profile_key(self.cfg.profile_key.as_bytes(), user);
                 published.remove(key.as_str())?;
                 outbox_put(
                     &mut outbox,
@@ -189,7 +190,7 @@ impl Node {
                         op: Op::Put,
                         version: state.profile.version,
                         accepted_ms: now,
-                        user: Some(k.value().to_string()),
+                        user: Some(user.to_string()),
                     },
                 )?;
                 n += 1;
@@ -270,11 +271,11 @@ fn load_live(store: &Store) -> Result<Live> {
         let (k, v) = row?;
         live.forgotten.insert(k.value().into(), v.value());
     }
-    let profiles = tx.open_table(PROFILES)?;
-    live.stored.reserve(profiles.len()? as usize);
-    for row in profiles.iter()? {
+    let users = tx.open_table(USERS)?;
+    live.stored.reserve(users.len()? as usize);
+    for row in users.iter()? {
         let (k, _) = row?;
-        live.stored.insert(live::user_key(k.value()));
+        live.stored.insert(k.value());
     }
     Ok(live)
 }

@@ -41,8 +41,8 @@ use crate::log::{Record, Source};
 use crate::metrics::{Metrics, labels};
 use crate::model::Model;
 use crate::store::{
-    DEDUP, DEDUP_LOG, DLQ, DlqRecord, FORGOTTEN, META, OUTBOX, PENDING, PENDING_KEY, PROFILES,
-    Store, UserState, enqueue_shared, keys, pack_pending,
+    DEDUP, DEDUP_LOG, DLQ, DlqRecord, FORGOTTEN, META, OUTBOX, PENDING, PENDING_KEY, Store, USERS,
+    UserState, decode_user_row, encode_user_row, enqueue_shared, keys, pack_pending,
 };
 
 /// What one micro-batch (or a run of them) did.
@@ -98,8 +98,8 @@ struct Dedup {
 /// What a checkpoint writes from [`Live`], encoded while holding its lock.
 #[derive(Debug, Default)]
 struct EncodedUsers {
-    /// Users and the span of their encoded state in `bytes`.
-    users: Vec<(Arc<str>, std::ops::Range<usize>)>,
+    /// Users and the span of their encoded row in `bytes`, in key order.
+    users: Vec<(UserKey, std::ops::Range<usize>)>,
     bytes: Vec<u8>,
     /// The packed `PENDING` row.
     pending: Vec<u8>,
@@ -115,7 +115,7 @@ struct SinceCheckpoint {
     counts: BatchOutcome,
     dead: Vec<DlqRecord>,
     /// Users changed (each once).
-    unsaved: Vec<Arc<str>>,
+    unsaved: Vec<UserKey>,
     /// Shared keys queued (written to `OUTBOX` by the checkpoint).
     shared: bool,
 }
@@ -404,7 +404,7 @@ impl Pipeline {
             events.push((event, rec.accepted_ms, key));
         }
         // 2. Bring in the users memory lacks: new ones start empty, stored ones are read in
-        //    name order (the B-tree's order, so the reads walk its leaves once).
+        //    key order (the B-tree's order, so the reads walk its leaves once).
         {
             let mut missing: Vec<(UserKey, &str)> = events
                 .iter()
@@ -413,13 +413,12 @@ impl Pipeline {
                 .map(|(e, _, k)| (*k, e.user.as_str()))
                 .collect();
             if !missing.is_empty() {
-                // By key: integers sort faster than names, and a new user needs no order.
                 missing.sort_unstable_by_key(|m| m.0);
                 missing.dedup_by_key(|m| m.0);
-                let mut to_read: Vec<(&str, UserKey)> = Vec::new();
+                let mut to_read: Vec<(UserKey, &str)> = Vec::new();
                 for (key, user) in missing {
                     if live.stored.contains(&key) {
-                        to_read.push((user, key));
+                        to_read.push((key, user));
                     } else {
                         live.users.insert(
                             key,
@@ -428,12 +427,12 @@ impl Pipeline {
                     }
                 }
                 if !to_read.is_empty() {
-                    to_read.sort_unstable();
+                    // Already in key order: the B-tree's.
                     let tx = self.store.db.begin_read()?;
-                    let profiles = tx.open_table(PROFILES)?;
-                    for (user, key) in to_read {
-                        let state = match profiles.get(user)? {
-                            Some(v) => UserState::decode(v.value())?,
+                    let rows = tx.open_table(USERS)?;
+                    for (key, user) in to_read {
+                        let state = match rows.get(key)? {
+                            Some(v) => decode_user_row(user, v.value())?,
                             None => UserState::default(),
                         };
                         live.users
@@ -480,7 +479,7 @@ impl Pipeline {
                 entry.dirty_in = batch_no;
                 if !entry.unsaved {
                     entry.unsaved = true;
-                    self.since.unsaved.push(entry.user.clone());
+                    self.since.unsaved.push(*key);
                 }
                 unpublished
                     .entry(*key)
@@ -632,7 +631,6 @@ impl Pipeline {
     /// user publishes, the waiting shared keys, and the forgets a replay can no longer reach.
     fn encode_users(&mut self) -> Result<EncodedUsers> {
         let mut out = EncodedUsers::default();
-        self.since.unsaved.sort_unstable();
         let live_arc = self.live.clone();
         let mut live = live::lock(&live_arc);
         let Live {
@@ -642,20 +640,35 @@ impl Pipeline {
             forgotten,
             stored,
         } = &mut *live;
-        for user in &self.since.unsaved {
-            let key = user_key(user);
-            // Gone: forgotten since it changed.
-            let Some(c) = users.get_mut(&key) else {
-                continue;
-            };
+        let mut rows: Vec<(UserKey, std::ops::Range<usize>)> =
+            Vec::with_capacity(self.since.unsaved.len());
+        let mut encode = |key: UserKey, c: &mut Cached, bytes: &mut Vec<u8>| -> Result<()> {
             // Counted as stored before the write: a key too many (a failed commit) only costs a
             // lookup that finds nothing; a key missing would start a stored user afresh.
             stored.insert(key);
             c.unsaved = false;
-            let start = out.bytes.len();
-            c.state.encode_into(&mut out.bytes)?;
-            out.users.push((user.clone(), start..out.bytes.len()));
+            let start = bytes.len();
+            encode_user_row(&c.user, &c.state, bytes)?;
+            rows.push((key, start..bytes.len()));
+            Ok(())
+        };
+        if self.since.unsaved.len() * 4 >= users.len() {
+            // Most of memory changed: one pass over the map in memory order beats a random
+            // lookup per user.
+            for (key, c) in users.iter_mut().filter(|(_, c)| c.unsaved) {
+                encode(*key, c, &mut out.bytes)?;
+            }
+        } else {
+            for key in &self.since.unsaved {
+                // Absent: forgotten since it changed.
+                if let Some(c) = users.get_mut(key) {
+                    encode(*key, c, &mut out.bytes)?;
+                }
+            }
         }
+        // B-tree order: the inserts then walk its leaves once.
+        rows.sort_unstable_by_key(|r| r.0);
+        out.users = rows;
         pack_pending(
             unpublished.values().map(|(u, p)| (&**u, p.version)),
             &mut out.pending,
@@ -678,9 +691,9 @@ impl Pipeline {
     }
 
     fn write_users(&mut self, tx: &WriteTransaction, e: &EncodedUsers) -> Result<()> {
-        let mut profiles = tx.open_table(PROFILES)?;
-        for (user, span) in &e.users {
-            profiles.insert(&**user, &e.bytes[span.clone()])?;
+        let mut users = tx.open_table(USERS)?;
+        for (key, span) in &e.users {
+            users.insert(*key, &e.bytes[span.clone()])?;
         }
         tx.open_table(PENDING)?
             .insert(PENDING_KEY, e.pending.as_slice())?;

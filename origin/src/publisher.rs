@@ -36,7 +36,7 @@ use crate::live::{self, SharedLive};
 use crate::metrics::{Metrics, labels};
 use crate::model::Model;
 use crate::node::Node;
-use crate::store::{OUTBOX, Op, OutboxEntry, PROFILES, PUBLISHED, Store, UserState};
+use crate::store::{OUTBOX, Op, OutboxEntry, PUBLISHED, Store, USERS, decode_user_row, user_key};
 
 impl Ack {
     /// A waiting entry that needs no write (KV holds that version or newer, or the state is
@@ -410,7 +410,7 @@ impl Publisher {
             let tx = self.store.db.begin_read()?;
             let outbox = tx.open_table(OUTBOX)?;
             let published = tx.open_table(PUBLISHED)?;
-            let profiles = tx.open_table(PROFILES)?;
+            let rows = tx.open_table(USERS)?;
             let model = self.model.lock().unwrap_or_else(|e| e.into_inner());
             let mut users: Vec<WaitingUser> = Vec::new();
             let mut shared: HashMap<String, (u64, u64)> = HashMap::new();
@@ -475,8 +475,8 @@ impl Publisher {
                 let p = match state {
                     Some(p) => p,
                     // Not in memory: the checkpoint holds its newest state.
-                    None => match profiles.get(&*user)? {
-                        Some(v) => UserState::decode(v.value())?.profile,
+                    None => match rows.get(user_key(&user))? {
+                        Some(v) => decode_user_row(&user, v.value())?.profile,
                         None => {
                             stale.push(Ack::stale(key, waiting, Some(user)));
                             continue;

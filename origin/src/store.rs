@@ -7,13 +7,52 @@ use std::path::Path;
 use std::sync::Arc;
 
 use attune_core::{CatalogItem, Profile};
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
-/// user → [`UserState`] ([`crate::store_format`]).
-pub const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
+/// [`user_key`] of the user → a user row: the user's id, then its [`UserState`]
+/// ([`encode_user_row`]). Keyed by hash rather than by name: a checkpoint writes up to 100k
+/// rows, and fixed 16-byte keys sort and compare much faster than names in the B-tree.
+pub const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
+/// user → [`UserState`]: the table of earlier versions, moved into [`USERS`] (and deleted)
+/// when the store is opened.
+const PROFILES_BY_NAME: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
+
+/// What the pipeline and the store key users by: xxh3-128 of the id (a collision is as
+/// likely as a random 128-bit match; [`decode_user_row`] would still catch one, since a row
+/// carries its id).
+pub type UserKey = u128;
+
+pub fn user_key(user: &str) -> UserKey {
+    xxhash_rust::xxh3::xxh3_128(user.as_bytes())
+}
+
+/// Appends a [`USERS`] row: the id (varint length, UTF-8), then the state.
+pub fn encode_user_row(user: &str, state: &UserState, buf: &mut Vec<u8>) -> Result<()> {
+    let taken = std::mem::take(buf);
+    *buf = postcard::to_extend(user, taken)
+        .map_err(|e| crate::Error::Encode(format!("user row: {e}")))?;
+    state.encode_into(buf)
+}
+
+/// The id a [`USERS`] row belongs to, and the rest of the row.
+pub fn user_row_id(row: &[u8]) -> Result<(&str, &[u8])> {
+    postcard::take_from_bytes::<&str>(row)
+        .map_err(|e| crate::Error::Store(format!("user row: bad user id: {e}")))
+}
+
+/// Decodes a [`USERS`] row that must belong to `user`.
+pub fn decode_user_row(user: &str, row: &[u8]) -> Result<UserState> {
+    let (id, state) = user_row_id(row)?;
+    if id != user {
+        return Err(crate::Error::Store(format!(
+            "user key collision: `{user}` and `{id}` hash alike (xxh3-128)"
+        )));
+    }
+    UserState::decode(state)
+}
 /// xxh3-128 of `event_id` → event time, one row per id (written by earlier versions; still
 /// read at start and pruned, no longer written).
 pub const DEDUP: TableDefinition<u128, u64> = TableDefinition::new("dedup");
@@ -193,6 +232,37 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Moves the rows of the by-name table of earlier versions into [`USERS`] and deletes it
+/// (once, inside the transaction that opens the store).
+fn move_profiles_by_name(tx: &redb::WriteTransaction) -> Result<()> {
+    let exists = tx
+        .list_tables()?
+        .any(|t| t.name() == PROFILES_BY_NAME.name());
+    if !exists {
+        return Ok(());
+    }
+    let mut moved = 0u64;
+    {
+        let old = tx.open_table(PROFILES_BY_NAME)?;
+        let mut users = tx.open_table(USERS)?;
+        let mut row = Vec::new();
+        for entry in old.iter()? {
+            let (k, v) = entry?;
+            let state = UserState::decode(v.value())?;
+            row.clear();
+            encode_user_row(k.value(), &state, &mut row)?;
+            users.insert(user_key(k.value()), row.as_slice())?;
+            moved += 1;
+        }
+    }
+    tx.delete_table(PROFILES_BY_NAME)?;
+    tracing::info!(
+        moved,
+        "store: user states moved to the table keyed by user hash"
+    );
+    Ok(())
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(dir) = path.parent() {
@@ -205,7 +275,8 @@ impl Store {
             .create(path)?;
         // Create every table up front so readers never meet a missing one.
         let tx = db.begin_write()?;
-        tx.open_table(PROFILES)?;
+        tx.open_table(USERS)?;
+        move_profiles_by_name(&tx)?;
         tx.open_table(DEDUP)?;
         tx.open_table(DEDUP_LOG)?;
         tx.open_table(ITEMS)?;
@@ -232,9 +303,9 @@ impl Store {
 
     pub fn user(&self, user: &str) -> Result<Option<UserState>> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(PROFILES)?;
-        match t.get(user)? {
-            Some(v) => Ok(Some(UserState::decode(v.value())?)),
+        let t = tx.open_table(USERS)?;
+        match t.get(user_key(user))? {
+            Some(v) => Ok(Some(decode_user_row(user, v.value())?)),
             None => Ok(None),
         }
     }
@@ -242,12 +313,14 @@ impl Store {
     /// Every profile, sorted by user (tests and inspection).
     pub fn profiles(&self) -> Result<Vec<(String, Profile)>> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(PROFILES)?;
+        let t = tx.open_table(USERS)?;
         let mut out = Vec::new();
         for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((k.value().to_string(), UserState::decode(v.value())?.profile));
+            let (_, v) = row?;
+            let (id, state) = user_row_id(v.value())?;
+            out.push((id.to_string(), UserState::decode(state)?.profile));
         }
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
@@ -351,6 +424,61 @@ pub fn enqueue_shared(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store written by an earlier version (states by name, format-1 MessagePack) opens with
+    /// every state moved into the keyed table, and the old table gone.
+    #[test]
+    fn by_name_profiles_move_to_the_keyed_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let mut alice = UserState::default();
+        alice.profile.version = 7;
+        alice.recent_ids = vec![1, 2];
+        let mut bob = UserState::default();
+        bob.profile.version = 2;
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(PROFILES_BY_NAME).unwrap();
+                for (user, state) in [("alice", &alice), ("bob", &bob)] {
+                    let v1 = rmp_serde::to_vec_named(state).unwrap();
+                    t.insert(user, v1.as_slice()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.user("alice").unwrap(), Some(alice.clone()));
+        assert_eq!(store.user("bob").unwrap(), Some(bob.clone()));
+        assert_eq!(store.user("carol").unwrap(), None);
+        let names: Vec<String> = store.profiles().unwrap().into_iter().map(|p| p.0).collect();
+        assert_eq!(names, ["alice", "bob"]);
+        let tx = store.db.begin_read().unwrap();
+        assert!(
+            !tx.list_tables()
+                .unwrap()
+                .any(|t| t.name() == PROFILES_BY_NAME.name())
+        );
+        drop(tx);
+        drop(store);
+        // Opening again finds nothing left to move.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.user("alice").unwrap(), Some(alice));
+    }
+
+    #[test]
+    fn user_rows_carry_their_id() {
+        let mut state = UserState::default();
+        state.profile.version = 4;
+        let mut row = Vec::new();
+        encode_user_row("u1", &state, &mut row).unwrap();
+        assert_eq!(user_row_id(&row).unwrap().0, "u1");
+        assert_eq!(decode_user_row("u1", &row).unwrap(), state);
+        let err = decode_user_row("u2", &row).unwrap_err().to_string();
+        assert!(err.contains("collision"), "{err}");
+        assert!(user_row_id(&[0xff]).is_err());
+    }
 
     #[test]
     fn pending_rows_round_trip_and_refuse_garbage() {
