@@ -21,9 +21,11 @@
 //! WHATWG index), only because lol_html's non-test code names it: it formats raw bytes for
 //! its `Debug` output with it. No label resolves to it.
 //!
-//! **What it is not.** A general encoding library. It implements exactly the API surface that
-//! lol_html 3.0.3 uses outside its tests (plus `Decoder::decode_to_utf8`, `Encoding::for_label`
-//! and `Encoding::output_encoding`, on which those are built); bumping lol_html means checking
+//! **What it is not.** A general encoding library. It implements the API surface that
+//! lol_html 3.0.3 uses outside its tests, plus the few methods those rest on or that state
+//! their buffer bounds (`Encoding::for_label`, `Encoding::output_encoding`,
+//! `Decoder::decode_to_utf8`, `Decoder::max_utf8_buffer_length`, `Encoder::encoding`,
+//! `Encoder::max_buffer_length_from_utf8_if_no_unmappables`); bumping lol_html means checking
 //! that surface again (`cargo build` fails on anything missing). Known differences from
 //! `encoding_rs`, none reachable from lol_html's use:
 //!
@@ -43,7 +45,6 @@ mod windows_1252;
 
 use alloc::borrow::Cow;
 use alloc::string::String;
-use core::hash::{Hash, Hasher};
 
 use crate::utf_8::Utf8Decoder;
 
@@ -55,7 +56,7 @@ enum Variant {
 }
 
 /// An encoding. The only instances are the statics [`UTF_8`] and [`WINDOWS_1252`]; they compare
-/// (and hash) by address, as in `encoding_rs`.
+/// by address, as in `encoding_rs`.
 pub struct Encoding {
     name: &'static str,
     variant: Variant,
@@ -192,12 +193,6 @@ impl PartialEq for Encoding {
 }
 
 impl Eq for Encoding {}
-
-impl Hash for Encoding {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        core::ptr::hash(self, state);
-    }
-}
 
 impl core::fmt::Debug for Encoding {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
