@@ -236,3 +236,137 @@ fn rewrites_the_shop_pages() {
     // The hero keeps exactly one variant.
     assert_eq!(out.matches("data-attune-variant=").count(), 1);
 }
+
+/// Multi-byte UTF-8 in text, attributes, the slot's own attributes and catalog values, and
+/// bytes that are not UTF-8 at all.
+const MULTIBYTE_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8\">\
+<title>Caf\xC3\xA9 \xE2\x9C\x93 \xF0\x9F\x98\x80 \xE2\x80\x94 Attune</title></head><body>\n\
+<h1 title=\"Cr\xC3\xA8me br\xC3\xBBl\xC3\xA9e \xE2\x9C\x93\">Stra\xC3\x9Fe f\xC3\xBCr \xF0\x9F\x8E\x81 \xC2\xB7 \xE6\x9C\xAB\xE5\xB0\xBE</h1>\n\
+<section data-attune-slot=\"r\xC3\xA9cos \xE2\x9C\x93\" data-attune-strategy=\"trending\" data-attune-count=\"2\">\n\
+<article data-attune-item><a data-attune-attr=\"href:url title:title\" href=\"/d1\"><span data-attune-field=\"title\">D\xC3\xA9faut \xF0\x9F\x98\x80</span></a></article>\n\
+<article data-attune-item><span data-attune-field=\"title\">D\xC3\xA9faut 2</span></article>\n\
+</section>\n\
+<p>bad \xFF byte, cut \xE2\x9C sequence</p>\n\
+</body></html>";
+
+/// What the rewrite makes of the two items in `MULTIBYTE_PAGE`'s slot.
+const MULTIBYTE_ITEMS: (&[u8], &str) = (
+    b"<article data-attune-item><a data-attune-attr=\"href:url title:title\" href=\"/d1\"><span data-attune-field=\"title\">D\xC3\xA9faut \xF0\x9F\x98\x80</span></a></article>\n\
+<article data-attune-item><span data-attune-field=\"title\">D\xC3\xA9faut 2</span></article>",
+    "<article data-attune-item=\"T1\"><a data-attune-attr=\"href:url title:title\" href=\"/p/T1.html\" title=\"Th\u{e9} vert \u{2713} \u{1F375}\"><span data-attune-field=\"title\">Th\u{e9} vert \u{2713} \u{1F375}</span></a></article>\n\
+<article data-attune-item=\"C2\"><span data-attune-field=\"title\">Cr\u{e8}me &lt;5\u{20AC}&gt; &amp; \u{1F600}</span></article>",
+);
+
+/// `haystack` with its one occurrence of `from` replaced by `to`.
+fn replace_once(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let at: Vec<usize> = haystack
+        .windows(from.len())
+        .enumerate()
+        .filter(|(_, w)| *w == from)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "{}", String::from_utf8_lossy(from));
+    [&haystack[..at[0]], to, &haystack[at[0] + from.len()..]].concat()
+}
+
+fn multibyte_model() -> Rc<Model> {
+    model(vec![
+        item(
+            "T1",
+            "Th\u{e9} vert \u{2713} \u{1F375}",
+            "Th\u{e9}s \u{2615}",
+        ),
+        item(
+            "C2",
+            "Cr\u{e8}me <5\u{20AC}> & \u{1F600}",
+            "Desserts \u{2713}",
+        ),
+    ])
+}
+
+#[test]
+fn multibyte_text_in_one_byte_chunks_is_byte_exact() {
+    let (from, to) = MULTIBYTE_ITEMS;
+    let expected = replace_once(MULTIBYTE_PAGE, from, to.as_bytes());
+    let (whole, report) = rewrite_all(inputs(Some(multibyte_model())), MULTIBYTE_PAGE, 1 << 20);
+    assert_eq!(
+        String::from_utf8_lossy(&whole),
+        String::from_utf8_lossy(&expected)
+    );
+    assert_eq!(whole, expected);
+    assert!(report.error.is_none());
+    // The slot's name was read as the UTF-8 it is.
+    assert_eq!(report.slots[0].slot, "r\u{e9}cos \u{2713}");
+    match &report.slots[0].kind {
+        SlotKind::Recs { rendered, .. } => assert_eq!(rendered, &["T1", "C2"]),
+        other => panic!("{other:?}"),
+    }
+    // Every character (and the bytes that are not UTF-8) split across chunks: the same bytes.
+    for chunk in [1, 2, 3] {
+        let (out, _) = rewrite_all(inputs(Some(multibyte_model())), MULTIBYTE_PAGE, chunk);
+        assert_eq!(out, expected, "chunk {chunk}");
+    }
+    // Without data the page passes through byte for byte.
+    let (out, _) = rewrite_all(inputs(None), MULTIBYTE_PAGE, 1);
+    assert_eq!(out, MULTIBYTE_PAGE);
+}
+
+#[test]
+fn a_legacy_charset_in_a_meta_tag_still_rewrites_as_utf8() {
+    let (from, to) = MULTIBYTE_ITEMS;
+    for meta in [
+        "<meta charset=\"windows-1252\">",
+        "<meta http-equiv=\"Content-Type\" content=\"text/html; charset=windows-1252\">",
+        "<meta charset=\"shift_jis\">",
+    ] {
+        let page = replace_once(MULTIBYTE_PAGE, b"<meta charset=\"utf-8\">", meta.as_bytes());
+        let expected = replace_once(&page, from, to.as_bytes());
+        for chunk in [1, 3, 1 << 20] {
+            let (out, report) = rewrite_all(inputs(Some(multibyte_model())), &page, chunk);
+            assert!(report.error.is_none(), "{meta}: {:?}", report.error);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&expected),
+                "{meta}, chunk {chunk}"
+            );
+            assert_eq!(out, expected, "{meta}, chunk {chunk}");
+        }
+    }
+}
+
+/// Pins the `encoding_rs` stand-in (patches/encoding_rs_utf8): even with lol_html's
+/// `adjust_charset_on_meta_tag` on (the Worker leaves it off), a `<meta charset>` naming a
+/// legacy encoding resolves to nothing, so text handlers still decode UTF-8 and inserted text
+/// is written as UTF-8. With the real encoding_rs, lol_html would switch to windows-1252 here:
+/// "Café" would reach the handler as "CafÃ©" and "✓" would be written as `&#10003;`.
+#[test]
+fn lol_html_stays_on_utf8_after_a_legacy_meta_charset() {
+    use lol_html::html_content::ContentType;
+    use lol_html::{HtmlRewriter, Settings, element, text};
+
+    let page = "<meta charset=\"windows-1252\"><p id=\"t\">Caf\u{e9} \u{2713} \u{1F600}</p><p id=\"w\">x</p>";
+    let mut seen = String::new();
+    let mut out = Vec::new();
+    {
+        let settings = Settings::new()
+            .with_adjust_charset_on_meta_tag(true)
+            .append_element_content_handler(text!("#t", |t| {
+                seen.push_str(t.as_str());
+                Ok(())
+            }))
+            .append_element_content_handler(element!("#w", |el| {
+                el.set_inner_content("\u{e9} \u{2713}", ContentType::Text);
+                Ok(())
+            }));
+        let mut rewriter = HtmlRewriter::new(settings, |c: &[u8]| out.extend_from_slice(c));
+        for byte in page.as_bytes().chunks(1) {
+            rewriter.write(byte).unwrap();
+        }
+        rewriter.end().unwrap();
+    }
+    assert_eq!(seen, "Caf\u{e9} \u{2713} \u{1F600}");
+    assert_eq!(
+        s(&out),
+        "<meta charset=\"windows-1252\"><p id=\"t\">Caf\u{e9} \u{2713} \u{1F600}</p><p id=\"w\">\u{e9} \u{2713}</p>"
+    );
+}

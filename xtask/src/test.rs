@@ -3,7 +3,7 @@
 //! Steps, in order (each streams its tool's own output, then reports its duration):
 //! bootstrap, fmt, clippy (native, whole workspace), clippy-wasm (the edge for
 //! wasm32-unknown-unknown, where its Worker dependencies live), no-std (`attune-core` without
-//! default features for wasm32v1-none), edge-wasm (the release Worker build), test (native unit,
+//! default features, and the `encoding_rs` stand-in, for wasm32v1-none), edge-wasm (the release Worker build), test (native unit,
 //! integration and end-to-end tests), wasm-test (`attune-core`'s tests under node).
 
 use std::process::Command;
@@ -137,7 +137,9 @@ fn describe(name: &str) -> &'static str {
         "clippy-wasm" => {
             "cargo clippy -p attune-edge --all-targets --target wasm32-unknown-unknown -- -D warnings"
         }
-        "no-std" => "cargo build -p attune-core --no-default-features --target wasm32v1-none",
+        "no-std" => {
+            "cargo build -p attune-core -p encoding_rs --no-default-features --target wasm32v1-none"
+        }
         "edge-wasm" => "cargo xtask build-edge (release Worker build)",
         "test" => "cargo test --workspace (unit, integration, end to end)",
         "wasm-test" => "cargo test -p attune-core --target wasm32-unknown-unknown (node)",
@@ -175,6 +177,9 @@ fn run_step(name: &str, opts: &Options) -> Result<()> {
             "build",
             "-p",
             "attune-core",
+            // patches/encoding_rs_utf8, which lol_html links instead of encoding_rs.
+            "-p",
+            "encoding_rs",
             "--no-default-features",
             "--target",
             "wasm32v1-none",
