@@ -31,9 +31,7 @@ pub fn user_key(user: &str) -> UserKey {
 
 /// Appends a [`USERS`] row: the id (varint length, UTF-8), then the state.
 pub fn encode_user_row(user: &str, state: &UserState, buf: &mut Vec<u8>) -> Result<()> {
-    let taken = std::mem::take(buf);
-    *buf = postcard::to_extend(user, taken)
-        .map_err(|e| crate::Error::Encode(format!("user row: {e}")))?;
+    crate::store_format::encode_str(user, buf);
     state.encode_into(buf)
 }
 

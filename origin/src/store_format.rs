@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use attune_core::decay::Acc;
 use attune_core::profile::{Affinity, CartEntry, Purchased, Visit};
 use attune_core::{Millis, Profile};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::store::UserState;
@@ -27,7 +27,8 @@ use crate::store::UserState;
 pub const TAG: u8 = 0xc1;
 pub const VERSION: u8 = 2;
 
-#[derive(Serialize, Deserialize)]
+// The format, as the types postcard decodes (and encoded their way by `encode_into`).
+#[derive(Deserialize)]
 struct StateV2<'a> {
     #[serde(borrow)]
     profile: ProfileV2<'a>,
@@ -36,7 +37,7 @@ struct StateV2<'a> {
     recent_ids: Cow<'a, [u32]>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct ProfileV2<'a> {
     version: u64,
     first_seen: Millis,
@@ -55,7 +56,7 @@ struct ProfileV2<'a> {
     older_visits: u32,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct AffinityV2<'a> {
     #[serde(borrow)]
     key: Cow<'a, str>,
@@ -63,29 +64,19 @@ struct AffinityV2<'a> {
     long: (i64, i64, i64),
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct PurchasedV2<'a> {
     #[serde(borrow)]
     item: Cow<'a, str>,
     last: Millis,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct CartV2<'a> {
     #[serde(borrow)]
     item: Cow<'a, str>,
     added: Millis,
     removed: Millis,
-}
-
-fn affinities(list: &[Affinity]) -> Vec<AffinityV2<'_>> {
-    list.iter()
-        .map(|a| AffinityV2 {
-            key: Cow::Borrowed(&a.key),
-            short: (a.short.0, a.short.1, a.short.2),
-            long: (a.long.0, a.long.1, a.long.2),
-        })
-        .collect()
 }
 
 fn from_affinities(list: Vec<AffinityV2<'_>>) -> Vec<Affinity> {
@@ -99,45 +90,89 @@ fn from_affinities(list: Vec<AffinityV2<'_>>) -> Vec<Affinity> {
 }
 
 /// Appends the format-2 encoding of `state` to `buf`.
+///
+/// Written by hand rather than through the serde types above (which decode): a checkpoint
+/// encodes up to 100k states, and building the borrowed lists for serde cost an allocation per
+/// list and most of the encoding time. The bytes are postcard's for [`StateV2`]: unsigned
+/// integers as LEB128 varints, signed ones zigzagged first, strings and sequences as a varint
+/// length then the elements, structs and tuples as their fields in order. `golden_bytes` and
+/// the round-trip property test hold the two to the same format.
 pub fn encode_into(state: &UserState, buf: &mut Vec<u8>) -> Result<()> {
     let p = &state.profile;
-    let row = StateV2 {
-        profile: ProfileV2 {
-            version: p.version,
-            first_seen: p.first_seen,
-            last_seen: p.last_seen,
-            epoch: p.epoch,
-            items: affinities(&p.items),
-            categories: affinities(&p.categories),
-            purchased: p
-                .purchased
-                .iter()
-                .map(|x| PurchasedV2 {
-                    item: Cow::Borrowed(&x.item),
-                    last: x.last,
-                })
-                .collect(),
-            cart: p
-                .cart
-                .iter()
-                .map(|c| CartV2 {
-                    item: Cow::Borrowed(&c.item),
-                    added: c.added,
-                    removed: c.removed,
-                })
-                .collect(),
-            purchases: p.purchases,
-            visits: p.visits.iter().map(|v| (v.0, v.1)).collect(),
-            older_visits: p.older_visits,
-        },
-        recent: state.recent.iter().map(|r| Cow::Borrowed(&**r)).collect(),
-        recent_ids: Cow::Borrowed(&state.recent_ids),
-    };
-    buf.extend_from_slice(&[TAG, VERSION]);
-    let taken = std::mem::take(buf);
-    *buf =
-        postcard::to_extend(&row, taken).map_err(|e| Error::Encode(format!("user state: {e}")))?;
+    let mut w = Writer(buf);
+    w.0.extend_from_slice(&[TAG, VERSION]);
+    w.uint(p.version);
+    w.uint(p.first_seen);
+    w.uint(p.last_seen);
+    w.uint(u64::from(p.epoch));
+    for list in [&p.items, &p.categories] {
+        w.len(list.len());
+        for a in list {
+            w.str(&a.key);
+            w.acc(a.short);
+            w.acc(a.long);
+        }
+    }
+    w.len(p.purchased.len());
+    for x in &p.purchased {
+        w.str(&x.item);
+        w.uint(x.last);
+    }
+    w.len(p.cart.len());
+    for c in &p.cart {
+        w.str(&c.item);
+        w.uint(c.added);
+        w.uint(c.removed);
+    }
+    w.uint(u64::from(p.purchases));
+    w.len(p.visits.len());
+    for v in &p.visits {
+        w.uint(v.0);
+        w.uint(v.1);
+    }
+    w.uint(u64::from(p.older_visits));
+    w.len(state.recent.len());
+    for r in &state.recent {
+        w.str(r);
+    }
+    w.len(state.recent_ids.len());
+    for id in &state.recent_ids {
+        w.uint(u64::from(*id));
+    }
     Ok(())
+}
+
+/// Appends `s` as postcard encodes a string (varint length, then the UTF-8 bytes).
+pub fn encode_str(s: &str, buf: &mut Vec<u8>) {
+    Writer(buf).str(s);
+}
+
+/// postcard's encoding of the primitives [`encode_into`] writes.
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn uint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+    fn int(&mut self, v: i64) {
+        self.uint(((v << 1) ^ (v >> 63)) as u64);
+    }
+    fn len(&mut self, n: usize) {
+        self.uint(n as u64);
+    }
+    fn str(&mut self, s: &str) {
+        self.len(s.len());
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn acc(&mut self, a: Acc) {
+        self.int(a.0);
+        self.int(a.1);
+        self.int(a.2);
+    }
 }
 
 /// Decodes a format-2 row (starting with [`TAG`]). Anything else, or trailing bytes, is an
