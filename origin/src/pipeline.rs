@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use attune_core::Event;
-use attune_core::event::{EventKind, parse_event};
+use attune_core::event::{EventError, EventKind, parse_event};
 use attune_core::model::keys as kv;
 use attune_core::profile::ProfileConfig;
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
@@ -107,6 +107,45 @@ struct EncodedUsers {
     shared: Vec<(String, u64, u64)>,
     /// Forgotten users whose erased events can no longer be replayed.
     forgotten_done: Vec<Box<str>>,
+}
+
+/// How many users' states [`warm`] brings into cache ahead of applying events to them or
+/// encoding them (a chunk's heads stay well within L2).
+const WARM_AHEAD: usize = 64;
+
+/// Reads the parts of these users' states that applying an event or encoding the state
+/// touches first (the map entry, the state, the heads of its lists and the first bytes behind
+/// them), in a loop whose iterations do not depend on each other, so the processor overlaps
+/// their cache misses instead of meeting them one after another inside `Profile::apply` or the
+/// encoder (random users in a large map: a miss per level, several per user). With
+/// `unpublished`, also the users' entries there (the apply loop's other lookup). The sum is
+/// meaningless and only kept from being optimized away.
+fn warm<'a>(
+    users: &FxHashMap<UserKey, Cached>,
+    unpublished: Option<&FxHashMap<UserKey, (Arc<str>, live::Unpublished)>>,
+    keys: impl Iterator<Item = &'a UserKey>,
+) {
+    fn head<T>(list: &[T], f: impl Fn(&T) -> u64) -> u64 {
+        list.first().map_or(0, f)
+    }
+    let mut sum = 0u64;
+    for key in keys {
+        if let Some(c) = users.get(key) {
+            let p = &c.state.profile;
+            let first_byte = |k: &String| u64::from(k.as_bytes().first().copied().unwrap_or(0));
+            sum = sum
+                .wrapping_add(p.version)
+                .wrapping_add(head(&p.visits, |v| v.0))
+                .wrapping_add(head(&p.items, |a| first_byte(&a.key)))
+                .wrapping_add(head(&p.categories, |a| first_byte(&a.key)))
+                .wrapping_add(head(&c.state.recent_ids, |r| u64::from(*r)))
+                .wrapping_add(c.user.len() as u64);
+        }
+        if let Some(unpublished) = unpublished {
+            sum = sum.wrapping_add(unpublished.get(key).map_or(0, |u| u.1.version));
+        }
+    }
+    std::hint::black_box(sum);
 }
 
 /// Changes since the last checkpoint that are not user states.
@@ -345,63 +384,80 @@ impl Pipeline {
         // 1. Validate, dedup, watermark (in log order).
         let mut events = std::mem::take(&mut self.events);
         events.clear();
-        for rec in records {
-            out.received += 1;
-            let event = match parse_event(&rec.payload, rec.accepted_ms) {
-                Ok(e) => e,
-                Err(e) => {
-                    self.metrics
-                        .events_invalid
-                        .get_or_create(&labels(&[("reason", e.code())]))
-                        .inc();
-                    self.dlq_seq += 1;
-                    let d = dead_letter(self.dlq_seq, rec, e.code(), &e.to_string());
-                    self.since.dead.push(d);
-                    out.dlq += 1;
+        // A chunk at a time: parsed first, then its dedup keys looked up together (their
+        // misses in the large dedup map overlap, see `warm`), then checked in log order.
+        let mut parsed: Vec<Result<(Event, u128), EventError>> = Vec::with_capacity(WARM_AHEAD);
+        for chunk in records.chunks(WARM_AHEAD) {
+            parsed.extend(chunk.iter().map(|rec| {
+                parse_event(&rec.payload, rec.accepted_ms).map(|e| {
+                    let h = xxhash_rust::xxh3::xxh3_128(e.event_id.as_bytes());
+                    (e, h)
+                })
+            }));
+            let seen = &self.dedup.seen;
+            let known = parsed
+                .iter()
+                .filter_map(|p| p.as_ref().ok())
+                .filter(|(_, h)| seen.contains_key(h))
+                .count();
+            std::hint::black_box(known);
+            for (rec, parsed) in chunk.iter().zip(parsed.drain(..)) {
+                out.received += 1;
+                let (event, h) = match parsed {
+                    Ok(e) => e,
+                    Err(e) => {
+                        self.metrics
+                            .events_invalid
+                            .get_or_create(&labels(&[("reason", e.code())]))
+                            .inc();
+                        self.dlq_seq += 1;
+                        let d = dead_letter(self.dlq_seq, rec, e.code(), &e.to_string());
+                        self.since.dead.push(d);
+                        out.dlq += 1;
+                        continue;
+                    }
+                };
+                if self.dedup.seen.contains_key(&h) {
+                    out.duplicates += 1;
                     continue;
                 }
-            };
-            let h = xxhash_rust::xxh3::xxh3_128(event.event_id.as_bytes());
-            if self.dedup.seen.contains_key(&h) {
-                out.duplicates += 1;
-                continue;
+                let wm = match self.watermarks.get_mut(rec.source.as_str()) {
+                    Some(wm) => wm,
+                    None => self.watermarks.entry(rec.source.clone()).or_insert(0),
+                };
+                if event.ts.saturating_add(self.lateness) < *wm {
+                    self.metrics
+                        .events_invalid
+                        .get_or_create(&labels(&[("reason", "late")]))
+                        .inc();
+                    self.dlq_seq += 1;
+                    let detail = format!(
+                        "event time {} is older than watermark {} minus allowed lateness {} ms",
+                        event.ts, *wm, self.lateness
+                    );
+                    let d = dead_letter(self.dlq_seq, rec, "late", &detail);
+                    self.since.dead.push(d);
+                    out.dlq += 1;
+                    out.late += 1;
+                    continue;
+                }
+                *wm = (*wm).max(event.ts);
+                self.dedup.seen.insert(h, event.ts);
+                self.dedup.added.push((h, event.ts));
+                // A forgotten user's events from before the forget are erased, not applied (also
+                // when a restart replays them).
+                if !live.forgotten.is_empty()
+                    && live
+                        .forgotten
+                        .get(event.user.as_str())
+                        .is_some_and(|until| rec.offset < *until)
+                {
+                    out.applied += 1;
+                    continue;
+                }
+                let key = user_key(&event.user);
+                events.push((event, rec.accepted_ms, key));
             }
-            let wm = match self.watermarks.get_mut(rec.source.as_str()) {
-                Some(wm) => wm,
-                None => self.watermarks.entry(rec.source.clone()).or_insert(0),
-            };
-            if event.ts.saturating_add(self.lateness) < *wm {
-                self.metrics
-                    .events_invalid
-                    .get_or_create(&labels(&[("reason", "late")]))
-                    .inc();
-                self.dlq_seq += 1;
-                let detail = format!(
-                    "event time {} is older than watermark {} minus allowed lateness {} ms",
-                    event.ts, *wm, self.lateness
-                );
-                let d = dead_letter(self.dlq_seq, rec, "late", &detail);
-                self.since.dead.push(d);
-                out.dlq += 1;
-                out.late += 1;
-                continue;
-            }
-            *wm = (*wm).max(event.ts);
-            self.dedup.seen.insert(h, event.ts);
-            self.dedup.added.push((h, event.ts));
-            // A forgotten user's events from before the forget are erased, not applied (also
-            // when a restart replays them).
-            if !live.forgotten.is_empty()
-                && live
-                    .forgotten
-                    .get(event.user.as_str())
-                    .is_some_and(|until| rec.offset < *until)
-            {
-                out.applied += 1;
-                continue;
-            }
-            let key = user_key(&event.user);
-            events.push((event, rec.accepted_ms, key));
         }
         // 2. Bring in the users memory lacks: new ones start empty, stored ones are read in
         //    key order (the B-tree's order, so the reads walk its leaves once).
@@ -446,7 +502,11 @@ impl Pipeline {
         let Live {
             users, unpublished, ..
         } = &mut *live;
-        for (event, accepted_ms, key) in &events {
+        for (i, (event, accepted_ms, key)) in events.iter().enumerate() {
+            if i % WARM_AHEAD == 0 {
+                let next = &events[i..events.len().min(i + WARM_AHEAD)];
+                warm(users, Some(unpublished), next.iter().map(|e| &e.2));
+            }
             // Impressions record what the edge showed: they count exposures and leave the
             // visitor's state alone (no profile version, no KV write for a mere page view).
             if event.kind == EventKind::Impression {
@@ -652,14 +712,22 @@ impl Pipeline {
             rows.push((key, start..bytes.len()));
             Ok(())
         };
-        if self.since.unsaved.len() * 4 >= users.len() {
-            // Most of memory changed: one pass over the map in memory order beats a random
-            // lookup per user.
-            for (key, c) in users.iter_mut().filter(|(_, c)| c.unsaved) {
-                encode(*key, c, &mut out.bytes)?;
-            }
+        // Most of memory changed: one pass over the map in memory order finds them faster than
+        // a random lookup per user.
+        let scanned: Vec<UserKey>;
+        let keys = if self.since.unsaved.len() * 4 >= users.len() {
+            scanned = users
+                .iter()
+                .filter(|(_, c)| c.unsaved)
+                .map(|(k, _)| *k)
+                .collect();
+            &scanned
         } else {
-            for key in &self.since.unsaved {
+            &self.since.unsaved
+        };
+        for chunk in keys.chunks(WARM_AHEAD) {
+            warm(users, None, chunk.iter());
+            for key in chunk {
                 // Absent: forgotten since it changed.
                 if let Some(c) = users.get_mut(key) {
                     encode(*key, c, &mut out.bytes)?;
