@@ -725,6 +725,9 @@ impl Pipeline {
         } else {
             &self.since.unsaved
         };
+        // Room for typical rows up front (pages are only touched as they are written): growing
+        // from empty copied the buffer again at every doubling, at every checkpoint.
+        out.bytes.reserve(keys.len() * 256);
         for chunk in keys.chunks(WARM_AHEAD) {
             warm(users, None, chunk.iter());
             for key in chunk {
