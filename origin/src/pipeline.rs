@@ -1046,6 +1046,48 @@ mod checkpoint_tests {
         assert_eq!(node.store.profiles().unwrap(), reference);
     }
 
+    /// A checkpoint finds its changed users either by scanning memory (most of it changed) or
+    /// by looking each up (a few among many): both write exactly the changed states.
+    #[test]
+    fn checkpoints_of_many_and_of_few_changed_users_write_the_same_states() {
+        let many: Vec<Vec<u8>> = (0..60)
+            .map(|n| ev(n, &format!("m{n}"), &format!("i{}", n % 5)))
+            .collect();
+        let few: Vec<Vec<u8>> = (60..63)
+            .map(|n| ev(n, &format!("m{}", n % 4), "i9"))
+            .collect();
+        let reference = {
+            let dir = tempfile::tempdir().unwrap();
+            let node = Node::open(&config(dir.path())).unwrap();
+            let all: Vec<Vec<u8>> = many.iter().chain(&few).cloned().collect();
+            node.log.append_blocking(crate::now_ms(), "t", all).unwrap();
+            node.drain().unwrap();
+            node.store.profiles().unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        {
+            let node = Node::open(&cfg).unwrap();
+            let mut p = node.pipeline().unwrap();
+            node.log
+                .append_blocking(crate::now_ms(), "t", many)
+                .unwrap();
+            apply_all(&node, &mut p);
+            // 60 changed of 60 in memory: the scan.
+            assert_eq!(p.checkpoint().unwrap(), 1);
+            node.log.append_blocking(crate::now_ms(), "t", few).unwrap();
+            apply_all(&node, &mut p);
+            // 3 changed of 60: a lookup each.
+            assert!(p.since.unsaved.len() * 4 < node.live.lock().unwrap().users.len());
+            assert_eq!(p.checkpoint().unwrap(), 1);
+        }
+        let node = Node::open(&cfg).unwrap();
+        let stored = node.store.profiles().unwrap();
+        assert_eq!(stored.len(), 60);
+        assert_eq!(stored, reference);
+        assert_eq!(node.store.user("m0").unwrap().unwrap().profile.version, 2);
+    }
+
     /// A forget is not undone by a replay: the user's earlier events stay erased.
     #[test]
     fn forget_survives_a_replay() {
