@@ -995,19 +995,22 @@ mod checkpoint_tests {
         }
     }
 
+    /// The stored profiles after one uninterrupted drain of `payloads` on a fresh node.
+    fn uninterrupted(payloads: Vec<Vec<u8>>) -> Vec<(String, attune_core::Profile)> {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(&config(dir.path())).unwrap();
+        node.log
+            .append_blocking(crate::now_ms(), "t", payloads)
+            .unwrap();
+        node.drain().unwrap();
+        node.store.profiles().unwrap()
+    }
+
     /// A "crash" (the node dropped without a checkpoint) loses nothing and applies nothing
     /// twice: the reopened pipeline replays the log from the checkpoint to the same states.
     #[test]
     fn replay_from_the_checkpoint_reproduces_the_uninterrupted_states() {
-        let reference = {
-            let dir = tempfile::tempdir().unwrap();
-            let node = Node::open(&config(dir.path())).unwrap();
-            node.log
-                .append_blocking(crate::now_ms(), "t", events(0..300))
-                .unwrap();
-            node.drain().unwrap();
-            node.store.profiles().unwrap()
-        };
+        let reference = uninterrupted(events(0..300));
         assert_eq!(reference.iter().map(|p| p.1.version).sum::<u64>(), 300);
 
         let dir = tempfile::tempdir().unwrap();
@@ -1056,14 +1059,7 @@ mod checkpoint_tests {
         let few: Vec<Vec<u8>> = (60..63)
             .map(|n| ev(n, &format!("m{}", n % 4), "i9"))
             .collect();
-        let reference = {
-            let dir = tempfile::tempdir().unwrap();
-            let node = Node::open(&config(dir.path())).unwrap();
-            let all: Vec<Vec<u8>> = many.iter().chain(&few).cloned().collect();
-            node.log.append_blocking(crate::now_ms(), "t", all).unwrap();
-            node.drain().unwrap();
-            node.store.profiles().unwrap()
-        };
+        let reference = uninterrupted(many.iter().chain(&few).cloned().collect());
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path());
         {
