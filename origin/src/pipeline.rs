@@ -702,29 +702,7 @@ impl Pipeline {
         } = &mut *live;
         let mut rows: Vec<(UserKey, std::ops::Range<usize>)> =
             Vec::with_capacity(self.since.unsaved.len());
-        let mut encode = |key: UserKey, c: &mut Cached, bytes: &mut Vec<u8>| -> Result<()> {
-            // Counted as stored before the write: a key too many (a failed commit) only costs a
-            // lookup that finds nothing; a key missing would start a stored user afresh.
-            stored.insert(key);
-            c.unsaved = false;
-            let start = bytes.len();
-            encode_user_row(&c.user, &c.state, bytes)?;
-            rows.push((key, start..bytes.len()));
-            Ok(())
-        };
-        // Most of memory changed: one pass over the map in memory order finds them faster than
-        // a random lookup per user.
-        let scanned: Vec<UserKey>;
-        let keys = if self.since.unsaved.len() * 4 >= users.len() {
-            scanned = users
-                .iter()
-                .filter(|(_, c)| c.unsaved)
-                .map(|(k, _)| *k)
-                .collect();
-            &scanned
-        } else {
-            &self.since.unsaved
-        };
+        let keys = &self.since.unsaved;
         // Room for typical rows up front (pages are only touched as they are written): growing
         // from empty copied the buffer again at every doubling, at every checkpoint.
         out.bytes.reserve(keys.len() * 256);
@@ -732,9 +710,17 @@ impl Pipeline {
             warm(users, None, chunk.iter());
             for key in chunk {
                 // Absent: forgotten since it changed.
-                if let Some(c) = users.get_mut(key) {
-                    encode(*key, c, &mut out.bytes)?;
-                }
+                let Some(c) = users.get_mut(key) else {
+                    continue;
+                };
+                // Counted as stored before the write: a key too many (a failed commit) only
+                // costs a lookup that finds nothing; a key missing would start a stored user
+                // afresh.
+                stored.insert(*key);
+                c.unsaved = false;
+                let start = out.bytes.len();
+                encode_user_row(&c.user, &c.state, &mut out.bytes);
+                rows.push((*key, start..out.bytes.len()));
             }
         }
         // B-tree order: the inserts then walk its leaves once.
@@ -1049,8 +1035,8 @@ mod checkpoint_tests {
         assert_eq!(node.store.profiles().unwrap(), reference);
     }
 
-    /// A checkpoint finds its changed users either by scanning memory (most of it changed) or
-    /// by looking each up (a few among many): both write exactly the changed states.
+    /// A checkpoint writes exactly the changed states, whether all of memory changed or a few
+    /// users among many clean ones.
     #[test]
     fn checkpoints_of_many_and_of_few_changed_users_write_the_same_states() {
         let many: Vec<Vec<u8>> = (0..60)
@@ -1069,11 +1055,11 @@ mod checkpoint_tests {
                 .append_blocking(crate::now_ms(), "t", many)
                 .unwrap();
             apply_all(&node, &mut p);
-            // 60 changed of 60 in memory: the scan.
+            // 60 changed of 60 in memory.
             assert_eq!(p.checkpoint().unwrap(), 1);
             node.log.append_blocking(crate::now_ms(), "t", few).unwrap();
             apply_all(&node, &mut p);
-            // 3 changed of 60: a lookup each.
+            // 3 changed among 60 in memory.
             assert!(p.since.unsaved.len() * 4 < node.live.lock().unwrap().users.len());
             assert_eq!(p.checkpoint().unwrap(), 1);
         }

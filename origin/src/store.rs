@@ -30,9 +30,9 @@ pub fn user_key(user: &str) -> UserKey {
 }
 
 /// Appends a [`USERS`] row: the id (varint length, UTF-8), then the state.
-pub fn encode_user_row(user: &str, state: &UserState, buf: &mut Vec<u8>) -> Result<()> {
+pub fn encode_user_row(user: &str, state: &UserState, buf: &mut Vec<u8>) {
     crate::store_format::encode_str(user, buf);
-    state.encode_into(buf)
+    state.encode_into(buf);
 }
 
 /// The id a [`USERS`] row belongs to, and the rest of the row.
@@ -140,14 +140,9 @@ impl UserState {
             Ok(rmp_serde::from_slice(bytes)?)
         }
     }
-    pub fn encode(&self) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        self.encode_into(&mut buf)?;
-        Ok(buf)
-    }
     /// Appends the store's encoding (format 2) to `buf`.
-    pub fn encode_into(&self, buf: &mut Vec<u8>) -> Result<()> {
-        crate::store_format::encode_into(self, buf)
+    pub fn encode_into(&self, buf: &mut Vec<u8>) {
+        crate::store_format::encode_into(self, buf);
     }
 }
 
@@ -248,7 +243,7 @@ fn move_profiles_by_name(tx: &redb::WriteTransaction) -> Result<()> {
             let (k, v) = entry?;
             let state = UserState::decode(v.value())?;
             row.clear();
-            encode_user_row(k.value(), &state, &mut row)?;
+            encode_user_row(k.value(), &state, &mut row);
             users.insert(user_key(k.value()), row.as_slice())?;
             moved += 1;
         }
@@ -470,7 +465,7 @@ mod tests {
         let mut state = UserState::default();
         state.profile.version = 4;
         let mut row = Vec::new();
-        encode_user_row("u1", &state, &mut row).unwrap();
+        encode_user_row("u1", &state, &mut row);
         assert_eq!(user_row_id(&row).unwrap().0, "u1");
         assert_eq!(decode_user_row("u1", &row).unwrap(), state);
         let err = decode_user_row("u2", &row).unwrap_err().to_string();
@@ -523,7 +518,7 @@ mod encoding_tests {
         ];
         state.recent_ids = vec![7, 8];
         let mut buf = Vec::new();
-        state.encode_into(&mut buf).unwrap();
+        state.encode_into(&mut buf);
         assert_eq!(UserState::decode(&buf).unwrap(), state);
     }
 }

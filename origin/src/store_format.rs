@@ -97,7 +97,7 @@ fn from_affinities(list: Vec<AffinityV2<'_>>) -> Vec<Affinity> {
 /// integers as LEB128 varints, signed ones zigzagged first, strings and sequences as a varint
 /// length then the elements, structs and tuples as their fields in order. `golden_bytes` and
 /// the round-trip property test hold the two to the same format.
-pub fn encode_into(state: &UserState, buf: &mut Vec<u8>) -> Result<()> {
+pub fn encode_into(state: &UserState, buf: &mut Vec<u8>) {
     let p = &state.profile;
     let mut w = Writer(buf);
     w.0.extend_from_slice(&[TAG, VERSION]);
@@ -139,7 +139,6 @@ pub fn encode_into(state: &UserState, buf: &mut Vec<u8>) -> Result<()> {
     for id in &state.recent_ids {
         w.uint(u64::from(*id));
     }
-    Ok(())
 }
 
 /// Appends `s` as postcard encodes a string (varint length, then the UTF-8 bytes).
@@ -283,7 +282,7 @@ mod tests {
     #[test]
     fn golden_bytes() {
         let mut buf = Vec::new();
-        encode_into(&sample(), &mut buf).unwrap();
+        encode_into(&sample(), &mut buf);
         let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             hex,
@@ -326,7 +325,7 @@ mod tests {
     #[test]
     fn refuses_damaged_rows_with_a_reason() {
         let mut buf = Vec::new();
-        encode_into(&sample(), &mut buf).unwrap();
+        encode_into(&sample(), &mut buf);
         let truncated = decode(&buf[..buf.len() - 1]).unwrap_err().to_string();
         assert!(truncated.contains("corrupt format-2 row"), "{truncated}");
         let mut longer = buf.clone();
@@ -407,7 +406,7 @@ mod tests {
         #[test]
         fn every_state_round_trips(s in state()) {
             let mut buf = vec![0xee];
-            encode_into(&s, &mut buf).unwrap();
+            encode_into(&s, &mut buf);
             prop_assert_eq!(buf[0], 0xee, "appends, keeps what the buffer held");
             prop_assert_eq!(UserState::decode(&buf[1..]).unwrap(), s);
         }
