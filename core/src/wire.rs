@@ -139,8 +139,18 @@ pub fn encode_profile(envelope: &Envelope<Profile>, cap: usize) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Bytes no decoder may accept as an envelope: empty, a bare integer, MessagePack's unused
+    /// byte, a truncated map, and a run of 0xff.
+    pub(crate) const JUNK: [&[u8]; 5] = [
+        b"",
+        b"\x00",
+        b"\xc1",
+        b"\x81\xa6schema\xcd\x01\x00",
+        &[0xff; 64],
+    ];
     use crate::model::{CatalogItem, CatalogShard};
 
     #[test]
@@ -169,13 +179,7 @@ mod tests {
             decode::<CatalogShard>(&encode(&minor)).is_ok(),
             "minor bumps are additive"
         );
-        for junk in [
-            &b""[..],
-            b"\x00",
-            b"\xc1",
-            b"\x81\xa6schema\xcd\x01\x00",
-            &[0xff; 64],
-        ] {
+        for junk in JUNK {
             assert!(decode::<CatalogShard>(junk).is_err());
         }
     }

@@ -858,13 +858,7 @@ mod tests {
             Err(WireError::UnknownMajor { found: 2 })
         );
         assert_eq!(decode::<Manifest>(&raw(&other, b"\xc1")), malformed());
-        for junk in [
-            &b""[..],
-            b"\x00",
-            b"\xc1",
-            b"\x81\xa6schema\xcd\x01\x00",
-            &[0xff; 64],
-        ] {
+        for junk in crate::wire::tests::JUNK {
             assert!(decode::<Manifest>(junk).is_err());
         }
         // Nesting is bounded.
