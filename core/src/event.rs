@@ -9,6 +9,7 @@ use alloc::string::String;
 use core::fmt;
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use crate::{MINUTE_MS, Millis};
 
@@ -93,12 +94,12 @@ pub struct Event {
     /// Always [`SCHEMA_VERSION`] for a validated event; kept so the event re-serializes as it
     /// arrived.
     pub v: u64,
-    pub event_id: String,
-    pub user: String,
+    pub event_id: SmolStr,
+    pub user: SmolStr,
     pub ts: Millis,
     pub kind: EventKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub item: Option<String>,
+    pub item: Option<SmolStr>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub props: Props,
 }
@@ -256,12 +257,17 @@ mod json {
             v,
             event_id: raw
                 .event_id
-                .ok_or(EventError::MissingField("event_id"))?
-                .into(),
-            user: raw.user.ok_or(EventError::MissingField("user"))?.into(),
+                .as_deref()
+                .map(SmolStr::new)
+                .ok_or(EventError::MissingField("event_id"))?,
+            user: raw
+                .user
+                .as_deref()
+                .map(SmolStr::new)
+                .ok_or(EventError::MissingField("user"))?,
             ts: raw.ts.ok_or(EventError::MissingField("ts"))?,
             kind,
-            item: raw.item.map(String::from),
+            item: raw.item.as_deref().map(SmolStr::new),
             props,
         };
         event.validate(now)?;

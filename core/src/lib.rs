@@ -49,3 +49,6 @@ pub use profile::{Profile, ProfileConfig};
 pub use rank::{Pick, RankInput, RankParams, Reason, Strategy, rank};
 pub use rules::{Config, RequestContext};
 pub use session::Session;
+/// The inline string type of item keys in [`Profile`] (and of [`Event`]'s ids): keys of up to
+/// 23 bytes live in the struct, so looking one up or encoding it touches no other heap line.
+pub use smol_str::SmolStr;

@@ -5,8 +5,8 @@
 //! in any order gives the same profile, bit for bit. The profile stays within a size budget by
 //! dropping its weakest tail deterministically.
 
-use alloc::string::String;
 use alloc::vec::Vec;
+use smol_str::SmolStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -106,7 +106,7 @@ impl ProfileConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Affinity {
     #[serde(rename = "k")]
-    pub key: String,
+    pub key: SmolStr,
     #[serde(rename = "s", default, skip_serializing_if = "Acc::is_zero")]
     pub short: Acc,
     #[serde(rename = "l", default, skip_serializing_if = "Acc::is_zero")]
@@ -148,7 +148,7 @@ impl ScoreAt {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartEntry {
     #[serde(rename = "k")]
-    pub item: String,
+    pub item: SmolStr,
     #[serde(rename = "a")]
     pub added: Millis,
     #[serde(rename = "r")]
@@ -159,7 +159,7 @@ pub struct CartEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Purchased {
     #[serde(rename = "k")]
-    pub item: String,
+    pub item: SmolStr,
     #[serde(rename = "t")]
     pub last: Millis,
 }
@@ -491,7 +491,7 @@ mod tests {
     fn ev(n: u32, ts: Millis, kind: EventKind, item: &str) -> Event {
         Event {
             v: SCHEMA_VERSION,
-            event_id: format!("e{n}"),
+            event_id: format!("e{n}").into(),
             user: "u".into(),
             ts,
             kind,

@@ -55,11 +55,11 @@ fn to_events(start: Millis, raw: &[RawEv]) -> Vec<(u8, Event, Option<&'static st
         .map(|(n, &(user, item, kind, offset))| {
             let e = Event {
                 v: SCHEMA_VERSION,
-                event_id: format!("e{n}"),
-                user: format!("u{user}"),
+                event_id: format!("e{n}").into(),
+                user: format!("u{user}").into(),
                 ts: start + offset,
                 kind,
-                item: (kind != EventKind::Search).then(|| item_id(item)),
+                item: (kind != EventKind::Search).then(|| item_id(item).into()),
                 props: Default::default(),
             };
             // Some items are unknown to the catalog.
@@ -164,7 +164,11 @@ fn acc() -> impl Strategy<Value = Acc> {
 }
 
 fn affinity() -> impl Strategy<Value = Affinity> {
-    (text(), acc(), acc()).prop_map(|(key, short, long)| Affinity { key, short, long })
+    (text(), acc(), acc()).prop_map(|(key, short, long)| Affinity {
+        key: key.into(),
+        short,
+        long,
+    })
 }
 
 fn profile() -> impl Strategy<Value = Profile> {
@@ -174,12 +178,15 @@ fn profile() -> impl Strategy<Value = Profile> {
         vec(affinity(), 0..6),
         vec(affinity(), 0..4),
         vec(
-            (text(), any::<u64>()).prop_map(|(item, last)| Purchased { item, last }),
+            (text(), any::<u64>()).prop_map(|(item, last)| Purchased {
+                item: item.into(),
+                last,
+            }),
             0..4,
         ),
         vec(
             (text(), any::<u64>(), any::<u64>()).prop_map(|(item, added, removed)| CartEntry {
-                item,
+                item: item.into(),
                 added,
                 removed,
             }),
@@ -734,11 +741,11 @@ fn world() -> impl Strategy<Value = World> {
                         for (k, (item, kind, back)) in evs.into_iter().enumerate() {
                             let e = Event {
                                 v: SCHEMA_VERSION,
-                                event_id: format!("e{k}"),
+                                event_id: format!("e{k}").into(),
                                 user: "u".into(),
                                 ts: now - back,
                                 kind,
-                                item: Some(item_id(item)),
+                                item: Some(item_id(item).into()),
                                 props: Default::default(),
                             };
                             let category = catalog_category(&catalog, &item_id(item));

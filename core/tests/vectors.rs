@@ -298,7 +298,7 @@ mod bless {
             .filter_map(|e| e.item.clone())
             .filter_map(|i| {
                 let n: u32 = i.strip_prefix('I')?.parse().ok()?;
-                Some((i, category_of(n).to_string()))
+                Some((i.to_string(), category_of(n).to_string()))
             })
             .collect();
         let mut c = ApplyCase {

@@ -359,11 +359,11 @@ mod decode_tests {
             p.apply(
                 &Event {
                     v: SCHEMA_VERSION,
-                    event_id: format!("e{i}"),
+                    event_id: format!("e{i}").into(),
                     user: "u".into(),
                     ts: 1_733_040_000_000 + i as u64 * 1000,
                     kind,
-                    item: Some(format!("item{i}")),
+                    item: Some(format!("item{i}").into()),
                     props: Default::default(),
                 },
                 Some("Mugs"),

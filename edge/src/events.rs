@@ -156,7 +156,7 @@ fn event_from(obj: &Map<String, Value>, now: Millis) -> Result<Event, EventError
         user: user.ok_or(EventError::MissingField("user"))?.into(),
         ts: ts.ok_or(EventError::MissingField("ts"))?,
         kind,
-        item: item.map(String::from),
+        item: item.map(Into::into),
         props,
     };
     event.validate(now)?;
@@ -174,11 +174,11 @@ pub fn impressions(
     let mut push = |item: String, props: Props| {
         out.push(Event {
             v: SCHEMA_VERSION,
-            event_id: new_id(),
+            event_id: new_id().into(),
             user: user.into(),
             ts: now,
             kind: EventKind::Impression,
-            item: Some(item),
+            item: Some(item.into()),
             props,
         })
     };

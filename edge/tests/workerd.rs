@@ -246,7 +246,7 @@ fn profile_of_buyer(now: u64) -> Profile {
         p.apply(
             &Event {
                 v: SCHEMA_VERSION,
-                event_id: format!("seed{i}"),
+                event_id: format!("seed{i}").into(),
                 user: "17850".into(),
                 ts: now - 60_000 + i as u64 * 1000,
                 kind,

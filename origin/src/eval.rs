@@ -86,7 +86,7 @@ pub fn evaluate(events: Vec<Event>, catalog: Vec<attune_core::CatalogItem>) -> R
             continue;
         }
         training += 1;
-        let state = users.entry(e.user.clone()).or_default();
+        let state = users.entry(e.user.to_string()).or_default();
         let cat = e
             .item
             .as_deref()

@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use attune_core::event::{Event, PropValue, SCHEMA_VERSION};
-use attune_core::{CatalogItem, EventKind};
+use attune_core::{CatalogItem, EventKind, SmolStr};
 
 use crate::error::{Error, Result};
 use crate::retail::{RetailDataset, RetailItem};
@@ -62,10 +62,11 @@ pub fn from_retail(
             cancelled += 1;
             continue;
         }
-        let user = inv
-            .customer
-            .clone()
-            .unwrap_or_else(|| format!("guest:{}", inv.no));
+        let user = SmolStr::new(
+            inv.customer
+                .clone()
+                .unwrap_or_else(|| format!("guest:{}", inv.no)),
+        );
         let ts = (inv.ts_ms + shift_ms).max(0) as u64;
         for (n, (item, qty, _price)) in inv.lines.iter().enumerate() {
             if derive_views {
@@ -73,11 +74,11 @@ pub fn from_retail(
                 props.insert("derived".into(), PropValue::Bool(true));
                 events.push(Event {
                     v: SCHEMA_VERSION,
-                    event_id: format!("or:{}:{n}:v", inv.no),
+                    event_id: format!("or:{}:{n}:v", inv.no).into(),
                     user: user.clone(),
                     ts: ts.saturating_sub(120_000),
                     kind: EventKind::View,
-                    item: Some(item.clone()),
+                    item: Some(SmolStr::new(item)),
                     props,
                 });
             }
@@ -87,11 +88,11 @@ pub fn from_retail(
             props.insert("country".into(), PropValue::Str(inv.country.clone()));
             events.push(Event {
                 v: SCHEMA_VERSION,
-                event_id: format!("or:{}:{n}", inv.no),
+                event_id: format!("or:{}:{n}", inv.no).into(),
                 user: user.clone(),
                 ts,
                 kind: EventKind::Purchase,
-                item: Some(item.clone()),
+                item: Some(SmolStr::new(item)),
                 props,
             });
         }

@@ -132,7 +132,7 @@ fn warm<'a>(
     for key in keys {
         if let Some(c) = users.get(key) {
             let p = &c.state.profile;
-            let first_byte = |k: &String| u64::from(k.as_bytes().first().copied().unwrap_or(0));
+            let first_byte = |k: &str| u64::from(k.as_bytes().first().copied().unwrap_or(0));
             sum = sum
                 .wrapping_add(p.version)
                 .wrapping_add(head(&p.visits, |v| v.0))

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 
 use attune_core::decay::Acc;
 use attune_core::profile::{Affinity, CartEntry, Purchased, Visit};
-use attune_core::{Millis, Profile};
+use attune_core::{Millis, Profile, SmolStr};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -82,7 +82,7 @@ struct CartV2<'a> {
 fn from_affinities(list: Vec<AffinityV2<'_>>) -> Vec<Affinity> {
     list.into_iter()
         .map(|a| Affinity {
-            key: a.key.into_owned(),
+            key: SmolStr::new(&a.key),
             short: Acc(a.short.0, a.short.1, a.short.2),
             long: Acc(a.long.0, a.long.1, a.long.2),
         })
@@ -207,7 +207,7 @@ pub fn decode(bytes: &[u8]) -> Result<UserState> {
                 .purchased
                 .into_iter()
                 .map(|x| Purchased {
-                    item: x.item.into_owned(),
+                    item: SmolStr::new(&x.item),
                     last: x.last,
                 })
                 .collect(),
@@ -215,7 +215,7 @@ pub fn decode(bytes: &[u8]) -> Result<UserState> {
                 .cart
                 .into_iter()
                 .map(|c| CartEntry {
-                    item: c.item.into_owned(),
+                    item: SmolStr::new(&c.item),
                     added: c.added,
                     removed: c.removed,
                 })
@@ -346,7 +346,11 @@ mod tests {
     }
 
     fn affinity() -> impl Strategy<Value = Affinity> {
-        (".{0,12}", acc(), acc()).prop_map(|(key, short, long)| Affinity { key, short, long })
+        (".{0,12}", acc(), acc()).prop_map(|(key, short, long)| Affinity {
+            key: key.into(),
+            short,
+            long,
+        })
     }
 
     fn state() -> impl Strategy<Value = UserState> {
@@ -382,12 +386,15 @@ mod tests {
                         categories,
                         purchased: purchased
                             .into_iter()
-                            .map(|(item, last)| Purchased { item, last })
+                            .map(|(item, last)| Purchased {
+                                item: item.into(),
+                                last,
+                            })
                             .collect(),
                         cart: cart
                             .into_iter()
                             .map(|(item, added, removed)| CartEntry {
-                                item,
+                                item: item.into(),
                                 added,
                                 removed,
                             })

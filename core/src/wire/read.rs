@@ -22,6 +22,7 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use smol_str::SmolStr;
 
 use super::{Envelope, SCHEMA_MAJOR, WireError};
 use crate::decay::Acc;
@@ -462,7 +463,7 @@ fn affinity(r: &mut Reader<'_>) -> Option<Affinity> {
     let (mut key, mut short, mut long) = (None, Acc::default(), Acc::default());
     r.fields(|r, k| {
         match k {
-            "k" => key = Some(r.string()?),
+            "k" => key = Some(SmolStr::new(r.str()?)),
             "s" => short = acc(r)?,
             "l" => long = acc(r)?,
             _ => r.skip()?,
@@ -480,7 +481,7 @@ fn purchased(r: &mut Reader<'_>) -> Option<Purchased> {
     let (mut item, mut last) = (None, None);
     r.fields(|r, k| {
         match k {
-            "k" => item = Some(r.string()?),
+            "k" => item = Some(SmolStr::new(r.str()?)),
             "t" => last = Some(r.u64()?),
             _ => r.skip()?,
         }
@@ -496,7 +497,7 @@ fn cart_entry(r: &mut Reader<'_>) -> Option<CartEntry> {
     let (mut item, mut added, mut removed) = (None, None, None);
     r.fields(|r, k| {
         match k {
-            "k" => item = Some(r.string()?),
+            "k" => item = Some(SmolStr::new(r.str()?)),
             "a" => added = Some(r.u64()?),
             "r" => removed = Some(r.u64()?),
             _ => r.skip()?,

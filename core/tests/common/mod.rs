@@ -22,7 +22,7 @@ pub const CATEGORIES: [&str; 5] = ["Bags", "Candles & Lights", "Kitchen", "Mugs"
 pub fn event(n: u64, ts: Millis, kind: EventKind, item: &str) -> Event {
     Event {
         v: SCHEMA_VERSION,
-        event_id: format!("e{n}"),
+        event_id: format!("e{n}").into(),
         user: "u1".into(),
         ts,
         kind,
@@ -261,7 +261,7 @@ impl RankScenario {
                 // Spread the profile's items over the catalog.
                 if let Some(item) = &e.item {
                     let n: u32 = item[1..].parse().unwrap_or(0);
-                    e.item = Some(item_id(n * 241 % N));
+                    e.item = Some(item_id(n * 241 % N).into());
                     return (e, Some(category_of(n * 241 % N)));
                 }
                 (e, c)
