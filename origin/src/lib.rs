@@ -35,6 +35,7 @@ pub mod retail;
 pub mod server;
 pub mod store;
 pub mod store_format;
+pub mod store_upgrade;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -10,6 +10,7 @@
 //! snapshot inside the same transaction. Loading replays the log in order (later values
 //! overwrite earlier ones), which reproduces exactly the committed counts.
 
+use redb::ReadableDatabase;
 use std::collections::{BTreeMap, BTreeSet};
 
 use attune_core::model::{TrendEntry, shard_of};
@@ -22,7 +23,7 @@ use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::fxhash::{FxHashMap, NameMap};
 use crate::store::{
-    CATALOG, ITEM_COUNTS, ITEMS, META, PAIR_LOG, PAIRS, PUBLISHED, Store, TREND, UserState,
+    CATALOG, ITEM_COUNTS, ITEMS, META, PAIR_LOG, PUBLISHED, Store, TREND, UserState,
 };
 
 /// Entries per `PAIR_LOG` record (16 bytes each: 4 MiB records).
@@ -80,10 +81,23 @@ struct PairCell {
     epoch: u32,
 }
 
-fn push_pair(buf: &mut Vec<u8>, a: u32, b: u32, c: u64) {
+/// Appends one pair-log entry: `[a: u32 LE][b: u32 LE][count: u64 LE]`.
+pub(crate) fn push_pair(buf: &mut Vec<u8>, a: u32, b: u32, c: u64) {
     buf.extend_from_slice(&a.to_le_bytes());
     buf.extend_from_slice(&b.to_le_bytes());
     buf.extend_from_slice(&c.to_le_bytes());
+}
+
+/// The entries of one pair-log record (a trailing partial entry is ignored).
+pub(crate) fn pair_entries(record: &[u8]) -> impl Iterator<Item = (u32, u32, u64)> + '_ {
+    record.as_chunks::<16>().0.iter().map(|e| {
+        let [a0, a1, a2, a3, b0, b1, b2, b3, c @ ..] = *e;
+        (
+            u32::from_le_bytes([a0, a1, a2, a3]),
+            u32::from_le_bytes([b0, b1, b2, b3]),
+            u64::from_le_bytes(c),
+        )
+    })
 }
 
 impl Model {
@@ -118,22 +132,12 @@ impl Model {
             let id = m.intern(k.value()) as usize;
             m.counts[id] = v.value();
         }
-        // Pairs written by earlier versions, by name.
-        for row in tx.open_table(PAIRS)?.iter()? {
-            let (k, v) = row?;
-            let (a, b) = k.value();
-            let (a, b) = (m.intern(a), m.intern(b));
-            m.set_pair(a, b, v.value());
-        }
         for row in tx.open_table(PAIR_LOG)?.iter()? {
             let (k, v) = row?;
             let bytes = v.value();
             m.log_bytes += bytes.len() as u64;
             m.log_next = k.value() + 1;
-            for e in bytes.chunks_exact(16) {
-                let a = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
-                let b = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
-                let c = u64::from_le_bytes([e[8], e[9], e[10], e[11], e[12], e[13], e[14], e[15]]);
+            for (a, b, c) in pair_entries(bytes) {
                 if a as usize >= m.names.len() || b as usize >= m.names.len() {
                     return Err(crate::Error::Store(format!(
                         "pair log record {} names an unknown item id",

@@ -1,6 +1,7 @@
 //! A node: the opened store, log and model of one data directory, plus the operations the
 //! CLI and the admin API share (catalog, forget, full publish).
 
+use redb::ReadableDatabase;
 use std::sync::{Arc, Mutex};
 
 use attune_core::CatalogItem;

@@ -22,6 +22,7 @@
 //! If a micro-batch or checkpoint fails after it changed memory, the pipeline refuses further
 //! work: the caller must reopen the node, which reloads the checkpoint and replays the log.
 
+use redb::ReadableDatabase;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -15,6 +15,7 @@
 //! - Deletes (forgotten users) go through `POST …/bulk/delete`.
 //! - The manifest `m` is written last, after the shared keys it names.
 
+use redb::ReadableDatabase;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

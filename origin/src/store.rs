@@ -3,6 +3,7 @@
 //! everything one batch changed in **one write transaction**, so a crash at any point leaves
 //! either all of a batch or none of it.
 
+use redb::ReadableDatabase;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -64,8 +65,6 @@ pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
 /// item → number of user histories it entered.
 pub const ITEM_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("item_counts");
-/// (a, b) with a < b → co-occurrence count (written by earlier versions; still read).
-pub const PAIRS: TableDefinition<(&str, &str), u64> = TableDefinition::new("pairs");
 /// Interned item id → item (ids are dense, assigned in order).
 pub const ITEMS: TableDefinition<u32, &str> = TableDefinition::new("items");
 /// Co-occurrence counts as a log of absolute values: sequence → packed
@@ -263,9 +262,19 @@ impl Store {
         }
         // redb's default page cache is 1 GiB; a quarter of that keeps the hot B-tree pages
         // (the pipeline holds its own hot user states) and bounds the service's memory.
-        let db = redb::Builder::new()
-            .set_cache_size(STORE_CACHE_BYTES)
-            .create(path)?;
+        let builder = || {
+            let mut b = redb::Builder::new();
+            b.set_cache_size(STORE_CACHE_BYTES);
+            b
+        };
+        let db = match builder().create(path) {
+            // Written by a version on redb 2: upgrade it in place, then open it.
+            Err(redb::DatabaseError::UpgradeRequired(2)) => {
+                crate::store_upgrade::from_redb2(path)?;
+                builder().create(path)?
+            }
+            opened => opened?,
+        };
         // Create every table up front so readers never meet a missing one.
         let tx = db.begin_write()?;
         tx.open_table(USERS)?;
@@ -277,7 +286,6 @@ impl Store {
         tx.open_table(META)?;
         tx.open_table(CATALOG)?;
         tx.open_table(ITEM_COUNTS)?;
-        tx.open_table(PAIRS)?;
         tx.open_table(TREND)?;
         tx.open_table(OUTBOX)?;
         tx.open_table(PUBLISHED)?;
@@ -418,10 +426,12 @@ pub fn enqueue_shared(
 mod tests {
     use super::*;
 
-    /// A store written by an earlier version (states by name, format-1 MessagePack) opens with
-    /// every state moved into the keyed table, and the old table gone.
+    /// A store written by an earlier version (redb 2, states by name, format-1 MessagePack)
+    /// opens with every state moved into the keyed table, and the old table gone.
     #[test]
     fn by_name_profiles_move_to_the_keyed_table() {
+        const PROFILES_BY_NAME_V2: redb2::TableDefinition<&str, &[u8]> =
+            redb2::TableDefinition::new("profiles");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.redb");
         let mut alice = UserState::default();
@@ -430,10 +440,10 @@ mod tests {
         let mut bob = UserState::default();
         bob.profile.version = 2;
         {
-            let db = Database::create(&path).unwrap();
+            let db = redb2::Database::create(&path).unwrap();
             let tx = db.begin_write().unwrap();
             {
-                let mut t = tx.open_table(PROFILES_BY_NAME).unwrap();
+                let mut t = tx.open_table(PROFILES_BY_NAME_V2).unwrap();
                 for (user, state) in [("alice", &alice), ("bob", &bob)] {
                     let v1 = rmp_serde::to_vec_named(state).unwrap();
                     t.insert(user, v1.as_slice()).unwrap();
