@@ -270,6 +270,7 @@ impl Store {
         let db = match builder().create(path) {
             // Written by a version on redb 2: upgrade it in place, then open it.
             Err(redb::DatabaseError::UpgradeRequired(2)) => {
+                tracing::info!(path = %path.display(), "upgrading a store written on redb 2");
                 crate::store_upgrade::from_redb2(path)?;
                 builder().create(path)?
             }
