@@ -95,6 +95,7 @@ pub fn evaluate(events: Vec<Event>, catalog: Vec<attune_core::CatalogItem>) -> R
         state.profile.apply(e, cat.as_deref(), &pcfg);
         model.observe(e, pcfg.weight(e.kind).weight, state);
     }
+    model.settle();
     // Indexed once for the whole run, as the edge keeps them: every `rank` below looks each
     // candidate up in both.
     let catalog = attune_core::CatalogIndex::new(model.catalog_shard(0));

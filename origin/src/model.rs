@@ -28,6 +28,9 @@ use crate::store::{
 
 /// Entries per `PAIR_LOG` record (16 bytes each: 4 MiB records).
 const PAIR_RECORD_ENTRIES: usize = 1 << 18;
+/// Queued co-occurrence increments that make [`Model::observe`] settle by itself (16 MiB); the
+/// pipeline settles every micro-batch long before.
+const MAX_PENDING_PAIRS: usize = 1 << 21;
 /// The pair log is compacted once it holds this much more than twice the live state.
 const PAIR_LOG_SLACK_BYTES: u64 = if cfg!(test) { 0 } else { 32 << 20 };
 
@@ -64,6 +67,11 @@ pub struct Model {
     touched_any: bool,
     /// Distinct unordered pairs with a count.
     live_pairs: u64,
+    /// Co-occurrence increments not yet in `adj`, as `a << 32 | b` with `a < b`
+    /// ([`Model::settle`]).
+    pending_pairs: Vec<u64>,
+    /// `settle`'s buffer for the second half of each cell (kept for its capacity).
+    mirrored_cells: Vec<(u64, PairCell)>,
     /// Bytes in `PAIR_LOG` and the key its next record gets.
     log_bytes: u64,
     log_next: u64,
@@ -338,22 +346,11 @@ impl Model {
             self.dirty_counts.push(id);
         }
         self.touch(id);
-        let epoch = self.epoch;
         let mut changed_rows = false;
         for &o in user.recent_ids.iter().take(self.cfg.history) {
-            let c = self.adj[id as usize].entry(o).or_default();
-            c.count = c.count.saturating_add(1);
-            let first_change = c.epoch != epoch || c.count == 1;
-            c.epoch = epoch;
-            let c = self.adj[o as usize].entry(id).or_default();
-            if c.count == 0 {
-                self.live_pairs += 1;
-            }
-            c.count = c.count.saturating_add(1);
-            c.epoch = epoch;
-            if first_change {
-                self.dirty_pairs += 1;
-            }
+            // Queued by unordered pair (see `settle`); the rows are marked now.
+            let (a, b) = (id.min(o), id.max(o));
+            self.pending_pairs.push(u64::from(a) << 32 | u64::from(b));
             self.mark_row(o);
             changed_rows = true;
             self.touch(o);
@@ -364,6 +361,50 @@ impl Model {
         let keep = self.cfg.history.max(1);
         user.recent_ids.truncate(keep - 1);
         user.recent_ids.insert(0, id);
+        if self.pending_pairs.len() >= MAX_PENDING_PAIRS {
+            self.settle();
+        }
+    }
+
+    /// Applies the co-occurrence increments [`Model::observe`] queued. They are applied sorted
+    /// by row, so each row's table is updated while it is in cache, instead of two cache misses
+    /// per increment at random; equal pairs are added up first. The result is the state that
+    /// applying them one by one would give (counts, change epochs, `live_pairs`,
+    /// `dirty_pairs`): a cell is the same in both rows, and its first increment in an epoch is
+    /// what counts a change. The pipeline settles at the end of every micro-batch, before the
+    /// model is read; [`Model::persist`] settles too.
+    pub fn settle(&mut self) {
+        if self.pending_pairs.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending_pairs);
+        let mut mirrored = std::mem::take(&mut self.mirrored_cells);
+        pending.sort_unstable();
+        let epoch = self.epoch;
+        for run in pending.chunk_by(|x, y| x == y) {
+            let (a, b) = ((run[0] >> 32) as u32, run[0] as u32);
+            let c = self.adj[a as usize].entry(b).or_default();
+            if c.count == 0 {
+                self.live_pairs += 1;
+            }
+            if c.epoch != epoch || c.count == 0 {
+                self.dirty_pairs += 1;
+            }
+            c.count = c
+                .count
+                .saturating_add(u32::try_from(run.len()).unwrap_or(u32::MAX));
+            c.epoch = epoch;
+            mirrored.push((u64::from(b) << 32 | u64::from(a), *c));
+        }
+        // The other half of each cell, in the other row: sorted by that row in turn.
+        mirrored.sort_unstable_by_key(|m| m.0);
+        for &(key, cell) in &mirrored {
+            self.adj[(key >> 32) as usize].insert(key as u32, cell);
+        }
+        pending.clear();
+        mirrored.clear();
+        self.pending_pairs = pending;
+        self.mirrored_cells = mirrored;
     }
 
     /// Turns recent items stored by name (rows of earlier versions) into ids.
@@ -392,6 +433,7 @@ impl Model {
 
     /// Writes everything changed since the last call into `tx`.
     pub fn persist(&mut self, tx: &WriteTransaction) -> Result<()> {
+        self.settle();
         if (self.persisted_names as usize) < self.names.len() {
             let mut t = tx.open_table(ITEMS)?;
             for id in self.persisted_names as usize..self.names.len() {
@@ -480,6 +522,7 @@ impl Model {
 
     /// Top-K neighbours of `item` by cosine similarity, most similar first, ties by id.
     pub fn neighbours(&self, item: &str) -> Vec<Neighbour> {
+        debug_assert!(self.pending_pairs.is_empty(), "Model::settle first");
         let Some(&id) = self.ids.get(item) else {
             return Vec::new();
         };
@@ -582,6 +625,79 @@ mod tests {
             1_700_000_000_000u64 + n
         );
         attune_core::event::parse_event(json.as_bytes(), 1_700_000_000_000 + n).unwrap()
+    }
+
+    fn rows(m: &Model) -> Vec<Vec<(u32, PairCell)>> {
+        m.adj
+            .iter()
+            .map(|row| {
+                let mut r: Vec<(u32, PairCell)> = row.iter().map(|(k, c)| (*k, *c)).collect();
+                r.sort_unstable_by_key(|e| e.0);
+                r
+            })
+            .collect()
+    }
+
+    /// Settling a whole micro-batch of queued pairs at once gives the state that applying each
+    /// event's pairs right away gives: cells, change epochs, counters, and what persist writes.
+    #[test]
+    fn settling_a_batch_at_once_equals_settling_each_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ModelConfig::default();
+        let (each_store, batch_store) = (
+            Store::open(&dir.path().join("each.redb")).unwrap(),
+            Store::open(&dir.path().join("batch.redb")).unwrap(),
+        );
+        let (mut each, mut batch) = (Model::new(cfg.clone()), Model::new(cfg.clone()));
+        let (mut each_users, mut batch_users) = (
+            vec![UserState::default(); 11],
+            vec![UserState::default(); 11],
+        );
+        let mut n = 0u64;
+        for round in 0..12u64 {
+            for _ in 0..97 {
+                n += 1;
+                let u = (n * 7919 % 11) as usize;
+                // Few items, so pairs repeat within a batch and in both orders.
+                let item = format!("i{}", (n * n + round) % 17);
+                let e = event(n, &format!("u{u}"), &item);
+                each.observe(&e, 1.0, &mut each_users[u]);
+                each.settle();
+                batch.observe(&e, 1.0, &mut batch_users[u]);
+            }
+            batch.settle();
+            // What the counters mean, checked against the cells themselves: every cell is in
+            // both rows, `live_pairs` counts pairs, `dirty_pairs` those changed this epoch.
+            let cells: Vec<(u32, u32, PairCell)> = rows(&batch)
+                .into_iter()
+                .enumerate()
+                .flat_map(|(a, row)| row.into_iter().map(move |(b, c)| (a as u32, b, c)))
+                .collect();
+            for &(a, b, c) in &cells {
+                assert_eq!(batch.adj[b as usize].get(&a), Some(&c));
+            }
+            assert_eq!(batch.live_pairs, cells.len() as u64 / 2);
+            let changed = cells.iter().filter(|c| c.2.epoch == batch.epoch).count();
+            assert_eq!(batch.dirty_pairs, changed as u64 / 2, "round {round}");
+            assert_eq!(rows(&each), rows(&batch), "round {round}");
+            assert_eq!(each.live_pairs, batch.live_pairs);
+            assert_eq!(each.dirty_pairs, batch.dirty_pairs);
+            assert_eq!(each.dirty_rows, batch.dirty_rows);
+            // Persist every few rounds, so cells carry changes from earlier epochs too.
+            if round % 3 == 2 {
+                for (m, store) in [(&mut each, &each_store), (&mut batch, &batch_store)] {
+                    let tx = store.db.begin_write().unwrap();
+                    m.persist(&tx).unwrap();
+                    tx.commit().unwrap();
+                }
+                assert_eq!(each.log_bytes, batch.log_bytes);
+            }
+        }
+        assert!(each.live_pairs > 50, "too few pairs to mean anything");
+        for i in 0..17 {
+            let item = format!("i{i}");
+            assert_eq!(each.neighbours(&item), batch.neighbours(&item));
+        }
     }
 
     /// Persisting per batch (deltas, then compactions) and loading reproduces the model.

@@ -560,6 +560,7 @@ impl Pipeline {
             out.applied += 1;
         }
         // 4. Shared keys the micro-batch changed, at a new model version.
+        model.settle();
         let shards = model.take_touched_shards();
         if !shards.is_empty() || trend_changed {
             let seq = model.next_seq();

@@ -412,7 +412,9 @@ impl Publisher {
             let outbox = tx.open_table(OUTBOX)?;
             let published = tx.open_table(PUBLISHED)?;
             let rows = tx.open_table(USERS)?;
-            let model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+            let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+            // A no-op unless a micro-batch stopped half-way (an error): its pairs are applied.
+            model.settle();
             let mut users: Vec<WaitingUser> = Vec::new();
             let mut shared: HashMap<String, (u64, u64)> = HashMap::new();
             for row in outbox.iter()? {
