@@ -10,14 +10,13 @@
 //! snapshot inside the same transaction. Loading replays the log in order (later values
 //! overwrite earlier ones), which reproduces exactly the committed counts.
 
-use redb::ReadableDatabase;
 use std::collections::{BTreeMap, BTreeSet};
 
 use attune_core::model::{TrendEntry, shard_of};
 use attune_core::{
     CatalogItem, CatalogShard, Event, EventKind, Neighbour, NeighbourShard, Trending,
 };
-use redb::{ReadableTable, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::config::ModelConfig;
 use crate::error::Result;

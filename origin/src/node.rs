@@ -1,13 +1,12 @@
 //! A node: the opened store, log and model of one data directory, plus the operations the
 //! CLI and the admin API share (catalog, forget, full publish).
 
-use redb::ReadableDatabase;
 use std::sync::{Arc, Mutex};
 
 use attune_core::CatalogItem;
 use attune_core::hash::profile_key;
 use attune_core::model::keys as kv;
-use redb::{ReadableTable, ReadableTableMetadata};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::config::Config;
 use crate::error::Result;

@@ -22,7 +22,6 @@
 //! If a micro-batch or checkpoint fails after it changed memory, the pipeline refuses further
 //! work: the caller must reopen the node, which reloads the checkpoint and replays the log.
 
-use redb::ReadableDatabase;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,7 +31,7 @@ use attune_core::Event;
 use attune_core::event::{EventError, EventKind, parse_event};
 use attune_core::model::keys as kv;
 use attune_core::profile::ProfileConfig;
-use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use crate::config::Config;
 use crate::error::{Error, Result};

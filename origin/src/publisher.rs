@@ -15,7 +15,6 @@
 //! - Deletes (forgotten users) go through `POST …/bulk/delete`.
 //! - The manifest `m` is written last, after the shared keys it names.
 
-use redb::ReadableDatabase;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -28,7 +27,7 @@ use attune_core::{CatalogShard, Manifest, NeighbourShard, Trending};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use rand::Rng;
-use redb::ReadableTable;
+use redb::{ReadableDatabase, ReadableTable};
 use serde::Serialize;
 
 use crate::config::{Config, PublishConfig, TargetKind};

@@ -3,12 +3,13 @@
 //! everything one batch changed in **one write transaction**, so a crash at any point leaves
 //! either all of a batch or none of it.
 
-use redb::ReadableDatabase;
 use std::path::Path;
 use std::sync::Arc;
 
 use attune_core::{CatalogItem, Profile};
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
