@@ -9,9 +9,9 @@ use attune_core::hash::profile_key;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use crate::client::{Client, chunk_lines};
 use crate::config::{Config, TargetKind};
 use crate::error::{Error, Result};
-use crate::import::{Client, chunk_lines};
 use crate::node::Node;
 use crate::publisher::{Publisher, Target};
 
@@ -89,8 +89,6 @@ pub struct Global {
 pub enum Command {
     /// Ingest + pipeline + publisher + metrics.
     Serve,
-    /// Turn the Online Retail CSV into events and a catalog, and load them.
-    ImportRetail(ImportArgs),
     /// Feed a JSONL event file.
     Replay(ReplayArgs),
     /// Show stored state.
@@ -101,10 +99,6 @@ pub enum Command {
     Forget(Forget),
     /// Publish to KV.
     Publish(PublishArgs),
-    /// Offline leave-last-out evaluation on the Online Retail sample.
-    Eval(EvalArgs),
-    /// Pipeline throughput, freshness and memory benchmark.
-    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -112,31 +106,6 @@ pub struct Remote {
     /// A running server (`http://127.0.0.1:7878`); without it the data directory is opened.
     #[arg(long, env = "ATTUNE_URL")]
     pub url: Option<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct ImportArgs {
-    pub csv: PathBuf,
-    #[command(flatten)]
-    pub remote: Remote,
-    /// Keep the original 2010 timestamps.
-    #[arg(long)]
-    pub no_shift: bool,
-    /// Also emit a `view` (props {"derived": true}) before each purchase.
-    #[arg(long)]
-    pub derive_views: bool,
-    /// Catalog of every item instead of the demo shop's product pages.
-    #[arg(long)]
-    pub full_catalog: bool,
-    /// Write the events as JSONL here instead of loading them.
-    #[arg(long)]
-    pub events_out: Option<PathBuf>,
-    /// Write the catalog as JSON here instead of loading it.
-    #[arg(long)]
-    pub catalog_out: Option<PathBuf>,
-    /// Watermark source name.
-    #[arg(long, default_value = "import")]
-    pub source: String,
 }
 
 #[derive(Debug, Args)]
@@ -188,12 +157,6 @@ pub struct PublishArgs {
     pub full: bool,
     #[command(flatten)]
     pub remote: Remote,
-}
-
-#[derive(Debug, Args)]
-pub struct EvalArgs {
-    #[arg(long, default_value = "data/online-retail/online_retail_sample.csv")]
-    pub csv: PathBuf,
 }
 
 /// Builds the effective config.
@@ -278,7 +241,8 @@ pub fn inspect_user_json(node: &Node, id: &str) -> Result<Option<serde_json::Val
     })))
 }
 
-fn print_json(v: &serde_json::Value) {
+/// Prints a command's result to stdout, pretty.
+pub fn print_json(v: &serde_json::Value) {
     use std::io::Write;
     let _ = writeln!(
         std::io::stdout(),
@@ -302,7 +266,6 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             running.shutdown().await
         }
-        Command::ImportRetail(a) => import_retail(cfg, a, token).await,
         Command::Replay(a) => replay(cfg, a, token).await,
         Command::Inspect(Inspect::User { id, remote }) => {
             if let Some(url) = remote.url {
@@ -377,12 +340,6 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Eval(a) => {
-            let report = crate::eval::run(&a.csv)?;
-            println!("{}", report.table());
-            Ok(())
-        }
-        Command::Bench(a) => crate::bench::run(a).await,
     }
 }
 
@@ -420,8 +377,9 @@ fn progress_bar(len: u64) -> indicatif::ProgressBar {
     }
 }
 
-/// Feeds JSONL lines to a server or to the local data directory.
-async fn feed(
+/// Feeds JSONL lines to a server or to the local data directory, `batch` events per request
+/// or log append.
+pub async fn feed(
     cfg: &Config,
     url: Option<&str>,
     token: Option<String>,
@@ -460,57 +418,6 @@ async fn feed(
         "received": o.received, "applied": o.applied, "duplicates": o.duplicates,
         "dlq": o.dlq, "late": o.late, "published": written,
     }))
-}
-
-async fn import_retail(cfg: Config, a: ImportArgs, token: Option<String>) -> Result<()> {
-    let ds = crate::import::load_retail(&a.csv)?;
-    let imp = crate::import::from_retail(
-        &ds,
-        crate::now_ms(),
-        !a.no_shift,
-        a.derive_views,
-        a.full_catalog,
-    );
-    let lines: Vec<Vec<u8>> = imp
-        .events
-        .iter()
-        .map(|e| e.to_json().into_bytes())
-        .collect();
-    let mut wrote_file = false;
-    if let Some(out) = &a.events_out {
-        let mut text = Vec::new();
-        for l in &lines {
-            text.extend_from_slice(l);
-            text.push(b'\n');
-        }
-        std::fs::write(out, text)?;
-        wrote_file = true;
-    }
-    if let Some(out) = &a.catalog_out {
-        std::fs::write(out, serde_json::to_vec_pretty(&imp.catalog)?)?;
-        wrote_file = true;
-    }
-    let summary = json!({
-        "events": lines.len(),
-        "catalog_items": imp.catalog.len(),
-        "cancelled_invoices_skipped": imp.cancelled_invoices,
-        "shift_ms": imp.shift_ms,
-    });
-    if wrote_file {
-        print_json(&summary);
-        return Ok(());
-    }
-    // Catalog first, so events get their categories.
-    if let Some(url) = &a.remote.url {
-        Client::new(url, token.clone())?
-            .put_catalog(&imp.catalog)
-            .await?;
-    } else {
-        Node::open(&cfg)?.put_catalog(imp.catalog.clone())?;
-    }
-    let fed = feed(&cfg, a.remote.url.as_deref(), token, &a.source, lines, 1000).await?;
-    print_json(&json!({ "import": summary, "load": fed }));
-    Ok(())
 }
 
 async fn replay(cfg: Config, a: ReplayArgs, token: Option<String>) -> Result<()> {

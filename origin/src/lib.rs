@@ -16,13 +16,11 @@
 //! All decisions about a profile go through `attune-core`; this crate adds I/O, durability
 //! and batching.
 
-pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod error;
-pub mod eval;
 pub mod fxhash;
-pub mod import;
 pub mod ingest;
 pub mod live;
 pub mod log;
@@ -31,7 +29,6 @@ pub mod model;
 pub mod node;
 pub mod pipeline;
 pub mod publisher;
-pub mod retail;
 pub mod server;
 pub mod store;
 pub mod store_format;

@@ -326,25 +326,28 @@ pub fn eventually<T>(
 
 /// The origin binary, built on demand (a no-op when cargo already has it fresh).
 pub fn origin_binary() -> Result<PathBuf> {
+    workspace_binary("attune-origin")
+}
+
+/// The lab binary (`import-retail`), built on demand.
+pub fn lab_binary() -> Result<PathBuf> {
+    workspace_binary("attune-lab")
+}
+
+/// A workspace binary named like its package, built on demand.
+fn workspace_binary(name: &str) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(repo_root())
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "attune-origin",
-            "--bin",
-            "attune-origin",
-        ])
+        .args(["build", "--quiet", "-p", name, "--bin", name])
         .status()
-        .context("building attune-origin")?;
+        .with_context(|| format!("building {name}"))?;
     if !status.success() {
-        bail!("building attune-origin failed ({status})");
+        bail!("building {name} failed ({status})");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| repo_root().join("target"), PathBuf::from);
-    Ok(target.join("debug/attune-origin"))
+    Ok(target.join("debug").join(name))
 }
 
 /// The repository's wrangler.toml made standalone for a test: no `[build]` table (the test
@@ -521,7 +524,16 @@ impl Stack {
 
     /// Runs an origin CLI command against the running origin (`--url`).
     pub fn origin_cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(origin_binary()?)
+        self.cli(&origin_binary()?, args)
+    }
+
+    /// Runs a lab CLI command (`import-retail`) against the running origin (`--url`).
+    pub fn lab_cli(&self, args: &[&str]) -> Result<String> {
+        self.cli(&lab_binary()?, args)
+    }
+
+    fn cli(&self, binary: &std::path::Path, args: &[&str]) -> Result<String> {
+        let out = Command::new(binary)
             .current_dir(repo_root())
             .args(args)
             .args(["--url", &self.origin_url])
@@ -530,7 +542,8 @@ impl Stack {
             .output()?;
         if !out.status.success() {
             bail!(
-                "attune-origin {args:?} failed: {}\n{}",
+                "{} {args:?} failed: {}\n{}",
+                binary.display(),
                 out.status,
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -669,7 +682,7 @@ pub fn slot_hrefs(html: &str, name: &str) -> Vec<String> {
 /// Starts the stack, imports the sample, and waits until the model reached the Worker.
 pub fn stack_with_sample() -> Result<Stack> {
     let stack = Stack::start(StackOptions::default())?;
-    let out = stack.origin_cli(&["import-retail", SAMPLE])?;
+    let out = stack.lab_cli(&["import-retail", SAMPLE])?;
     println!("import-retail: {}", out.trim());
     let mut probe = Visitor::new(&stack.worker_url);
     let mut last = String::new();

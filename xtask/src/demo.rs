@@ -68,8 +68,13 @@ pub fn cmd(args: &[String]) -> Result<()> {
         "attune-origin",
         "--bin",
         "attune-origin",
+        "-p",
+        "attune-lab",
+        "--bin",
+        "attune-lab",
     ]))?;
     let origin_bin = root.join("target/release/attune-origin");
+    let lab_bin = root.join("target/release/attune-lab");
 
     let state = root.join(".attune/demo");
     if !keep_state && state.exists() {
@@ -145,7 +150,7 @@ pub fn cmd(args: &[String]) -> Result<()> {
 
     step("4/5 importing the Online Retail sample (catalog + purchase events)");
     util::run(
-        util::command(&origin_bin)
+        util::command(&lab_bin)
             .args([
                 "import-retail",
                 SAMPLE,

@@ -5,7 +5,7 @@
 //! on its own: bestsellers, trending items, same-category items. The generated files are
 //! committed so `wrangler dev` serves them without a build step; a test fails when they drift
 //! from what [`files`] produces (regenerate with `ATTUNE_REGENERATE_SHOP=1 cargo test -p
-//! attune-origin --lib retail::shop`).
+//! attune-lab --lib retail::shop`).
 //!
 //! Only the most purchased items get a product page (see [`page_items`]) to keep the
 //! repository small; the catalog the edge ranks from should be restricted to those items, or
@@ -587,55 +587,8 @@ fn price(gbp: f64) -> String {
     format!("£{gbp:.2}")
 }
 
-const STYLE: &str = r#":root {
-  --ink: #1f2933;
-  --muted: #5f6b76;
-  --line: #e4e7eb;
-  --bg: #faf9f6;
-  --accent: #b3261e;
-  --radius: 12px;
-  color: var(--ink);
-  background: var(--bg);
-  font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
-  line-height: 1.5;
-}
-* { box-sizing: border-box; }
-body { margin: 0; }
-a { color: inherit; }
-img { display: block; max-width: 100%; height: auto; }
-.bar, .cats, main, .site-footer { max-width: 1120px; margin: 0 auto; padding-left: 1rem; padding-right: 1rem; }
-.site-header { background: #fff; border-bottom: 1px solid var(--line); }
-.bar { display: flex; justify-content: space-between; align-items: center; gap: 1rem; padding-top: .75rem; padding-bottom: .5rem; }
-.brand { font-weight: 700; font-size: 1.2rem; text-decoration: none; }
-.cats { display: flex; flex-wrap: wrap; gap: .2rem 1rem; padding-bottom: .6rem; font-size: .9rem; }
-.cats a { color: var(--muted); text-decoration: none; }
-.cats a:hover, .cats a[aria-current] { color: var(--accent); }
-main { padding-top: 1.5rem; padding-bottom: 2.5rem; }
-h2 { margin: 2rem 0 .75rem; font-size: 1.25rem; }
-.meta, .crumbs { color: var(--muted); font-size: .9rem; }
-.hero > div { padding: 2rem; border-radius: var(--radius); background: linear-gradient(135deg, #fdecea, #fff6e0); }
-.hero h1 { margin: 0 0 .5rem; font-size: clamp(1.6rem, 4vw, 2.4rem); }
-/* The edge removes the variants it does not choose; a lone variant shows even when marked hidden. */
-[data-attune-variant][hidden]:only-child { display: block; }
-.button { display: inline-block; padding: .6rem 1.3rem; border: 0; border-radius: 999px; background: var(--accent); color: #fff; font: inherit; font-weight: 600; text-decoration: none; cursor: pointer; }
-.button:hover { filter: brightness(1.1); }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 1rem; }
-.card { display: flex; flex-direction: column; gap: .4rem; padding: .75rem; border: 1px solid var(--line); border-radius: var(--radius); background: #fff; }
-.card a { display: flex; flex-direction: column; gap: .5rem; text-decoration: none; }
-.card img, .tile img, .product img { width: 100%; aspect-ratio: 1; border-radius: 8px; }
-.card .title { font-size: .85rem; font-weight: 600; }
-.price { color: var(--accent); font-weight: 700; }
-.price.big { font-size: 1.5rem; margin: .25rem 0; }
-.tile { display: flex; flex-direction: column; gap: .4rem; text-decoration: none; font-weight: 600; }
-.product { display: grid; grid-template-columns: minmax(0, 320px) 1fr; gap: 2rem; align-items: start; }
-.product h1 { margin: 0; font-size: 1.6rem; }
-.customers { list-style: none; padding: 0; display: grid; gap: .75rem; }
-.site-footer { padding-top: 1rem; padding-bottom: 2rem; border-top: 1px solid var(--line); color: var(--muted); font-size: .85rem; }
-@media (max-width: 640px) {
-  .product { grid-template-columns: 1fr; gap: 1rem; }
-  .grid { grid-template-columns: repeat(2, minmax(0, 1fr)); }
-}
-"#;
+/// The shop's one style sheet, maintained in place (the generator writes it back unchanged).
+const STYLE: &str = include_str!("../../../examples/shop/public/style.css");
 
 #[cfg(test)]
 mod tests {
@@ -707,7 +660,7 @@ mod tests {
             missing.is_empty() && extra.is_empty() && differ.is_empty(),
             "examples/shop/public is stale (first few missing {missing:?}, extra {extra:?}, differ \
              {differ:?}); regenerate with `ATTUNE_REGENERATE_SHOP=1 cargo test -p \
-             attune-origin --lib retail::shop`"
+             attune-lab --lib retail::shop`"
         );
     }
 

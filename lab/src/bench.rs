@@ -1,4 +1,4 @@
-//! `attune-origin bench`: durable pipeline throughput on one core from the embedded log,
+//! `attune-lab bench`: durable pipeline throughput on one core from the embedded log,
 //! freshness (event accepted → KV written) and peak RSS. Prints a report.
 //!
 //! Throughput: synthetic events (uniform users, skewed items, a realistic kind mix) are
@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use rand::{Rng, SeedableRng};
 
-use crate::config::{Config, TargetKind};
-use crate::error::Result;
-use crate::node::Node;
+use attune_origin::config::{Config, TargetKind};
+use attune_origin::error::Result;
+use attune_origin::node::Node;
+use attune_origin::now_ms;
 
 /// Nexmark q17 keyed aggregation, Flink, per core (the reference the target is set against).
 pub const FLINK_Q17_PER_CORE: f64 = 116_800.0;
@@ -52,7 +53,7 @@ pub struct BenchArgs {
 
 /// One throughput run.
 struct Run {
-    outcome: crate::pipeline::BatchOutcome,
+    outcome: attune_origin::pipeline::BatchOutcome,
     secs: f64,
     store_bytes: u64,
     users_stored: usize,
@@ -75,7 +76,7 @@ fn throughput(a: &BenchArgs, dir: &std::path::Path, checkpoint_interval_ms: u64)
     cfg.publish.target = TargetKind::None;
     let node = Node::open(&cfg)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(17);
-    let t0 = crate::now_ms() - 3_600_000;
+    let t0 = now_ms() - 3_600_000;
     eprintln!("generating {} events for {} users ...", a.events, a.users);
     let mut n = 0u64;
     while n < a.events {
@@ -83,15 +84,14 @@ fn throughput(a: &BenchArgs, dir: &std::path::Path, checkpoint_interval_ms: u64)
         let payloads: Vec<Vec<u8>> = (0..chunk)
             .map(|i| synthetic_event(&mut rng, n + i, a.users, a.items, t0 + (n + i) / 1000))
             .collect();
-        node.log
-            .append_blocking(crate::now_ms(), "bench", payloads)?;
+        node.log.append_blocking(now_ms(), "bench", payloads)?;
         n += chunk;
     }
     eprintln!("applying ...");
     let started = Instant::now();
     let outcome = node.drain()?;
     let secs = started.elapsed().as_secs_f64();
-    let store_bytes = crate::store::Store::size_bytes(&cfg.store_path());
+    let store_bytes = attune_origin::store::Store::size_bytes(&cfg.store_path());
     let users_stored = node.store.profiles().map(|p| p.len()).unwrap_or(0);
     Ok(Run {
         outcome,
@@ -170,7 +170,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         None
     };
 
-    println!("attune-origin bench");
+    println!("attune-lab bench");
     println!(
         "  pipeline (1 thread, embedded log → memory → redb checkpoints, one fsync'd \
          transaction each): {} micro-batches (at most {} events, sized to ~50 ms), \
@@ -281,15 +281,15 @@ async fn freshness(dir: &std::path::Path, probes: usize) -> Result<(f64, f64, f6
     cfg.publish.url = Some(kv_url);
     cfg.publish.token = Some("bench".into());
     cfg.publish.flush_interval_ms = 100;
-    let running = crate::server::start(cfg.clone()).await?;
+    let running = attune_origin::server::start(cfg.clone()).await?;
     let url = format!("http://{}", running.addr);
-    let client = crate::import::Client::new(&url, None)?;
+    let client = attune_origin::client::Client::new(&url, None)?;
     let bg = {
         let client = client.clone();
         tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(3);
             for i in 0u64.. {
-                let now = crate::now_ms();
+                let now = now_ms();
                 let body: Vec<u8> = (0..100)
                     .flat_map(|j| {
                         let mut l = synthetic_event(&mut rng, i * 100 + j, 10_000, 2_000, now);
@@ -309,7 +309,7 @@ async fn freshness(dir: &std::path::Path, probes: usize) -> Result<(f64, f64, f6
         let user = format!("probe-{i}");
         let body = format!(
             r#"{{"v":1,"event_id":"probe-{i}","user":"{user}","ts":{},"kind":"view","item":"i1"}}"#,
-            crate::now_ms()
+            now_ms()
         );
         client.post_events("probe", body.into_bytes()).await?;
         let accepted = Instant::now();
