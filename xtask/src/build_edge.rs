@@ -181,7 +181,7 @@ fn without_custom_section(wasm: &[u8], name: &str) -> Option<Vec<u8>> {
 }
 
 /// Size after `gzip -9`, which is what the Workers size limit is measured against.
-fn gzip_len(bytes: &[u8]) -> Result<u64> {
+pub fn gzip_len(bytes: &[u8]) -> Result<u64> {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
     encoder.write_all(bytes)?;
     Ok(encoder.finish()?.len() as u64)

@@ -1,6 +1,6 @@
 //! Attune's task runner (the rust-analyzer `xtask` pattern).
 //!
-//! `cargo xtask <command>`; one module per command. Only `std`, `anyhow`, `flate2` and `ctrlc`:
+//! `cargo xtask <command>`; one module per command. Only `std`, `anyhow`, `flate2`, `ctrlc` and `serde_json`:
 //! the runner must compile in seconds on a fresh machine, before any tool is installed.
 
 mod bench;
@@ -20,7 +20,8 @@ commands:
   build-edge [--dev]        build the Worker into edge/build/ with worker-build (no downloads)
   test [options]            the full check suite: fmt, clippy, no_std, edge wasm, native + wasm tests
   demo [--keep-state]       run the local demo: origin + wrangler dev + the shop, fed with the sample
-  bench [args]              run the core benchmarks (criterion)
+  bench [section…] [--quick] run the benchmarks and write BENCHMARKS.md
+                            (sections: core wasm size pipeline quality; default: all)
 
 test options:
   --fail-fast               stop at the first failing step (default: run every step, then report)
