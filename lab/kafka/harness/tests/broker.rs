@@ -82,16 +82,51 @@ fn a_kept_directory_survives_a_clean_stop() {
         dir: Some(dir.clone()),
         ..BrokerOptions::for_tests()
     };
+    let started = std::time::Instant::now();
     let mut broker = Broker::start(&options).unwrap();
+    eprintln!(
+        "format + start: {:?} (start alone {:?})",
+        started.elapsed(),
+        broker.startup_time()
+    );
     let port = broker.port();
+    let stopping = std::time::Instant::now();
     broker.stop(Duration::from_secs(30)).unwrap();
+    eprintln!("clean stop: {:?}", stopping.elapsed());
     drop(broker);
     assert!(dir.join("data").join("meta.properties").is_file());
 
     // Started again from the same directory: same port, no new format.
     let broker = Broker::start(&options).unwrap();
+    eprintln!("restart on the kept directory: {:?}", broker.startup_time());
     assert_eq!(broker.port(), port);
     assert_eq!(api_versions(&broker.bootstrap_servers()).1, 0);
     drop(broker);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+#[ignore = "starts a real Kafka broker and installs the Python client"]
+fn a_python_client_produces_and_consumes_keyed_events() {
+    let python = attune_kafka_harness::provision::python_client()
+        .unwrap()
+        .path;
+    let broker = Broker::start(&BrokerOptions::for_tests()).unwrap();
+    let script = attune_kafka_harness::lab_dir().join("produce.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .args(["--bootstrap", &broker.bootstrap_servers()])
+        .args(["--count", "1000", "--users", "50", "--verify"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "produce.py failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = stdout.lines().last().unwrap();
+    assert!(summary.contains(r#""produced": 1000"#), "{summary}");
+    assert!(summary.contains(r#""consumed": 1000"#), "{summary}");
+    assert!(summary.contains(r#""ok": true"#), "{summary}");
 }
