@@ -8,7 +8,10 @@
 //!   missing or `package.json` / `package-lock.json` changed since the last run (stamp file);
 //! - `wasm-bindgen-cli` at exactly the `wasm-bindgen` version in `Cargo.lock`;
 //! - `worker-build` at [`WORKER_BUILD_VERSION`];
-//! - Debian's `chromium`, only with `--browser` (best effort: a failure is a warning).
+//! - Debian's `chromium`, only with `--browser` (best effort: a failure is a warning);
+//! - with `--kafka` (and from `cargo xtask kafka`): the Debian headers the bundled librdkafka
+//!   build needs, the Apache Kafka broker's jars, the Kafka Streams comparison app and the
+//!   Python Kafka client (see `KAFKA_DEBIAN_PACKAGES` and `attune_kafka_harness::provision`).
 
 use std::fs;
 use std::process::Command;
@@ -33,13 +36,19 @@ pub struct Options {
 
 pub fn cmd(args: &[String]) -> Result<()> {
     let mut opts = Options::default();
+    let mut kafka = false;
     for arg in args {
         match arg.as_str() {
             "--browser" => opts.browser = true,
-            other => bail!("bootstrap: unknown option `{other}` (options: --browser)"),
+            "--kafka" => kafka = true,
+            other => bail!("bootstrap: unknown option `{other}` (options: --browser, --kafka)"),
         }
     }
-    ensure(opts)
+    ensure(opts)?;
+    if kafka {
+        ensure_kafka(false)?;
+    }
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -102,6 +111,42 @@ pub fn ensure(opts: Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+type Step<'a> =
+    dyn FnMut(&'static str, &mut dyn FnMut() -> Result<(Action, String)>) -> Result<()> + 'a;
+
+fn kafka_steps(step: &mut Step<'_>) -> Result<()> {
+    use attune_kafka_harness::provision;
+    step("kafka: debian libs", &mut kafka_debian_packages)?;
+    step("kafka: broker jars", &mut || {
+        provisioned(provision::broker_jars()?)
+    })?;
+    step("kafka: streams app", &mut || {
+        provisioned(provision::streams_app()?)
+    })?;
+    step("kafka: python client", &mut || {
+        provisioned(provision::python_client()?)
+    })
+}
+
+/// The Kafka step, on its own (`cargo xtask kafka` needs nothing else). `quiet` prints only
+/// what gets installed.
+pub fn ensure_kafka(quiet: bool) -> Result<()> {
+    let mut step = |name: &'static str, f: &mut dyn FnMut() -> Result<(Action, String)>| {
+        let t = Instant::now();
+        let (action, detail) = f().with_context(|| format!("bootstrap: {name}"))?;
+        if !quiet || action != Action::Present {
+            print_outcome(&Outcome {
+                name,
+                action,
+                detail,
+                secs: t.elapsed(),
+            });
+        }
+        anyhow::Ok(())
+    };
+    kafka_steps(&mut step)
 }
 
 fn print_outcome(o: &Outcome) {
@@ -380,6 +425,66 @@ fn chromium() -> Result<(Action, String)> {
                 .to_owned(),
         )),
     }
+}
+
+fn provisioned(p: attune_kafka_harness::provision::Provisioned) -> Result<(Action, String)> {
+    let action = if p.fresh {
+        Action::Installed
+    } else {
+        Action::Present
+    };
+    Ok((action, p.path.display().to_string()))
+}
+
+/// What `rdkafka`'s bundled librdkafka build (`cmake-build` with the `ssl` feature) needs from
+/// Debian besides a C toolchain: OpenSSL and zlib headers, and curl's, which librdkafka 2.12's
+/// `rdkafka_conf.c` includes once SSL is on (without them: `fatal error: curl/curl.h: No such
+/// file or directory`). zstd is built from source by `zstd-sys`.
+const KAFKA_DEBIAN_PACKAGES: &[&str] = &[
+    "cmake",
+    "g++",
+    "pkg-config",
+    "libssl-dev",
+    "zlib1g-dev",
+    "libcurl4-openssl-dev",
+];
+
+fn kafka_debian_packages() -> Result<(Action, String)> {
+    let installed = |package: &str| {
+        util::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+            .is_some_and(|status| status.trim() == "install ok installed")
+    };
+    let missing: Vec<&str> = KAFKA_DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok((Action::Present, KAFKA_DEBIAN_PACKAGES.join(", ")));
+    }
+    if util::which("apt-get").is_none() {
+        bail!(
+            "missing {} and no apt-get to install them (rdkafka's bundled librdkafka needs them)",
+            missing.join(", ")
+        );
+    }
+    let is_root = util::output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0");
+    let apt = |args: &[&str]| {
+        let mut cmd = if is_root {
+            util::command("apt-get")
+        } else {
+            let mut c = util::command("sudo");
+            c.args(["-n", "apt-get"]);
+            c
+        };
+        cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        util::run(&mut cmd)
+    };
+    apt(&["update", "-q"])?;
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(&missing);
+    apt(&install)?;
+    Ok((Action::Installed, missing.join(", ")))
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! Attune's task runner (the rust-analyzer `xtask` pattern).
 //!
-//! `cargo xtask <command>`; one module per command. Only `std`, `anyhow`, `flate2`, `ctrlc` and `serde_json`:
-//! the runner must compile in seconds on a fresh machine, before any tool is installed.
+//! `cargo xtask <command>`; one module per command. Only `std`, `anyhow`, `flate2`, `ctrlc`,
+//! `serde_json` and the std-only `attune-kafka-harness`: the runner must compile in seconds on a
+//! fresh machine, before any tool is installed.
 
 mod bench;
 mod bootstrap;
 mod build_edge;
 mod demo;
+mod kafka;
 mod test;
 mod util;
 
@@ -16,12 +18,17 @@ const USAGE: &str = "\
 cargo xtask <command> [options]
 
 commands:
-  bootstrap [--browser]     install the toolchain this repository needs (idempotent; seconds when warm)
+  bootstrap [--browser] [--kafka]
+                            install the toolchain this repository needs (idempotent; seconds when warm);
+                            --kafka adds the Kafka broker's jars, librdkafka's build deps, the Kafka
+                            Streams comparison app and the Python Kafka client
   build-edge [--dev]        build the Worker into edge/build/ with worker-build (no downloads)
   test [options]            the full check suite: fmt, clippy, no_std, edge wasm, native + wasm tests
   demo [--keep-state]       run the local demo: origin + wrangler dev + the shop, fed with the sample
   bench [section…] [--quick] run the benchmarks and write BENCHMARKS.md
                             (sections: core wasm size pipeline quality; default: all)
+  kafka [--port N] [--dir D] [--partitions N] [--short-group-timeouts]
+                            run a local Apache Kafka broker (KRaft) on 127.0.0.1 until Ctrl-C
 
 test options:
   --fail-fast               stop at the first failing step (default: run every step, then report)
@@ -51,6 +58,7 @@ fn run() -> Result<()> {
         "test" => test::cmd(&rest),
         "demo" => demo::cmd(&rest),
         "bench" => bench::cmd(&rest),
+        "kafka" => kafka::cmd(&rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
