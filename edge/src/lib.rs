@@ -14,6 +14,7 @@ pub mod escape;
 pub mod events;
 pub mod headers;
 pub mod identity;
+pub mod page;
 pub mod policy;
 pub mod rewrite;
 pub mod urls;
