@@ -1,6 +1,7 @@
-//! The Worker shell: routing, cookies, KV reads within the time budget, the isolate-memory
-//! model cache, the upstream fetch (Cache API for a real upstream), the streaming rewrite and
-//! `waitUntil` work. Every decision is delegated to the plain modules.
+//! The Worker shell: routing, KV reads within the time budget, the isolate-memory model cache,
+//! the upstream fetch (Cache API for a real upstream), the streaming rewrite and `waitUntil`
+//! work. It only awaits and forwards: a page's decisions are `page::Page`'s, the cache's are
+//! `cache`'s, and the rest belong to the other plain modules.
 
 use std::cell::RefCell;
 use std::future::Future;
