@@ -175,8 +175,10 @@ async fn internal(
 
 const DEBUG_ROUTE: &str = "/__attune/debug";
 
-fn error_json(message: &str) -> String {
-    serde_json::json!({ "error": message }).to_string()
+/// `{"error": message}`; messages are this file's plain ASCII constants, so nothing needs
+/// escaping (and no JSON value type is linked for it).
+fn error_json(message: &'static str) -> String {
+    format!("{{\"error\":\"{message}\"}}")
 }
 
 /// `/__attune/debug?path=/…`: the explanation of a page, always as JSON (also for a page
