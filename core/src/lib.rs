@@ -28,6 +28,7 @@ pub mod model;
 pub mod profile;
 pub mod rank;
 pub mod rules;
+pub mod secret;
 pub mod session;
 mod table;
 #[cfg(feature = "wire")]
