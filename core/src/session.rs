@@ -215,8 +215,11 @@ mod cookie {
 
         pub(super) fn decode(bytes: &[u8]) -> Result<Payload, DecodeError> {
             let mut r = Reader::new(bytes);
-            r.tuple(4)?;
-            Ok((r.u64()?, r.u64()?, r.u32()?, Read::read(&mut r)?))
+            let mut read = || {
+                r.tuple(4)?;
+                Ok((r.u64()?, r.u64()?, r.u32()?, Read::read(&mut r)?))
+            };
+            read().map_err(|e: DecodeError| e.locate(bytes))
         }
 
         #[cfg(test)]
@@ -285,7 +288,7 @@ mod cookie {
                 assert_eq!(
                     e.to_string(),
                     format!(
-                        "at byte {} in [1][1]: expected u64, found end of input",
+                        "at byte {} in [3][1][1]: expected u64, found end of input",
                         bytes.len() - 1
                     )
                 );

@@ -42,33 +42,38 @@ pub trait Read: Sized {
 
 /// Decodes a snapshot envelope (see the module documentation for what is accepted).
 pub fn decode<T: Read>(bytes: &[u8]) -> Result<Envelope<T>, WireError> {
+    decode_envelope(bytes).map_err(|e| match e {
+        WireError::Malformed(e) => WireError::Malformed(e.locate(bytes)),
+        other => other,
+    })
+}
+
+fn decode_envelope<T: Read>(bytes: &[u8]) -> Result<Envelope<T>, WireError> {
     let mut r = Reader::new(bytes);
     // Fields are kept raw and read once the schema is known to be this major.
     let (mut schema, mut version, mut updated_at, mut body) = (None, None, None, None);
     // Where `body` starts while it is being skipped.
     let mut body_at = None;
     let read = r.fields(|r, key| {
-        let (slot, name) = match key {
-            "schema" => (&mut schema, "schema"),
-            "version" => (&mut version, "version"),
-            "updated_at" => (&mut updated_at, "updated_at"),
-            "body" => (&mut body, "body"),
+        let slot = match key {
+            "schema" => &mut schema,
+            "version" => &mut version,
+            "updated_at" => &mut updated_at,
+            "body" => &mut body,
             _ => return r.skip(),
         };
-        body_at = (name == "body").then_some(r.offset());
-        *slot = Some(r.raw().map_err(|e| e.within(Step::Field(name)))?);
+        body_at = (key == "body").then_some(r.offset());
+        *slot = Some(r.raw()?);
         body_at = None;
         Ok(())
     });
     if let Err(e) = read {
         // A body that is not even well formed (cut short, say) fails while it is skipped,
-        // which knows no field names. When the schema read so far is this major, reading it
-        // as `T` from the same place says which field it stopped in.
+        // which knows no types. When the schema read so far is this major, reading it as `T`
+        // from the same place says what it expected there.
         return Err(match body_at {
             Some(at) if schema.and_then(|mut s| s.u64().ok()).is_some_and(ours) => {
-                T::read(&mut Reader::at(bytes, at))
-                    .err()
-                    .map_or(e, |e| e.within(Step::Field("body")))
+                T::read(&mut Reader::at(bytes, at)).err().unwrap_or(e)
             }
             _ => e,
         }
@@ -100,17 +105,14 @@ fn raw_field<T: Read>(
     at: usize,
     name: &'static str,
 ) -> Result<T, DecodeError> {
-    read_field(&mut raw.ok_or_else(|| missing(at, name))?, name)
+    T::read(&mut raw.ok_or_else(|| missing(at, name))?)
 }
 
 /// A required field `name` absent from the map that starts at `at`.
+#[cold]
+#[inline(never)]
 pub fn missing(at: usize, name: &'static str) -> DecodeError {
     DecodeError::new(at, Expected::Field(name), Found::Missing)
-}
-
-/// Reads one field's value, naming the field in the error.
-pub fn read_field<T: Read>(r: &mut Reader<'_>, name: &'static str) -> Result<T, DecodeError> {
-    T::read(r).map_err(|e| e.within(Step::Field(name)))
 }
 
 /// The wire name of a field: its own name unless renamed.
@@ -136,7 +138,7 @@ macro_rules! read_struct {
                 let mut value = $ty::default();
                 r.fields(|r, key| {
                     $(if key == wire_name!($field $($name)?) {
-                        value.$field = read_field(r, wire_name!($field $($name)?))?;
+                        value.$field = Read::read(r)?;
                         return Ok(());
                     })*
                     r.skip()
@@ -152,7 +154,7 @@ macro_rules! read_struct {
                 $(let mut $field = None;)*
                 r.fields(|r, key| {
                     $(if key == wire_name!($field $($name)?) {
-                        $field = Some(read_field(r, wire_name!($field $($name)?))?);
+                        $field = Some(Read::read(r)?);
                         return Ok(());
                     })*
                     r.skip()
@@ -187,6 +189,8 @@ macro_rules! read_names {
     };
 }
 
+#[cold]
+#[inline(never)]
 fn unknown_variant(at: usize, ty: &'static str, name: &str) -> DecodeError {
     DecodeError::new(at, Expected::Variant(ty), Found::Name(name.into()))
 }
@@ -229,23 +233,18 @@ impl<T: Read> Read for Option<T> {
     }
 }
 
-/// Reads element `i` of a tuple, naming its index in the error.
-fn element<T: Read>(r: &mut Reader<'_>, i: usize) -> Result<T, DecodeError> {
-    T::read(r).map_err(|e| e.within(Step::Index(i)))
-}
-
 /// A pair is a two-element array.
 impl<A: Read, B: Read> Read for (A, B) {
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         r.tuple(2)?;
-        Ok((element(r, 0)?, element(r, 1)?))
+        Ok((A::read(r)?, B::read(r)?))
     }
 }
 
 impl Read for Acc {
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         r.tuple(3)?;
-        Ok(Acc(element(r, 0)?, element(r, 1)?, element(r, 2)?))
+        Ok(Acc(r.i64()?, r.i64()?, r.i64()?))
     }
 }
 
@@ -317,21 +316,18 @@ impl Read for Predicate {
         let at = r.offset();
         let (mut tag, mut n, mut category, mut score, mut any_of) = (None, None, None, None, None);
         r.fields(|r, key| {
-            let (slot, name) = match key {
+            let slot = match key {
                 "if" => {
-                    tag = Some((
-                        r.offset(),
-                        r.str().map_err(|e| e.within(Step::Field("if")))?,
-                    ));
+                    tag = Some((r.offset(), r.str()?));
                     return Ok(());
                 }
-                "n" => (&mut n, "n"),
-                "category" => (&mut category, "category"),
-                "score" => (&mut score, "score"),
-                "any_of" => (&mut any_of, "any_of"),
+                "n" => &mut n,
+                "category" => &mut category,
+                "score" => &mut score,
+                "any_of" => &mut any_of,
                 _ => return r.skip(),
             };
-            *slot = Some(r.raw().map_err(|e| e.within(Step::Field(name)))?);
+            *slot = Some(r.raw()?);
             Ok(())
         })?;
         let (tag_at, tag) = tag.ok_or_else(|| missing(at, "if"))?;
@@ -442,8 +438,9 @@ mod tests {
             Err(WireError::Malformed(e)) => {
                 let path = e
                     .path()
+                    .iter()
                     .map(|s| match s {
-                        Step::Field(f) => String::from(f),
+                        Step::Field(f) => f.clone(),
                         Step::Index(i) => alloc::format!("{i}"),
                     })
                     .collect::<Vec<_>>()
@@ -496,14 +493,14 @@ mod tests {
             SCHEMA_BYTES,
             b"\x83\xa6shards\x01\xa8versions\x90\xa1x\xd4\x01\x00",
         ));
-        assert_eq!((at, path.as_str()), (BODY + 21, "body"));
+        assert_eq!((at, path.as_str()), (BODY + 21, "body/x"));
         assert!(
             decode::<Manifest>(&raw(SCHEMA_BYTES, b"\x82\xa6shards\x01\xa8versions\x90")).is_ok()
         );
         // An unknown enum variant, by name.
         let body = b"\x81\xa8segments\x91\x82\xa4name\xa1s\xa3all\x91\x81\xa2if\xa4nope";
         let (at, path, msg) = failure::<Config>(&raw(SCHEMA_BYTES, body));
-        assert_eq!((at, path.as_str()), (BODY + 28, "body/segments/0/all/0"));
+        assert_eq!((at, path.as_str()), (BODY + 28, "body/segments/0/all/0/if"));
         assert!(
             msg.ends_with("expected Predicate variant, found `nope`"),
             "{msg}"

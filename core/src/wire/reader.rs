@@ -2,8 +2,13 @@
 //! the session cookie's payload. Markers are classified by `rmp`; the reader adds what Attune's
 //! decoders need on top: borrowed `str`s, integers of any width checked against the target type,
 //! bounded nesting, raw sub-readers over a value to read later, and errors that say where
-//! decoding stopped ([`DecodeError`]: the byte offset, the field path, what was expected and
-//! what was found).
+//! decoding stopped ([`DecodeError`]: the byte offset, the path of map keys and array indexes
+//! to it, what was expected and what was found).
+//!
+//! The path is not tracked while reading: a decoder that fails reports the offset, and the
+//! top-level decoder finds the path to that offset afterwards ([`DecodeError::locate`]) by
+//! walking the input's structure. Tracking it on the way would cost a branch per field in
+//! every generated reader, which measured 18 KB larger in the Worker's wasm.
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -15,10 +20,10 @@ use rmp::Marker;
 /// Deepest nesting of arrays and maps accepted (`rmp-serde`'s default limit).
 pub const MAX_DEPTH: usize = 1024;
 
-/// One step of the path to a value: a map field or a list index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One step of the path to a value: a map key (as written) or an array index.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    Field(&'static str),
+    Field(String),
     Index(usize),
 }
 
@@ -109,7 +114,7 @@ pub struct DecodeError(Box<Detail>);
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Detail {
     offset: usize,
-    /// Innermost step first: steps are added as the error travels out.
+    /// Outermost step first.
     path: Vec<Step>,
     expected: Expected,
     found: Found,
@@ -120,7 +125,7 @@ impl fmt::Display for Detail {
         write!(f, "at byte {}", self.offset)?;
         if !self.path.is_empty() {
             f.write_str(" in ")?;
-            for (i, step) in self.path.iter().rev().enumerate() {
+            for (i, step) in self.path.iter().enumerate() {
                 match step {
                     Step::Field(name) if i == 0 => f.write_str(name)?,
                     Step::Field(name) => write!(f, ".{name}")?,
@@ -133,6 +138,9 @@ impl fmt::Display for Detail {
 }
 
 impl DecodeError {
+    // Errors are the rare path: kept out of line, so the readers stay small.
+    #[cold]
+    #[inline(never)]
     pub fn new(offset: usize, expected: Expected, found: Found) -> Self {
         DecodeError(Box::new(Detail {
             offset,
@@ -148,9 +156,10 @@ impl DecodeError {
         self.0.offset
     }
 
-    /// The path to the value that failed, outermost first (`body`, `items`, `3`, `k`).
-    pub fn path(&self) -> impl Iterator<Item = Step> + '_ {
-        self.0.path.iter().rev().copied()
+    /// The path to the value that failed, outermost first (`body`, `items`, `3`, `k`); empty
+    /// until [`DecodeError::locate`] has run.
+    pub fn path(&self) -> &[Step] {
+        &self.0.path
     }
 
     pub fn expected(&self) -> Expected {
@@ -161,9 +170,11 @@ impl DecodeError {
         &self.0.found
     }
 
-    /// The error, as seen from the enclosing value (`step` is where it happened in that value).
-    pub fn within(mut self, step: Step) -> Self {
-        self.0.path.push(step);
+    /// Fills in the path to the failure in `input`, the whole input the failing decoder read.
+    #[cold]
+    #[inline(never)]
+    pub fn locate(mut self, input: &[u8]) -> Self {
+        self.0.path = path_to(input, self.0.offset);
         self
     }
 }
@@ -274,26 +285,31 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// An unsigned integer that fits `T` (named `ty` in errors).
-    fn uint<T: TryFrom<u64>>(&mut self, ty: &'static str) -> Result<T> {
+    /// An unsigned integer of at most `max` (named `ty` in errors). One function for every
+    /// width, so that each reader calls it rather than a copy of its own.
+    #[inline(never)]
+    fn uint(&mut self, ty: &'static str, max: u64) -> Result<u64> {
         let expected = Expected::Int(ty);
         let (at, m) = self.marker(expected)?;
         match self.int_after(at, m, expected)? {
-            Int::Pos(v) => T::try_from(v).or_else(|_| self.err(at, expected, Found::Uint(v))),
+            Int::Pos(v) if v <= max => Ok(v),
+            Int::Pos(v) => self.err(at, expected, Found::Uint(v)),
             Int::Neg(v) => self.err(at, expected, Found::NegInt(v)),
         }
     }
 
     pub fn u64(&mut self) -> Result<u64> {
-        self.uint("u64")
+        self.uint("u64", u64::MAX)
     }
 
     pub fn u32(&mut self) -> Result<u32> {
-        self.uint("u32")
+        self.uint("u32", u32::MAX.into()).map(|v| v as u32)
     }
 
     pub fn usize(&mut self) -> Result<usize> {
-        self.uint("usize")
+        // `usize` is at most 64 bits wide on every target Attune builds for.
+        let max = u64::try_from(usize::MAX).unwrap_or(u64::MAX);
+        self.uint("usize", max).map(|v| v as usize)
     }
 
     pub fn i64(&mut self) -> Result<i64> {
@@ -424,8 +440,8 @@ impl<'a> Reader<'a> {
         let n = self.array()?;
         // Every element takes at least one byte: a bogus length cannot reserve much.
         let mut out = Vec::with_capacity(n.min(self.end - self.pos));
-        for i in 0..n {
-            out.push(item(self).map_err(|e| e.within(Step::Index(i)))?);
+        for _ in 0..n {
+            out.push(item(self)?);
         }
         Ok(out)
     }
@@ -485,6 +501,45 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The map keys and array indexes from the top of `input` down to the innermost value that
+/// starts at or before `offset` and does not end before it (or does not end at all: input cut
+/// short). A failure at a map key or at a container's first byte stops at that container.
+fn path_to(input: &[u8], offset: usize) -> Vec<Step> {
+    let mut path = Vec::new();
+    let mut r = Reader::new(input);
+    'descend: while path.len() < MAX_DEPTH {
+        let is_map = match r.peek().map(Marker::from_u8) {
+            Some(Marker::FixMap(_) | Marker::Map16 | Marker::Map32) => true,
+            Some(Marker::FixArray(_) | Marker::Array16 | Marker::Array32) => false,
+            _ => break,
+        };
+        let Ok(len) = (if is_map { r.map() } else { r.array() }) else {
+            break;
+        };
+        for i in 0..len {
+            let key = if is_map {
+                match r.str() {
+                    Ok(key) => Some(key),
+                    Err(_) => break 'descend,
+                }
+            } else {
+                None
+            };
+            if r.offset() > offset {
+                break 'descend;
+            }
+            let mut rest = r;
+            if rest.skip().map_or(true, |()| offset < rest.offset()) {
+                path.push(key.map_or(Step::Index(i), |k| Step::Field(k.into())));
+                continue 'descend;
+            }
+            r = rest;
+        }
+        break;
+    }
+    path
+}
+
 impl DecodeError {
     /// The same failure, described as a failure to read `expected` (a tuple read as an array).
     fn retarget(mut self, expected: Expected) -> Self {
@@ -524,18 +579,37 @@ mod tests {
         let e = Reader::new(&[0xff]).u64().unwrap_err();
         assert_eq!(e.found(), &Found::NegInt(-1));
         // Paths are built as the error travels out, and printed outermost first.
-        let e = Reader::new(&[0x92, 1, 0xc0])
-            .list(|r| r.u64())
-            .map_err(|e| e.within(Step::Field("versions")))
-            .unwrap_err();
-        assert_eq!(
-            e.path().collect::<Vec<_>>(),
-            [Step::Field("versions"), Step::Index(1)]
-        );
+        let input = b"\x81\xa8versions\x92\x01\xc0";
+        let mut r = Reader::new(input);
+        let e = r
+            .fields(|r, _| r.list(|r| r.u64()).map(drop))
+            .unwrap_err()
+            .locate(input);
+        assert_eq!(e.path(), [Step::Field("versions".into()), Step::Index(1)]);
         assert_eq!(
             e.to_string(),
-            "at byte 2 in versions[1]: expected u64, found Null (0xc0)"
+            "at byte 12 in versions[1]: expected u64, found Null (0xc0)"
         );
+    }
+
+    #[test]
+    fn paths_lead_to_the_offset() {
+        // `{"a": [1, {"b": 2}], "c": 3}`
+        let input = b"\x82\xa1a\x92\x01\x81\xa1b\x02\xa1c\x03";
+        let at = |offset| path_to(input, offset);
+        let (a, b, c) = (
+            || Step::Field("a".into()),
+            || Step::Field("b".into()),
+            || Step::Field("c".into()),
+        );
+        assert_eq!(at(0), []);
+        assert_eq!(at(3), [a()]);
+        assert_eq!(at(4), [a(), Step::Index(0)]);
+        assert_eq!(at(5), [a(), Step::Index(1)]);
+        assert_eq!(at(8), [a(), Step::Index(1), b()]);
+        assert_eq!(at(11), [c()]);
+        // Cut short inside `b`'s value: the path leads into the unfinished values.
+        assert_eq!(path_to(&input[..8], 8), [a(), Step::Index(1), b()]);
     }
 
     #[test]
