@@ -8,7 +8,7 @@
 //! The path is not tracked while reading: a decoder that fails reports the offset, and the
 //! top-level decoder finds the path to that offset afterwards ([`DecodeError::locate`]) by
 //! walking the input's structure. Tracking it on the way would cost a branch per field in
-//! every generated reader, which measured 18 KB larger in the Worker's wasm.
+//! every generated reader, which measured 4.7 KiB larger (1.5 KiB gzipped) in the Worker.
 
 use alloc::boxed::Box;
 use alloc::string::String;
