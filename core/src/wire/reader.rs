@@ -501,13 +501,18 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Longest path [`DecodeError::locate`] finds. Each step skips over the value it descends into,
+/// so the walk costs up to the input's length per step; no snapshot nests this deep.
+pub const MAX_PATH: usize = 32;
+
 /// The map keys and array indexes from the top of `input` down to the innermost value that
 /// starts at or before `offset` and does not end before it (or does not end at all: input cut
-/// short). A failure at a map key or at a container's first byte stops at that container.
+/// short), at most [`MAX_PATH`] of them. A failure at a map key or at a container's first byte
+/// stops at that container.
 fn path_to(input: &[u8], offset: usize) -> Vec<Step> {
     let mut path = Vec::new();
     let mut r = Reader::new(input);
-    'descend: while path.len() < MAX_DEPTH {
+    'descend: while path.len() < MAX_PATH {
         let is_map = match r.peek().map(Marker::from_u8) {
             Some(Marker::FixMap(_) | Marker::Map16 | Marker::Map32) => true,
             Some(Marker::FixArray(_) | Marker::Array16 | Marker::Array32) => false,
@@ -610,6 +615,10 @@ mod tests {
         assert_eq!(at(11), [c()]);
         // Cut short inside `b`'s value: the path leads into the unfinished values.
         assert_eq!(path_to(&input[..8], 8), [a(), Step::Index(1), b()]);
+        // Deep nesting: the path stops at `MAX_PATH` steps.
+        let mut deep = alloc::vec![0x91; MAX_DEPTH];
+        deep.push(0xc1);
+        assert_eq!(path_to(&deep, MAX_DEPTH).len(), MAX_PATH);
     }
 
     #[test]
