@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::Millis;
 use crate::profile::Profile;
 
+mod error;
 pub mod read;
 pub mod reader;
 pub mod write;
