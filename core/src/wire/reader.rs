@@ -30,17 +30,17 @@ enum Int {
 /// MessagePack input being read. After an error the reader is not to be used further.
 #[derive(Clone, Copy, Debug)]
 pub struct Reader<'a> {
-    /// The whole input, so that offsets in errors are offsets in it, also for raw sub-readers.
-    bytes: &'a [u8],
-    pos: usize,
+    /// What is left to read.
+    rest: &'a [u8],
+    /// Offset of the end of `rest` in the whole input, so that offsets in errors are offsets in
+    /// it, also for raw sub-readers.
     end: usize,
 }
 
 impl<'a> Reader<'a> {
     pub fn new(bytes: &'a [u8]) -> Self {
         Reader {
-            bytes,
-            pos: 0,
+            rest: bytes,
             end: bytes.len(),
         }
     }
@@ -48,15 +48,14 @@ impl<'a> Reader<'a> {
     /// A reader over `bytes` from offset `pos` on.
     pub fn at(bytes: &'a [u8], pos: usize) -> Self {
         Reader {
-            bytes,
-            pos: pos.min(bytes.len()),
+            rest: bytes.get(pos..).unwrap_or_default(),
             end: bytes.len(),
         }
     }
 
     /// Offset of the next byte to read, in the whole input.
     pub fn offset(&self) -> usize {
-        self.pos
+        self.end - self.rest.len()
     }
 
     fn err<T>(&self, at: usize, expected: Expected, found: Found) -> Result<T> {
@@ -65,9 +64,9 @@ impl<'a> Reader<'a> {
 
     /// The next `n` bytes; reading past the end fails as `expected`.
     fn take(&mut self, n: usize, expected: Expected) -> Result<&'a [u8]> {
-        match self.bytes.get(self.pos..self.end).and_then(|r| r.get(..n)) {
-            Some(head) => {
-                self.pos += n;
+        match self.rest.split_at_checked(n) {
+            Some((head, rest)) => {
+                self.rest = rest;
                 Ok(head)
             }
             None => self.err(self.end, expected, Found::End),
@@ -76,15 +75,12 @@ impl<'a> Reader<'a> {
 
     /// The next marker and its offset.
     fn marker(&mut self, expected: Expected) -> Result<(usize, u8)> {
-        let at = self.pos;
+        let at = self.offset();
         Ok((at, self.take(1, expected)?[0]))
     }
 
     fn peek(&self) -> Option<u8> {
-        self.bytes
-            .get(self.pos)
-            .filter(|_| self.pos < self.end)
-            .copied()
+        self.rest.first().copied()
     }
 
     /// A big-endian unsigned integer of `n` bytes (at most 8).
@@ -96,7 +92,7 @@ impl<'a> Reader<'a> {
     }
 
     fn len(&mut self, n: usize, expected: Expected) -> Result<usize> {
-        let at = self.pos;
+        let at = self.offset();
         let v = self.be(n, expected)?;
         usize::try_from(v).or_else(|_| self.err(at, expected, Found::Uint(v)))
     }
@@ -202,7 +198,7 @@ impl<'a> Reader<'a> {
     pub fn nil(&mut self) -> bool {
         let nil = self.peek() == Some(0xc0);
         if nil {
-            self.pos += 1;
+            self.rest = self.rest.get(1..).unwrap_or_default();
         }
         nil
     }
@@ -240,7 +236,7 @@ impl<'a> Reader<'a> {
 
     /// An array of exactly `n` elements (a tuple).
     pub fn tuple(&mut self, n: usize) -> Result<()> {
-        let at = self.pos;
+        let at = self.offset();
         let len = self.array().map_err(|e| e.retarget(Expected::Tuple(n)))?;
         if len == n {
             Ok(())
@@ -278,7 +274,7 @@ impl<'a> Reader<'a> {
     pub fn list<T>(&mut self, mut item: impl FnMut(&mut Self) -> Result<T>) -> Result<Vec<T>> {
         let n = self.array()?;
         // Every element takes at least one byte: a bogus length cannot reserve much.
-        let mut out = Vec::with_capacity(n.min(self.end - self.pos));
+        let mut out = Vec::with_capacity(n.min(self.rest.len()));
         for _ in 0..n {
             out.push(item(self)?);
         }
@@ -293,24 +289,25 @@ impl<'a> Reader<'a> {
     /// Skips one well-formed value and returns a reader over it, to read it later. Offsets in
     /// its errors are still offsets in the whole input.
     pub fn raw(&mut self) -> Result<Self> {
-        let start = self.pos;
+        let start = self.rest;
         self.skip()?;
         Ok(Reader {
-            bytes: self.bytes,
-            pos: start,
-            end: self.pos,
+            rest: start
+                .get(..start.len() - self.rest.len())
+                .unwrap_or_default(),
+            end: self.offset(),
         })
     }
 
     fn skip_at(&mut self, depth: usize) -> Result<()> {
         let expected = Expected::Value;
-        let at = self.pos;
+        let at = self.offset();
         let Some(m) = self.peek() else {
             return self.err(at, expected, Found::End);
         };
         let (n, per) = match Marker::from_u8(m) {
             Marker::Null | Marker::True | Marker::False => {
-                self.pos += 1;
+                self.rest = self.rest.get(1..).unwrap_or_default();
                 return Ok(());
             }
             Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
@@ -322,7 +319,7 @@ impl<'a> Reader<'a> {
             Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => (self.map()?, 2),
             Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => (self.array()?, 1),
             _ => {
-                self.pos += 1;
+                self.rest = self.rest.get(1..).unwrap_or_default();
                 return self.int_after(at, m, expected).map(drop);
             }
         };
