@@ -43,7 +43,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
     /// Also run the same events with a commit after every micro-batch (no checkpoint
-    /// batching: the durability model before checkpoints) and report the ratio.
+    /// batching) and report the ratio.
     #[arg(long)]
     pub baseline: bool,
     /// Throughput runs, each on a fresh log and store; the report gives each and the median.

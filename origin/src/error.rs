@@ -19,6 +19,25 @@ pub enum Error {
     Http(String),
     #[error("retail sample: {0}")]
     Retail(String),
+    /// The store file is not one this build reads (the node rebuilds it from the log when it
+    /// can).
+    #[error("the store {} is not usable: {why}", path.display())]
+    StoreUnusable {
+        path: std::path::PathBuf,
+        why: crate::store::Unusable,
+    },
+    /// The store must be rebuilt from the event log, and the log cannot do it.
+    #[error(
+        "the store {} is not usable ({why}) and the event log {} cannot rebuild it: {log_problem}. \
+         Restore the event log, or move the store away to start with an empty one",
+        store.display(), log.display()
+    )]
+    CannotRebuild {
+        store: std::path::PathBuf,
+        log: std::path::PathBuf,
+        why: crate::store::Unusable,
+        log_problem: String,
+    },
     #[error("shutting down")]
     Shutdown,
 }

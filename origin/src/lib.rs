@@ -32,7 +32,6 @@ pub mod publisher;
 pub mod server;
 pub mod store;
 pub mod store_format;
-pub mod store_upgrade;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -89,14 +89,14 @@ struct PairCell {
 }
 
 /// Appends one pair-log entry: `[a: u32 LE][b: u32 LE][count: u64 LE]`.
-pub(crate) fn push_pair(buf: &mut Vec<u8>, a: u32, b: u32, c: u64) {
+fn push_pair(buf: &mut Vec<u8>, a: u32, b: u32, c: u64) {
     buf.extend_from_slice(&a.to_le_bytes());
     buf.extend_from_slice(&b.to_le_bytes());
     buf.extend_from_slice(&c.to_le_bytes());
 }
 
 /// The entries of one pair-log record (a trailing partial entry is ignored).
-pub(crate) fn pair_entries(record: &[u8]) -> impl Iterator<Item = (u32, u32, u64)> + '_ {
+fn pair_entries(record: &[u8]) -> impl Iterator<Item = (u32, u32, u64)> + '_ {
     record.as_chunks::<16>().0.iter().map(|e| {
         let [a0, a1, a2, a3, b0, b1, b2, b3, c @ ..] = *e;
         (
@@ -333,7 +333,6 @@ impl Model {
             }
         }
         // Co-occurrence with the user's recent distinct items.
-        self.adopt_recent(user);
         if let Some(pos) = user.recent_ids.iter().position(|r| *r == id) {
             user.recent_ids[..=pos].rotate_right(1);
             return;
@@ -406,14 +405,6 @@ impl Model {
         self.mirrored_cells = mirrored;
     }
 
-    /// Turns recent items stored by name (rows of earlier versions) into ids.
-    fn adopt_recent(&mut self, user: &mut UserState) {
-        if !user.recent.is_empty() {
-            let names = std::mem::take(&mut user.recent);
-            user.recent_ids = names.iter().map(|n| self.intern(n)).collect();
-        }
-    }
-
     /// The name of an interned item.
     pub fn name(&self, id: u32) -> Option<&str> {
         self.names.get(id as usize).map(|n| &**n)
@@ -421,9 +412,6 @@ impl Model {
 
     /// A user's recent items by name, newest first.
     pub fn recent_names(&self, user: &UserState) -> Vec<String> {
-        if !user.recent.is_empty() {
-            return user.recent.clone();
-        }
         user.recent_ids
             .iter()
             .filter_map(|id| self.name(*id).map(str::to_string))

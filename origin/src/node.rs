@@ -9,7 +9,7 @@ use attune_core::model::keys as kv;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::live::{self, Live, SharedLive, Unpublished};
 use crate::log::Log;
 use crate::metrics::Metrics;
@@ -17,7 +17,7 @@ use crate::model::Model;
 use crate::pipeline::Pipeline;
 use crate::store::{
     FORGOTTEN, META, OUTBOX, Op, OutboxEntry, PENDING, PENDING_KEY, PUBLISHED, Store, USERS,
-    enqueue_shared, keys, outbox_put, unpack_pending,
+    Unusable, enqueue_shared, keys, outbox_put, unpack_pending,
 };
 
 /// The embedded log's source name (its offset key in the store).
@@ -44,7 +44,7 @@ impl Node {
     pub fn open(cfg: &Config) -> Result<Node> {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let store = Store::open(&cfg.store_path())?;
+        let store = open_store(cfg)?;
         let committed = store.meta(&keys::offset(LOG_SOURCE))?;
         let log = Log::open(&cfg.log_path(), committed, cfg.ingest.queue_capacity)?;
         let model = Model::load(cfg.model.clone(), &store)?;
@@ -246,6 +246,85 @@ impl Node {
     }
 }
 
+/// Opens the data directory's store. A store this build does not read (another format version,
+/// a file redb refuses) is moved aside and rebuilt: the event log is the source of truth, so a
+/// fresh store replays it from its first record. What the log does not hold (catalog, forgets,
+/// shared-key versions) is carried over when the old file can be read. Refuses, naming both
+/// files, when the log cannot rebuild what the store held.
+fn open_store(cfg: &Config) -> Result<Store> {
+    let path = cfg.store_path();
+    let why = match Store::open(&path) {
+        Err(Error::StoreUnusable { why, .. }) => why,
+        opened => return opened,
+    };
+    let log = cfg.log_path();
+    if let Some(log_problem) = log_cannot_rebuild(&log, &why) {
+        return Err(Error::CannotRebuild {
+            store: path,
+            log,
+            why,
+            log_problem,
+        });
+    }
+    let mut aside = path.clone().into_os_string();
+    aside.push(format!(".replaced-{}", crate::now_ms()));
+    let aside = std::path::PathBuf::from(aside);
+    std::fs::rename(&path, &aside)?;
+    tracing::warn!(
+        store = %path.display(),
+        reason = %why,
+        moved_to = %aside.display(),
+        log = %log.display(),
+        "the store is not one this build reads: rebuilding it from the event log, replayed from its start"
+    );
+    let store = Store::open(&path)?;
+    if matches!(why, Unusable::Format { .. }) {
+        match store.carry_over(&aside) {
+            Ok(c) => tracing::info!(
+                catalog_items = c.catalog_items,
+                forgotten = c.forgotten,
+                "carried over from the old store"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "nothing carried over from the old store: load the catalog again, and forget again \
+                 users forgotten before"
+            ),
+        }
+    } else {
+        tracing::warn!(
+            "the old store cannot be read: load the catalog again, and forget again users \
+             forgotten before"
+        );
+    }
+    Ok(store)
+}
+
+/// Why the log at `log` cannot rebuild a store that is unusable for `why` (`None`: it can).
+fn log_cannot_rebuild(log: &std::path::Path, why: &Unusable) -> Option<String> {
+    let len = match std::fs::metadata(log) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Some("it does not exist".into());
+        }
+        Err(e) => return Some(format!("it cannot be read ({e})")),
+    };
+    match why {
+        Unusable::Format {
+            committed: Some(committed),
+            ..
+        } if len < *committed => Some(format!(
+            "it ends at byte {len}, before the store's checkpoint at byte {committed}"
+        )),
+        Unusable::Format {
+            committed: Some(_), ..
+        } => None,
+        // What the store held is unknown: only a log with events can stand in for it.
+        _ if len <= crate::log::FIRST_OFFSET => Some("it holds no events".into()),
+        _ => None,
+    }
+}
+
 /// The publishes and forgets the last checkpoint left waiting.
 fn load_live(store: &Store) -> Result<Live> {
     let mut live = Live::default();
@@ -284,7 +363,7 @@ fn load_live(store: &Store) -> Result<Live> {
 mod tests {
     use super::*;
     use crate::config::TargetKind;
-    use crate::store::OutboxEntry;
+    use crate::store::{FORMAT_VERSION, OutboxEntry};
 
     fn queued_version(node: &Node, key: &str) -> Option<u64> {
         let tx = node.store.db.begin_read().ok()?;
@@ -317,5 +396,148 @@ mod tests {
         cfg.rules.segments.clear();
         let node = Node::open(&cfg).unwrap();
         assert_eq!(queued_version(&node, kv::CONFIG), Some(2));
+    }
+
+    fn ev(n: u64, user: &str, item: &str) -> Vec<u8> {
+        format!(
+            r#"{{"v":1,"event_id":"e{n}","user":"{user}","ts":{},"kind":"view","item":"{item}"}}"#,
+            crate::now_ms() - 1000 + n
+        )
+        .into_bytes()
+    }
+
+    fn item(id: &str) -> CatalogItem {
+        CatalogItem {
+            id: id.into(),
+            title: format!("Item {id}"),
+            url: format!("/p/{id}"),
+            image: String::new(),
+            price: "£1.00".into(),
+            category: "home".into(),
+        }
+    }
+
+    /// A node with events applied and checkpointed (one user forgotten), closed again.
+    fn populated(dir: &std::path::Path) -> (Config, Vec<(String, attune_core::Profile)>) {
+        let mut cfg = Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
+        cfg.publish.target = TargetKind::None;
+        let node = Node::open(&cfg).unwrap();
+        node.put_catalog(vec![item("x"), item("y")]).unwrap();
+        let events = vec![
+            ev(1, "a", "x"),
+            ev(2, "a", "y"),
+            ev(3, "b", "x"),
+            ev(4, "c", "y"),
+        ];
+        node.log
+            .append_blocking(crate::now_ms(), "t", events)
+            .unwrap();
+        node.drain().unwrap();
+        node.forget("c").unwrap();
+        node.drain().unwrap();
+        let profiles = node.store.profiles().unwrap();
+        assert_eq!(profiles.len(), 2);
+        (cfg, profiles)
+    }
+
+    fn set_format(path: &std::path::Path, version: u64) {
+        let db = redb::Database::open(path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert(keys::FORMAT, version)
+            .unwrap();
+        tx.commit().unwrap();
+    }
+
+    fn moved_aside(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("store.redb.replaced-"))
+            .collect()
+    }
+
+    /// A store of another format version is moved aside and rebuilt from the log: the same
+    /// profiles, the catalog and the forget carried over (the forgotten user stays gone).
+    #[test]
+    fn a_store_of_another_format_is_rebuilt_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, profiles) = populated(dir.path());
+        set_format(&cfg.store_path(), FORMAT_VERSION + 1);
+        let node = Node::open(&cfg).unwrap();
+        assert_eq!(moved_aside(dir.path()).len(), 1);
+        assert!(node.store.profiles().unwrap().is_empty(), "a fresh store");
+        let o = node.drain().unwrap();
+        assert_eq!(o.applied, 4);
+        assert_eq!(node.store.profiles().unwrap(), profiles);
+        assert!(node.user("c").unwrap().is_none());
+        assert_eq!(node.store.catalog().unwrap().len(), 2);
+        assert_eq!(node.store.meta(keys::FORMAT).unwrap(), FORMAT_VERSION);
+        drop(node);
+        // Rebuilt once: the next open uses it as it is.
+        let node = Node::open(&cfg).unwrap();
+        assert_eq!(moved_aside(dir.path()).len(), 1);
+        assert_eq!(node.store.profiles().unwrap(), profiles);
+    }
+
+    /// A file redb refuses (here: not a database at all) is rebuilt from the log too.
+    #[test]
+    fn a_foreign_file_is_rebuilt_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, profiles) = populated(dir.path());
+        std::fs::write(cfg.store_path(), b"not a redb database, not even close").unwrap();
+        let node = Node::open(&cfg).unwrap();
+        assert_eq!(moved_aside(dir.path()).len(), 1);
+        node.drain().unwrap();
+        // The forget cannot be carried over from an unreadable file: `c` is back, as the
+        // warning says.
+        let names: Vec<String> = node
+            .store
+            .profiles()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        // Nor the catalog: the events are applied again without categories.
+        assert!(node.store.catalog().unwrap().is_empty());
+        for (user, before) in &profiles {
+            let after = node.user(user).unwrap().unwrap().profile;
+            assert_eq!(
+                (after.version, &after.items, &after.visits),
+                (before.version, &before.items, &before.visits)
+            );
+            assert!(after.categories.is_empty() && !before.categories.is_empty());
+        }
+    }
+
+    /// Without a log that holds what the store held, nothing is touched and the error names
+    /// both files and what to do.
+    #[test]
+    fn refuses_when_the_log_cannot_rebuild_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, _) = populated(dir.path());
+        set_format(&cfg.store_path(), FORMAT_VERSION + 1);
+        let log = std::fs::read(cfg.log_path()).unwrap();
+        // A log cut short of the store's checkpoint.
+        std::fs::write(cfg.log_path(), &log[..log.len() / 2]).unwrap();
+        let err = Node::open(&cfg).unwrap_err();
+        assert!(matches!(err, Error::CannotRebuild { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains(&*cfg.store_path().to_string_lossy()), "{msg}");
+        assert!(msg.contains(&*cfg.log_path().to_string_lossy()), "{msg}");
+        assert!(msg.contains("before the store's checkpoint"), "{msg}");
+        assert!(msg.contains("move the store away"), "{msg}");
+        // No log at all, and a store whose content is unknown.
+        std::fs::remove_file(cfg.log_path()).unwrap();
+        std::fs::write(cfg.store_path(), b"garbage").unwrap();
+        let msg = Node::open(&cfg).unwrap_err().to_string();
+        assert!(msg.contains("does not exist"), "{msg}");
+        assert_eq!(std::fs::read(cfg.store_path()).unwrap(), b"garbage");
+        assert!(moved_aside(dir.path()).is_empty());
     }
 }

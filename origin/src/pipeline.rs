@@ -31,7 +31,7 @@ use attune_core::Event;
 use attune_core::event::{EventError, EventKind, parse_event};
 use attune_core::model::keys as kv;
 use attune_core::profile::ProfileConfig;
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -41,7 +41,7 @@ use crate::log::{Record, Source};
 use crate::metrics::{Metrics, labels};
 use crate::model::Model;
 use crate::store::{
-    DEDUP, DEDUP_LOG, DLQ, DlqRecord, FORGOTTEN, META, OUTBOX, PENDING, PENDING_KEY, Store, USERS,
+    DEDUP_LOG, DLQ, DlqRecord, FORGOTTEN, META, OUTBOX, PENDING, PENDING_KEY, Store, USERS,
     UserState, decode_user_row, encode_user_row, enqueue_shared, keys, pack_pending,
 };
 
@@ -235,12 +235,6 @@ impl Pipeline {
             let cutoff = min_watermark(&watermarks)
                 .map(|w| w.saturating_sub(horizon))
                 .unwrap_or(0);
-            for row in tx.open_table(DEDUP)?.iter()? {
-                let (k, v) = row?;
-                if v.value() >= cutoff {
-                    dedup.seen.insert(k.value(), v.value());
-                }
-            }
             for row in tx.open_table(DEDUP_LOG)?.range((cutoff, 0)..)? {
                 let (_, v) = row?;
                 for e in v.value().chunks_exact(DEDUP_ENTRY) {
@@ -800,10 +794,6 @@ impl Pipeline {
         // stays (its old keys are skipped when loading).
         tx.open_table(DEDUP_LOG)?
             .retain_in(..(cutoff, 0), |_, _| false)?;
-        let mut legacy = tx.open_table(DEDUP)?;
-        if !legacy.is_empty()? {
-            legacy.retain(|_, ts| ts >= cutoff)?;
-        }
         self.dedup.pruned_to = cutoff;
         Ok(())
     }
