@@ -20,7 +20,6 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
-pub mod fxhash;
 pub mod ingest;
 pub mod live;
 pub mod log;

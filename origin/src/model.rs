@@ -20,10 +20,10 @@ use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::fxhash::{FxHashMap, NameMap};
 use crate::store::{
     CATALOG, ITEM_COUNTS, ITEMS, META, PAIR_LOG, PUBLISHED, Store, TREND, UserState,
 };
+use foldhash::HashMap as FoldHashMap;
 
 /// Entries per `PAIR_LOG` record (16 bytes each: 4 MiB records).
 const PAIR_RECORD_ENTRIES: usize = 1 << 18;
@@ -38,13 +38,13 @@ pub struct Model {
     pub cfg: ModelConfig,
     /// id → item.
     names: Vec<Box<str>>,
-    ids: NameMap<u32>,
+    ids: FoldHashMap<Box<str>, u32>,
     /// id → shard.
     shard: Vec<u32>,
     /// id → number of user histories it entered.
     counts: Vec<u64>,
     /// id → (other id → co-occurrence count); symmetric.
-    adj: Vec<FxHashMap<u32, PairCell>>,
+    adj: Vec<FoldHashMap<u32, PairCell>>,
     /// id → (decayed score, reference time).
     trend: Vec<Option<(f64, u64)>>,
     catalog: BTreeMap<String, CatalogItem>,
@@ -216,7 +216,7 @@ impl Model {
         self.ids.insert(item.into(), id);
         self.shard.push(s);
         self.counts.push(0);
-        self.adj.push(FxHashMap::default());
+        self.adj.push(FoldHashMap::default());
         self.trend.push(None);
         self.dirty_flags.push(0);
         if let Some(set) = self.by_shard.get_mut(s as usize) {

@@ -35,7 +35,6 @@ use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::fxhash::FxHashMap;
 use crate::live::{self, Cached, Live, SharedLive, Unpublished, UserKey, user_key};
 use crate::log::{Record, Source};
 use crate::metrics::{Metrics, labels};
@@ -44,6 +43,7 @@ use crate::store::{
     DEDUP_LOG, DLQ, DlqRecord, FORGOTTEN, META, OUTBOX, PENDING, PENDING_KEY, Store, USERS,
     UserState, decode_user_row, encode_user_row, enqueue_shared, keys, pack_pending,
 };
+use foldhash::HashMap as FoldHashMap;
 
 /// What one micro-batch (or a run of them) did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,7 +88,7 @@ pub struct Progress {
 /// `event_id` digests seen within the horizon, with their event times.
 #[derive(Debug, Default)]
 struct Dedup {
-    seen: FxHashMap<u128, u64>,
+    seen: FoldHashMap<u128, u64>,
     /// Added since the last checkpoint.
     added: Vec<(u128, u64)>,
     pruned_to: u64,
@@ -121,8 +121,8 @@ const WARM_AHEAD: usize = 64;
 /// `unpublished`, also the users' entries there (the apply loop's other lookup). The sum is
 /// meaningless and only kept from being optimized away.
 fn warm<'a>(
-    users: &FxHashMap<UserKey, Cached>,
-    unpublished: Option<&FxHashMap<UserKey, (Arc<str>, live::Unpublished)>>,
+    users: &FoldHashMap<UserKey, Cached>,
+    unpublished: Option<&FoldHashMap<UserKey, (Arc<str>, live::Unpublished)>>,
     keys: impl Iterator<Item = &'a UserKey>,
 ) {
     fn head<T>(list: &[T], f: impl Fn(&T) -> u64) -> u64 {
@@ -249,7 +249,7 @@ impl Pipeline {
         // for its capacity once (growing it rehashes every user state it holds).
         {
             let mut l = live::lock(&live);
-            l.users = FxHashMap::with_capacity_and_hasher(
+            l.users = FoldHashMap::with_capacity_and_hasher(
                 cfg.pipeline.profile_cache.min(1 << 20),
                 Default::default(),
             );
