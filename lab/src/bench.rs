@@ -53,7 +53,7 @@ pub struct BenchArgs {
 
 /// One throughput run.
 struct Run {
-    outcome: attune_origin::pipeline::BatchOutcome,
+    outcome: attune_origin::stream::BatchOutcome,
     secs: f64,
     store_bytes: u64,
     users_stored: usize,

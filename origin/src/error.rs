@@ -24,7 +24,7 @@ pub enum Error {
     #[error("the store {} is not usable: {why}", path.display())]
     StoreUnusable {
         path: std::path::PathBuf,
-        why: crate::store::Unusable,
+        why: Unusable,
     },
     /// The store must be rebuilt from the event log, and the log cannot do it.
     #[error(
@@ -35,7 +35,7 @@ pub enum Error {
     CannotRebuild {
         store: std::path::PathBuf,
         log: std::path::PathBuf,
-        why: crate::store::Unusable,
+        why: Unusable,
         log_problem: String,
     },
     #[error("shutting down")]
@@ -83,5 +83,43 @@ impl From<serde_json::Error> for Error {
 impl From<reqwest::Error> for Error {
     fn from(e: reqwest::Error) -> Self {
         Error::Http(e.to_string())
+    }
+}
+
+/// Why an existing file is not a store this build reads.
+#[derive(Debug)]
+pub enum Unusable {
+    /// A redb database of another format version (`None`: none recorded). `committed` is the
+    /// log offset its checkpoint had reached, when it can be read.
+    Format {
+        found: Option<u64>,
+        committed: Option<u64>,
+    },
+    /// redb refuses the file: another redb file format, not a redb file, or damaged.
+    Unreadable(redb::DatabaseError),
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unusable::Format { found: Some(v), .. } => {
+                write!(f, "store format {v}, not the one this build reads")
+            }
+            Unusable::Format { found: None, .. } => write!(
+                f,
+                "no store format recorded (a store of an unreleased build or another program's \
+                 database)"
+            ),
+            Unusable::Unreadable(e) => write!(f, "redb cannot open it: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Unusable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Unusable::Unreadable(e) => Some(e),
+            Unusable::Format { .. } => None,
+        }
     }
 }

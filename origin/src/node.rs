@@ -7,21 +7,22 @@ use attune_core::CatalogItem;
 use attune_core::hash::profile_key;
 use attune_core::model::keys as kv;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use serde_json::json;
 
 use crate::config::Config;
-use crate::error::{Error, Result};
-use crate::live::{self, Live, SharedLive, Unpublished};
+use crate::error::Result;
 use crate::log::Log;
 use crate::metrics::Metrics;
 use crate::model::Model;
-use crate::pipeline::Pipeline;
 use crate::store::{
     FORGOTTEN, META, OUTBOX, Op, OutboxEntry, PENDING, PENDING_KEY, PUBLISHED, Store, USERS,
-    Unusable, enqueue_shared, keys, outbox_put, unpack_pending,
+    enqueue_shared, keys, outbox_put, unpack_pending,
 };
+use crate::stream::Pipeline;
+use crate::stream::live::{self, Live, SharedLive, Unpublished};
 
 /// The embedded log's source name (its offset key in the store).
-pub const LOG_SOURCE: &str = "log";
+pub use crate::log::SOURCE as LOG_SOURCE;
 
 #[derive(Clone)]
 pub struct Node {
@@ -44,7 +45,7 @@ impl Node {
     pub fn open(cfg: &Config) -> Result<Node> {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let store = open_store(cfg)?;
+        let store = crate::store::open_or_rebuild(&cfg.store_path(), &cfg.log_path())?;
         let committed = store.meta(&keys::offset(LOG_SOURCE))?;
         let log = Log::open(&cfg.log_path(), committed, cfg.ingest.queue_capacity)?;
         let model = Model::load(cfg.model.clone(), &store)?;
@@ -220,11 +221,11 @@ impl Node {
     }
 
     /// Applies everything durable in the log and checkpoints (offline commands).
-    pub fn drain(&self) -> Result<crate::pipeline::BatchOutcome> {
+    pub fn drain(&self) -> Result<crate::stream::BatchOutcome> {
         use crate::log::Source;
         let mut pipeline = self.pipeline()?;
         let mut reader = self.log.reader()?;
-        let mut total = crate::pipeline::BatchOutcome::default();
+        let mut total = crate::stream::BatchOutcome::default();
         let mut buf = Vec::new();
         loop {
             let from = pipeline.offset().max(reader.start());
@@ -246,82 +247,67 @@ impl Node {
     }
 }
 
-/// Opens the data directory's store. A store this build does not read (another format version,
-/// a file redb refuses) is moved aside and rebuilt: the event log is the source of truth, so a
-/// fresh store replays it from its first record. What the log does not hold (catalog, forgets,
-/// shared-key versions) is carried over when the old file can be read. Refuses, naming both
-/// files, when the log cannot rebuild what the store held.
-fn open_store(cfg: &Config) -> Result<Store> {
-    let path = cfg.store_path();
-    let why = match Store::open(&path) {
-        Err(Error::StoreUnusable { why, .. }) => why,
-        opened => return opened,
-    };
-    let log = cfg.log_path();
-    if let Some(log_problem) = log_cannot_rebuild(&log, &why) {
-        return Err(Error::CannotRebuild {
-            store: path,
-            log,
-            why,
-            log_problem,
-        });
+/// Read-only views the CLI (`inspect`) and the admin API share.
+impl Node {
+    /// A profile as JSON for `inspect user`.
+    pub fn inspect_user_json(&self, id: &str) -> Result<Option<serde_json::Value>> {
+        let node = self;
+        let Some(state) = node.user(id)? else {
+            return Ok(None);
+        };
+        let key = profile_key(node.cfg.profile_key.as_bytes(), id);
+        let published = node
+            .store
+            .published()?
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v);
+        let p = &state.profile;
+        let cfg = attune_core::ProfileConfig::default();
+        let now = crate::now_ms();
+        Ok(Some(json!({
+            "user": id,
+            "key": key,
+            "version": p.version,
+            "published_version": published,
+            "first_seen": p.first_seen,
+            "last_seen": p.last_seen,
+            "purchases": p.purchases,
+            "visits": p.visit_count(),
+            "top_items": p.top_items(now, &cfg, 10),
+            "top_categories": p.top_categories(now, &cfg, 5),
+            "cart": p.cart_items().collect::<Vec<_>>(),
+            "purchased": p.purchased.iter().map(|x| x.item.as_str()).collect::<Vec<_>>(),
+            "recent": node.model.lock().map(|m| m.recent_names(&state)).unwrap_or_default(),
+            "snapshot_bytes": attune_core::wire::encode_profile(
+                &attune_core::wire::Envelope::new(p.version, p.last_seen, p.clone()),
+                attune_core::wire::PROFILE_CAP_BYTES).len(),
+        })))
     }
-    let mut aside = path.clone().into_os_string();
-    aside.push(format!(".replaced-{}", crate::now_ms()));
-    let aside = std::path::PathBuf::from(aside);
-    std::fs::rename(&path, &aside)?;
-    tracing::warn!(
-        store = %path.display(),
-        reason = %why,
-        moved_to = %aside.display(),
-        log = %log.display(),
-        "the store is not one this build reads: rebuilding it from the event log, replayed from its start"
-    );
-    let store = Store::open(&path)?;
-    if matches!(why, Unusable::Format { .. }) {
-        match store.carry_over(&aside) {
-            Ok(c) => tracing::info!(
-                catalog_items = c.catalog_items,
-                forgotten = c.forgotten,
-                "carried over from the old store"
-            ),
-            Err(e) => tracing::warn!(
-                error = %e,
-                "nothing carried over from the old store: load the catalog again, and forget again \
-                 users forgotten before"
-            ),
-        }
-    } else {
-        tracing::warn!(
-            "the old store cannot be read: load the catalog again, and forget again users \
-             forgotten before"
-        );
-    }
-    Ok(store)
-}
 
-/// Why the log at `log` cannot rebuild a store that is unusable for `why` (`None`: it can).
-fn log_cannot_rebuild(log: &std::path::Path, why: &Unusable) -> Option<String> {
-    let len = match std::fs::metadata(log) {
-        Ok(m) => m.len(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Some("it does not exist".into());
-        }
-        Err(e) => return Some(format!("it cannot be read ({e})")),
-    };
-    match why {
-        Unusable::Format {
-            committed: Some(committed),
-            ..
-        } if len < *committed => Some(format!(
-            "it ends at byte {len}, before the store's checkpoint at byte {committed}"
-        )),
-        Unusable::Format {
-            committed: Some(_), ..
-        } => None,
-        // What the store held is unknown: only a log with events can stand in for it.
-        _ if len <= crate::log::FIRST_OFFSET => Some("it holds no events".into()),
-        _ => None,
+    /// Pipeline and publisher progress (no user data).
+    ///
+    /// The counters are as of the last checkpoint (the pipeline checkpoints whenever it catches up
+    /// with the log); `applied_offset` is what it applied in memory.
+    pub fn status_json(&self, applied_offset: u64) -> serde_json::Value {
+        let node = self;
+        let s = &node.store;
+        let m = |k: &str| s.meta(k).unwrap_or(0);
+        use crate::store::keys;
+        let unpublished = crate::stream::live::lock(&node.live).unpublished_len();
+        json!({
+            "log_end": node.log.end(),
+            "applied_offset": applied_offset,
+            "checkpointed_offset": m(&keys::offset(crate::node::LOG_SOURCE)),
+            "unpublished": unpublished,
+            "received": m(keys::RECEIVED),
+            "applied": m(keys::APPLIED),
+            "duplicates": m(keys::DUPLICATES),
+            "dlq": m(keys::DLQ),
+            "late": m(keys::LATE),
+            "outbox": s.outbox_len().unwrap_or(0),
+            "catalog": node.model.lock().map(|m| m.catalog_len()).unwrap_or(0),
+        })
     }
 }
 
@@ -363,6 +349,7 @@ fn load_live(store: &Store) -> Result<Live> {
 mod tests {
     use super::*;
     use crate::config::TargetKind;
+    use crate::Error;
     use crate::store::{FORMAT_VERSION, OutboxEntry};
 
     fn queued_version(node: &Node, key: &str) -> Option<u64> {

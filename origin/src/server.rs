@@ -15,9 +15,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::ingest::{AppState, router};
+use crate::http::{AppState, router};
 use crate::node::Node;
-use crate::publisher::{Publisher, Target};
+use crate::publish::{Publisher, Target};
 
 /// A started service.
 #[derive(Debug)]

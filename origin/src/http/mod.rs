@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 use crate::log::AppendRefused;
 use crate::metrics::labels;
 use crate::node::Node;
-use crate::pipeline::Progress;
+use crate::stream::Progress;
 
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -242,7 +242,7 @@ async fn get_user(
     if !authorized(&state, &headers) {
         return unauthorized();
     }
-    match crate::cli::inspect_user_json(&state.node, &id) {
+    match state.node.inspect_user_json(&id) {
         Ok(Some(v)) => axum::Json(v).into_response(),
         Ok(None) => (
             StatusCode::NOT_FOUND,
@@ -312,33 +312,9 @@ async fn publish_full(State(state): State<AppState>, headers: HeaderMap) -> Resp
     }
 }
 
-/// Pipeline and publisher progress (no user data).
-///
-/// The counters are as of the last checkpoint (the pipeline checkpoints whenever it catches up
-/// with the log); `applied_offset` is what it applied in memory.
-pub fn status_json(node: &Node, applied_offset: u64) -> serde_json::Value {
-    let s = &node.store;
-    let m = |k: &str| s.meta(k).unwrap_or(0);
-    use crate::store::keys;
-    let unpublished = crate::live::lock(&node.live).unpublished_len();
-    json!({
-        "log_end": node.log.end(),
-        "applied_offset": applied_offset,
-        "checkpointed_offset": m(&keys::offset(crate::node::LOG_SOURCE)),
-        "unpublished": unpublished,
-        "received": m(keys::RECEIVED),
-        "applied": m(keys::APPLIED),
-        "duplicates": m(keys::DUPLICATES),
-        "dlq": m(keys::DLQ),
-        "late": m(keys::LATE),
-        "outbox": s.outbox_len().unwrap_or(0),
-        "catalog": node.model.lock().map(|m| m.catalog_len()).unwrap_or(0),
-    })
-}
-
 async fn status(State(state): State<AppState>) -> Response {
     let off = state.progress.offset.load(Ordering::Acquire);
-    axum::Json(status_json(&state.node, off)).into_response()
+    axum::Json(state.node.status_json(off)).into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

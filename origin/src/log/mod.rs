@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// The embedded log's source name (its offset key in the store).
+pub const SOURCE: &str = "log";
+
 const MAGIC: &[u8; 8] = b"ATLOG\x001\n";
 /// Offset of the first record.
 pub const FIRST_OFFSET: u64 = MAGIC.len() as u64;

@@ -19,7 +19,27 @@ use attune_core::{Millis, Profile, SmolStr};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::store::UserState;
+
+/// What the store keeps per user: the core's profile and the recent distinct items that feed
+/// item co-occurrence.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UserState {
+    pub profile: Profile,
+    /// Recent distinct items, newest first, as the model's item ids (`ITEMS`, written in the
+    /// same checkpoint as the state, so an id here always has its name there).
+    pub recent_ids: Vec<u32>,
+}
+
+impl UserState {
+    /// Reads a stored row .
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        decode(bytes)
+    }
+    /// Appends the store's encoding to `buf`.
+    pub fn encode_into(&self, buf: &mut Vec<u8>) {
+        encode_into(self, buf);
+    }
+}
 
 // The format, as the types postcard decodes (and encoded their way by `encode_into`).
 #[derive(Deserialize)]

@@ -10,7 +10,13 @@ use attune_core::{CatalogItem, Profile};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Unusable};
+
+pub mod format;
+mod rebuild;
+
+pub use format::UserState;
+pub use rebuild::open_or_rebuild;
 
 /// [`user_key`] of the user → a user row: the user's id, then its [`UserState`]
 /// ([`encode_user_row`]). Keyed by hash rather than by name: a checkpoint writes up to 100k
@@ -28,7 +34,7 @@ pub fn user_key(user: &str) -> UserKey {
 
 /// Appends a [`USERS`] row: the id (varint length, UTF-8), then the state.
 pub fn encode_user_row(user: &str, state: &UserState, buf: &mut Vec<u8>) {
-    crate::store_format::encode_str(user, buf);
+    crate::store::format::encode_str(user, buf);
     state.encode_into(buf);
 }
 
@@ -107,27 +113,6 @@ pub const PUBLISHED: TableDefinition<&str, u64> = TableDefinition::new("publishe
 /// sequence → [`DlqRecord`] (JSON).
 pub const DLQ: TableDefinition<u64, &[u8]> = TableDefinition::new("dlq");
 
-/// What the store keeps per user: the core's profile and the recent distinct items that feed
-/// item co-occurrence.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct UserState {
-    pub profile: Profile,
-    /// Recent distinct items, newest first, as the model's item ids (`ITEMS`, written in the
-    /// same checkpoint as the state, so an id here always has its name there).
-    pub recent_ids: Vec<u32>,
-}
-
-impl UserState {
-    /// Reads a stored row ([`crate::store_format`]).
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
-        crate::store_format::decode(bytes)
-    }
-    /// Appends the store's encoding to `buf`.
-    pub fn encode_into(&self, buf: &mut Vec<u8>) {
-        crate::store_format::encode_into(self, buf);
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Put,
@@ -203,48 +188,10 @@ pub struct Store {
 /// redb page cache size.
 const STORE_CACHE_BYTES: usize = 256 << 20;
 
-/// The layout of the store's tables and rows ([`crate::store_format`]), kept in [`META`] under
+/// The layout of the store's tables and rows ([`crate::store::format`]), kept in [`META`] under
 /// [`keys::FORMAT`]. A store of any other format is not read: the node rebuilds it from the
-/// event log, the source of truth ([`crate::node::Node::open`]).
+/// event log, the source of truth (`Node::open`).
 pub const FORMAT_VERSION: u64 = 1;
-
-/// Why an existing file is not a store this build reads.
-#[derive(Debug)]
-pub enum Unusable {
-    /// A redb database of another format version (`None`: none recorded). `committed` is the
-    /// log offset its checkpoint had reached, when it can be read.
-    Format {
-        found: Option<u64>,
-        committed: Option<u64>,
-    },
-    /// redb refuses the file: another redb file format, not a redb file, or damaged.
-    Unreadable(redb::DatabaseError),
-}
-
-impl std::fmt::Display for Unusable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Unusable::Format { found: Some(v), .. } => {
-                write!(f, "store format {v}, this build reads {FORMAT_VERSION}")
-            }
-            Unusable::Format { found: None, .. } => write!(
-                f,
-                "no store format recorded (a store of an unreleased build or another program's \
-                 database), this build reads {FORMAT_VERSION}"
-            ),
-            Unusable::Unreadable(e) => write!(f, "redb cannot open it: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for Unusable {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Unusable::Unreadable(e) => Some(e),
-            Unusable::Format { .. } => None,
-        }
-    }
-}
 
 /// Whether redb refuses a file for what it holds (another redb file format, not a redb
 /// file, damaged) rather than for how it was reached (in use, permissions, I/O).
@@ -277,10 +224,7 @@ fn format_and_offset(db: &Database) -> (Option<u64>, Option<u64>) {
         return (None, None);
     };
     let get = |key: &str| meta.get(key).ok().flatten().map(|v| v.value());
-    (
-        get(keys::FORMAT),
-        get(&keys::offset(crate::node::LOG_SOURCE)),
-    )
+    (get(keys::FORMAT), get(&keys::offset(crate::log::SOURCE)))
 }
 
 impl std::fmt::Debug for Store {

@@ -35,7 +35,6 @@ use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::live::{self, Cached, Live, SharedLive, Unpublished, UserKey, user_key};
 use crate::log::{Record, Source};
 use crate::metrics::{Metrics, labels};
 use crate::model::Model;
@@ -43,6 +42,7 @@ use crate::store::{
     DEDUP_LOG, DLQ, DlqRecord, FORGOTTEN, META, OUTBOX, PENDING, PENDING_KEY, Store, USERS,
     UserState, decode_user_row, encode_user_row, enqueue_shared, keys, pack_pending,
 };
+use crate::stream::live::{self, Cached, Live, SharedLive, Unpublished, UserKey, user_key};
 use foldhash::HashMap as FoldHashMap;
 
 /// What one micro-batch (or a run of them) did.

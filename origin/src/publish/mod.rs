@@ -2,7 +2,7 @@
 //! deletes, full re-publishes) and the user publishes the pipeline handed over in [`Live`]
 //! (checkpointed in `PENDING`, so a crash loses none).
 //!
-//! [`Live`]: crate::live::Live
+//! [`Live`]: crate::stream::live::Live
 //!
 //! - Coalesces: what waits is keys; the value is the key's newest state at publish time (a
 //!   user's from memory when the pipeline holds it, else from the store).
@@ -32,11 +32,11 @@ use serde::Serialize;
 
 use crate::config::{Config, PublishConfig, TargetKind};
 use crate::error::{Error, Result};
-use crate::live::{self, SharedLive};
 use crate::metrics::{Metrics, labels};
 use crate::model::Model;
 use crate::node::Node;
 use crate::store::{OUTBOX, Op, OutboxEntry, PUBLISHED, Store, USERS, decode_user_row, user_key};
+use crate::stream::live::{self, SharedLive};
 
 impl Ack {
     /// A waiting entry that needs no write (KV holds that version or newer, or the state is
