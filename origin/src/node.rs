@@ -348,8 +348,8 @@ fn load_live(store: &Store) -> Result<Live> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TargetKind;
     use crate::Error;
+    use crate::config::TargetKind;
     use crate::store::{FORMAT_VERSION, OutboxEntry};
 
     fn queued_version(node: &Node, key: &str) -> Option<u64> {
