@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 mod http;
+mod lifecycle;
 pub mod log;
 pub mod metrics;
 pub mod model;

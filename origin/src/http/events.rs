@@ -15,6 +15,7 @@ use crate::metrics::labels;
 
 use super::AppState;
 use super::auth::{authorized, unauthorized};
+use crate::lifecycle::Phase;
 
 fn too_busy(state: &AppState, why: &str) -> Response {
     state.node.metrics.ingest_throttled.inc();
@@ -28,7 +29,7 @@ fn too_busy(state: &AppState, why: &str) -> Response {
 }
 
 /// Splits a body into raw events: a JSON array or NDJSON.
-pub fn split_batch(body: &[u8], max_events: usize) -> Result<Vec<Vec<u8>>, (&'static str, String)> {
+fn split_batch(body: &[u8], max_events: usize) -> Result<Vec<Vec<u8>>, (&'static str, String)> {
     let first = body.iter().copied().find(|b| !b.is_ascii_whitespace());
     let items: Vec<Vec<u8>> = match first {
         None => return Err(("empty", "batch is empty".into())),
@@ -69,7 +70,7 @@ pub(super) async fn post_events(
     if !authorized(&state, &headers) {
         return unauthorized();
     }
-    if !state.ready.load(Ordering::Acquire) {
+    if *state.phase.borrow() != Phase::Serving {
         return too_busy(&state, "shutting down");
     }
     let cfg = &state.node.cfg.ingest;

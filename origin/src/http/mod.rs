@@ -10,12 +10,12 @@
 //! - `GET /healthz`, `/readyz`, `/metrics`, `/v1/status`.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 
+use crate::lifecycle::Phase;
 use crate::node::Node;
 use crate::stream::Progress;
 
@@ -29,7 +29,8 @@ pub struct AppState {
     pub node: Node,
     pub progress: Arc<Progress>,
     pub publish_now: Arc<tokio::sync::Notify>,
-    pub ready: Arc<AtomicBool>,
+    /// Ready (accepting events) while [`Phase::Serving`].
+    pub phase: tokio::sync::watch::Receiver<Phase>,
 }
 
 pub fn router(state: AppState) -> Router {

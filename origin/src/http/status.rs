@@ -7,6 +7,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use crate::lifecycle::Phase;
 
 pub(super) async fn status(State(state): State<AppState>) -> Response {
     let off = state.progress.offset.load(Ordering::Acquire);
@@ -14,7 +15,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Response {
 }
 
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
+    if *state.phase.borrow() == Phase::Serving {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()

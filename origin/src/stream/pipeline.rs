@@ -23,7 +23,7 @@
 //! work: the caller must reopen the node, which reloads the checkpoint and replays the log.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -798,13 +798,13 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Consumes `source` until `stop` is set and everything durable has been applied and
-    /// checkpointed.
+    /// Consumes `source` until `stop` answers true and everything durable has been applied
+    /// and checkpointed.
     pub fn run(
         &mut self,
         source: &mut dyn Source,
         batch_max: usize,
-        stop: &AtomicBool,
+        stop: &dyn Fn() -> bool,
         on_batch: &dyn Fn(&BatchOutcome),
     ) -> Result<()> {
         let mut buf = Vec::new();
@@ -822,7 +822,7 @@ impl Pipeline {
                 // Caught up: make it durable now (cheap when idle, and it keeps the replay
                 // after a crash short).
                 self.checkpoint()?;
-                if stop.load(Ordering::Acquire) && from >= end {
+                if stop() && from >= end {
                     return Ok(());
                 }
                 continue;
