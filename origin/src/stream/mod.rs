@@ -2,7 +2,9 @@
 //! profiles and the model) in micro-batches and commits them at checkpoints, and the live
 //! state it shares with the publisher between checkpoints.
 
+mod dedup;
 pub mod live;
 mod pipeline;
+mod watermark;
 
 pub use pipeline::{BatchOutcome, Pipeline, Progress};
