@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use rand::{Rng, SeedableRng};
 
+use crate::error::Result;
 use attune_origin::config::{Config, TargetKind};
-use attune_origin::error::Result;
 use attune_origin::node::Node;
 use attune_origin::now_ms;
 

@@ -10,8 +10,8 @@ use std::path::Path;
 use attune_core::rank::{RankInput, RankParams, Strategy, rank};
 use attune_core::{Event, ProfileConfig};
 
+use crate::error::Result;
 use attune_origin::config::ModelConfig;
-use attune_origin::error::Result;
 use attune_origin::model::Model;
 use attune_origin::store::UserState;
 

@@ -241,7 +241,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 let node = Node::open(&cfg)?;
                 match node.inspect_user_json(&id)? {
                     Some(v) => print_json(&v),
-                    None => return Err(Error::Config(format!("no profile for user {id:?}"))),
+                    None => return Err(Error::NoSuchUser(id)),
                 }
             }
             Ok(())

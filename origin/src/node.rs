@@ -317,8 +317,9 @@ fn load_live(store: &Store) -> Result<Live> {
     let tx = store.db.begin_read()?;
     let now = crate::now_ms();
     if let Some(row) = tx.open_table(PENDING)?.get(PENDING_KEY)? {
-        let users = unpack_pending(row.value())
-            .ok_or_else(|| crate::Error::Store("the pending publishes row is malformed".into()))?;
+        let users = unpack_pending(row.value()).ok_or_else(|| {
+            crate::Error::Corrupt("the pending publishes row is malformed".into())
+        })?;
         for (user, version) in users {
             live.unpublished.insert(
                 live::user_key(&user),

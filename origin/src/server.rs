@@ -37,9 +37,7 @@ impl Running {
 
     /// Resolves when the service stopped on its own (e.g. a fatal store error).
     pub async fn wait(self) -> Result<()> {
-        self.done
-            .await
-            .map_err(|e| Error::Http(format!("server task: {e}")))?
+        self.done.await?
     }
 
     /// Starts the shutdown sequence (once; later calls change nothing).
@@ -58,9 +56,7 @@ impl Running {
 pub async fn start(cfg: Config) -> Result<Running> {
     let node = {
         let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || Node::open(&cfg))
-            .await
-            .map_err(|e| Error::Store(e.to_string()))??
+        tokio::task::spawn_blocking(move || Node::open(&cfg)).await??
     };
     let listener = TcpListener::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;
@@ -136,9 +132,8 @@ pub async fn start(cfg: Config) -> Result<Running> {
             tracing::info!("draining the pipeline");
             phase_tx.send_replace(Phase::Drain);
             let piped = tokio::task::spawn_blocking(move || pipe_thread.join())
-                .await
-                .map_err(|e| Error::Store(e.to_string()))?
-                .map_err(|_| Error::Store("pipeline thread panicked".into()))?;
+                .await?
+                .map_err(|_| Error::PipelinePanicked)?;
             publish_now.notify_one();
             tracing::info!("flushing the publisher");
             phase_tx.send_replace(Phase::StopPublishing);

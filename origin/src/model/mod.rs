@@ -126,7 +126,7 @@ impl Model {
             let (k, v) = row?;
             let id = m.intern(v.value());
             if id != k.value() {
-                return Err(crate::Error::Store(format!(
+                return Err(crate::Error::Corrupt(format!(
                     "item table out of order at id {} ({})",
                     k.value(),
                     v.value()
@@ -146,7 +146,7 @@ impl Model {
             m.log_next = k.value() + 1;
             for (a, b, c) in pair_entries(bytes) {
                 if a as usize >= m.names.len() || b as usize >= m.names.len() {
-                    return Err(crate::Error::Store(format!(
+                    return Err(crate::Error::Corrupt(format!(
                         "pair log record {} names an unknown item id",
                         k.value()
                     )));

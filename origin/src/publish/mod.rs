@@ -175,7 +175,10 @@ impl Publisher {
                     if let Some(d) = deadline
                         && Instant::now() + wait > d
                     {
-                        return Err(Error::Http(format!("{op}: {} (deadline)", e.message)));
+                        return Err(Error::PublishDeadline {
+                            op,
+                            message: e.message,
+                        });
                     }
                     self.metrics.publish_retries.inc();
                     attempt += 1;

@@ -184,10 +184,13 @@ impl Writer<'_> {
 /// Decodes a row [`encode_into`] wrote. Anything else, or trailing bytes, is an error naming
 /// what is wrong.
 pub fn decode(bytes: &[u8]) -> Result<UserState> {
-    let (row, rest): (StateRow<'_>, &[u8]) = postcard::take_from_bytes(bytes)
-        .map_err(|e| Error::Store(format!("user state: corrupt row: {e}")))?;
+    let (row, rest): (StateRow<'_>, &[u8]) =
+        postcard::take_from_bytes(bytes).map_err(|source| Error::Row {
+            what: "user state: corrupt row",
+            source,
+        })?;
     if !rest.is_empty() {
-        return Err(Error::Store(format!(
+        return Err(Error::Corrupt(format!(
             "user state: {} bytes after the end of the row",
             rest.len()
         )));

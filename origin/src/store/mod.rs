@@ -40,15 +40,17 @@ pub fn encode_user_row(user: &str, state: &UserState, buf: &mut Vec<u8>) {
 
 /// The id a [`USERS`] row belongs to, and the rest of the row.
 pub fn user_row_id(row: &[u8]) -> Result<(&str, &[u8])> {
-    postcard::take_from_bytes::<&str>(row)
-        .map_err(|e| crate::Error::Store(format!("user row: bad user id: {e}")))
+    postcard::take_from_bytes::<&str>(row).map_err(|source| Error::Row {
+        what: "user row: bad user id",
+        source,
+    })
 }
 
 /// Decodes a [`USERS`] row that must belong to `user`.
 pub fn decode_user_row(user: &str, row: &[u8]) -> Result<UserState> {
     let (id, state) = user_row_id(row)?;
     if id != user {
-        return Err(crate::Error::Store(format!(
+        return Err(Error::Corrupt(format!(
             "user key collision: `{user}` and `{id}` hash alike (xxh3-128)"
         )));
     }

@@ -271,11 +271,7 @@ impl Pipeline {
 
     fn check_poisoned(&self) -> Result<()> {
         if self.poisoned {
-            return Err(Error::Store(
-                "the pipeline stopped after a failed batch; reopen it to resume from the \
-                 checkpoint"
-                    .into(),
-            ));
+            return Err(Error::PipelineStopped);
         }
         Ok(())
     }
@@ -456,7 +452,7 @@ impl Pipeline {
                 continue;
             }
             let Some(entry) = users.get_mut(key) else {
-                return Err(Error::Store(format!("user {} not loaded", event.user)));
+                return Err(Error::Corrupt(format!("user {} not loaded", event.user)));
             };
             entry.used = batch_no;
             let category = event.item.as_deref().and_then(|i| model.category(i));

@@ -1,6 +1,6 @@
 //! Pipeline tests: dedup, forgets, checkpoints and replays through a real node.
 
-mod tests {
+mod forget {
     use crate::config::{Config, TargetKind};
     use crate::node::Node;
 
@@ -62,7 +62,7 @@ mod tests {
     }
 }
 
-mod checkpoint_tests {
+mod checkpoints {
     use crate::config::{Config, TargetKind};
     use crate::node::Node;
 
