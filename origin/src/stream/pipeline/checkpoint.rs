@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use redb::{ReadableTable, WriteTransaction};
 
-use super::{Pipeline, SinceCheckpoint, WARM_AHEAD, warm};
+use super::warm::{WARM_AHEAD, warm};
+use super::{Pipeline, SinceCheckpoint};
 use crate::error::Result;
 use crate::store::{
     DLQ, FORGOTTEN, META, OUTBOX, PENDING, PENDING_KEY, USERS, encode_user_row, enqueue_shared,

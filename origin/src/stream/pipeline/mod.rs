@@ -39,90 +39,16 @@ use crate::metrics::{Metrics, labels};
 use crate::model::Model;
 use crate::store::{DlqRecord, META, Store, USERS, UserState, decode_user_row, keys};
 mod checkpoint;
+mod outcome;
+mod warm;
+
+pub use outcome::{BatchOutcome, Progress};
+use warm::{WARM_AHEAD, warm};
 
 use super::dedup::{self, Dedup};
 use super::live::{self, Cached, Live, SharedLive, Unpublished, UserKey, user_key};
 use super::watermark::Watermarks;
 use foldhash::HashMap as FoldHashMap;
-
-/// What one micro-batch (or a run of them) did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BatchOutcome {
-    pub received: u64,
-    pub applied: u64,
-    pub duplicates: u64,
-    pub dlq: u64,
-    pub late: u64,
-    /// Micro-batches applied.
-    pub batches: u64,
-    /// Checkpoints committed, and the time they took.
-    pub checkpoints: u64,
-    pub checkpoint_us: u64,
-}
-
-impl BatchOutcome {
-    /// Sums another outcome into this one.
-    pub fn add(&mut self, o: &BatchOutcome) {
-        self.received += o.received;
-        self.applied += o.applied;
-        self.duplicates += o.duplicates;
-        self.dlq += o.dlq;
-        self.late += o.late;
-        self.batches += o.batches;
-        self.checkpoints += o.checkpoints;
-        self.checkpoint_us += o.checkpoint_us;
-    }
-}
-
-/// Shared progress, read by ingest (backpressure) and the status endpoint.
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Log offset applied in memory.
-    pub offset: AtomicU64,
-    /// Log offset of the last checkpoint.
-    pub checkpointed: AtomicU64,
-    pub batches: AtomicU64,
-    pub checkpoints: AtomicU64,
-}
-
-/// How many users' states [`warm`] brings into cache ahead of applying events to them or
-/// encoding them (a chunk's heads stay well within L2).
-const WARM_AHEAD: usize = 64;
-
-/// Reads the parts of these users' states that applying an event or encoding the state
-/// touches first (the map entry, the state, the heads of its lists and the first bytes behind
-/// them), in a loop whose iterations do not depend on each other, so the processor overlaps
-/// their cache misses instead of meeting them one after another inside `Profile::apply` or the
-/// encoder (random users in a large map: a miss per level, several per user). With
-/// `unpublished`, also the users' entries there (the apply loop's other lookup). The sum is
-/// meaningless and only kept from being optimized away.
-fn warm<'a>(
-    users: &FoldHashMap<UserKey, Cached>,
-    unpublished: Option<&FoldHashMap<UserKey, (Arc<str>, live::Unpublished)>>,
-    keys: impl Iterator<Item = &'a UserKey>,
-) {
-    fn head<T>(list: &[T], f: impl Fn(&T) -> u64) -> u64 {
-        list.first().map_or(0, f)
-    }
-    let mut sum = 0u64;
-    for key in keys {
-        if let Some(c) = users.get(key) {
-            let p = &c.state.profile;
-            let first_byte = |k: &str| u64::from(k.as_bytes().first().copied().unwrap_or(0));
-            sum = sum
-                .wrapping_add(p.version)
-                .wrapping_add(head(&p.visits, |v| v.0))
-                .wrapping_add(head(&p.items, |a| first_byte(&a.key)))
-                .wrapping_add(head(&p.categories, |a| first_byte(&a.key)))
-                .wrapping_add(head(&c.state.recent_ids, |r| u64::from(*r)))
-                .wrapping_add(c.user.len() as u64);
-        }
-        if let Some(unpublished) = unpublished {
-            sum = sum.wrapping_add(unpublished.get(key).map_or(0, |u| u.1.version));
-        }
-    }
-    std::hint::black_box(sum);
-}
 
 /// Changes since the last checkpoint that are not user states.
 #[derive(Debug, Default)]
@@ -309,6 +235,8 @@ impl Pipeline {
             || !self.since.dead.is_empty()
     }
 
+    /// One micro-batch, in named steps, under the model and live locks (lock order everywhere:
+    /// redb write transaction → model → live).
     fn apply_batch(&mut self, records: &[Record]) -> Result<BatchOutcome> {
         let started = Instant::now();
         let mut out = BatchOutcome {
@@ -316,15 +244,33 @@ impl Pipeline {
             ..BatchOutcome::default()
         };
         self.batch_no += 1;
-        let batch_no = self.batch_no;
-        // Lock order everywhere: redb write transaction → model → live.
         let model_arc = self.model.clone();
         let mut model = model_arc.lock().unwrap_or_else(|e| e.into_inner());
         let live_arc = self.live.clone();
         let mut live = live::lock(&live_arc);
-        // 1. Validate, dedup, watermark (in log order).
         let mut events = std::mem::take(&mut self.events);
         events.clear();
+        self.admit(records, &live, &mut events, &mut out);
+        self.load_users(&mut live, &events)?;
+        let trend_changed = self.apply_events(&mut model, &mut live, &events, &mut out)?;
+        self.queue_shared(&mut model, &mut live, &events, trend_changed);
+        drop(live);
+        drop(model);
+        events.clear();
+        self.events = events;
+        self.finish_batch(records, &out, started);
+        Ok(out)
+    }
+
+    /// Validates, deduplicates and watermarks the records in log order; what passes (and is
+    /// not a forgotten user's) goes into `events`, the rest is counted or dead-lettered.
+    fn admit(
+        &mut self,
+        records: &[Record],
+        live: &Live,
+        events: &mut Vec<(Event, u64, UserKey)>,
+        out: &mut BatchOutcome,
+    ) {
         // A chunk at a time: parsed first, then its dedup keys looked up together (their
         // misses in the large dedup map overlap, see `warm`), then checked in log order.
         let mut parsed: Vec<Result<(Event, u128), EventError>> = Vec::with_capacity(WARM_AHEAD);
@@ -389,8 +335,12 @@ impl Pipeline {
                 events.push((event, rec.accepted_ms, key));
             }
         }
-        // 2. Bring in the users memory lacks: new ones start empty, stored ones are read in
-        //    key order (the B-tree's order, so the reads walk its leaves once).
+    }
+
+    /// Brings in the users memory lacks: new ones start empty, stored ones are read in key
+    /// order (the B-tree's order, so the reads walk its leaves once).
+    fn load_users(&mut self, live: &mut Live, events: &[(Event, u64, UserKey)]) -> Result<()> {
+        let batch_no = self.batch_no;
         {
             let mut missing: Vec<(UserKey, &str)> = events
                 .iter()
@@ -427,7 +377,19 @@ impl Pipeline {
                 }
             }
         }
-        // 3. Apply (in log order).
+        Ok(())
+    }
+
+    /// Applies the events in log order to the users' profiles and the model, and hands each
+    /// changed user to the publisher. Returns whether trending changed.
+    fn apply_events(
+        &mut self,
+        model: &mut Model,
+        live: &mut Live,
+        events: &[(Event, u64, UserKey)],
+        out: &mut BatchOutcome,
+    ) -> Result<bool> {
+        let batch_no = self.batch_no;
         let mut trend_changed = false;
         let Live {
             users, unpublished, ..
@@ -488,7 +450,18 @@ impl Pipeline {
             }
             out.applied += 1;
         }
-        // 4. Shared keys the micro-batch changed, at a new model version.
+        Ok(trend_changed)
+    }
+
+    /// Queues the shared keys the micro-batch changed (neighbour shards, trending) at a new
+    /// model version.
+    fn queue_shared(
+        &mut self,
+        model: &mut Model,
+        live: &mut Live,
+        events: &[(Event, u64, UserKey)],
+        trend_changed: bool,
+    ) {
         model.settle();
         let shards = model.take_touched_shards();
         if !shards.is_empty() || trend_changed {
@@ -509,12 +482,12 @@ impl Pipeline {
             }
             self.since.shared = true;
         }
-        drop(live);
-        drop(model);
-        events.clear();
-        self.events = events;
+    }
+
+    /// Moves the offset and the counters on, and records the micro-batch's metrics.
+    fn finish_batch(&mut self, records: &[Record], out: &BatchOutcome, started: Instant) {
         self.offset = records.last().map(|r| r.next).unwrap_or(self.offset);
-        self.since.counts.add(&out);
+        self.since.counts.add(out);
         self.progress.offset.store(self.offset, Ordering::Release);
         self.progress.batches.fetch_add(1, Ordering::Relaxed);
         let m = &self.metrics;
@@ -527,7 +500,6 @@ impl Pipeline {
         m.batch_apply_seconds
             .observe(started.elapsed().as_secs_f64());
         m.batch_size.observe(records.len() as f64);
-        Ok(out)
     }
 
     /// Consumes `source` until `stop` answers true and everything durable has been applied
