@@ -53,7 +53,7 @@ pub struct BenchArgs {
 
 /// One throughput run.
 struct Run {
-    outcome: attune_origin::stream::BatchOutcome,
+    outcome: attune_origin::BatchOutcome,
     secs: f64,
     store_bytes: u64,
     users_stored: usize,
@@ -91,7 +91,7 @@ fn throughput(a: &BenchArgs, dir: &std::path::Path, checkpoint_interval_ms: u64)
     let started = Instant::now();
     let outcome = node.drain()?;
     let secs = started.elapsed().as_secs_f64();
-    let store_bytes = attune_origin::store::Store::size_bytes(&cfg.store_path());
+    let store_bytes = attune_origin::Store::size_bytes(&cfg.store_path());
     let users_stored = node.store.profiles().map(|p| p.len()).unwrap_or(0);
     Ok(Run {
         outcome,
