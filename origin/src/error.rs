@@ -30,6 +30,9 @@ pub enum Error {
     },
     #[error("event log: {0}")]
     Log(String),
+    /// Writing or syncing a group of appends failed (each request of the group shares it).
+    #[error("event log append: {0}")]
+    Append(#[source] std::sync::Arc<io::Error>),
     #[error("config: {0}")]
     Config(String),
     #[error("config {}: {source}", path.display())]

@@ -323,9 +323,10 @@ fn appender(file: File, mut pos: u64, rx: Receiver<AppendReq>, shared: Arc<End>)
                 // Roll back a partial write so the next append starts at a record boundary.
                 let _ = file.set_len(pos);
                 let _ = file.seek(SeekFrom::Start(pos));
-                let msg = e.to_string();
+                // Every waiting request gets the same cause.
+                let cause = Arc::new(e);
                 for r in reqs {
-                    (r.done)(Err(Error::Log(msg.clone())));
+                    (r.done)(Err(Error::Append(cause.clone())));
                 }
             }
         }
