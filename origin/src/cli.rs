@@ -5,7 +5,6 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use attune_core::hash::profile_key;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
@@ -13,7 +12,7 @@ use crate::client::{Client, chunk_lines};
 use crate::config::{Config, TargetKind};
 use crate::error::{Error, Result};
 use crate::node::Node;
-use crate::publisher::{Publisher, Target};
+use crate::publish::{Publisher, Target};
 
 #[derive(Debug, Parser)]
 #[command(name = "attune-origin", version, about = "Attune origin service")]
@@ -206,41 +205,6 @@ pub fn load_config(g: &Global) -> Result<Config> {
     Ok(cfg)
 }
 
-/// A profile as JSON for `inspect user`.
-pub fn inspect_user_json(node: &Node, id: &str) -> Result<Option<serde_json::Value>> {
-    let Some(state) = node.user(id)? else {
-        return Ok(None);
-    };
-    let key = profile_key(node.cfg.profile_key.as_bytes(), id);
-    let published = node
-        .store
-        .published()?
-        .into_iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v);
-    let p = &state.profile;
-    let cfg = attune_core::ProfileConfig::default();
-    let now = crate::now_ms();
-    Ok(Some(json!({
-        "user": id,
-        "key": key,
-        "version": p.version,
-        "published_version": published,
-        "first_seen": p.first_seen,
-        "last_seen": p.last_seen,
-        "purchases": p.purchases,
-        "visits": p.visit_count(),
-        "top_items": p.top_items(now, &cfg, 10),
-        "top_categories": p.top_categories(now, &cfg, 5),
-        "cart": p.cart_items().collect::<Vec<_>>(),
-        "purchased": p.purchased.iter().map(|x| x.item.as_str()).collect::<Vec<_>>(),
-        "recent": node.model.lock().map(|m| m.recent_names(&state)).unwrap_or_default(),
-        "snapshot_bytes": attune_core::wire::encode_profile(
-            &attune_core::wire::Envelope::new(p.version, p.last_seen, p.clone()),
-            attune_core::wire::PROFILE_CAP_BYTES).len(),
-    })))
-}
-
 /// Prints a command's result to stdout, pretty.
 pub fn print_json(v: &serde_json::Value) {
     use std::io::Write;
@@ -275,9 +239,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                 print_json(&v);
             } else {
                 let node = Node::open(&cfg)?;
-                match inspect_user_json(&node, &id)? {
+                match node.inspect_user_json(&id)? {
                     Some(v) => print_json(&v),
-                    None => return Err(Error::Config(format!("no profile for user {id:?}"))),
+                    None => return Err(Error::NoSuchUser(id)),
                 }
             }
             Ok(())
@@ -303,7 +267,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 let off = node
                     .store
                     .meta(&crate::store::keys::offset(crate::node::LOG_SOURCE))?;
-                print_json(&crate::ingest::status_json(&node, off));
+                print_json(&node.status_json(off));
             }
             Ok(())
         }

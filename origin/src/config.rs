@@ -211,18 +211,27 @@ impl Default for PublishConfig {
 impl Config {
     /// Defaults overlaid with a TOML file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        let text = std::fs::read_to_string(path).map_err(|source| Error::File {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| Error::ConfigToml {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Reads `rules_file` (JSON) into `rules`; a bad file is an error, never a silent default.
     pub fn load_rules(&mut self) -> Result<()> {
         if let Some(path) = &self.rules_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-            self.rules = serde_json::from_str(&text)
-                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path).map_err(|source| Error::File {
+                path: path.clone(),
+                source,
+            })?;
+            self.rules = serde_json::from_str(&text).map_err(|source| Error::RulesJson {
+                path: path.clone(),
+                source,
+            })?;
         }
         Ok(())
     }

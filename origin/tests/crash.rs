@@ -80,7 +80,7 @@ fn stop(mut child: Child) {
 }
 
 fn profiles(data: &Path) -> Vec<(String, attune_core::Profile)> {
-    let store = attune_origin::store::Store::open(&data.join("store.redb")).unwrap();
+    let store = attune_origin::Store::open(&data.join("store.redb")).unwrap();
     store.profiles().unwrap()
 }
 
