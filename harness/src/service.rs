@@ -3,8 +3,9 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -139,13 +140,43 @@ impl Output {
     }
 }
 
+/// Kills a group when this process dies without dropping its [`Service`] (SIGKILL, or Ctrl-C in
+/// the terminal, whose SIGINT does not reach the children's own groups). A `sh` in a group of
+/// its own that ignores the terminal's signals and reads its stdin, a pipe only this process
+/// holds; the kernel closes the pipe when this process dies, however it dies, and the read
+/// returns. (`exec kill`: dash's built-in kill takes no `--` before a negative process id.)
+const WATCHDOG: &str = r#"trap '' INT TERM HUP QUIT; read -r _; exec kill -s KILL -- "-$1""#;
+
+#[derive(Debug)]
+struct Watchdog(Child);
+
+impl Watchdog {
+    fn start(group: Group) -> io::Result<Self> {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", WATCHDOG, "attune-harness-watchdog"])
+            .arg(group.0.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        cmd.spawn().map(Watchdog)
+    }
+
+    /// Ends the watchdog without letting it signal (the group is gone, or going, already).
+    fn dismiss(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A child process that leads its own process group; the group ends when this is dropped (see
-/// [`OnDrop`]).
+/// [`OnDrop`]), or when this process dies.
 #[derive(Debug)]
 pub struct Service {
     name: String,
     child: Box<dyn ChildWrapper>,
     group: Group,
+    watchdog: Watchdog,
     output: Output,
     on_drop: OnDrop,
 }
@@ -163,7 +194,7 @@ impl Service {
         if let Some(err) = child.stderr().take() {
             collect(err, Arc::clone(&lines));
         }
-        Ok(Service::new(name, child, Output::Captured(lines)))
+        Service::new(name, child, Output::Captured(lines))
     }
 
     /// Starts `cmd` with its stdout and stderr written to `log` (created, or truncated); stdin
@@ -177,19 +208,31 @@ impl Service {
         let out = File::create(log).map_err(log_error)?;
         let err = out.try_clone().map_err(log_error)?;
         let child = start(&name, cmd, out.into(), err.into())?;
-        Ok(Service::new(name, child, Output::Log(log.to_path_buf())))
+        Service::new(name, child, Output::Log(log.to_path_buf()))
     }
 
-    fn new(name: String, child: Box<dyn ChildWrapper>, output: Output) -> Self {
+    fn new(name: String, mut child: Box<dyn ChildWrapper>, output: Output) -> Result<Self, Error> {
         // The leader's pid is the group's id. Linux pids are below 2^22, so they fit an i32.
         let group = Group(Pid::from_raw(child.id() as i32));
-        Service {
+        let watchdog = match Watchdog::start(group) {
+            Ok(watchdog) => watchdog,
+            Err(source) => {
+                let _ = group.kill();
+                let _ = child.wait();
+                return Err(Error::Spawn {
+                    name: format!("the watchdog of {name}"),
+                    source,
+                });
+            }
+        };
+        Ok(Service {
             name,
             child,
             group,
+            watchdog,
             output,
             on_drop: OnDrop::Kill,
-        }
+        })
     }
 
     /// Sets what dropping this does (by default [`OnDrop::Kill`]).
@@ -343,6 +386,7 @@ impl Drop for Service {
                 let _ = self.stop(grace);
             }
         }
+        self.watchdog.dismiss();
     }
 }
 

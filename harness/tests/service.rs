@@ -261,3 +261,51 @@ fn a_missing_program_is_a_spawn_error() {
     assert!(matches!(err, Error::Spawn { .. }), "{err:?}");
     assert_eq!(err.to_string(), "starting nothing");
 }
+
+/// Set for the runner that `a_dead_runner_leaves_nothing_behind` starts and kills.
+const RUNNER: &str = "ATTUNE_HARNESS_RUNNER";
+
+/// Not a test of its own: the process a test runner would be, started by
+/// `a_dead_runner_leaves_nothing_behind` (which sets `RUNNER`): it starts a service with a
+/// child of its own, says their pids, and waits to be killed.
+#[test]
+#[ignore = "started by a_dead_runner_leaves_nothing_behind"]
+fn runner_that_dies() {
+    if std::env::var_os(RUNNER).is_none() {
+        return;
+    }
+    let (s, grandchild) = with_grandchild("sleep 600 & echo child $!; wait");
+    println!("pids {} {grandchild}", s.id());
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_dead_runner_leaves_nothing_behind() {
+    for signal in [Signal::SIGKILL, Signal::SIGINT] {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "runner_that_dies", "--ignored", "--nocapture"])
+            .env(RUNNER, "1");
+        let mut runner = Service::spawn("runner", cmd).unwrap();
+        let line = runner.wait_for_line("pids ", WAIT).unwrap();
+        let pids: Vec<u32> = line
+            .trim_start_matches("pids ")
+            .split(' ')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(pids.len(), 2, "{line}");
+        assert!(pids.iter().all(|&p| running(p)));
+        // The runner dies without running any drop.
+        runner.signal(signal).unwrap();
+        let deadline = Instant::now() + WAIT;
+        while runner.is_running() {
+            assert!(Instant::now() < deadline, "the runner survived {signal}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for pid in pids {
+            assert!(
+                gone_within(pid, WAIT),
+                "{pid} survived its runner's {signal}"
+            );
+        }
+    }
+}
