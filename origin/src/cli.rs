@@ -43,6 +43,11 @@ pub struct Global {
         hide_env_values = true
     )]
     pub ingest_token: Option<String>,
+    /// Development only: `serve` without an ingest token, on a loopback `--listen` address
+    /// alone (`serve` refuses to start without a token otherwise, and always refuses an empty
+    /// one).
+    #[arg(long, global = true, env = "ATTUNE_INSECURE_DEV_NO_TOKEN")]
+    pub insecure_dev_no_token: bool,
     /// Keyed-hash secret for `p:` keys (the worker's ATTUNE_PROFILE_KEY).
     #[arg(
         long,
@@ -178,6 +183,9 @@ pub fn load_config(g: &Global) -> Result<Config> {
     }
     if let Some(v) = &g.ingest_token {
         cfg.ingest_token = Some(v.clone());
+    }
+    if g.insecure_dev_no_token {
+        cfg.insecure_dev_no_token = true;
     }
     if let Some(v) = &g.profile_key {
         cfg.profile_key = v.clone();

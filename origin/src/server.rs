@@ -54,6 +54,7 @@ impl Running {
 
 /// Opens the data directory, binds `cfg.listen` and starts everything.
 pub async fn start(cfg: Config) -> Result<Running> {
+    cfg.check_serve_auth()?;
     let node = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || Node::open(&cfg)).await??
