@@ -233,10 +233,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("attune-origin listening on http://{}", running.addr);
             use std::io::Write;
             let _ = std::io::stdout().flush();
-            tokio::select! {
-                _ = crate::server::shutdown_signal() => {}
-            }
-            running.shutdown().await
+            running.serve_until_signal().await
         }
         Command::Replay(a) => replay(cfg, a, token).await,
         Command::Inspect(Inspect::User { id, remote }) => {

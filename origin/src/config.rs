@@ -30,6 +30,9 @@ pub struct Config {
     pub log_json: bool,
     /// Deadline for draining and flushing on SIGTERM/Ctrl-C.
     pub shutdown_deadline_ms: u64,
+    /// After the pipeline stops on an error, how long `serve` keeps answering (health 503 with
+    /// the reason, ingest 503) before it exits non-zero for its supervisor to restart it.
+    pub failure_exit_delay_ms: u64,
     pub ingest: IngestConfig,
     pub pipeline: PipelineConfig,
     pub model: ModelConfig,
@@ -144,6 +147,7 @@ impl Default for Config {
             profile_key: "attune-dev-profile-key".into(),
             log_json: false,
             shutdown_deadline_ms: 10_000,
+            failure_exit_delay_ms: 5_000,
             ingest: IngestConfig::default(),
             pipeline: PipelineConfig::default(),
             model: ModelConfig::default(),

@@ -7,7 +7,8 @@
 //! - `PUT /v1/catalog` (JSON array of `CatalogItem`), `GET|DELETE /v1/users/{id}`,
 //!   `GET /v1/dlq`, `POST /v1/publish/full`: authenticated admin routes used by the CLI's
 //!   `--url` mode while `serve` owns the store.
-//! - `GET /healthz`, `/readyz`, `/metrics`, `/v1/status`.
+//! - `GET /healthz`, `/readyz` (JSON; 503 + the failing parts' reasons when the pipeline or
+//!   publisher stopped, readiness also while shutting down), `/metrics`, `/v1/status`.
 
 use std::sync::Arc;
 
@@ -45,7 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dlq", get(admin::get_dlq))
         .route("/v1/publish/full", post(admin::publish_full))
         .route("/v1/status", get(status::status))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
         .route("/metrics", get(status::metrics))
         .layer(DefaultBodyLimit::max(limit))
