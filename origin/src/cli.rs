@@ -103,6 +103,12 @@ pub enum Command {
     Forget(Forget),
     /// Publish to KV.
     Publish(PublishArgs),
+    /// Recreate the store from the event log: the old file is moved aside
+    /// (`store.redb.replaced-<ms>`), the log is replayed from its first record and
+    /// checkpointed. The catalog and forgets are carried over when the old file reads. For a
+    /// damaged store (the service names it at start) or one in doubt; run it with the service
+    /// stopped.
+    Rebuild,
 }
 
 #[derive(Debug, Args)]
@@ -289,6 +295,19 @@ pub async fn run(cli: Cli) -> Result<()> {
                 flush_offline(&node).await?;
                 print_json(&json!({ "forgotten": existed }));
             }
+            Ok(())
+        }
+        Command::Rebuild => {
+            let (store, moved_aside) = crate::store::rebuild(&cfg.store_path(), &cfg.log_path())?;
+            // redb opens a file once per process: the node below opens it again.
+            drop(store);
+            let node = Node::open(&cfg)?;
+            let o = node.drain()?;
+            print_json(&json!({
+                "store": cfg.store_path(), "moved_aside": moved_aside,
+                "received": o.received, "applied": o.applied, "duplicates": o.duplicates,
+                "dlq": o.dlq, "late": o.late,
+            }));
             Ok(())
         }
         Command::Publish(a) => {
