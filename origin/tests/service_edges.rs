@@ -127,6 +127,9 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
+/// Request headers, body, and the number of events it holds.
+type Case = (Vec<(&'static str, &'static str)>, Vec<u8>, u64);
+
 /// Each framing a client sends gives exactly its events: counted as received, none of them
 /// dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +150,7 @@ async fn bodies_in_every_framing_give_their_events() {
     };
     let lines = |ids: &[&str]| ids.iter().map(|i| event(i) + "\n").collect::<String>();
     // (headers, body, events it holds)
-    let cases: Vec<(Vec<(&str, &str)>, Vec<u8>, u64)> = vec![
+    let cases: Vec<Case> = vec![
         (vec![JSON], array(&["a1", "a2", "a3"]).into_bytes(), 3),
         (vec![JSON], pretty("p1").into_bytes(), 1),
         (vec![], pretty("p2").into_bytes(), 1),
