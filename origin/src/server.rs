@@ -5,7 +5,8 @@
 //! then flush the publisher within `shutdown_deadline_ms`. What the deadline cuts off stays in
 //! the persistent outbox for the next start.
 //!
-//! Supervision: a pipeline that stops on an error is reported to the node's
+//! Supervision: a pipeline that stops on an error (or a publisher task that ends before
+//! shutdown) is reported to the node's
 //! [`Health`](crate::lifecycle::Health) (`/healthz` and `/readyz` answer 503 with the reason,
 //! ingest answers 503 + `Retry-After`), and after `failure_exit_delay_ms` the service shuts
 //! down and [`Running::wait`] returns the pipeline's error, so `serve` exits non-zero and the
@@ -120,6 +121,8 @@ impl<S: Source> Source for Faulty<S> {
 
 /// The [`crate::lifecycle::Health`] name of the pipeline.
 pub const PIPELINE: &str = "pipeline";
+/// The [`crate::lifecycle::Health`] name of the publisher.
+pub const PUBLISHER: &str = "publisher";
 
 /// Opens the data directory, binds `cfg.listen` and starts everything.
 pub async fn start(cfg: Config) -> Result<Running> {
@@ -159,7 +162,8 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
 
     // Pipeline on its own thread: it is CPU and fsync bound. When it stops on an error it
     // reports to health and tells the supervisor below.
-    let (pipe_failed, pipe_failure) = tokio::sync::oneshot::channel::<()>();
+    let (stopped, mut stopped_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let pipe_failed = stopped.clone();
     let pipe_thread = {
         let node = node.clone();
         let notify = publish_now.clone();
@@ -188,19 +192,20 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
                          restarts the service (the log replays from the last checkpoint)"
                     );
                     node.health.fail(PIPELINE, e.to_string());
-                    let _ = pipe_failed.send(());
+                    let _ = pipe_failed.send(PIPELINE);
                 }
                 r
             })?
     };
-    // Supervisor: a stopped pipeline ends the service after the grace period (health answers
-    // 503 with the reason meanwhile, so probes and operators see why).
+    // Supervisor: a stopped pipeline or publisher ends the service after the grace period
+    // (health answers 503 with the reason meanwhile, so probes and operators see why).
     {
         let phase_tx = phase_tx.clone();
         let delay = Duration::from_millis(cfg.failure_exit_delay_ms);
         tokio::spawn(async move {
-            if pipe_failure.await.is_ok() {
+            if let Some(component) = stopped_rx.recv().await {
                 tokio::time::sleep(delay).await;
+                tracing::error!(component, "stopping the service: a part of it stopped");
                 trigger(&phase_tx);
             }
         });
@@ -213,6 +218,24 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
         phase.clone(),
         Duration::from_millis(cfg.shutdown_deadline_ms),
     ));
+    // The publisher's loop ends only at `StopPublishing`; ending before (a panic) is a stop the
+    // supervisor acts on like the pipeline's.
+    let publisher = {
+        let node = node.clone();
+        let phase = phase.clone();
+        tokio::spawn(async move {
+            let ended = publisher.await;
+            if *phase.borrow() < Phase::StopPublishing {
+                let why = match ended {
+                    Err(e) => format!("the publisher task failed: {e}"),
+                    Ok(()) => "the publisher stopped".into(),
+                };
+                tracing::error!(reason = %why, "publisher stopped");
+                node.health.fail(PUBLISHER, why);
+                let _ = stopped.send(PUBLISHER);
+            }
+        })
+    };
 
     let app = router(state);
     let mut intake = phase.clone();
