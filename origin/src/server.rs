@@ -89,6 +89,8 @@ fn trigger(phase: &watch::Sender<Phase>) {
 pub struct Faults {
     /// Set: the pipeline's next read fails with the store I/O error a full disk gives.
     pub fail_pipeline: Arc<AtomicBool>,
+    /// Set: the pipeline's next read panics (as redb does on a page damaged while running).
+    pub panic_pipeline: Arc<AtomicBool>,
 }
 
 /// The pipeline's source with [`Faults`] applied.
@@ -102,6 +104,9 @@ impl<S: Source> Source for Faulty<S> {
         self.inner.name()
     }
     fn read(&mut self, from: u64, max: usize, wait: Duration, out: &mut Vec<Record>) -> Result<()> {
+        if self.faults.panic_pipeline.load(Ordering::Acquire) {
+            panic!("injected pipeline panic");
+        }
         if self.faults.fail_pipeline.load(Ordering::Acquire) {
             let full = std::io::Error::new(
                 std::io::ErrorKind::StorageFull,
@@ -173,9 +178,11 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
             .name("attune-pipeline".into())
             .spawn(move || -> Result<()> {
                 let draining = || *phase.borrow() >= Phase::Drain;
-                let r = node.log.reader().and_then(|reader| {
+                // A panic (redb meeting a page damaged while running) is a stop like an error:
+                // health says so, and the restart's integrity check finds the damage.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let mut source = Faulty {
-                        inner: reader,
+                        inner: node.log.reader()?,
                         faults,
                     };
                     pipeline.run(&mut source, node.cfg.pipeline.batch_max, &draining, &|o| {
@@ -183,7 +190,8 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
                             notify.notify_one();
                         }
                     })
-                });
+                }))
+                .unwrap_or(Err(Error::PipelinePanicked));
                 if let Err(e) = &r {
                     tracing::error!(
                         error = %e,

@@ -341,3 +341,42 @@ async fn a_stopped_pipeline_fails_health_refuses_events_and_exits() {
     );
     running.shutdown().await.unwrap();
 }
+
+/// A panic inside the pipeline (redb on a page damaged while running) is a stop like an
+/// error: health names it, ingest answers 503, and the service stops with an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_pipeline_is_a_stop_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.failure_exit_delay_ms = 2_000;
+    let faults = attune_origin::server::Faults::default();
+    let running = attune_origin::server::start_with_faults(cfg, faults.clone())
+        .await
+        .unwrap();
+    let url = format!("http://{}", running.addr);
+    faults
+        .panic_pipeline
+        .store(true, std::sync::atomic::Ordering::Release);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let healthz = loop {
+        let r = reqwest::get(format!("{url}/healthz")).await.unwrap();
+        if r.status() == 503 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(healthz.status(), 503);
+    let v: serde_json::Value = healthz.json().await.unwrap();
+    assert!(
+        v["failing"]["pipeline"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("panicked"),
+        "{v}"
+    );
+    let r = post(&url, &[], event("x") + "\n").await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let stopped = tokio::time::timeout(Duration::from_secs(30), running.wait()).await;
+    assert!(stopped.expect("stops on its own").is_err());
+}
