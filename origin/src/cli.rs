@@ -103,11 +103,12 @@ pub enum Command {
     Forget(Forget),
     /// Publish to KV.
     Publish(PublishArgs),
-    /// Recreate the store from the event log: the old file is moved aside
-    /// (`store.redb.replaced-<ms>`), the log is replayed from its first record and
-    /// checkpointed. The catalog and forgets are carried over when the old file reads. For a
-    /// damaged store (the service names it at start) or one in doubt; run it with the service
-    /// stopped.
+    /// Recreate the store from the event log (with the service stopped).
+    ///
+    /// The old file is moved aside (`store.redb.replaced-<ms>`), the log is replayed from its
+    /// first record and checkpointed. The catalog and forgets are carried over when the old file reads. For a
+    /// damaged store (the service rebuilds one it finds damaged at start by itself) or one in
+    /// doubt.
     Rebuild,
 }
 

@@ -17,6 +17,11 @@ pub enum Phase {
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+/// The [`Health`] name of the pipeline.
+pub const PIPELINE: &str = "pipeline";
+/// The [`Health`] name of the publisher.
+pub const PUBLISHER: &str = "publisher";
+
 /// What stops the service from doing its work: each long-running part (the pipeline, the
 /// publisher) reports here when it stops or fails, under its own name with a reason, and
 /// clears its entry when it works again. `/healthz` and `/readyz` answer 503 with these reasons

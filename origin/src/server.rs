@@ -27,7 +27,7 @@ use tokio::sync::{Notify, watch};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::http::{AppState, router};
-use crate::lifecycle::Phase;
+use crate::lifecycle::{PIPELINE, PUBLISHER, Phase};
 use crate::log::{Record, Source};
 use crate::node::Node;
 use crate::publish::{Publisher, Target};
@@ -123,11 +123,6 @@ impl<S: Source> Source for Faulty<S> {
         self.inner.start()
     }
 }
-
-/// The [`crate::lifecycle::Health`] name of the pipeline.
-pub const PIPELINE: &str = "pipeline";
-/// The [`crate::lifecycle::Health`] name of the publisher.
-pub const PUBLISHER: &str = "publisher";
 
 /// Opens the data directory, binds `cfg.listen` and starts everything.
 pub async fn start(cfg: Config) -> Result<Running> {
