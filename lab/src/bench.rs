@@ -274,6 +274,7 @@ async fn freshness(dir: &std::path::Path, probes: usize) -> Result<(f64, f64, f6
     let mut cfg = Config {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".into(),
+        insecure_dev_no_token: true,
         ..Config::default()
     };
     let (kv_url, received) = kv_stand_in().await?;

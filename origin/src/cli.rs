@@ -43,6 +43,11 @@ pub struct Global {
         hide_env_values = true
     )]
     pub ingest_token: Option<String>,
+    /// Development only: `serve` without an ingest token, on a loopback `--listen` address
+    /// alone (`serve` refuses to start without a token otherwise, and always refuses an empty
+    /// one).
+    #[arg(long, global = true, env = "ATTUNE_INSECURE_DEV_NO_TOKEN")]
+    pub insecure_dev_no_token: bool,
     /// Keyed-hash secret for `p:` keys (the worker's ATTUNE_PROFILE_KEY).
     #[arg(
         long,
@@ -98,6 +103,13 @@ pub enum Command {
     Forget(Forget),
     /// Publish to KV.
     Publish(PublishArgs),
+    /// Recreate the store from the event log (with the service stopped).
+    ///
+    /// The old file is moved aside (`store.redb.replaced-<ms>`), the log is replayed from its
+    /// first record and checkpointed. The catalog and forgets are carried over when the old file reads. For a
+    /// damaged store (the service rebuilds one it finds damaged at start by itself) or one in
+    /// doubt.
+    Rebuild,
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +191,9 @@ pub fn load_config(g: &Global) -> Result<Config> {
     if let Some(v) = &g.ingest_token {
         cfg.ingest_token = Some(v.clone());
     }
+    if g.insecure_dev_no_token {
+        cfg.insecure_dev_no_token = true;
+    }
     if let Some(v) = &g.profile_key {
         cfg.profile_key = v.clone();
     }
@@ -225,10 +240,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("attune-origin listening on http://{}", running.addr);
             use std::io::Write;
             let _ = std::io::stdout().flush();
-            tokio::select! {
-                _ = crate::server::shutdown_signal() => {}
-            }
-            running.shutdown().await
+            running.serve_until_signal().await
         }
         Command::Replay(a) => replay(cfg, a, token).await,
         Command::Inspect(Inspect::User { id, remote }) => {
@@ -284,6 +296,19 @@ pub async fn run(cli: Cli) -> Result<()> {
                 flush_offline(&node).await?;
                 print_json(&json!({ "forgotten": existed }));
             }
+            Ok(())
+        }
+        Command::Rebuild => {
+            let (store, moved_aside) = crate::store::rebuild(&cfg.store_path(), &cfg.log_path())?;
+            // redb opens a file once per process: the node below opens it again.
+            drop(store);
+            let node = Node::open(&cfg)?;
+            let o = node.drain()?;
+            print_json(&json!({
+                "store": cfg.store_path(), "moved_aside": moved_aside,
+                "received": o.received, "applied": o.applied, "duplicates": o.duplicates,
+                "dlq": o.dlq, "late": o.late,
+            }));
             Ok(())
         }
         Command::Publish(a) => {

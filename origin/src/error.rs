@@ -121,6 +121,8 @@ pub enum Unusable {
     },
     /// redb refuses the file: another redb file format, not a redb file, or damaged.
     Unreadable(redb::DatabaseError),
+    /// The file is damaged: redb's integrity check failed or redb panicked reading it.
+    Damaged(String),
 }
 
 impl std::fmt::Display for Unusable {
@@ -135,6 +137,7 @@ impl std::fmt::Display for Unusable {
                  database)"
             ),
             Unusable::Unreadable(e) => write!(f, "redb cannot open it: {e}"),
+            Unusable::Damaged(why) => write!(f, "the file is damaged: {why}"),
         }
     }
 }
@@ -143,7 +146,7 @@ impl std::error::Error for Unusable {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Unusable::Unreadable(e) => Some(e),
-            Unusable::Format { .. } => None,
+            Unusable::Format { .. } | Unusable::Damaged(_) => None,
         }
     }
 }

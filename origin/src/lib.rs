@@ -22,7 +22,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 mod http;
-mod lifecycle;
+pub mod lifecycle;
 mod log;
 mod metrics;
 mod model;

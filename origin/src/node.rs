@@ -33,6 +33,8 @@ pub struct Node {
     /// What the pipeline applied beyond the last checkpoint, shared with the publisher.
     pub live: SharedLive,
     pub metrics: Arc<Metrics>,
+    /// Which long-running parts have stopped, and why (`/healthz`, `/readyz`, ingest).
+    pub health: crate::lifecycle::Health,
 }
 
 impl std::fmt::Debug for Node {
@@ -56,7 +58,8 @@ impl Node {
             log,
             model: Arc::new(Mutex::new(model)),
             live: Arc::new(Mutex::new(live)),
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(Metrics::for_rules(&cfg.rules)),
+            health: crate::lifecycle::Health::default(),
         };
         node.ensure_config_enqueued()?;
         Ok(node)

@@ -16,7 +16,8 @@ fn start(data: &Path) -> (Service, String) {
     let mut cmd = Command::new(BIN);
     cmd.args(["--data-dir"])
         .arg(data)
-        .args(["--listen", "127.0.0.1:0", "--profile-key", "pk", "serve"])
+        .args(["--listen", "127.0.0.1:0", "--profile-key", "pk"])
+        .args(["--insecure-dev-no-token", "serve"])
         .env("ATTUNE_LOG", "warn")
         .env_remove("ATTUNE_KV_URL");
     let mut origin = Service::spawn("attune-origin", cmd).expect("spawn");

@@ -1,32 +1,24 @@
-//! Bearer-token check of the `/v1/*` routes.
+//! Bearer-token check of the `/v1/*` routes (ingest and admin alike).
 
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 
+/// Whether the request carries the configured bearer token. Without a token configured, only
+/// the development mode `serve` allows on a loopback address lets requests through
+/// ([`crate::config::Config::check_serve_auth`]); an empty token never matches.
 pub(super) fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(token) = state
-        .node
-        .cfg
-        .ingest_token
-        .as_deref()
-        .filter(|t| !t.is_empty())
-    else {
-        return true;
+    let cfg = &state.node.cfg;
+    let Some(token) = cfg.ingest_token.as_deref() else {
+        return cfg.insecure_dev_no_token;
     };
-    let got = headers
+    let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    // Constant-time comparison.
-    let (a, b) = (got.as_bytes(), token.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
-    }
-    diff == 0
+    attune_core::secret::tokens_match(token.as_bytes(), given.as_bytes())
 }
 
 pub(super) fn unauthorized() -> Response {

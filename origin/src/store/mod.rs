@@ -16,7 +16,7 @@ pub mod format;
 mod rebuild;
 
 pub use format::UserState;
-pub use rebuild::open_or_rebuild;
+pub use rebuild::{open_or_rebuild, rebuild};
 
 /// [`user_key`] of the user → a user row: the user's id, then its [`UserState`]
 /// ([`encode_user_row`]). Keyed by hash rather than by name: a checkpoint writes up to 100k
@@ -209,6 +209,40 @@ fn not_a_store(e: &redb::DatabaseError) -> bool {
     }
 }
 
+/// Runs `f`, turning a panic inside it into its message.
+pub(crate) fn caught<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        format!("redb panicked reading it ({msg})")
+    })
+}
+
+/// redb's integrity check of an existing store, on every open: it verifies every page's
+/// checksum, so a damaged page is found here rather than by a panic in the middle of the
+/// pipeline. A check that had to repair (the allocator state after a kill, or a damaged newest
+/// commit replaced by the one before it) is logged: the store is consistent with its own
+/// checkpoint offset and the log replays from there.
+fn verify(db: &mut Database, path: &Path) -> std::result::Result<(), String> {
+    let started = std::time::Instant::now();
+    let clean = caught(|| db.check_integrity())?.map_err(|e| e.to_string())?;
+    let ms = started.elapsed().as_millis() as u64;
+    if clean {
+        tracing::debug!(store = %path.display(), ms, "store integrity checked");
+    } else {
+        tracing::warn!(
+            store = %path.display(),
+            ms,
+            "the store needed repair (an unclean shutdown, or a damaged newest commit rolled back \
+             to the one before); the log replays from its checkpoint"
+        );
+    }
+    Ok(())
+}
+
 /// What [`Store::carry_over`] copied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CarriedOver {
@@ -252,16 +286,25 @@ impl Store {
         // (the pipeline holds its own hot user states) and bounds the service's memory.
         let mut builder = redb::Builder::new();
         builder.set_cache_size(STORE_CACHE_BYTES);
-        let db = match builder.create(path) {
-            Ok(db) => db,
+        // redb can panic on a damaged page ("entered unreachable code"), here or at any later
+        // read: the open, the integrity check and the first reads run under `catch_unwind`, so
+        // a damaged file is an error the caller acts on (a rebuild from the log), never a crash.
+        let db = match caught(|| builder.create(path)) {
+            Err(panic) => return Err(unusable(Unusable::Damaged(panic))),
+            Ok(Ok(db)) => db,
             // A file redb cannot read as its own (another format, another program's file, or
             // damaged). Anything else (in use, permissions, I/O) is an error: the file may be
             // perfectly good.
-            Err(e) if existed && not_a_store(&e) => return Err(unusable(Unusable::Unreadable(e))),
-            Err(e) => return Err(e.into()),
+            Ok(Err(e)) if existed && not_a_store(&e) => {
+                return Err(unusable(Unusable::Unreadable(e)));
+            }
+            Ok(Err(e)) => return Err(e.into()),
         };
+        let mut db = db;
         if existed {
-            let (found, committed) = format_and_offset(&db);
+            verify(&mut db, path).map_err(|why| unusable(Unusable::Damaged(why)))?;
+            let (found, committed) =
+                caught(|| format_and_offset(&db)).map_err(|p| unusable(Unusable::Damaged(p)))?;
             if found != Some(FORMAT_VERSION) {
                 return Err(unusable(Unusable::Format { found, committed }));
             }

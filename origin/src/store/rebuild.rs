@@ -26,38 +26,74 @@ pub fn open_or_rebuild(path: &Path, log: &Path) -> Result<Store> {
             log_problem,
         });
     }
-    let mut aside = path.clone().into_os_string();
-    aside.push(format!(".replaced-{}", crate::now_ms()));
-    let aside = PathBuf::from(aside);
-    std::fs::rename(&path, &aside)?;
     tracing::warn!(
         store = %path.display(),
         reason = %why,
-        moved_to = %aside.display(),
         log = %log.display(),
-        "the store is not one this build reads: rebuilding it from the event log, replayed from its start"
+        "the store is not usable: rebuilding it from the event log, replayed from its start"
     );
-    let store = Store::open(&path)?;
-    if matches!(why, Unusable::Format { .. }) {
-        match store.carry_over(&aside) {
-            Ok(c) => tracing::info!(
-                catalog_items = c.catalog_items,
-                forgotten = c.forgotten,
-                "carried over from the old store"
-            ),
-            Err(e) => tracing::warn!(
-                error = %e,
-                "nothing carried over from the old store: load the catalog again, and forget again \
-                 users forgotten before"
-            ),
-        }
+    let carry = matches!(why, Unusable::Format { .. });
+    replace(&path, carry).map(|(store, _)| store)
+}
+
+/// `attune-origin rebuild`: moves the store at `path` aside (when there is one) and creates an
+/// empty one that the pipeline fills by replaying the log at `log` from its first record.
+/// The catalog, the forgets and the shared-key versions are carried over when the old file can
+/// be read. Refuses, changing nothing, when the log holds no events. Returns the new store and
+/// where the old file went.
+pub fn rebuild(path: &Path, log: &Path) -> Result<(Store, Option<PathBuf>)> {
+    let why = Unusable::Damaged("a rebuild was asked for".into());
+    if let Some(log_problem) = log_cannot_rebuild(log, &why) {
+        return Err(Error::CannotRebuild {
+            store: path.to_path_buf(),
+            log: log.to_path_buf(),
+            why,
+            log_problem,
+        });
+    }
+    tracing::info!(store = %path.display(), log = %log.display(), "rebuilding the store from the event log");
+    replace(path, path.exists())
+}
+
+/// Moves the store at `path` aside (if it exists) and opens a fresh one, carrying over from
+/// the old file what the log does not hold when `carry` and the old file reads.
+fn replace(path: &Path, carry: bool) -> Result<(Store, Option<PathBuf>)> {
+    let aside = if path.exists() {
+        let mut aside = path.to_path_buf().into_os_string();
+        aside.push(format!(".replaced-{}", crate::now_ms()));
+        let aside = PathBuf::from(aside);
+        std::fs::rename(path, &aside)?;
+        tracing::warn!(moved_to = %aside.display(), "the old store is kept aside");
+        Some(aside)
     } else {
-        tracing::warn!(
+        None
+    };
+    let store = Store::open(path)?;
+    // A damaged old file may make redb panic on any read: the copy runs under `catch_unwind`.
+    let carried = match &aside {
+        Some(old) if carry => {
+            Some(super::caught(|| store.carry_over(old)).unwrap_or_else(|p| Err(Error::Corrupt(p))))
+        }
+        _ => None,
+    };
+    match carried {
+        Some(Ok(c)) => tracing::info!(
+            catalog_items = c.catalog_items,
+            forgotten = c.forgotten,
+            "carried over from the old store"
+        ),
+        Some(Err(e)) => tracing::warn!(
+            error = %e,
+            "nothing carried over from the old store: load the catalog again, and forget again \
+             users forgotten before"
+        ),
+        None if aside.is_some() => tracing::warn!(
             "the old store cannot be read: load the catalog again, and forget again users \
              forgotten before"
-        );
+        ),
+        None => {}
     }
-    Ok(store)
+    Ok((store, aside))
 }
 
 /// Why the log at `log` cannot rebuild a store that is unusable for `why` (`None`: it can).

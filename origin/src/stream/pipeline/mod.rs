@@ -405,10 +405,7 @@ impl Pipeline {
                 if let (Some(exp), Some(arm)) =
                     (event.prop_str("experiment"), event.prop_str("arm"))
                 {
-                    self.metrics
-                        .exposures
-                        .get_or_create(&labels(&[("experiment", exp), ("arm", arm)]))
-                        .inc();
+                    self.metrics.count_exposure(exp, arm);
                 }
                 out.applied += 1;
                 continue;
