@@ -303,8 +303,17 @@ impl Model {
     }
 
     /// Feeds one applied event; the shards it changes are collected for
-    /// [`Model::take_touched_shards`].
-    pub fn observe(&mut self, event: &Event, weight: f32, user: &mut UserState) {
+    /// [`Model::take_touched_shards`]. `previous_seen` is the user's latest event time before
+    /// this one (`Profile::last_seen` before the event was applied; 0 for a new user): an event
+    /// more than `session_gap_ms` after it starts a new session, and co-occurrence is counted
+    /// within a session only.
+    pub fn observe(
+        &mut self,
+        event: &Event,
+        weight: f32,
+        previous_seen: u64,
+        user: &mut UserState,
+    ) {
         let Some(item) = event.item.as_deref() else {
             return;
         };
@@ -332,8 +341,11 @@ impl Model {
                 self.dirty_trend.push(id);
             }
         }
-        // Co-occurrence with the user's recent distinct items.
+        // Co-occurrence with the recent distinct items of the user's current session.
         self.adopt_recent(user);
+        if event.ts.saturating_sub(previous_seen) > self.cfg.session_gap_ms {
+            user.recent_ids.clear();
+        }
         if let Some(pos) = user.recent_ids.iter().position(|r| *r == id) {
             user.recent_ids[..=pos].rotate_right(1);
             return;
@@ -519,7 +531,8 @@ impl Model {
         Ok(())
     }
 
-    /// Top-K neighbours of `item` by cosine similarity, most similar first, ties by id.
+    /// Top-K neighbours of `item` by similarity (`count(i, j) / (count(i)^a · count(j)^(1-a))`,
+    /// `a` = `similarity_alpha`), most similar first, ties by id.
     pub fn neighbours(&self, item: &str) -> Vec<Neighbour> {
         debug_assert!(self.pending_pairs.is_empty(), "Model::settle first");
         let Some(&id) = self.ids.get(item) else {
@@ -529,13 +542,14 @@ impl Model {
         if row.is_empty() {
             return Vec::new();
         }
-        let ni = self.counts[id as usize].max(1) as f64;
+        let alpha = self.cfg.similarity_alpha;
+        let ni = (self.counts[id as usize].max(1) as f64).powf(alpha);
         let mut out: Vec<(f64, &str)> = row
             .iter()
             .map(|(j, c)| {
-                let nj = self.counts[*j as usize].max(1) as f64;
+                let nj = (self.counts[*j as usize].max(1) as f64).powf(1.0 - alpha);
                 (
-                    (f64::from(c.count) / (ni * nj).sqrt()).min(1.0),
+                    (f64::from(c.count) / (ni * nj)).min(1.0),
                     &*self.names[*j as usize],
                 )
             })
@@ -660,9 +674,9 @@ mod tests {
                 // Few items, so pairs repeat within a batch and in both orders.
                 let item = format!("i{}", (n * n + round) % 17);
                 let e = event(n, &format!("u{u}"), &item);
-                each.observe(&e, 1.0, &mut each_users[u]);
+                each.observe(&e, 1.0, e.ts, &mut each_users[u]);
                 each.settle();
-                batch.observe(&e, 1.0, &mut batch_users[u]);
+                batch.observe(&e, 1.0, e.ts, &mut batch_users[u]);
             }
             batch.settle();
             // What the counters mean, checked against the cells themselves: every cell is in
@@ -699,6 +713,30 @@ mod tests {
         }
     }
 
+    /// Items co-occur within a session only: an item seen after a gap longer than
+    /// `session_gap_ms` is not counted with the items before the gap.
+    #[test]
+    fn co_occurrence_stays_within_a_session() {
+        let cfg = ModelConfig::default();
+        let gap = cfg.session_gap_ms;
+        let mut m = Model::new(cfg);
+        let mut user = UserState::default();
+        let mut previous = 0;
+        for (n, item, ts) in [(1, "a", 0), (2, "b", 60_000), (3, "c", 60_000 + gap + 1)] {
+            let mut e = event(n, "u", item);
+            e.ts = 1_700_000_000_000 + ts;
+            m.observe(&e, 1.0, previous, &mut user);
+            previous = e.ts;
+        }
+        m.settle();
+        let names = |item: &str| -> Vec<String> {
+            m.neighbours(item).into_iter().map(|n| n.item).collect()
+        };
+        assert_eq!(names("a"), ["b"]);
+        assert_eq!(names("b"), ["a"]);
+        assert!(names("c").is_empty());
+    }
+
     /// Persisting per batch (deltas, then compactions) and loading reproduces the model.
     #[test]
     fn persisted_pairs_reload_exactly() {
@@ -714,7 +752,8 @@ mod tests {
                 n += 1;
                 let u = (n * 7919 % 7) as usize;
                 let item = format!("i{}", (n * n + batch) % 23);
-                m.observe(&event(n, &format!("u{u}"), &item), 1.0, &mut users[u]);
+                let e = event(n, &format!("u{u}"), &item);
+                m.observe(&e, 1.0, e.ts, &mut users[u]);
             }
             let before = m.log_bytes;
             let tx = store.db.begin_write().unwrap();

@@ -596,6 +596,8 @@ fn rank_params(r: &mut Reader<'_>) -> Option<RankParams> {
             "category_weight" => p.category_weight = r.f64()?,
             "trend_weight" => p.trend_weight = r.f64()?,
             "session_half_life_ms" => p.session_half_life_ms = r.u64()?,
+            "session_items" => p.session_items = r.usize()?,
+            "session_position_decay" => p.session_position_decay = r.f64()?,
             "seed_items" => p.seed_items = r.usize()?,
             "seed_categories" => p.seed_categories = r.usize()?,
             "per_category" => p.per_category = r.usize()?,

@@ -233,8 +233,8 @@ pub fn manifest() -> Manifest {
 }
 
 /// The ranking benchmark's world: a 10,000-item catalog, 50 neighbours per item, 200
-/// trending items, a profile with a couple of weeks of history and a five-item session:
-/// about 500 distinct candidates for `for-you`.
+/// trending items, a profile with a couple of weeks of history and a full session
+/// ([`attune_core::session::MAX_RECENT`] items): about 1,300 distinct candidates for `for-you`.
 #[derive(Debug)]
 pub struct RankScenario {
     pub catalog: CatalogShard,
@@ -275,7 +275,14 @@ impl RankScenario {
             neighbours: neighbours(N, 50),
             trending: trending(N, 200, 50),
             profile: profile_from(&events, &config),
-            session: session(T0, &[4_321, 777, 9_001, 1_234, 5_678]),
+            // A full session: as many items as the cookie keeps, every one of them a seed.
+            session: session(
+                T0,
+                &[
+                    4_321, 777, 9_001, 1_234, 5_678, 31, 2_718, 3_141, 8_080, 6_502, 1_618, 4_040,
+                    7_007, 2_222, 9_999, 5_050, 6_060, 101, 3_333, 8_765,
+                ],
+            ),
             config,
             params: attune_core::RankParams::default(),
             now: T0,
@@ -296,6 +303,7 @@ impl RankScenario {
             trending: &self.trending,
             params: &self.params,
             now: self.now,
+            exclude: &[],
         }
     }
 
@@ -303,7 +311,7 @@ impl RankScenario {
     pub fn candidate_count(&self) -> usize {
         use attune_core::model::NeighbourView;
         let mut ids: std::collections::BTreeSet<&str> = Default::default();
-        for r in self.session.recent.iter().take(self.params.seed_items) {
+        for r in self.session.recent.iter().take(self.params.session_items) {
             ids.extend(
                 self.neighbours
                     .neighbours(&r.item)
