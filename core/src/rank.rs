@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{CatalogView, IdKey, NeighbourView, Trending};
 use crate::profile::{Profile, ProfileConfig, ScoreAt};
-use crate::session::Session;
+use crate::session::{MAX_RECENT, Session};
 use crate::table::{Table, hash_str, same};
 use crate::{HOUR_MS, Millis};
 
@@ -184,14 +184,16 @@ pub struct RankParams {
 impl Default for RankParams {
     fn default() -> Self {
         RankParams {
+            // The session term is a weighted mean similarity (at most 1); the profile and
+            // category terms are kept on that scale.
             session_weight: 1.0,
-            profile_weight: 0.6,
-            category_weight: 0.3,
+            profile_weight: 0.1,
+            category_weight: 0.05,
             // Small: the session signal leads and popularity orders what it leaves open
             // (chosen on the validation split of the sample, `attune-lab eval --validation`).
             trend_weight: 0.02,
             session_half_life_ms: HOUR_MS,
-            session_items: crate::session::MAX_RECENT,
+            session_items: MAX_RECENT,
             session_position_decay: 0.95,
             seed_items: 5,
             seed_categories: 3,
@@ -456,6 +458,7 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
             .max_candidates
             .saturating_add(params.trending_candidates)
             .saturating_add(params.seed_categories.saturating_mul(params.per_category))
+            .saturating_add(params.session_items.min(MAX_RECENT).saturating_mul(16))
             .min(4096),
         _ => 64,
     });
@@ -830,15 +833,20 @@ fn gather_personal<'a>(input: &RankInput<'a>, pool: &mut Pool<'a>) {
     let params = input.params;
     if let Some(session) = input.session {
         let items = &session.recent[..session.recent.len().min(params.session_items)];
-        let weight = |p: usize, ts: Millis| {
-            let age = input.now.saturating_sub(ts) as f64;
-            libm::pow(params.session_position_decay, p as f64)
-                * libm::exp2(-age / params.session_half_life_ms.max(1) as f64)
-        };
-        let total: f64 = items.iter().enumerate().map(|(p, r)| weight(p, r.ts)).sum();
+        let mut position = 1.0;
+        let weights: Vec<f64> = items
+            .iter()
+            .map(|r| {
+                let age = input.now.saturating_sub(r.ts) as f64;
+                let w = position * libm::exp2(-age / params.session_half_life_ms.max(1) as f64);
+                position *= params.session_position_decay;
+                w
+            })
+            .collect();
+        let total: f64 = weights.iter().sum();
         if total > 0.0 && total.is_finite() {
-            for (p, r) in items.iter().enumerate() {
-                let w = params.session_weight * weight(p, r.ts) / total;
+            for (r, weight) in items.iter().zip(&weights) {
+                let w = params.session_weight * weight / total;
                 for (n, key) in input.neighbours.neighbour_list(&r.item).iter() {
                     pool.add_keyed(&n.item, key, w * f64::from(n.sim), Reason::SessionNeighbour);
                 }

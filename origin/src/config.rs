@@ -190,7 +190,7 @@ impl Default for ModelConfig {
             // --validation`): a short window of the session (the 3 previous distinct items,
             // as sequential rules count, Ludewig & Jannach 2018) and a similarity close to
             // "bought with this" beat wider windows and the cosine.
-            top_k: 50,
+            top_k: 30,
             history: 3,
             session_gap_ms: 30 * MINUTE_MS,
             similarity_alpha: 0.9,

@@ -232,9 +232,13 @@ pub fn manifest() -> Manifest {
     }
 }
 
-/// The ranking benchmark's world: a 10,000-item catalog, 50 neighbours per item, 200
-/// trending items, a profile with a couple of weeks of history and a full session
-/// ([`attune_core::session::MAX_RECENT`] items): about 1,300 distinct candidates for `for-you`.
+/// Neighbours per item in the ranking benchmark: as many as the origin publishes (its
+/// `ModelConfig::top_k`).
+pub const NEIGHBOURS: u32 = 30;
+
+/// The ranking benchmark's world: a 10,000-item catalog, [`NEIGHBOURS`] neighbours per item,
+/// 200 trending items, a profile with a couple of weeks of history and a full session
+/// ([`attune_core::session::MAX_RECENT`] items): about 800 distinct candidates for `for-you`.
 #[derive(Debug)]
 pub struct RankScenario {
     pub catalog: CatalogShard,
@@ -271,8 +275,8 @@ impl RankScenario {
         RankScenario {
             catalog_index: CatalogIndex::new(catalog.clone()),
             catalog,
-            neighbour_index: NeighbourIndex::new(neighbours(N, 50)),
-            neighbours: neighbours(N, 50),
+            neighbour_index: NeighbourIndex::new(neighbours(N, NEIGHBOURS)),
+            neighbours: neighbours(N, NEIGHBOURS),
             trending: trending(N, 200, 50),
             profile: profile_from(&events, &config),
             // A full session: as many items as the cookie keeps, every one of them a seed.
