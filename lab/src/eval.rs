@@ -164,6 +164,9 @@ pub struct Report {
     pub test_baskets: usize,
     pub cases: usize,
     pub catalog: usize,
+    /// The whole trained neighbour model as one KV value (the origin splits it into
+    /// `ModelConfig::shards` values): what the edge reads, well under KV's 25 MiB per value.
+    pub neighbour_bytes: usize,
     pub methods: Vec<MethodReport>,
 }
 
@@ -183,6 +186,10 @@ impl Report {
         s.push_str(&format!(
             "{what} on the Online Retail sample: {} cases from {} test baskets, {} training events, catalog {} items\n\n",
             self.cases, self.test_baskets, self.training_events, self.catalog
+        ));
+        s.push_str(&format!(
+            "neighbour lists of the trained model, encoded as one KV value: {} bytes\n\n",
+            self.neighbour_bytes
         ));
         s.push_str("| method | HR@10 | NDCG@10 | MRR@10 | coverage |\n|---|---|---|---|---|\n");
         for m in &self.methods {
@@ -307,6 +314,11 @@ pub fn train(
     }
 }
 
+/// Bytes of `shard` as the publisher writes it (the versioned envelope).
+fn encoded_len(shard: &attune_core::NeighbourShard) -> usize {
+    attune_core::wire::encode(&attune_core::wire::Envelope::new(0, 0, shard)).len()
+}
+
 /// One hidden item and what the visitor brings.
 struct Case<'a> {
     target: &'a str,
@@ -364,7 +376,9 @@ fn time_split(
 
     let model = &trained.model;
     let catalog = attune_core::CatalogIndex::new(model.catalog_shard(0));
-    let neighbours = attune_core::NeighbourIndex::new(model.neighbour_shard(0));
+    let neighbour_shard = model.neighbour_shard(0);
+    let neighbour_bytes = encoded_len(&neighbour_shard);
+    let neighbours = attune_core::NeighbourIndex::new(neighbour_shard);
     // The KV snapshot as of the split: the model learns nothing after it.
     let trending = model.trending(split_ts);
     let mut methods: Vec<MethodReport> = [
@@ -418,6 +432,7 @@ fn time_split(
         test_baskets,
         cases: cases.len(),
         catalog: catalog_len,
+        neighbour_bytes,
         methods,
     })
 }
@@ -459,7 +474,9 @@ fn leave_last_out(
     let trained = train(&training, catalog, opts.model.clone(), &pcfg);
     let model = &trained.model;
     let catalog = attune_core::CatalogIndex::new(model.catalog_shard(0));
-    let neighbours = attune_core::NeighbourIndex::new(model.neighbour_shard(0));
+    let neighbour_shard = model.neighbour_shard(0);
+    let neighbour_bytes = encoded_len(&neighbour_shard);
+    let neighbours = attune_core::NeighbourIndex::new(neighbour_shard);
     let mut methods: Vec<MethodReport> = ["attune for-you", "attune trending"]
         .into_iter()
         .map(MethodReport::new)
@@ -500,6 +517,7 @@ fn leave_last_out(
         test_baskets: tests.len(),
         cases: tests.len(),
         catalog: catalog_len,
+        neighbour_bytes,
         methods,
     })
 }
