@@ -303,8 +303,17 @@ impl Model {
     }
 
     /// Feeds one applied event; the shards it changes are collected for
-    /// [`Model::take_touched_shards`].
-    pub fn observe(&mut self, event: &Event, weight: f32, user: &mut UserState) {
+    /// [`Model::take_touched_shards`]. `previous_seen` is the user's latest event time before
+    /// this one (`Profile::last_seen` before the event was applied; 0 for a new user): an event
+    /// more than `session_gap_ms` after it starts a new session, and co-occurrence is counted
+    /// within a session only.
+    pub fn observe(
+        &mut self,
+        event: &Event,
+        weight: f32,
+        previous_seen: u64,
+        user: &mut UserState,
+    ) {
         let Some(item) = event.item.as_deref() else {
             return;
         };
@@ -332,7 +341,10 @@ impl Model {
                 self.dirty_trend.push(id);
             }
         }
-        // Co-occurrence with the user's recent distinct items.
+        // Co-occurrence with the recent distinct items of the user's current session.
+        if event.ts.saturating_sub(previous_seen) > self.cfg.session_gap_ms {
+            user.recent_ids.clear();
+        }
         if let Some(pos) = user.recent_ids.iter().position(|r| *r == id) {
             user.recent_ids[..=pos].rotate_right(1);
             return;
@@ -507,7 +519,8 @@ impl Model {
         Ok(())
     }
 
-    /// Top-K neighbours of `item` by cosine similarity, most similar first, ties by id.
+    /// Top-K neighbours of `item` by similarity (`count(i, j) / (count(i)^a · count(j)^(1-a))`,
+    /// `a` = `similarity_alpha`), most similar first, ties by id.
     pub fn neighbours(&self, item: &str) -> Vec<Neighbour> {
         debug_assert!(self.pending_pairs.is_empty(), "Model::settle first");
         let Some(&id) = self.ids.get(item) else {
@@ -517,13 +530,14 @@ impl Model {
         if row.is_empty() {
             return Vec::new();
         }
-        let ni = self.counts[id as usize].max(1) as f64;
+        let alpha = self.cfg.similarity_alpha;
+        let ni = (self.counts[id as usize].max(1) as f64).powf(alpha);
         let mut out: Vec<(f64, &str)> = row
             .iter()
             .map(|(j, c)| {
-                let nj = self.counts[*j as usize].max(1) as f64;
+                let nj = (self.counts[*j as usize].max(1) as f64).powf(1.0 - alpha);
                 (
-                    (f64::from(c.count) / (ni * nj).sqrt()).min(1.0),
+                    (f64::from(c.count) / (ni * nj)).min(1.0),
                     &*self.names[*j as usize],
                 )
             })

@@ -415,12 +415,14 @@ impl Pipeline {
             };
             entry.used = batch_no;
             let category = event.item.as_deref().and_then(|i| model.category(i));
+            // Read before the event moves it: the model counts co-occurrence within a session.
+            let previous_seen = entry.state.profile.last_seen;
             entry
                 .state
                 .profile
                 .apply(event, category, &self.profile_cfg);
             let weight = self.profile_cfg.weight(event.kind).weight;
-            model.observe(event, weight, &mut entry.state);
+            model.observe(event, weight, previous_seen, &mut entry.state);
             trend_changed |= weight > 0.0 && event.item.is_some();
             // Hand the change to the publisher.
             let version = entry.state.profile.version;
