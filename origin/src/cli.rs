@@ -98,6 +98,10 @@ pub enum Command {
     Forget(Forget),
     /// Publish to KV.
     Publish(PublishArgs),
+    /// Copy every valid record of a damaged event log into a new one (the node must be
+    /// stopped). Each damaged range becomes a gap record of the same length, so the store's
+    /// checkpoint still points at the same records; the damaged file is kept next to it.
+    Salvage,
 }
 
 #[derive(Debug, Args)]
@@ -231,6 +235,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             running.shutdown().await
         }
         Command::Replay(a) => replay(cfg, a, token).await,
+        Command::Salvage => {
+            let report = crate::log::salvage(&cfg.log_path())?;
+            print_json(&json!(report));
+            Ok(())
+        }
         Command::Inspect(Inspect::User { id, remote }) => {
             if let Some(url) = remote.url {
                 let v = Client::new(&url, token)?

@@ -107,9 +107,6 @@ pub fn unpack_pending(mut bytes: &[u8]) -> Option<Vec<(String, u64)>> {
     }
     Some(out)
 }
-/// Forgotten user → log offset before which the pipeline drops their events (kept until a
-/// checkpoint passes that offset, so a replay cannot bring them back).
-pub const FORGOTTEN: TableDefinition<&str, u64> = TableDefinition::new("forgotten");
 /// KV key → version KV acknowledged.
 pub const PUBLISHED: TableDefinition<&str, u64> = TableDefinition::new("published");
 /// sequence → [`DlqRecord`] (JSON).
@@ -212,8 +209,8 @@ fn not_a_store(e: &redb::DatabaseError) -> bool {
 /// What [`Store::carry_over`] copied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CarriedOver {
-    pub catalog_items: u64,
-    pub forgotten: u64,
+    /// Version lines of shared keys (model sequence, rules version).
+    pub versions: u64,
 }
 
 /// The format version an opened database records, and its checkpoint's log offset (each
@@ -279,39 +276,27 @@ impl Store {
         tx.open_table(OUTBOX)?;
         tx.open_table(PUBLISHED)?;
         tx.open_table(PENDING)?;
-        tx.open_table(FORGOTTEN)?;
         tx.open_table(DLQ)?;
         tx.commit()?;
         Ok(Store { db: Arc::new(db) })
     }
 
-    /// Copies from the store file at `old` what its event log does not hold: the catalog,
-    /// the forgets (so a rebuild does not bring back a forgotten user's events) and the
-    /// version lines of shared keys (so KV never sees a version go back). For a store being
-    /// rebuilt from the log; fails if `old` is not a readable store of this layout.
+    /// Copies from the store file at `old` what its event log does not hold: the version lines
+    /// of shared keys (so KV never sees a version go back). The catalog and the forgets are
+    /// records in the log, replayed in order. For a store being rebuilt from the log; fails if
+    /// `old` is not a readable store of this layout.
     pub fn carry_over(&self, old: &Path) -> Result<CarriedOver> {
         let old = Database::open(old)?;
         let from = old.begin_read()?;
         let tx = self.db.begin_write()?;
         let mut carried = CarriedOver::default();
         {
-            let mut catalog = tx.open_table(CATALOG)?;
-            for row in from.open_table(CATALOG)?.iter()? {
-                let (k, v) = row?;
-                catalog.insert(k.value(), v.value())?;
-                carried.catalog_items += 1;
-            }
-            let mut forgotten = tx.open_table(FORGOTTEN)?;
-            for row in from.open_table(FORGOTTEN)?.iter()? {
-                let (k, v) = row?;
-                forgotten.insert(k.value(), v.value())?;
-                carried.forgotten += 1;
-            }
             let old_meta = from.open_table(META)?;
             let mut meta = tx.open_table(META)?;
             for key in [keys::MODEL_SEQ, keys::CFG_VERSION] {
                 if let Some(v) = old_meta.get(key)? {
                     meta.insert(key, v.value())?;
+                    carried.versions += 1;
                 }
             }
         }

@@ -8,8 +8,9 @@ use crate::store::Store;
 
 /// Opens the store at `path`. A store this build does not read (another format version,
 /// a file redb refuses) is moved aside and rebuilt: the event log is the source of truth, so a
-/// fresh store replays it from its first record. What the log does not hold (catalog, forgets,
-/// shared-key versions) is carried over when the old file can be read. Refuses, naming both
+/// fresh store replays it from its first record (catalog changes and forgets included: they are
+/// records in the log). The shared keys' version lines are carried over when the old file can
+/// be read. Refuses, naming both
 /// files, when the log cannot rebuild what the store held.
 pub fn open_or_rebuild(path: &Path, log: &Path) -> Result<Store> {
     let path = path.to_path_buf();
@@ -40,21 +41,16 @@ pub fn open_or_rebuild(path: &Path, log: &Path) -> Result<Store> {
     let store = Store::open(&path)?;
     if matches!(why, Unusable::Format { .. }) {
         match store.carry_over(&aside) {
-            Ok(c) => tracing::info!(
-                catalog_items = c.catalog_items,
-                forgotten = c.forgotten,
-                "carried over from the old store"
-            ),
+            Ok(c) => tracing::info!(versions = c.versions, "carried over from the old store"),
             Err(e) => tracing::warn!(
                 error = %e,
-                "nothing carried over from the old store: load the catalog again, and forget again \
-                 users forgotten before"
+                "nothing carried over from the old store: run `publish --full` once the rebuild \
+                 has caught up"
             ),
         }
     } else {
         tracing::warn!(
-            "the old store cannot be read: load the catalog again, and forget again users \
-             forgotten before"
+            "the old store cannot be read: run `publish --full` once the rebuild has caught up"
         );
     }
     Ok(store)

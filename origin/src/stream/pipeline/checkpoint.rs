@@ -12,8 +12,8 @@ use super::warm::{WARM_AHEAD, warm};
 use super::{Pipeline, SinceCheckpoint};
 use crate::error::Result;
 use crate::store::{
-    DLQ, FORGOTTEN, META, OUTBOX, PENDING, PENDING_KEY, USERS, encode_user_row, enqueue_shared,
-    keys, pack_pending,
+    DLQ, META, OUTBOX, Op, OutboxEntry, PENDING, PENDING_KEY, USERS, encode_user_row,
+    enqueue_shared, keys, pack_pending,
 };
 use crate::stream::live::{self, Live, UserKey};
 
@@ -27,8 +27,8 @@ struct EncodedUsers {
     pending: Vec<u8>,
     /// Shared keys waiting: (key, version, accepted).
     shared: Vec<(String, u64, u64)>,
-    /// Forgotten users whose erased events can no longer be replayed.
-    forgotten_done: Vec<Box<str>>,
+    /// Users forgotten since the last checkpoint: (key, `p:` KV key, back since the forget).
+    forgotten: Vec<(UserKey, String, bool)>,
 }
 
 impl Pipeline {
@@ -115,8 +115,8 @@ impl Pipeline {
             users,
             unpublished,
             shared,
-            forgotten,
             stored,
+            ..
         } = &mut *live;
         let mut rows: Vec<(UserKey, std::ops::Range<usize>)> =
             Vec::with_capacity(self.since.unsaved.len());
@@ -154,14 +154,20 @@ impl Pipeline {
                 .map(|(k, u)| (k.clone(), u.version, u.accepted_ms))
                 .collect();
         }
-        out.forgotten_done = forgotten
+        // A user back since the forget has a new state, written above over the old row.
+        out.forgotten = self
+            .since
+            .forgotten
             .iter()
-            .filter(|(_, until)| **until <= self.offset)
-            .map(|(u, _)| u.clone())
+            .map(|(key, user)| {
+                (
+                    *key,
+                    attune_core::hash::profile_key(self.profile_secret.as_bytes(), user),
+                    users.contains_key(key),
+                )
+            })
             .collect();
-        for u in &out.forgotten_done {
-            forgotten.remove(u);
-        }
+        out.forgotten.sort_unstable();
         Ok(out)
     }
 
@@ -178,10 +184,23 @@ impl Pipeline {
                 enqueue_shared(&mut outbox, [key.clone()], *version, *accepted)?;
             }
         }
-        if !e.forgotten_done.is_empty() {
-            let mut t = tx.open_table(FORGOTTEN)?;
-            for u in &e.forgotten_done {
-                t.remove(&**u)?;
+        if !e.forgotten.is_empty() {
+            let mut outbox = tx.open_table(OUTBOX)?;
+            for (key, kv_key, back) in &e.forgotten {
+                if !back {
+                    users.remove(*key)?;
+                }
+                outbox.insert(
+                    kv_key.as_str(),
+                    OutboxEntry {
+                        op: Op::Delete,
+                        version: 0,
+                        accepted_ms: crate::now_ms(),
+                        user: None,
+                    }
+                    .encode()?
+                    .as_slice(),
+                )?;
             }
         }
         Ok(())
