@@ -422,7 +422,8 @@ mod tests {
         assert_eq!(moved_aside(dir.path()).len(), 1);
         assert!(node.store.profiles().unwrap().is_empty(), "a fresh store");
         let o = node.drain().unwrap();
-        assert_eq!(o.applied, 4);
+        // `c`'s event was erased from the log when its forget was checkpointed.
+        assert_eq!(o.applied, 3);
         assert_eq!(node.store.profiles().unwrap(), profiles);
         assert!(node.user("c").unwrap().is_none());
         assert_eq!(node.store.catalog().unwrap().len(), 2);

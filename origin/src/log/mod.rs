@@ -45,7 +45,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+mod erase;
 mod salvage;
+pub use erase::erase_users;
 pub use salvage::{SalvageReport, salvage};
 
 /// The embedded log's source name (its offset key in the store).

@@ -107,6 +107,10 @@ pub fn unpack_pending(mut bytes: &[u8]) -> Option<Vec<(String, u64)>> {
     }
     Some(out)
 }
+/// Forgotten user → offset of the forget record: the user's records before it are still to be
+/// erased from the log (the pipeline does it once its checkpoint has passed that offset, then
+/// removes the row). Kept in the checkpoint so a crash between the two cannot skip it.
+pub const ERASE: TableDefinition<&str, u64> = TableDefinition::new("erase");
 /// KV key → version KV acknowledged.
 pub const PUBLISHED: TableDefinition<&str, u64> = TableDefinition::new("published");
 /// sequence → [`DlqRecord`] (JSON).
@@ -277,6 +281,7 @@ impl Store {
         tx.open_table(PUBLISHED)?;
         tx.open_table(PENDING)?;
         tx.open_table(DLQ)?;
+        tx.open_table(ERASE)?;
         tx.commit()?;
         Ok(Store { db: Arc::new(db) })
     }

@@ -6,13 +6,13 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::warm::{WARM_AHEAD, warm};
 use super::{Pipeline, SinceCheckpoint};
 use crate::error::Result;
 use crate::store::{
-    DLQ, META, OUTBOX, Op, OutboxEntry, PENDING, PENDING_KEY, USERS, encode_user_row,
+    DLQ, ERASE, META, OUTBOX, Op, OutboxEntry, PENDING, PENDING_KEY, USERS, encode_user_row,
     enqueue_shared, keys, pack_pending,
 };
 use crate::stream::live::{self, Live, UserKey};
@@ -27,8 +27,20 @@ struct EncodedUsers {
     pending: Vec<u8>,
     /// Shared keys waiting: (key, version, accepted).
     shared: Vec<(String, u64, u64)>,
-    /// Users forgotten since the last checkpoint: (key, `p:` KV key, back since the forget).
-    forgotten: Vec<(UserKey, String, bool)>,
+    /// Users forgotten since the last checkpoint.
+    forgotten: Vec<Forgotten>,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Forgotten {
+    key: UserKey,
+    user: std::sync::Arc<str>,
+    /// Offset of the forget record.
+    at: u64,
+    /// The `p:` KV key.
+    kv_key: String,
+    /// Back since the forget (a new state replaces the old row).
+    back: bool,
 }
 
 impl Pipeline {
@@ -47,7 +59,11 @@ impl Pipeline {
         }
         r?;
         self.checkpointed = self.offset;
+        let forgot = !self.since.forgotten.is_empty();
         self.since = SinceCheckpoint::default();
+        if forgot {
+            self.erase_forgotten()?;
+        }
         self.last_checkpoint = Instant::now();
         self.evict();
         self.progress
@@ -159,12 +175,12 @@ impl Pipeline {
             .since
             .forgotten
             .iter()
-            .map(|(key, user)| {
-                (
-                    *key,
-                    attune_core::hash::profile_key(self.profile_secret.as_bytes(), user),
-                    users.contains_key(key),
-                )
+            .map(|(key, (user, at))| Forgotten {
+                key: *key,
+                user: user.clone(),
+                at: *at,
+                kv_key: attune_core::hash::profile_key(self.profile_secret.as_bytes(), user),
+                back: users.contains_key(key),
             })
             .collect();
         out.forgotten.sort_unstable();
@@ -186,12 +202,16 @@ impl Pipeline {
         }
         if !e.forgotten.is_empty() {
             let mut outbox = tx.open_table(OUTBOX)?;
-            for (key, kv_key, back) in &e.forgotten {
-                if !back {
-                    users.remove(*key)?;
+            let mut erase = tx.open_table(ERASE)?;
+            for f in &e.forgotten {
+                if !f.back {
+                    users.remove(f.key)?;
+                }
+                if self.log_path.is_some() {
+                    erase.insert(&*f.user, f.at)?;
                 }
                 outbox.insert(
-                    kv_key.as_str(),
+                    f.kv_key.as_str(),
                     OutboxEntry {
                         op: Op::Delete,
                         version: 0,
@@ -203,6 +223,45 @@ impl Pipeline {
                 )?;
             }
         }
+        Ok(())
+    }
+
+    /// Erases from the log the records of users forgotten before the checkpoint (see
+    /// [`ERASE`]), then drops their rows. Also runs when the pipeline opens, for what a crash
+    /// left to do.
+    pub(super) fn erase_forgotten(&mut self) -> Result<()> {
+        let Some(path) = &self.log_path else {
+            return Ok(());
+        };
+        let users: std::collections::HashMap<String, u64> = {
+            let tx = self.store.db.begin_read()?;
+            let t = tx.open_table(ERASE)?;
+            let mut m = std::collections::HashMap::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                if v.value() < self.checkpointed {
+                    m.insert(k.value().to_string(), v.value());
+                }
+            }
+            m
+        };
+        if users.is_empty() {
+            return Ok(());
+        }
+        let erased = crate::log::erase_users(path, &users, self.checkpointed)?;
+        tracing::info!(
+            users = users.len(),
+            records = erased,
+            "erased forgotten users' records from the log"
+        );
+        let tx = self.store.db.begin_write()?;
+        {
+            let mut t = tx.open_table(ERASE)?;
+            for user in users.keys() {
+                t.remove(user.as_str())?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

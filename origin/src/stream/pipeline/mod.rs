@@ -59,8 +59,9 @@ struct SinceCheckpoint {
     unsaved: Vec<UserKey>,
     /// Shared keys queued (written to `OUTBOX` by the checkpoint).
     shared: bool,
-    /// Users forgotten since the last checkpoint (the checkpoint queues their KV deletes).
-    forgotten: FoldHashMap<UserKey, Arc<str>>,
+    /// Users forgotten since the last checkpoint → (user, offset of the forget record); the
+    /// checkpoint queues their KV deletes and their erasure from the log.
+    forgotten: FoldHashMap<UserKey, (Arc<str>, u64)>,
 }
 
 pub struct Pipeline {
@@ -72,6 +73,9 @@ pub struct Pipeline {
     source: String,
     /// Keyed-hash secret of the `p:` keys (a forget queues the KV delete).
     profile_secret: String,
+    /// The embedded log's file, when it is the source: forgotten users' records are erased
+    /// from it.
+    log_path: Option<std::path::PathBuf>,
     /// Log offset applied in memory, and the checkpoint's.
     offset: u64,
     checkpointed: u64,
@@ -138,7 +142,7 @@ impl Pipeline {
                 Default::default(),
             );
         }
-        Ok(Pipeline {
+        let mut pipeline = Pipeline {
             store,
             model,
             live,
@@ -146,6 +150,7 @@ impl Pipeline {
             profile_cfg: attune_core::rules::Config::default().profile,
             source: source.to_string(),
             profile_secret: cfg.profile_key.clone(),
+            log_path: (source == crate::log::SOURCE).then(|| cfg.log_path()),
             offset,
             checkpointed: offset,
             watermarks,
@@ -166,7 +171,9 @@ impl Pipeline {
                 batches: AtomicU64::new(0),
                 checkpoints: AtomicU64::new(0),
             }),
-        })
+        };
+        pipeline.erase_forgotten()?;
+        Ok(pipeline)
     }
 
     /// Offset applied in memory (0 = nothing applied yet; the source's start applies then).
@@ -270,7 +277,7 @@ impl Pipeline {
                 let user = std::str::from_utf8(&rec.payload).map_err(|_| {
                     Error::Corrupt(format!("forget record at {} names no user", rec.offset))
                 })?;
-                self.forget(user);
+                self.forget(user, rec.offset);
             }
             RecordKind::Catalog => {
                 let items: Vec<attune_core::CatalogItem> = rmp_serde::from_slice(&rec.payload)?;
@@ -305,7 +312,7 @@ impl Pipeline {
     /// publisher puts it once KV's delete of the old one is done, see [`Live::forgetting`]).
     /// The user's earlier events stay counted in the model's aggregates, which hold no user
     /// ids; every run of the same log counts the same ones.
-    fn forget(&mut self, user: &str) {
+    fn forget(&mut self, user: &str, at: u64) {
         let key = user_key(user);
         let mut live = live::lock(&self.live);
         live.users.remove(&key);
@@ -315,7 +322,7 @@ impl Pipeline {
             self.profile_secret.as_bytes(),
             user,
         ));
-        self.since.forgotten.insert(key, Arc::from(user));
+        self.since.forgotten.insert(key, (Arc::from(user), at));
     }
 
     /// One micro-batch, in named steps, under the model and live locks (lock order everywhere:
