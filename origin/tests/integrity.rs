@@ -399,3 +399,25 @@ fn a_forgotten_users_events_do_not_come_back_from_the_log() {
     assert_eq!(o.received as usize, 3_001 - of_u7);
     assert!(node.user("u8").unwrap().is_some());
 }
+
+/// Dead letters older than the retention are deleted by the checkpoints.
+#[test]
+fn dead_letters_past_the_retention_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.pipeline.dlq_retention_ms = 60_000;
+    let node = Node::open(&cfg).unwrap();
+    let now = attune_origin::now_ms();
+    let bad = |n: usize| {
+        (0..n)
+            .map(|i| format!("not json {i}").into_bytes())
+            .collect()
+    };
+    node.log
+        .append_blocking(now - 120_000, "t", bad(5))
+        .unwrap();
+    node.log.append_blocking(now, "t", bad(3)).unwrap();
+    let o = node.drain().unwrap();
+    assert_eq!(o.dlq, 8, "every one counted");
+    assert_eq!(node.store.dlq_len().unwrap(), 3, "the old ones deleted");
+}

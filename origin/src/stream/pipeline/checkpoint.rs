@@ -17,6 +17,9 @@ use crate::store::{
 };
 use crate::stream::live::{self, Live, UserKey};
 
+/// Most dead letters one checkpoint deletes (the rest go at the next ones).
+const EXPIRE_PER_CHECKPOINT: usize = 10_000;
+
 /// What a checkpoint writes from [`Live`], encoded while holding its lock.
 #[derive(Debug, Default)]
 struct EncodedUsers {
@@ -98,6 +101,7 @@ impl Pipeline {
                 }
                 meta.insert(keys::DLQ_SEQ, self.dlq_seq)?;
             }
+            self.expire_dead_letters(&tx)?;
             let c = self.since.counts;
             for (k, add) in [
                 (keys::RECEIVED, c.received),
@@ -222,6 +226,26 @@ impl Pipeline {
                     .as_slice(),
                 )?;
             }
+        }
+        Ok(())
+    }
+
+    /// Deletes the dead letters older than the retention, oldest first (sequence order is
+    /// acceptance order), at most [`EXPIRE_PER_CHECKPOINT`] per checkpoint.
+    fn expire_dead_letters(&self, tx: &WriteTransaction) -> Result<()> {
+        let cutoff = crate::now_ms().saturating_sub(self.dlq_retention_ms);
+        let mut dlq = tx.open_table(DLQ)?;
+        let mut expired = Vec::new();
+        for row in dlq.iter()?.take(EXPIRE_PER_CHECKPOINT) {
+            let (seq, v) = row?;
+            let d: crate::store::DlqRecord = serde_json::from_slice(v.value())?;
+            if d.accepted_ms >= cutoff {
+                break;
+            }
+            expired.push(seq.value());
+        }
+        for seq in expired {
+            dlq.remove(seq)?;
         }
         Ok(())
     }
