@@ -410,6 +410,67 @@ pub fn outbox_put(
     Ok(())
 }
 
+/// Queues the KV delete of a forgotten user's profile (replacing anything waiting for the key).
+pub fn queue_delete(outbox: &mut redb::Table<&str, &[u8]>, key: &str, now: u64) -> Result<()> {
+    let entry = OutboxEntry {
+        op: Op::Delete,
+        version: 0,
+        accepted_ms: now,
+        user: None,
+    };
+    outbox.insert(key, entry.encode()?.as_slice())?;
+    Ok(())
+}
+
+/// Deletes the dead letters accepted before `cutoff`, oldest first (sequence order is
+/// acceptance order), at most `max` of them.
+pub fn expire_dead_letters(tx: &redb::WriteTransaction, cutoff: u64, max: usize) -> Result<u64> {
+    let mut dlq = tx.open_table(DLQ)?;
+    let mut expired = Vec::new();
+    for row in dlq.iter()?.take(max) {
+        let (seq, v) = row?;
+        let d: DlqRecord = serde_json::from_slice(v.value())?;
+        if d.accepted_ms >= cutoff {
+            break;
+        }
+        expired.push(seq.value());
+    }
+    for seq in &expired {
+        dlq.remove(seq)?;
+    }
+    Ok(expired.len() as u64)
+}
+
+impl Store {
+    /// The forgotten users whose forget record lies before `before`, with its offset: their
+    /// records are to be erased from the log ([`ERASE`]).
+    pub fn erase_due(&self, before: u64) -> Result<std::collections::HashMap<String, u64>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(ERASE)?;
+        let mut due = std::collections::HashMap::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            if v.value() < before {
+                due.insert(k.value().to_string(), v.value());
+            }
+        }
+        Ok(due)
+    }
+
+    /// Drops the [`ERASE`] rows of users whose records are erased.
+    pub fn erase_done<'a>(&self, users: impl IntoIterator<Item = &'a String>) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(ERASE)?;
+            for user in users {
+                t.remove(user.as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
 /// Queues shared keys (model shards, trending, config) for publishing at `version`; returns how
 /// many were queued.
 pub fn enqueue_shared(

@@ -6,14 +6,14 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 
 use super::warm::{WARM_AHEAD, warm};
 use super::{Pipeline, SinceCheckpoint};
 use crate::error::Result;
 use crate::store::{
-    DLQ, ERASE, META, OUTBOX, Op, OutboxEntry, PENDING, PENDING_KEY, USERS, encode_user_row,
-    enqueue_shared, keys, pack_pending,
+    DLQ, ERASE, META, OUTBOX, PENDING, PENDING_KEY, USERS, encode_user_row, enqueue_shared,
+    expire_dead_letters, keys, pack_pending, queue_delete,
 };
 use crate::stream::live::{self, Live, UserKey};
 
@@ -214,39 +214,17 @@ impl Pipeline {
                 if self.log_path.is_some() {
                     erase.insert(&*f.user, f.at)?;
                 }
-                outbox.insert(
-                    f.kv_key.as_str(),
-                    OutboxEntry {
-                        op: Op::Delete,
-                        version: 0,
-                        accepted_ms: crate::now_ms(),
-                        user: None,
-                    }
-                    .encode()?
-                    .as_slice(),
-                )?;
+                queue_delete(&mut outbox, &f.kv_key, crate::now_ms())?;
             }
         }
         Ok(())
     }
 
-    /// Deletes the dead letters older than the retention, oldest first (sequence order is
-    /// acceptance order), at most [`EXPIRE_PER_CHECKPOINT`] per checkpoint.
+    /// Deletes the dead letters older than the retention, at most [`EXPIRE_PER_CHECKPOINT`]
+    /// per checkpoint.
     fn expire_dead_letters(&self, tx: &WriteTransaction) -> Result<()> {
         let cutoff = crate::now_ms().saturating_sub(self.dlq_retention_ms);
-        let mut dlq = tx.open_table(DLQ)?;
-        let mut expired = Vec::new();
-        for row in dlq.iter()?.take(EXPIRE_PER_CHECKPOINT) {
-            let (seq, v) = row?;
-            let d: crate::store::DlqRecord = serde_json::from_slice(v.value())?;
-            if d.accepted_ms >= cutoff {
-                break;
-            }
-            expired.push(seq.value());
-        }
-        for seq in expired {
-            dlq.remove(seq)?;
-        }
+        expire_dead_letters(tx, cutoff, EXPIRE_PER_CHECKPOINT)?;
         Ok(())
     }
 
@@ -257,18 +235,7 @@ impl Pipeline {
         let Some(path) = &self.log_path else {
             return Ok(());
         };
-        let users: std::collections::HashMap<String, u64> = {
-            let tx = self.store.db.begin_read()?;
-            let t = tx.open_table(ERASE)?;
-            let mut m = std::collections::HashMap::new();
-            for row in t.iter()? {
-                let (k, v) = row?;
-                if v.value() < self.checkpointed {
-                    m.insert(k.value().to_string(), v.value());
-                }
-            }
-            m
-        };
+        let users = self.store.erase_due(self.checkpointed)?;
         if users.is_empty() {
             return Ok(());
         }
@@ -278,14 +245,7 @@ impl Pipeline {
             records = erased,
             "erased forgotten users' records from the log"
         );
-        let tx = self.store.db.begin_write()?;
-        {
-            let mut t = tx.open_table(ERASE)?;
-            for user in users.keys() {
-                t.remove(user.as_str())?;
-            }
-        }
-        tx.commit()?;
+        self.store.erase_done(users.keys())?;
         Ok(())
     }
 
