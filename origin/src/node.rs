@@ -108,7 +108,27 @@ impl Node {
     /// the old ones, in every replay) and queues the changed shards for publishing.
     pub fn put_catalog(&self, items: Vec<CatalogItem>) -> Result<usize> {
         let n = items.len();
-        let payload = rmp_serde::to_vec_named(&items)?;
+        // Records well under the log's limit: a large catalog takes several, in order.
+        const RECORD_BYTES: usize = 1 << 20;
+        let mut chunk: Vec<CatalogItem> = Vec::new();
+        let mut bytes = 0;
+        for item in items {
+            let size = item.id.len()
+                + item.title.len()
+                + item.url.len()
+                + item.image.len()
+                + item.price.len()
+                + item.category.len()
+                + 64;
+            if !chunk.is_empty() && bytes + size > RECORD_BYTES {
+                let payload = rmp_serde::to_vec_named(&std::mem::take(&mut chunk))?;
+                self.log.append_admin(RecordKind::Catalog, payload)?;
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(item);
+        }
+        let payload = rmp_serde::to_vec_named(&chunk)?;
         self.log.append_admin(RecordKind::Catalog, payload)?;
         Ok(n)
     }

@@ -22,7 +22,9 @@
 //! all and moves the durable end, so `202` means "on disk". Readers never see past the durable
 //! end. After each group commit the appender records the acknowledged end in a sidecar file,
 //! `<log>.acked` (8 bytes LE + CRC32). The sidecar is not fsynced at every commit (that would
-//! double the fsyncs), so after an OS crash it can lag behind the log; it never runs ahead.
+//! double the fsyncs), so after an OS crash it can lag behind the log; it never runs ahead. A
+//! log without its sidecar counts every record as acknowledged. A record over
+//! [`MAX_RECORD_BYTES`] is refused, never written.
 //!
 //! On open, the records from the consumer's committed offset on are checked. A bad record
 //! **at or past** the acknowledged end is a write torn by a crash: the tail from it on was
@@ -375,7 +377,9 @@ impl Log {
                 path.display()
             )));
         }
-        let acked = acked.unwrap_or(committed).max(committed);
+        // No sidecar next to records (it was removed): every record counts as acknowledged,
+        // so damage anywhere refuses rather than cuts.
+        let acked = acked.unwrap_or(len).max(committed);
         if acked > len {
             return Err(Error::LogDamaged {
                 path: path.to_path_buf(),
@@ -398,6 +402,9 @@ impl Log {
         file.seek(SeekFrom::Start(pos))?;
         let acked_file = open_acked_file(path)?;
         write_acked(&acked_file, pos, true)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).ok();
+        }
         let shared = Arc::new(End {
             end: Mutex::new(pos),
             cv: Condvar::new(),
@@ -545,6 +552,25 @@ fn appender(
             if reqs.len() >= 1024 {
                 break;
             }
+        }
+        // A record the reader would refuse as impossibly long is never written.
+        reqs.retain_mut(|r| {
+            let Some(big) = r
+                .payloads
+                .iter()
+                .map(Vec::len)
+                .find(|n| *n > MAX_RECORD_BYTES)
+            else {
+                return true;
+            };
+            let done = std::mem::replace(&mut r.done, Box::new(|_| {}));
+            done(Err(Error::Log(format!(
+                "a record of {big} bytes is over the limit of {MAX_RECORD_BYTES}"
+            ))));
+            false
+        });
+        if reqs.is_empty() {
+            continue;
         }
         buf.clear();
         let mut n = 0u64;

@@ -151,3 +151,37 @@ fn gap_records_fill_any_length() {
         }
     }
 }
+
+/// A record over the limit is refused, not written (the reader would take it for damage).
+#[test]
+fn an_oversized_record_is_refused_and_the_log_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let log = Log::open(&path, 0, 8).unwrap();
+    let err = log
+        .append_blocking(1, "s", vec![vec![b'x'; MAX_RECORD_BYTES + 1]])
+        .unwrap_err();
+    assert!(err.to_string().contains("over the limit"), "{err}");
+    log.append_blocking(1, "s", vec![b"ok".to_vec()]).unwrap();
+    assert_eq!(read_all(&log).len(), 1);
+    drop(log);
+    Log::open(&path, 0, 8).unwrap();
+}
+
+/// Without its sidecar every record counts as acknowledged: damage refuses, nothing is cut.
+#[test]
+fn without_the_sidecar_damage_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let log = Log::open(&path, 0, 8).unwrap();
+    log.append_blocking(1, "s", vec![b"a".to_vec(), b"b".to_vec()])
+        .unwrap();
+    let recs = read_all(&log);
+    drop(log);
+    std::fs::remove_file(acked_path(&path)).unwrap();
+    flip(&path, recs[1].offset + HEADER as u64);
+    assert!(matches!(
+        Log::open(&path, 0, 8),
+        Err(Error::LogDamaged { offset, .. }) if offset == recs[1].offset
+    ));
+}
