@@ -290,6 +290,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 let node = Node::open(&cfg)?;
                 let existed = node.forget(&id)?;
+                // The forget is a log record: apply it (and what precedes it) now.
+                node.drain()?;
                 flush_offline(&node).await?;
                 print_json(&json!({ "forgotten": existed }));
             }

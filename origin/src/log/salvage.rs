@@ -19,7 +19,8 @@ pub struct SalvageReport {
     pub log: PathBuf,
     /// Where the damaged file was moved.
     pub damaged_file: PathBuf,
-    /// Valid records copied.
+    /// Valid records copied (gap records, from an earlier salvage or an erased user, copied
+    /// too but not counted).
     pub records_kept: u64,
     /// Bytes no valid record covered, each range replaced by gap records of the same length.
     pub bytes_skipped: u64,
@@ -30,7 +31,9 @@ pub struct SalvageReport {
 /// Copies every valid record of the log at `path` into a new log, each damaged range replaced
 /// by gap records of exactly its length, so every offset before and after the damage names the
 /// same record as before (the store's checkpoint stays valid). The damaged file is moved to
-/// `<path>.damaged-<epoch ms>`. The log must not be open (the node must be stopped).
+/// `<path>.damaged-<epoch ms>`: it still holds what could not be read, so delete it once it is
+/// no longer needed (a later forget does not erase records from it). The log must not be open
+/// (the node must be stopped).
 pub fn salvage(path: &Path) -> Result<SalvageReport> {
     let file = File::open(path).map_err(|source| Error::File {
         path: path.to_path_buf(),
@@ -70,9 +73,11 @@ pub fn salvage(path: &Path) -> Result<SalvageReport> {
     let mut buf = Vec::new();
     let mut gap = Vec::new();
     while pos < len {
-        if let Decoded::Record(_, n) = read_record_at(&file, pos, len, &mut buf)? {
+        if let Decoded::Record(rec, n) = read_record_at(&file, pos, len, &mut buf)? {
             out.write_all(&buf[..n])?;
-            report.records_kept += 1;
+            if rec.kind != RecordKind::Gap {
+                report.records_kept += 1;
+            }
             pos += n as u64;
             continue;
         }
