@@ -81,6 +81,9 @@ pub struct PipelineConfig {
     pub dedup_horizon_ms: u64,
     /// Events older than the source's watermark minus this go to the DLQ as `late`.
     pub allowed_lateness_ms: u64,
+    /// How long a dead letter is kept (by the time ingest accepted it); checkpoints delete
+    /// older ones. Default 7 days.
+    pub dlq_retention_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -187,6 +190,7 @@ impl Default for PipelineConfig {
             checkpoint_interval_ms: 10_000,
             checkpoint_max_unsaved: 100_000,
             dedup_horizon_ms: 7 * 24 * HOUR_MS,
+            dlq_retention_ms: 7 * 24 * HOUR_MS,
             allowed_lateness_ms: 48 * HOUR_MS,
         }
     }

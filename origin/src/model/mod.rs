@@ -76,6 +76,8 @@ pub struct Model {
     log_next: u64,
     /// Version of the last change to the shared keys (`MODEL_SEQ` once checkpointed).
     seq: u64,
+    /// Catalog entries changed since the last persist.
+    dirty_catalog: BTreeSet<String>,
 }
 
 /// One co-occurrence count, in both items' rows. The epoch marks it changed since the last
@@ -251,24 +253,17 @@ impl Model {
         self.catalog.len()
     }
 
-    /// Replaces or adds catalog entries; returns the shards that changed.
-    pub fn put_catalog(
-        &mut self,
-        tx: &WriteTransaction,
-        items: Vec<CatalogItem>,
-    ) -> Result<BTreeSet<u32>> {
+    /// Replaces or adds catalog entries in memory (the pipeline, at the catalog record's
+    /// position in the log; the next checkpoint writes them); returns the shards that changed.
+    pub fn put_catalog(&mut self, items: Vec<CatalogItem>) -> BTreeSet<u32> {
         let mut shards = BTreeSet::new();
-        {
-            let mut t = tx.open_table(CATALOG)?;
-            for item in items {
-                t.insert(item.id.as_str(), rmp_serde::to_vec_named(&item)?.as_slice())?;
-                shards.insert(shard_of(&item.id, self.cfg.shards));
-                self.intern(&item.id);
-                self.catalog.insert(item.id.clone(), item);
-            }
+        for item in items {
+            shards.insert(shard_of(&item.id, self.cfg.shards));
+            self.intern(&item.id);
+            self.dirty_catalog.insert(item.id.clone());
+            self.catalog.insert(item.id.clone(), item);
         }
-        self.persist(tx)?;
-        Ok(shards)
+        shards
     }
 
     /// Adds catalog entries in memory only (offline evaluation).
@@ -433,6 +428,14 @@ impl Model {
     /// Writes everything changed since the last call into `tx`.
     pub fn persist(&mut self, tx: &WriteTransaction) -> Result<()> {
         self.settle();
+        if !self.dirty_catalog.is_empty() {
+            let mut t = tx.open_table(CATALOG)?;
+            for id in std::mem::take(&mut self.dirty_catalog) {
+                if let Some(item) = self.catalog.get(&id) {
+                    t.insert(id.as_str(), rmp_serde::to_vec_named(item)?.as_slice())?;
+                }
+            }
+        }
         if (self.persisted_names as usize) < self.names.len() {
             let mut t = tx.open_table(ITEMS)?;
             for id in self.persisted_names as usize..self.names.len() {
