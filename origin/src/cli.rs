@@ -68,10 +68,15 @@ pub struct Global {
     /// Rules published under `cfg` (segments, variants, experiments): a JSON file.
     #[arg(long, global = true, env = "ATTUNE_RULES")]
     pub rules: Option<PathBuf>,
+    /// KV target: Cloudflare's REST bulk API, this account (with --cloudflare-namespace-id;
+    /// --kv-url wins over both when set).
     #[arg(long, global = true, env = "CLOUDFLARE_ACCOUNT_ID")]
     pub cloudflare_account_id: Option<String>,
+    /// The Workers KV namespace the Worker reads (its ATTUNE_KV binding).
     #[arg(long, global = true, env = "CLOUDFLARE_KV_NAMESPACE_ID")]
     pub cloudflare_namespace_id: Option<String>,
+    /// API token with Workers KV Storage write permission; `serve` refuses the Cloudflare
+    /// target without one.
     #[arg(
         long,
         global = true,
@@ -79,6 +84,10 @@ pub struct Global {
         hide_env_values = true
     )]
     pub cloudflare_api_token: Option<String>,
+    /// Let `serve` publish to a Cloudflare target without a token or with the built-in dev
+    /// profile key (only for a local stand-in of the API).
+    #[arg(long, global = true, env = "ATTUNE_ALLOW_DEV_SECRETS")]
+    pub allow_dev_secrets: bool,
     /// JSON logs.
     #[arg(long, global = true, env = "ATTUNE_LOG_JSON")]
     pub log_json: bool,
@@ -200,6 +209,9 @@ pub fn load_config(g: &Global) -> Result<Config> {
     if g.log_json {
         cfg.log_json = true;
     }
+    if g.allow_dev_secrets {
+        cfg.publish.allow_dev_secrets = true;
+    }
     cfg.load_rules()?;
     cfg.validate()?;
     Ok(cfg)
@@ -267,7 +279,14 @@ pub async fn run(cli: Cli) -> Result<()> {
                 let off = node
                     .store
                     .meta(&crate::store::keys::offset(crate::node::LOG_SOURCE))?;
-                print_json(&node.status_json(off));
+                let mut status = node.status_json(off);
+                if let (Some(s), serde_json::Value::Object(p)) = (
+                    status.as_object_mut(),
+                    crate::publish::status_json(&node.store),
+                ) {
+                    s.extend(p);
+                }
+                print_json(&status);
             }
             Ok(())
         }
@@ -315,6 +334,7 @@ pub async fn flush_offline(node: &Node) -> Result<usize> {
         return Ok(0);
     }
     let mut p = Publisher::new(node, target);
+    p.publish_shared_now();
     let mut written = 0;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {

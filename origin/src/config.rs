@@ -9,6 +9,9 @@ use crate::error::{Error, Result};
 
 const HOUR_MS: u64 = 3_600_000;
 
+/// The built-in profile key: public, so anyone can compute the `p:` keys with it.
+pub const DEV_PROFILE_KEY: &str = "attune-dev-profile-key";
+
 /// The whole service configuration. Every field has an embedded default, so
 /// `attune-origin serve` with no file runs a single-machine setup with data in `./.attune/`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -116,18 +119,31 @@ pub struct PublishConfig {
     pub token: Option<String>,
     pub cloudflare_account_id: Option<String>,
     pub cloudflare_namespace_id: Option<String>,
-    /// Cloudflare API base (tests point this elsewhere).
+    /// Cloudflare API base URL (a stand-in of the API for tests).
     pub cloudflare_api: String,
     /// Directory target.
     pub dir: Option<PathBuf>,
+    /// At most one flush per this interval: the latency target (a change waits at most this
+    /// long for others to share its request).
     pub flush_interval_ms: u64,
+    /// Shared keys (`t`, `n:`, `c:`, `cfg`, `m`) are published at most this often.
+    pub shared_interval_ms: u64,
     /// At most one write per key per this interval (Cloudflare: 1 s).
     pub min_key_interval_ms: u64,
+    /// Requests to the KV API per `budget_window_ms` (Cloudflare allows 1,200 per 5 minutes
+    /// per user token, counting every API call of that user).
+    pub budget_requests: u64,
+    pub budget_window_ms: u64,
+    /// Requests that may go at once after a quiet spell (on top of `budget_requests`).
+    pub budget_burst: u64,
     pub max_pairs: usize,
     pub max_request_bytes: usize,
     pub request_timeout_ms: u64,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
+    /// Lets `serve` publish to Cloudflare without a token or with the built-in dev profile
+    /// key (development against a stand-in of the API only).
+    pub allow_dev_secrets: bool,
 }
 
 impl Default for Config {
@@ -136,7 +152,7 @@ impl Default for Config {
             data_dir: PathBuf::from(".attune"),
             listen: "127.0.0.1:7878".into(),
             ingest_token: None,
-            profile_key: "attune-dev-profile-key".into(),
+            profile_key: DEV_PROFILE_KEY.into(),
             log_json: false,
             shutdown_deadline_ms: 10_000,
             ingest: IngestConfig::default(),
@@ -197,13 +213,18 @@ impl Default for PublishConfig {
             cloudflare_namespace_id: None,
             cloudflare_api: "https://api.cloudflare.com/client/v4".into(),
             dir: None,
-            flush_interval_ms: 250,
+            flush_interval_ms: 1_000,
+            shared_interval_ms: 60_000,
             min_key_interval_ms: 1_000,
+            budget_requests: 1_000,
+            budget_window_ms: 300_000,
+            budget_burst: 50,
             max_pairs: 10_000,
             max_request_bytes: 100_000_000,
             request_timeout_ms: 10_000,
             backoff_base_ms: 200,
             backoff_max_ms: 30_000,
+            allow_dev_secrets: false,
         }
     }
 }
@@ -259,6 +280,11 @@ impl Config {
         }
         if self.publish.max_pairs == 0 || self.publish.max_pairs > 10_000 {
             return Err(Error::Config("publish.max_pairs must be 1..=10000".into()));
+        }
+        if self.publish.budget_requests == 0 || self.publish.budget_window_ms == 0 {
+            return Err(Error::Config(
+                "publish.budget_requests and publish.budget_window_ms must be at least 1".into(),
+            ));
         }
         if self.model.shards == 0 {
             return Err(Error::Config("model.shards must be at least 1".into()));

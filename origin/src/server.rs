@@ -60,8 +60,16 @@ pub async fn start(cfg: Config) -> Result<Running> {
     };
     let listener = TcpListener::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;
+    crate::publish::check_start(&cfg)?;
     let target = Target::from_config(&cfg)?;
-    tracing::info!(%addr, target = %target.describe(), data_dir = %cfg.data_dir.display(), "starting");
+    let overridden = crate::publish::overridden(&cfg);
+    tracing::info!(
+        %addr,
+        target = %target.describe(),
+        overridden = %overridden.join(", "),
+        data_dir = %cfg.data_dir.display(),
+        "starting"
+    );
 
     let pipeline = node.pipeline()?;
     if node.log.end() > pipeline.offset().max(crate::log::FIRST_OFFSET) {
@@ -74,7 +82,9 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let (phase_tx, phase) = watch::channel(Phase::Serving);
     let phase_tx = Arc::new(phase_tx);
     let publish_now = Arc::new(Notify::new());
+    let publisher = Publisher::new(&node, target);
     let state = AppState {
+        publish_health: publisher.health(),
         node: node.clone(),
         progress: pipeline.progress(),
         publish_now: publish_now.clone(),
@@ -105,7 +115,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     };
 
     let publisher = tokio::spawn(crate::publish::run(
-        Publisher::new(&node, target),
+        publisher,
         Duration::from_millis(cfg.publish.flush_interval_ms.max(10)),
         publish_now.clone(),
         phase.clone(),

@@ -177,6 +177,7 @@ async fn publishes_exactly_once_per_version_through_faults() {
     cfg.publish.backoff_max_ms = 400;
     cfg.publish.flush_interval_ms = 50;
     cfg.publish.max_pairs = 7; // force several bulk requests
+    cfg.publish.shared_interval_ms = 300;
     let running = attune_origin::server::start(cfg.clone()).await.unwrap();
     let url = format!("http://{}", running.addr);
     let http = reqwest::Client::new();

@@ -11,14 +11,27 @@ use crate::lifecycle::Phase;
 
 pub(super) async fn status(State(state): State<AppState>) -> Response {
     let off = state.progress.offset.load(Ordering::Acquire);
-    axum::Json(state.node.status_json(off)).into_response()
+    let mut status = state.node.status_json(off);
+    if let (Some(s), serde_json::Value::Object(p)) = (
+        status.as_object_mut(),
+        crate::publish::status_json(&state.node.store),
+    ) {
+        s.extend(p);
+    }
+    axum::Json(status).into_response()
 }
 
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
-    if *state.phase.borrow() == Phase::Serving {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    if *state.phase.borrow() != Phase::Serving {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    } else if let Some(reason) = state.publish_health.not_ready_reason() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: publisher: {reason}\n"),
+        )
+            .into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
     }
 }
 
