@@ -334,10 +334,10 @@ pub async fn flush_offline(node: &Node) -> Result<usize> {
         return Ok(0);
     }
     let mut p = Publisher::new(node, target);
-    p.publish_shared_now();
     let mut written = 0;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
+        p.publish_shared_now();
         let o = p.flush(Some(deadline)).await?;
         written += o.written + o.deleted;
         if o.deferred == 0 {

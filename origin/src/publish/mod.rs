@@ -170,7 +170,8 @@ impl std::fmt::Debug for Publisher {
 pub struct FlushOutcome {
     pub written: usize,
     pub deleted: usize,
-    /// Keys left waiting because of the per-key interval (the manifest included).
+    /// Keys still waiting after this flush: held back by the per-key interval (the manifest
+    /// included), or listed by KV as unsuccessful.
     pub deferred: usize,
 }
 
@@ -605,6 +606,7 @@ impl Publisher {
                 .await?;
             let rejected: HashSet<&str> = sent.rejected.iter().map(String::as_str).collect();
             self.count_rejected(rejected.len());
+            outcome.deferred += rejected.len();
             let done: Vec<&String> = keys
                 .iter()
                 .filter(|k| !rejected.contains(k.as_str()))
@@ -635,16 +637,20 @@ impl Publisher {
                 && (chunk.len() >= self.cfg.max_pairs
                     || chunk_bytes + size > self.cfg.max_request_bytes)
             {
-                outcome.written += self
+                let (written, rejected) = self
                     .write_chunk(std::mem::take(&mut chunk), deadline)
                     .await?;
+                outcome.written += written;
+                outcome.deferred += rejected;
                 chunk_bytes = 2;
             }
             chunk_bytes += size;
             chunk.push(item);
         }
         if !chunk.is_empty() {
-            outcome.written += self.write_chunk(chunk, deadline).await?;
+            let (written, rejected) = self.write_chunk(chunk, deadline).await?;
+            outcome.written += written;
+            outcome.deferred += rejected;
         }
         // 4. The manifest, last, once per shared cadence at most (it moves with shared keys).
         if self.manifest_pending {
@@ -652,6 +658,10 @@ impl Publisher {
                 outcome.deferred += 1;
             } else {
                 self.write_manifest(deadline).await?;
+                if self.manifest_pending {
+                    // KV listed it as unsuccessful.
+                    outcome.deferred += 1;
+                }
             }
         }
         self.update_gauges();
@@ -680,8 +690,13 @@ impl Publisher {
         }
     }
 
-    /// Writes one bulk request; returns how many keys KV took.
-    async fn write_chunk(&mut self, chunk: Vec<Item>, deadline: Option<Instant>) -> Result<usize> {
+    /// Writes one bulk request; returns how many keys KV took and how many it listed as
+    /// unsuccessful (they keep waiting).
+    async fn write_chunk(
+        &mut self,
+        chunk: Vec<Item>,
+        deadline: Option<Instant>,
+    ) -> Result<(usize, usize)> {
         let pairs: Vec<Pair> = chunk.iter().map(|c| c.pair.clone()).collect();
         let target = self.target.clone();
         let sent = self.send("put", deadline, || target.put(&pairs)).await?;
@@ -718,7 +733,7 @@ impl Publisher {
             });
         }
         self.ack(&acks, false)?;
-        Ok(acks.len())
+        Ok((acks.len(), rejected.len()))
     }
 
     /// Records what KV now holds and drops the waiting publishes it covers (outbox rows and
@@ -838,6 +853,7 @@ impl Publisher {
         let pairs = vec![pair];
         let sent = self.send("put", deadline, || target.put(&pairs)).await?;
         if !sent.rejected.is_empty() {
+            // Still pending: the next flush writes it.
             self.count_rejected(sent.rejected.len());
             return Ok(());
         }

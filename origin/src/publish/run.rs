@@ -56,9 +56,9 @@ pub async fn run(
     }
     // Final flush within the deadline (per-key interval still applies).
     publisher.stop_on(None);
-    publisher.publish_shared_now();
     let deadline = Instant::now() + deadline;
     loop {
+        publisher.publish_shared_now();
         match publisher.flush(Some(deadline)).await {
             Ok(o) if o.deferred == 0 => break,
             Ok(_) => {}
