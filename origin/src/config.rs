@@ -126,8 +126,11 @@ pub struct PublishConfig {
     /// At most one flush per this interval: the latency target (a change waits at most this
     /// long for others to share its request).
     pub flush_interval_ms: u64,
-    /// Shared keys (`t`, `n:`, `c:`, `cfg`, `m`) are published at most this often.
-    pub shared_interval_ms: u64,
+    /// Shared keys (`t`, `n:`, `c:`, `cfg`, `m`) already in KV are rewritten at most this
+    /// often (a key KV does not hold yet goes at once). Default: 60 s on the Cloudflare target
+    /// (KV takes up to 60 s to propagate, and writes are billed), the flush interval on the
+    /// others (the dev route's local KV shows a write at once).
+    pub shared_interval_ms: Option<u64>,
     /// At most one write per key per this interval (Cloudflare: 1 s).
     pub min_key_interval_ms: u64,
     /// Requests to the KV API per `budget_window_ms` (Cloudflare allows 1,200 per 5 minutes
@@ -214,7 +217,7 @@ impl Default for PublishConfig {
             cloudflare_api: "https://api.cloudflare.com/client/v4".into(),
             dir: None,
             flush_interval_ms: 1_000,
-            shared_interval_ms: 60_000,
+            shared_interval_ms: None,
             min_key_interval_ms: 1_000,
             budget_requests: 1_000,
             budget_window_ms: 300_000,
@@ -309,6 +312,17 @@ impl Config {
             }
             ref k => k.clone(),
         }
+    }
+
+    /// The shared keys' cadence (see [`PublishConfig::shared_interval_ms`]).
+    pub fn shared_interval_ms(&self) -> u64 {
+        self.publish
+            .shared_interval_ms
+            .unwrap_or(if self.target() == TargetKind::Cloudflare {
+                60_000
+            } else {
+                self.publish.flush_interval_ms
+            })
     }
 
     pub fn store_path(&self) -> PathBuf {

@@ -177,7 +177,7 @@ async fn publishes_exactly_once_per_version_through_faults() {
     cfg.publish.backoff_max_ms = 400;
     cfg.publish.flush_interval_ms = 50;
     cfg.publish.max_pairs = 7; // force several bulk requests
-    cfg.publish.shared_interval_ms = 300;
+    cfg.publish.shared_interval_ms = Some(300);
     let running = attune_origin::server::start(cfg.clone()).await.unwrap();
     let url = format!("http://{}", running.addr);
     let http = reqwest::Client::new();
@@ -497,7 +497,7 @@ fn cf_config(data_dir: &std::path::Path, cf: std::net::SocketAddr) -> Config {
     cfg.publish.backoff_base_ms = 50;
     cfg.publish.backoff_max_ms = 400;
     cfg.publish.flush_interval_ms = 500;
-    cfg.publish.shared_interval_ms = 1_500;
+    cfg.publish.shared_interval_ms = Some(1_500);
     // 8 per 5 s with a burst of 3: never more than 11 in any 5 s (the stand-in allows 12).
     cfg.publish.budget_requests = 8;
     cfg.publish.budget_window_ms = 5_000;
@@ -642,7 +642,7 @@ async fn ratelimit_headers_slow_it_down_before_a_429() {
     cfg.publish.budget_requests = 1_000;
     cfg.publish.budget_burst = 100;
     cfg.publish.flush_interval_ms = 100;
-    cfg.publish.shared_interval_ms = 300;
+    cfg.publish.shared_interval_ms = Some(300);
     let running = attune_origin::server::start(cfg).await.unwrap();
     let url = format!("http://{}", running.addr);
     put_catalog(&url).await;

@@ -148,8 +148,9 @@ pub struct Publisher {
     restored_until: Option<Instant>,
     /// A shared key was written since the last manifest.
     manifest_pending: bool,
-    /// Shared keys are collected from then on.
+    /// Shared keys already in KV are collected from then on.
     shared_due: Instant,
+    shared_interval: Duration,
     /// Content hash of each shared key's body as last written.
     shared_hash: HashMap<String, u64>,
     /// Consecutive failed requests (the log says so on the first and then sparsely).
@@ -200,6 +201,7 @@ impl Publisher {
             restored_until: None,
             manifest_pending: false,
             shared_due: Instant::now(),
+            shared_interval: Duration::from_millis(cfg.shared_interval_ms()),
             shared_hash: HashMap::new(),
             failing_since: 0,
             rules: Arc::new(cfg.rules.clone()),
@@ -422,7 +424,7 @@ impl Publisher {
         let check_keys = self.restored_until.is_some();
         let with_shared = now >= self.shared_due;
         if with_shared {
-            self.shared_due = now + Duration::from_millis(self.cfg.shared_interval_ms);
+            self.shared_due = now + self.shared_interval;
         }
         self.update_gauges();
         // 1. Collect what waits: the outbox (shared keys, deletes, full re-publishes) and what
@@ -450,7 +452,11 @@ impl Publisher {
                 let (k, v) = row?;
                 let key = k.value().to_string();
                 let entry = OutboxEntry::decode(v.value())?;
-                if entry.op == Op::Put && entry.user.is_none() && !with_shared {
+                if entry.op == Op::Put
+                    && entry.user.is_none()
+                    && !with_shared
+                    && published.get(key.as_str())?.is_some()
+                {
                     continue;
                 }
                 if deferred(&key, &self.last_write) {
@@ -474,18 +480,19 @@ impl Publisher {
             }
             {
                 let live = live::lock(&self.live);
-                if with_shared {
-                    for (key, u) in &live.shared {
-                        if deferred(key, &self.last_write) {
-                            outcome.deferred += 1;
-                            continue;
-                        }
-                        let e = shared
-                            .entry(key.clone())
-                            .or_insert((u.version, u.accepted_ms));
-                        e.0 = e.0.max(u.version);
-                        e.1 = e.1.min(u.accepted_ms);
+                for (key, u) in &live.shared {
+                    if !with_shared && published.get(key.as_str())?.is_some() {
+                        continue;
                     }
+                    if deferred(key, &self.last_write) {
+                        outcome.deferred += 1;
+                        continue;
+                    }
+                    let e = shared
+                        .entry(key.clone())
+                        .or_insert((u.version, u.accepted_ms));
+                    e.0 = e.0.max(u.version);
+                    e.1 = e.1.min(u.accepted_ms);
                 }
                 if self.last_write_user.len() > 4096 {
                     self.last_write_user
