@@ -584,6 +584,18 @@ async fn steady_rate(rate: usize, users: usize) {
             put_catalog(&url).await;
         }
         sent += feed_steady(&url, rate, 3, users, &format!("r{run}")).await;
+        let status: serde_json::Value = reqwest::get(format!("{url}/v1/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            status["kv_writes_per_day_by_class"]["profile"]
+                .as_u64()
+                .is_some_and(|n| n > 0),
+            "{status}"
+        );
         let node = running.node.clone();
         running.shutdown().await.unwrap();
         let cf = cf.lock().unwrap();
@@ -600,6 +612,13 @@ async fn steady_rate(rate: usize, users: usize) {
         for k in ["t", "cfg", "m"] {
             assert!(cf.applied.contains_key(k), "{k} missing");
         }
+        drop(cf);
+        // What `inspect status` reads after a drained shutdown: nothing waits.
+        drop(node);
+        let reopened = attune_origin::node::Node::open(&cfg).unwrap();
+        let status = reopened.status_json(0);
+        assert_eq!(status["unpublished"], 0, "reopened: {status}");
+        assert_eq!(status["outbox"], 0, "reopened: {status}");
     }
     let cf = cf.lock().unwrap();
     let last_shared = cf
