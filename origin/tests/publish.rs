@@ -718,6 +718,12 @@ async fn a_refused_token_makes_the_node_not_ready() {
         metrics.contains("attune_publish_failures_total{reason=\"auth\"}"),
         "{metrics}"
     );
+    // The outage shows: the waiting publishes are counted while nothing gets through.
+    let waiting = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("attune_waiting_user_publishes "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert_eq!(waiting, Some(5), "{metrics}");
     cf.lock().unwrap().refuse_auth = false;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

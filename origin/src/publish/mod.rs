@@ -263,7 +263,7 @@ impl Publisher {
         self.metrics
             .outbox_keys
             .set(self.store.outbox_len().unwrap_or(0) as i64);
-        let waiting = live::lock(&self.live).unpublished_len();
+        let waiting = live::lock(&self.live).unpublished.len();
         self.metrics.waiting_user_publishes.set(waiting as i64);
     }
 
@@ -386,6 +386,8 @@ impl Publisher {
                         wait = wait.max(Duration::from_millis(self.cfg.backoff_max_ms));
                     }
                     self.failing_since += 1;
+                    // A flush can retry for as long as KV fails: the gauges must still move.
+                    self.update_gauges();
                     if e.is_auth() {
                         let reason = format!(
                             "the KV API refuses the publish token ({}); nothing is published",
