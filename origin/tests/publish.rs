@@ -755,3 +755,95 @@ async fn a_cloudflare_target_needs_a_token_and_a_real_profile_key() {
     let running = attune_origin::server::start(cfg).await.unwrap();
     running.shutdown().await.unwrap();
 }
+
+/// Requests as the KV API saw them: (time, `delete` or `put`, keys in body order).
+type Seen = Arc<Mutex<Vec<(Instant, &'static str, Vec<String>)>>>;
+
+async fn seen_put(State(s): State<Seen>, body: Bytes) -> Response {
+    let items: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+    let keys = items
+        .iter()
+        .map(|i| i["key"].as_str().unwrap().to_string())
+        .collect();
+    s.lock().unwrap().push((Instant::now(), "put", keys));
+    ok(items.len())
+}
+
+async fn seen_delete(State(s): State<Seen>, body: Bytes) -> Response {
+    let keys: Vec<String> = serde_json::from_slice(&body).unwrap();
+    let n = keys.len();
+    s.lock().unwrap().push((Instant::now(), "delete", keys));
+    ok(n)
+}
+
+/// Within one flush the requests go in priority order: deletes (privacy), then profiles, then
+/// shared keys, then the manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_sends_deletes_then_profiles_then_shared_keys_then_the_manifest() {
+    let seen: Seen = Arc::default();
+    let base = "/client/v4/accounts/acc/storage/kv/namespaces/ns";
+    let app = Router::new()
+        .route(&format!("{base}/bulk"), put(seen_put))
+        .route(&format!("{base}/bulk/delete"), post(seen_delete))
+        .with_state(seen.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cf_config(&dir.path().join("d"), addr);
+    cfg.publish.budget_requests = 1_000;
+    cfg.publish.budget_burst = 100;
+    cfg.publish.flush_interval_ms = 1_500;
+    cfg.publish.shared_interval_ms = Some(0);
+    let running = attune_origin::server::start(cfg).await.unwrap();
+    let url = format!("http://{}", running.addr);
+    let http = reqwest::Client::new();
+    put_catalog(&url).await;
+    feed_steady(&url, 10, 1, 5, "a").await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    // One flush then carries a forget, profile changes and shared-key changes.
+    let r = http
+        .delete(format!("{url}/v1/users/user1"))
+        .bearer_auth("itok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    feed_steady(&url, 10, 1, 5, "b").await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    running.shutdown().await.unwrap();
+
+    let seen = seen.lock().unwrap();
+    // Flushes are 1.5 s apart; a flush's requests follow each other within milliseconds.
+    let mut flushes: Vec<Vec<(&'static str, Vec<String>)>> = Vec::new();
+    let mut last: Option<Instant> = None;
+    for (at, kind, keys) in seen.iter() {
+        if last.is_none_or(|l| at.duration_since(l) > Duration::from_millis(700)) {
+            flushes.push(Vec::new());
+        }
+        last = Some(*at);
+        flushes.last_mut().unwrap().push((*kind, keys.clone()));
+    }
+    let mut with_delete = 0;
+    for f in &flushes {
+        let order: Vec<u8> = f
+            .iter()
+            .flat_map(|(kind, keys)| {
+                keys.iter().map(move |k| match (*kind, k.as_str()) {
+                    ("delete", _) => 0,
+                    (_, k) if k.starts_with("p:") => 1,
+                    (_, "m") => 3,
+                    _ => 2,
+                })
+            })
+            .collect();
+        assert!(order.is_sorted(), "out of priority order: {f:?}");
+        if order.first() == Some(&0) && order.len() > 1 {
+            with_delete += 1;
+        }
+    }
+    assert!(
+        with_delete > 0,
+        "no flush carried a delete with other keys: {flushes:?}"
+    );
+}
