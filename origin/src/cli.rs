@@ -93,9 +93,32 @@ pub struct Global {
     pub log_json: bool,
 }
 
+/// The publish settings, for `serve --help` (the README has the same table).
+const SERVE_PUBLISH_HELP: &str = "\
+Publish settings ([publish] in the TOML file; defaults in brackets):
+  target                  auto | none | http | cloudflare | dir [auto: url, then the Cloudflare
+                          ids, then dir; --kv-url wins over the Cloudflare ids, which win over --kv-dir]
+  url, token              http target base URL (--kv-url) and bearer token (--kv-token)
+  cloudflare_account_id, cloudflare_namespace_id, token
+                          Cloudflare target (--cloudflare-*, CLOUDFLARE_*)
+  cloudflare_api          API base URL [https://api.cloudflare.com/client/v4]
+  dir                     directory target (--kv-dir)
+  flush_interval_ms       at most one flush per interval: the latency target [1000]
+  shared_interval_ms      t, n:, c:, cfg, m rewritten at most this often, only when changed
+                          [60000 on Cloudflare, else flush_interval_ms]
+  min_key_interval_ms     one write or delete per key per interval, across restarts [1000]
+  budget_requests, budget_window_ms, budget_burst
+                          KV API request budget [1000 per 300000 ms, burst 50; Cloudflare
+                          allows 1,200 per 5 min per user token]
+  max_pairs, max_request_bytes   bulk request limits [10000, 100000000]
+  request_timeout_ms, backoff_base_ms, backoff_max_ms   [10000, 200, 30000]
+  allow_dev_secrets       Cloudflare target without a token or with the dev profile key
+                          (--allow-dev-secrets) [false]";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Ingest + pipeline + publisher + metrics.
+    #[command(after_long_help = SERVE_PUBLISH_HELP)]
     Serve,
     /// Feed a JSONL event file.
     Replay(ReplayArgs),
