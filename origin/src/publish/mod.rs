@@ -74,6 +74,9 @@ pub use target::{SendError, Sent, Target, check_start, overridden};
 /// are added.
 const RECENT_WRITES: TableDefinition<u64, &[u8]> = TableDefinition::new("publish_recent_writes");
 
+/// Shared KV key → hash of the body KV holds (a restart does not rewrite unchanged content).
+const SHARED_HASHES: TableDefinition<&str, u64> = TableDefinition::new("publish_shared_hashes");
+
 impl Ack {
     /// A waiting entry that needs no write (KV holds that version or newer, or the state is
     /// gone): it is only dropped.
@@ -207,6 +210,7 @@ impl Publisher {
             rules: Arc::new(cfg.rules.clone()),
         };
         publisher.restore_recent_writes();
+        publisher.restore_shared_hashes();
         publisher
     }
 
@@ -225,6 +229,23 @@ impl Publisher {
     /// final flush at shutdown).
     pub fn publish_shared_now(&mut self) {
         self.shared_due = Instant::now();
+    }
+
+    /// Reads the hashes of the shared bodies KV holds.
+    fn restore_shared_hashes(&mut self) {
+        let Ok(tx) = self.store.db.begin_read() else {
+            return;
+        };
+        // No table yet: no shared key was ever written.
+        let Ok(t) = tx.open_table(SHARED_HASHES) else {
+            return;
+        };
+        let Ok(rows) = t.iter() else {
+            return;
+        };
+        for (k, v) in rows.flatten() {
+            self.shared_hash.insert(k.value().to_string(), v.value());
+        }
     }
 
     /// Reads the write times the last run left for keys still inside the per-key interval.
@@ -586,8 +607,9 @@ impl Publisher {
                     stale.push(Ack::stale(key, version, None));
                     continue;
                 };
-                if self.shared_hash.get(&key) == Some(&hash) {
-                    // Same content as KV holds: not worth a write.
+                if have.is_some() && self.shared_hash.get(&key) == Some(&hash) {
+                    // Same content as KV holds: not worth a write. (A key `published` does
+                    // not list, after a full re-publish for one, is written whatever its hash.)
                     stale.push(Ack::stale(key, version, None));
                     continue;
                 }
@@ -714,6 +736,7 @@ impl Publisher {
         let wall = crate::now_ms();
         let sent_at = Instant::now();
         let mut acks = Vec::with_capacity(chunk.len());
+        let mut hashes: Vec<(String, u64)> = Vec::new();
         for item in chunk {
             if rejected.contains(&item.pair.key) {
                 continue;
@@ -732,6 +755,7 @@ impl Publisher {
             }
             if let Some(hash) = item.hash {
                 self.shared_hash.insert(key.clone(), hash);
+                hashes.push((key.clone(), hash));
             }
             self.count_writes(KeyClass::of(&key), 1);
             acks.push(Ack {
@@ -742,6 +766,16 @@ impl Publisher {
             });
         }
         self.ack(&acks, false)?;
+        if !hashes.is_empty() {
+            let tx = self.store.db.begin_write()?;
+            {
+                let mut t = tx.open_table(SHARED_HASHES)?;
+                for (key, hash) in &hashes {
+                    t.insert(key.as_str(), *hash)?;
+                }
+            }
+            tx.commit()?;
+        }
         Ok((acks.len(), rejected.len()))
     }
 
