@@ -214,19 +214,27 @@ pub fn load_config(g: &Global) -> Result<Config> {
     if let Some(v) = &g.profile_key {
         cfg.profile_key = v.clone();
     }
+    // Every target setting given is kept, so the start-up log can name the ones the chosen
+    // target overrode; the choice: --kv-url, then the Cloudflare ids, then --kv-dir.
+    if let Some(a) = &g.cloudflare_account_id {
+        cfg.publish.cloudflare_account_id = Some(a.clone());
+    }
+    if let Some(n) = &g.cloudflare_namespace_id {
+        cfg.publish.cloudflare_namespace_id = Some(n.clone());
+    }
+    if let Some(d) = &g.kv_dir {
+        cfg.publish.dir = Some(d.clone());
+    }
     if let Some(v) = &g.kv_url {
         cfg.publish.url = Some(v.clone());
         cfg.publish.target = TargetKind::Http;
         if let Some(t) = &g.kv_token {
             cfg.publish.token = Some(t.clone());
         }
-    } else if let (Some(a), Some(n)) = (&g.cloudflare_account_id, &g.cloudflare_namespace_id) {
-        cfg.publish.cloudflare_account_id = Some(a.clone());
-        cfg.publish.cloudflare_namespace_id = Some(n.clone());
+    } else if g.cloudflare_account_id.is_some() && g.cloudflare_namespace_id.is_some() {
         cfg.publish.token = g.cloudflare_api_token.clone().or(cfg.publish.token);
         cfg.publish.target = TargetKind::Cloudflare;
-    } else if let Some(d) = &g.kv_dir {
-        cfg.publish.dir = Some(d.clone());
+    } else if g.kv_dir.is_some() {
         cfg.publish.target = TargetKind::Dir;
     }
     if g.log_json {

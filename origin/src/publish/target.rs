@@ -332,3 +332,44 @@ pub fn overridden(cfg: &Config) -> Vec<&'static str> {
     }
     lost
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cloudflare() -> Config {
+        let mut cfg = Config::default();
+        cfg.publish.target = TargetKind::Cloudflare;
+        cfg.publish.cloudflare_account_id = Some("a".into());
+        cfg.publish.cloudflare_namespace_id = Some("n".into());
+        cfg.publish.token = Some("t".into());
+        cfg.profile_key = "the worker's secret".into();
+        cfg
+    }
+
+    #[test]
+    fn a_url_that_wins_over_cloudflare_ids_is_named() {
+        let mut cfg = cloudflare();
+        cfg.publish.url = Some("http://127.0.0.1:8787/__attune/kv".into());
+        cfg.publish.target = TargetKind::Http;
+        assert_eq!(overridden(&cfg), ["cloudflare account/namespace ids"]);
+        assert!(overridden(&cloudflare()).is_empty());
+    }
+
+    #[test]
+    fn cloudflare_needs_a_token_and_the_workers_profile_key() {
+        assert!(check_start(&cloudflare()).is_ok());
+        let mut cfg = cloudflare();
+        cfg.publish.token = Some(" ".into());
+        assert!(check_start(&cfg).is_err());
+        let mut cfg = cloudflare();
+        cfg.profile_key = crate::config::DEV_PROFILE_KEY.into();
+        assert!(check_start(&cfg).is_err());
+        cfg.publish.allow_dev_secrets = true;
+        assert!(check_start(&cfg).is_ok());
+        // The dev route is not checked (the demo publishes there with the dev key).
+        let mut cfg = Config::default();
+        cfg.publish.url = Some("http://127.0.0.1:8787/__attune/kv".into());
+        assert!(check_start(&cfg).is_ok());
+    }
+}
