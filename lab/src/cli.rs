@@ -32,6 +32,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Pipeline throughput, freshness and memory benchmark.
     Bench(crate::bench::BenchArgs),
+    /// KV publisher benchmark: API requests, KV writes per key class and freshness at steady
+    /// event rates, against a local stand-in of the Cloudflare bulk API.
+    BenchPublish(crate::bench_publish::BenchPublishArgs),
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +111,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(a) => crate::bench::run(a).await,
+        Command::BenchPublish(a) => crate::bench_publish::run(a).await,
     }
 }
 

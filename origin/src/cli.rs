@@ -73,10 +73,15 @@ pub struct Global {
     /// Rules published under `cfg` (segments, variants, experiments): a JSON file.
     #[arg(long, global = true, env = "ATTUNE_RULES")]
     pub rules: Option<PathBuf>,
+    /// KV target: Cloudflare's REST bulk API, this account (with --cloudflare-namespace-id;
+    /// --kv-url wins over both when set).
     #[arg(long, global = true, env = "CLOUDFLARE_ACCOUNT_ID")]
     pub cloudflare_account_id: Option<String>,
+    /// The Workers KV namespace the Worker reads (its ATTUNE_KV binding).
     #[arg(long, global = true, env = "CLOUDFLARE_KV_NAMESPACE_ID")]
     pub cloudflare_namespace_id: Option<String>,
+    /// API token with Workers KV Storage write permission; `serve` refuses the Cloudflare
+    /// target without one.
     #[arg(
         long,
         global = true,
@@ -84,14 +89,41 @@ pub struct Global {
         hide_env_values = true
     )]
     pub cloudflare_api_token: Option<String>,
+    /// Let `serve` publish to a Cloudflare target without a token or with the built-in dev
+    /// profile key (only for a local stand-in of the API).
+    #[arg(long, global = true, env = "ATTUNE_ALLOW_DEV_SECRETS")]
+    pub allow_dev_secrets: bool,
     /// JSON logs.
     #[arg(long, global = true, env = "ATTUNE_LOG_JSON")]
     pub log_json: bool,
 }
 
+/// The publish settings, for `serve --help` (the README has the same table).
+const SERVE_PUBLISH_HELP: &str = "\
+Publish settings ([publish] in the TOML file; defaults in brackets):
+  target                  auto | none | http | cloudflare | dir [auto: url, then the Cloudflare
+                          ids, then dir; --kv-url wins over the Cloudflare ids, which win over --kv-dir]
+  url, token              http target base URL (--kv-url) and bearer token (--kv-token)
+  cloudflare_account_id, cloudflare_namespace_id, token
+                          Cloudflare target (--cloudflare-*, CLOUDFLARE_*)
+  cloudflare_api          API base URL [https://api.cloudflare.com/client/v4]
+  dir                     directory target (--kv-dir)
+  flush_interval_ms       at most one flush per interval: the latency target [1000]
+  shared_interval_ms      t, n:, c:, cfg, m rewritten at most this often, only when changed
+                          [60000 on Cloudflare, else flush_interval_ms]
+  min_key_interval_ms     one write or delete per key per interval, across restarts [1000]
+  budget_requests, budget_window_ms, budget_burst
+                          KV API request budget [1000 per 300000 ms, burst 50; Cloudflare
+                          allows 1,200 per 5 min per user token]
+  max_pairs, max_request_bytes   bulk request limits [10000, 100000000]
+  request_timeout_ms, backoff_base_ms, backoff_max_ms   [10000, 200, 30000]
+  allow_dev_secrets       Cloudflare target without a token or with the dev profile key
+                          (--allow-dev-secrets) [false]";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Ingest + pipeline + publisher + metrics.
+    #[command(after_long_help = SERVE_PUBLISH_HELP)]
     Serve,
     /// Feed a JSONL event file.
     Replay(ReplayArgs),
@@ -201,23 +233,34 @@ pub fn load_config(g: &Global) -> Result<Config> {
     if let Some(v) = &g.profile_key {
         cfg.profile_key = v.clone();
     }
+    // Every target setting given is kept, so the start-up log can name the ones the chosen
+    // target overrode; the choice: --kv-url, then the Cloudflare ids, then --kv-dir.
+    if let Some(a) = &g.cloudflare_account_id {
+        cfg.publish.cloudflare_account_id = Some(a.clone());
+    }
+    if let Some(n) = &g.cloudflare_namespace_id {
+        cfg.publish.cloudflare_namespace_id = Some(n.clone());
+    }
+    if let Some(d) = &g.kv_dir {
+        cfg.publish.dir = Some(d.clone());
+    }
     if let Some(v) = &g.kv_url {
         cfg.publish.url = Some(v.clone());
         cfg.publish.target = TargetKind::Http;
         if let Some(t) = &g.kv_token {
             cfg.publish.token = Some(t.clone());
         }
-    } else if let (Some(a), Some(n)) = (&g.cloudflare_account_id, &g.cloudflare_namespace_id) {
-        cfg.publish.cloudflare_account_id = Some(a.clone());
-        cfg.publish.cloudflare_namespace_id = Some(n.clone());
+    } else if g.cloudflare_account_id.is_some() && g.cloudflare_namespace_id.is_some() {
         cfg.publish.token = g.cloudflare_api_token.clone().or(cfg.publish.token);
         cfg.publish.target = TargetKind::Cloudflare;
-    } else if let Some(d) = &g.kv_dir {
-        cfg.publish.dir = Some(d.clone());
+    } else if g.kv_dir.is_some() {
         cfg.publish.target = TargetKind::Dir;
     }
     if g.log_json {
         cfg.log_json = true;
+    }
+    if g.allow_dev_secrets {
+        cfg.publish.allow_dev_secrets = true;
     }
     cfg.load_rules()?;
     cfg.validate()?;
@@ -288,7 +331,14 @@ pub async fn run(cli: Cli) -> Result<()> {
                 let off = node
                     .store
                     .meta(&crate::store::keys::offset(crate::node::LOG_SOURCE))?;
-                print_json(&node.status_json(off));
+                let mut status = node.status_json(off);
+                if let (Some(s), serde_json::Value::Object(p)) = (
+                    status.as_object_mut(),
+                    crate::publish::status_json(&node.store),
+                ) {
+                    s.extend(p);
+                }
+                print_json(&status);
             }
             Ok(())
         }
@@ -354,6 +404,7 @@ pub async fn flush_offline(node: &Node) -> Result<usize> {
     let mut written = 0;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
+        p.publish_shared_now();
         let o = p.flush(Some(deadline)).await?;
         written += o.written + o.deleted;
         if o.deferred == 0 {

@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 const HOUR_MS: u64 = 3_600_000;
 const MINUTE_MS: u64 = 60_000;
 
+/// The built-in profile key: public, so anyone can compute the `p:` keys with it.
+pub const DEV_PROFILE_KEY: &str = "attune-dev-profile-key";
+
 /// The whole service configuration. Every field has an embedded default, so
 /// `attune-origin serve` with no file runs a single-machine setup with data in `./.attune/`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -135,18 +138,34 @@ pub struct PublishConfig {
     pub token: Option<String>,
     pub cloudflare_account_id: Option<String>,
     pub cloudflare_namespace_id: Option<String>,
-    /// Cloudflare API base (tests point this elsewhere).
+    /// Cloudflare API base URL (a stand-in of the API for tests).
     pub cloudflare_api: String,
     /// Directory target.
     pub dir: Option<PathBuf>,
+    /// At most one flush per this interval: the latency target (a change waits at most this
+    /// long for others to share its request).
     pub flush_interval_ms: u64,
+    /// Shared keys (`t`, `n:`, `c:`, `cfg`, `m`) already in KV are rewritten at most this
+    /// often (a key KV does not hold yet goes at once). Default: 60 s on the Cloudflare target
+    /// (KV takes up to 60 s to propagate, and writes are billed), the flush interval on the
+    /// others (the dev route's local KV shows a write at once).
+    pub shared_interval_ms: Option<u64>,
     /// At most one write per key per this interval (Cloudflare: 1 s).
     pub min_key_interval_ms: u64,
+    /// Requests to the KV API per `budget_window_ms` (Cloudflare allows 1,200 per 5 minutes
+    /// per user token, counting every API call of that user).
+    pub budget_requests: u64,
+    pub budget_window_ms: u64,
+    /// Requests that may go at once after a quiet spell (on top of `budget_requests`).
+    pub budget_burst: u64,
     pub max_pairs: usize,
     pub max_request_bytes: usize,
     pub request_timeout_ms: u64,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
+    /// Lets `serve` publish to Cloudflare without a token or with the built-in dev profile
+    /// key (development against a stand-in of the API only).
+    pub allow_dev_secrets: bool,
 }
 
 impl Default for Config {
@@ -156,7 +175,7 @@ impl Default for Config {
             listen: "127.0.0.1:7878".into(),
             ingest_token: None,
             insecure_dev_no_token: false,
-            profile_key: "attune-dev-profile-key".into(),
+            profile_key: DEV_PROFILE_KEY.into(),
             log_json: false,
             shutdown_deadline_ms: 10_000,
             failure_exit_delay_ms: 5_000,
@@ -225,13 +244,18 @@ impl Default for PublishConfig {
             cloudflare_namespace_id: None,
             cloudflare_api: "https://api.cloudflare.com/client/v4".into(),
             dir: None,
-            flush_interval_ms: 250,
+            flush_interval_ms: 1_000,
+            shared_interval_ms: None,
             min_key_interval_ms: 1_000,
+            budget_requests: 1_000,
+            budget_window_ms: 300_000,
+            budget_burst: 50,
             max_pairs: 10_000,
             max_request_bytes: 100_000_000,
             request_timeout_ms: 10_000,
             backoff_base_ms: 200,
             backoff_max_ms: 30_000,
+            allow_dev_secrets: false,
         }
     }
 }
@@ -288,6 +312,11 @@ impl Config {
         if self.publish.max_pairs == 0 || self.publish.max_pairs > 10_000 {
             return Err(Error::Config("publish.max_pairs must be 1..=10000".into()));
         }
+        if self.publish.budget_requests == 0 || self.publish.budget_window_ms == 0 {
+            return Err(Error::Config(
+                "publish.budget_requests and publish.budget_window_ms must be at least 1".into(),
+            ));
+        }
         if self.model.shards == 0 {
             return Err(Error::Config("model.shards must be at least 1".into()));
         }
@@ -335,6 +364,17 @@ impl Config {
             }
             ref k => k.clone(),
         }
+    }
+
+    /// The shared keys' cadence (see [`PublishConfig::shared_interval_ms`]).
+    pub fn shared_interval_ms(&self) -> u64 {
+        self.publish
+            .shared_interval_ms
+            .unwrap_or(if self.target() == TargetKind::Cloudflare {
+                60_000
+            } else {
+                self.publish.flush_interval_ms
+            })
     }
 
     pub fn store_path(&self) -> PathBuf {

@@ -75,6 +75,9 @@ pub enum Error {
     /// KV kept failing until the publish deadline.
     #[error("KV {op}: {message} (deadline passed)")]
     PublishDeadline { op: &'static str, message: String },
+    /// Shutdown reached the publisher while it waited (for the budget or a retry).
+    #[error("KV {op}: stopped while waiting")]
+    PublishStopped { op: &'static str },
     #[error("background task: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("the pipeline thread panicked")]

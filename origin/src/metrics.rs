@@ -30,6 +30,9 @@ pub struct Metrics {
     pub log_lag_bytes: Gauge,
     pub store_bytes: Gauge,
     pub outbox_keys: Gauge,
+    pub waiting_user_publishes: Gauge,
+    pub last_publish_success_seconds: Gauge,
+    pub publish_budget_waits: Counter,
     pub publish_requests: Family<Labels, Counter>,
     pub publish_failures: Family<Labels, Counter>,
     pub publish_retries: Counter,
@@ -73,6 +76,9 @@ impl Metrics {
             log_lag_bytes: Gauge::default(),
             store_bytes: Gauge::default(),
             outbox_keys: Gauge::default(),
+            waiting_user_publishes: Gauge::default(),
+            last_publish_success_seconds: Gauge::default(),
+            publish_budget_waits: Counter::default(),
             publish_requests: Family::default(),
             publish_failures: Family::default(),
             publish_retries: Counter::default(),
@@ -165,6 +171,21 @@ impl Metrics {
             "attune_outbox_keys",
             "Keys waiting to be published",
             m.outbox_keys.clone(),
+        );
+        r.register(
+            "attune_waiting_user_publishes",
+            "User profiles changed and not yet in KV",
+            m.waiting_user_publishes.clone(),
+        );
+        r.register(
+            "attune_last_publish_success_seconds",
+            "Unix time of the last request KV accepted (publisher lag: now minus this)",
+            m.last_publish_success_seconds.clone(),
+        );
+        r.register(
+            "attune_publish_budget_waits",
+            "Times a KV request waited for the request budget",
+            m.publish_budget_waits.clone(),
         );
         r.register(
             "attune_publish_requests",

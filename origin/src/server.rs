@@ -139,8 +139,16 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
     };
     let listener = TcpListener::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;
+    crate::publish::check_start(&cfg)?;
     let target = Target::from_config(&cfg)?;
-    tracing::info!(%addr, target = %target.describe(), data_dir = %cfg.data_dir.display(), "starting");
+    let overridden = crate::publish::overridden(&cfg);
+    tracing::info!(
+        %addr,
+        target = %target.describe(),
+        overridden = %overridden.join(", "),
+        data_dir = %cfg.data_dir.display(),
+        "starting"
+    );
 
     let pipeline = node.pipeline()?;
     if node.log.end() > pipeline.offset().max(crate::log::FIRST_OFFSET) {
@@ -153,7 +161,9 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
     let (phase_tx, phase) = watch::channel(Phase::Serving);
     let phase_tx = Arc::new(phase_tx);
     let publish_now = Arc::new(Notify::new());
+    let publisher = Publisher::new(&node, target);
     let state = AppState {
+        publish_health: publisher.health(),
         node: node.clone(),
         progress: pipeline.progress(),
         publish_now: publish_now.clone(),
@@ -215,7 +225,7 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
     }
 
     let publisher = tokio::spawn(crate::publish::run(
-        Publisher::new(&node, target),
+        publisher,
         Duration::from_millis(cfg.publish.flush_interval_ms.max(10)),
         publish_now.clone(),
         phase.clone(),

@@ -65,6 +65,11 @@ const SECTIONS: &[Section] = &[
         run: pipeline,
     },
     Section {
+        name: "publish",
+        title: "KV publisher: API requests, KV writes and freshness at steady event rates",
+        run: publish,
+    },
+    Section {
         name: "quality",
         title: "Ranking quality on the shipped Online Retail sample",
         run: quality,
@@ -375,6 +380,18 @@ fn pipeline(opts: &Options) -> Result<Measured> {
     Ok(Measured {
         commands: vec![command],
         body: text_block(&output),
+    })
+}
+
+fn publish(opts: &Options) -> Result<Measured> {
+    // Three rates; 15 s each keeps the section under a minute.
+    let secs = if opts.quick { "3" } else { "15" };
+    let mut cmd = lab(&["bench-publish", "--rates", "10,100,1000", "--secs", secs]);
+    let command = util::display(&cmd);
+    let output = capture(&mut cmd)?;
+    Ok(Measured {
+        commands: vec![command],
+        body: output,
     })
 }
 

@@ -12,7 +12,14 @@ use crate::lifecycle::Phase;
 
 pub(super) async fn status(State(state): State<AppState>) -> Response {
     let off = state.progress.offset.load(Ordering::Acquire);
-    axum::Json(state.node.status_json(off)).into_response()
+    let mut status = state.node.status_json(off);
+    if let (Some(s), serde_json::Value::Object(p)) = (
+        status.as_object_mut(),
+        crate::publish::status_json(&state.node.store),
+    ) {
+        s.extend(p);
+    }
+    axum::Json(status).into_response()
 }
 
 /// Liveness: 200 while every part works; 503 with the failing parts and their reasons.
@@ -27,8 +34,13 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
 
 /// Readiness: 200 while accepting events; 503 with the reasons when shutting down or a part
 /// failed.
+/// A publisher refused by KV (401/403) makes the node not ready, but not unhealthy: events are
+/// still taken and kept, and a restart would not mend a token.
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
-    let failing = state.node.health.failing();
+    let mut failing = state.node.health.failing();
+    if let Some(reason) = state.publish_health.not_ready_reason() {
+        failing.insert("publisher-auth", reason);
+    }
     let phase = *state.phase.borrow();
     if failing.is_empty() && phase == Phase::Serving {
         axum::Json(json!({ "status": "ready" })).into_response()

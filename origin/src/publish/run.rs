@@ -1,7 +1,8 @@
-//! The publisher's loop under `serve`: a flush every `flush_interval_ms`, or soon after the
-//! pipeline applied something, until shutdown reaches [`Phase::StopPublishing`]; then a last
-//! flush within the shutdown deadline. What the deadline cuts off stays in the persistent
-//! outbox for the next start.
+//! The publisher's loop under `serve`: one flush per `flush_interval_ms` at most, soon after
+//! the pipeline applied something (or on the interval, for what the per-key limit held back),
+//! until shutdown reaches [`Phase::StopPublishing`]; then a last flush within the shutdown
+//! deadline, shared keys and manifest included. What the deadline cuts off stays in the
+//! persistent outbox and the pending row for the next start.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
 use super::Publisher;
+use crate::error::Error;
 use crate::lifecycle::Phase;
 
 /// Runs `publisher` until the phase reaches [`Phase::StopPublishing`].
@@ -19,34 +21,44 @@ pub async fn run(
     mut phase: watch::Receiver<Phase>,
     deadline: Duration,
 ) {
+    // A stop ends the flush's waits (for the budget, between retries) but never a request in
+    // flight: a request cancelled after KV applied it would be sent again by the final flush.
+    publisher.stop_on(Some(phase.clone()));
+    let mut last_flush: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = publish_now.notified() => {
-                // Let a burst of batches coalesce.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            _ = publish_now.notified() => {}
             _ = stopping(&mut phase) => break,
         }
-        // A flush retries until KV answers; a stop must not wait for that, so it cancels the
-        // flush (the outbox keeps whatever was not acknowledged).
+        // Everything that arrives until the interval is up shares the next flush's requests.
+        if let Some(due) = last_flush.map(|t| t + interval)
+            && due > Instant::now()
+        {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = stopping(&mut phase) => break,
+            }
+        }
         let started = Instant::now();
-        tokio::select! {
-            r = publisher.flush(None) => match r {
-                Ok(o) => tracing::debug!(
-                    written = o.written,
-                    deferred = o.deferred,
-                    ms = started.elapsed().as_millis() as u64,
-                    "flushed"
-                ),
-                Err(e) => tracing::warn!(error = %e, "publish flush failed"),
-            },
-            _ = stopping(&mut phase) => break,
+        last_flush = Some(started);
+        match publisher.flush(None).await {
+            Ok(o) => tracing::debug!(
+                written = o.written,
+                deleted = o.deleted,
+                deferred = o.deferred,
+                ms = started.elapsed().as_millis() as u64,
+                "flushed"
+            ),
+            Err(Error::PublishStopped { .. }) => break,
+            Err(e) => tracing::warn!(error = %e, "publish flush failed"),
         }
     }
     // Final flush within the deadline (per-key interval still applies).
+    publisher.stop_on(None);
     let deadline = Instant::now() + deadline;
     loop {
+        publisher.publish_shared_now();
         match publisher.flush(Some(deadline)).await {
             Ok(o) if o.deferred == 0 => break,
             Ok(_) => {}
@@ -59,6 +71,9 @@ pub async fn run(
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Err(e) = publisher.save_pending() {
+        tracing::warn!(error = %e, "could not record the publishes still waiting");
     }
 }
 
