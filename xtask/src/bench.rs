@@ -98,10 +98,10 @@ pub fn cmd(args: &[String]) -> Result<()> {
     if chosen.is_empty() {
         chosen = SECTIONS.iter().collect();
     }
-    let machine = machine();
     let path = util::root().join(FILE);
     for section in chosen {
         println!("bench: {} …", section.name);
+        let machine = machine();
         let measured =
             (section.run)(&opts).with_context(|| format!("bench section `{}`", section.name))?;
         let block = render(section, &measured, &machine, opts.quick);
@@ -156,7 +156,8 @@ fn replace_block(doc: &str, name: &str, block: &str) -> String {
     doc
 }
 
-/// CPU model, cores, memory and compiler: enough to tell whether two numbers are comparable.
+/// CPU model, cores, memory, compiler and load: enough to tell whether two numbers are
+/// comparable.
 fn machine() -> String {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -177,7 +178,14 @@ fn machine() -> String {
     let rustc = util::output(util::command("rustc").arg("-V"))
         .map(|v| v.trim().to_owned())
         .unwrap_or_else(|| "rustc ?".into());
-    format!("{model}, {cores} cores, {mem_gib:.0} GiB, {rustc}")
+    // Other work on the machine skews every timing: say how busy it was.
+    let load = fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "{model}, {cores} cores, {mem_gib:.0} GiB, {rustc}, load average {load} at the section's start"
+    )
 }
 
 fn today() -> String {
