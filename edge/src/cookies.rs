@@ -5,7 +5,25 @@ pub const SESSION: &str = "attune_s";
 pub const CONSENT: &str = "attune_consent";
 pub const DEMO_USER: &str = "attune_demo_user";
 
+/// Every cookie Attune sets: the site never sees them.
+pub const ATTUNE_COOKIES: &[&str] = &[VISITOR, SESSION, CONSENT, DEMO_USER];
+
 const YEAR_S: u64 = 365 * 24 * 3600;
+
+/// The `Cookie` header the upstream gets: the site's own cookies, without Attune's
+/// ([`ATTUNE_COOKIES`]); `None` when nothing is left.
+pub fn site_cookies(header: Option<&str>) -> Option<String> {
+    let kept: Vec<&str> = header?
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(k, _)| k).trim();
+            !ATTUNE_COOKIES.contains(&name)
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
 
 /// The value of cookie `name` in a `Cookie` header (the first one, unquoted).
 pub fn get<'a>(header: Option<&'a str>, name: &str) -> Option<&'a str> {
@@ -46,5 +64,28 @@ mod tests {
         assert_eq!(get(h, "missing"), None);
         assert_eq!(get(None, "a"), None);
         assert!(set_visitor("x").contains("HttpOnly; Secure; SameSite=Lax"));
+    }
+
+    #[test]
+    fn the_site_gets_only_its_own_cookies() {
+        assert_eq!(site_cookies(None), None);
+        assert_eq!(site_cookies(Some("")), None);
+        assert_eq!(
+            site_cookies(Some(
+                "attune_vid=abc; attune_s=1.x.y; attune_consent=yes; attune_demo_user=17850"
+            )),
+            None
+        );
+        assert_eq!(
+            site_cookies(Some(
+                "sessionid=s3cr3t; attune_vid=abc;csrftoken=t ; attune_s=1.x.y"
+            )),
+            Some("sessionid=s3cr3t; csrftoken=t".into())
+        );
+        // Only Attune's exact names: a site cookie that merely looks alike stays.
+        assert_eq!(
+            site_cookies(Some("attune_vidx=1; my_attune_s=2; flag")),
+            Some("attune_vidx=1; my_attune_s=2; flag".into())
+        );
     }
 }

@@ -76,6 +76,29 @@ impl Debug<'_> {
     }
 }
 
+/// JSON made fit for a header value: every character outside visible ASCII (and space) as a
+/// JSON `\uXXXX` escape, so the value is still the same JSON, and runtimes that refuse or warn
+/// about non-Latin-1 header bytes never see any. `json` must be JSON (escapes appear only
+/// inside its strings, where JSON allows them).
+pub fn header_json(json: &str) -> String {
+    use std::fmt::Write;
+    if json.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return json.to_owned();
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if c == ' ' || c.is_ascii_graphic() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{u:04x}");
+            }
+        }
+    }
+    out
+}
+
 /// `/__attune/beacon.js`: a `view` of the page's item on load, `add_to_cart` on
 /// `[data-attune-add-to-cart]` clicks, `click` on links inside `[data-attune-item]`.
 pub const BEACON_JS: &str = r#"(()=>{const u="/__attune/events",s=(k,i,p)=>{if(!i)return;const e={kind:k,item:i,ts:Date.now()};if(p)e.props=p;try{navigator.sendBeacon(u,new Blob([JSON.stringify([e])],{type:"application/json"}))}catch(_){}},m=document.querySelector('meta[name="attune:item"]'),v=()=>s("view",m&&m.content);document.readyState==="loading"?addEventListener("DOMContentLoaded",v):v();addEventListener("click",e=>{const t=e.target;if(!t||!t.closest)return;const a=t.closest("[data-attune-add-to-cart]");if(a){s("add_to_cart",a.getAttribute("data-attune-add-to-cart")||(m&&m.content));return}const l=t.closest("a"),it=l&&l.closest("[data-attune-item]");if(it){const sl=it.closest("[data-attune-slot]");s("click",it.getAttribute("data-attune-item"),sl?{slot:sl.getAttribute("data-attune-slot")}:null)}},true)})();
@@ -99,6 +122,24 @@ mod tests {
             upstream: None,
         };
         assert_eq!(t.header(), "attune;dur=1.5, attune-kv;dur=0");
+    }
+
+    #[test]
+    fn header_json_is_visible_ascii_and_the_same_json() {
+        let value = serde_json::json!({
+            "slot": "r\u{e9}cos \u{2713} \u{1F375} \u{5e7}",
+            "tab": "a\tb\u{7f}",
+        });
+        let json = serde_json::to_string(&value).unwrap();
+        let header = header_json(&json);
+        assert!(
+            header.bytes().all(|b| b == b' ' || b.is_ascii_graphic()),
+            "{header}"
+        );
+        assert!(header.contains("\\ud83c\\udf75"), "{header}");
+        let back: serde_json::Value = serde_json::from_str(&header).unwrap();
+        assert_eq!(back, value);
+        assert_eq!(header_json(r#"{"a":"b c"}"#), r#"{"a":"b c"}"#);
     }
 
     #[test]

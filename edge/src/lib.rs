@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod cache;
 pub mod cookies;
 pub mod data;
 pub mod devkv;
@@ -13,6 +14,7 @@ pub mod escape;
 pub mod events;
 pub mod headers;
 pub mod identity;
+pub mod page;
 pub mod policy;
 pub mod rewrite;
 pub mod urls;

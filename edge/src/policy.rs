@@ -11,6 +11,8 @@ pub enum Bypass {
     Bot,
     Consent,
     Internal,
+    /// The upstream could not be reached: the `502` is the upstream's, not Attune's.
+    Upstream,
 }
 
 impl Bypass {
@@ -24,6 +26,7 @@ impl Bypass {
             Bypass::Bot => "bot",
             Bypass::Consent => "consent",
             Bypass::Internal => "internal",
+            Bypass::Upstream => "upstream",
         }
     }
 }

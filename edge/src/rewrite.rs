@@ -18,7 +18,7 @@ use lol_html::{HtmlRewriter, OutputSink, Settings, element, end_tag};
 use serde::Serialize;
 
 use crate::data::Model;
-use crate::escape;
+use crate::escape::{self, Charset};
 
 /// Largest `data-attune-count` honoured.
 pub const MAX_COUNT: usize = 24;
@@ -36,6 +36,10 @@ pub struct Inputs {
     pub model: Option<Rc<Model>>,
     pub country: Option<String>,
     pub device: DeviceClass,
+    /// What the response's `Content-Type` says of the page's charset. A page without one that
+    /// declares UTF-8 in a `<meta>` within its first 1024 bytes (where browsers look) is
+    /// written as UTF-8 from there on.
+    pub charset: Charset,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -205,7 +209,7 @@ fn with<R: Default>(state: &Shared, f: impl FnOnce(&mut State) -> R) -> R {
     }
 }
 
-fn set_attrs(el: &mut Element<'_, '_>, spec: &str, item: &CatalogItem) {
+fn set_attrs(el: &mut Element<'_, '_>, spec: &str, item: &CatalogItem, charset: Charset) {
     // `href:url src:image alt:title` (whitespace- or comma-separated).
     for pair in spec.split([' ', ',', '\t', '\n']).filter(|p| !p.is_empty()) {
         let Some((attr, field)) = pair.split_once(':') else {
@@ -225,7 +229,7 @@ fn set_attrs(el: &mut Element<'_, '_>, spec: &str, item: &CatalogItem) {
         } else {
             value
         };
-        let _ = el.set_attribute(attr, &escape::attr_value(value));
+        let _ = el.set_attribute(attr, &escape::attr_value(value, charset));
     }
 }
 
@@ -239,6 +243,22 @@ fn field_value<'a>(item: &'a CatalogItem, field: &str) -> Option<&'a str> {
         "category" => &item.category,
         _ => return None,
     })
+}
+
+/// How far into a page browsers look for a `<meta>` charset declaration (the HTML standard's
+/// prescan).
+const META_PRESCAN_BYTES: usize = 1024;
+
+/// `<meta charset="utf-8">` or `<meta http-equiv="content-type" content="...; charset=utf-8">`.
+fn declares_utf8(el: &Element<'_, '_>) -> bool {
+    if let Some(charset) = el.get_attribute("charset") {
+        return escape::is_utf8_label(&charset);
+    }
+    let content_type = el
+        .get_attribute("http-equiv")
+        .is_some_and(|h| h.trim().eq_ignore_ascii_case("content-type"));
+    content_type
+        && Charset::of_content_type(el.get_attribute("content").as_deref()) == Charset::Utf8
 }
 
 /// Collects the rewriter's output between writes.
@@ -276,7 +296,8 @@ impl PageRewriter {
             item: None,
         }));
         let out = Rc::new(RefCell::new(Vec::new()));
-        let (s1, s2, s3, s4, s5, s6) = (
+        let (s0, s1, s2, s3, s4, s5, s6) = (
+            state.clone(),
             state.clone(),
             state.clone(),
             state.clone(),
@@ -286,6 +307,12 @@ impl PageRewriter {
         );
         let settings = Settings::new()
             .with_strict(false)
+            .append_element_content_handler(element!("meta", move |el| {
+                if el.source_location().bytes().end <= META_PRESCAN_BYTES && declares_utf8(el) {
+                    with(&s0, |s| s.inputs.charset = Charset::Utf8);
+                }
+                Ok(())
+            }))
             .append_element_content_handler(element!(r#"meta[name="attune:item"]"#, move |el| {
                 if let Some(item) = el.get_attribute("content") {
                     let item = item.trim();
@@ -348,7 +375,11 @@ impl PageRewriter {
                     s.items_seen += 1;
                     s.item = item;
                     if let Some(item) = &s.item {
-                        let _ = el.set_attribute("data-attune-item", &escape::attr_value(&item.id));
+                        let charset = s.inputs.charset;
+                        let _ = el.set_attribute(
+                            "data-attune-item",
+                            &escape::attr_value(&item.id, charset),
+                        );
                     }
                     true
                 });
@@ -366,7 +397,8 @@ impl PageRewriter {
                         (&s.item, el.get_attribute("data-attune-field"))
                         && let Some(value) = field_value(item, field.trim())
                     {
-                        el.set_inner_content(value, ContentType::Text);
+                        let html = escape::text_html(value, s.inputs.charset);
+                        el.set_inner_content(&html, ContentType::Html);
                     }
                 });
                 Ok(())
@@ -376,7 +408,7 @@ impl PageRewriter {
                     if let (Some(item), Some(spec)) =
                         (&s.item, el.get_attribute("data-attune-attr"))
                     {
-                        set_attrs(el, &spec, item);
+                        set_attrs(el, &spec, item, s.inputs.charset);
                     }
                 });
                 Ok(())

@@ -8,11 +8,12 @@ use attune_core::{CatalogItem, Manifest, Session};
 
 use crate::data::tests::{item, publish};
 use crate::data::{Model, ModelCache, decode};
+use crate::escape::Charset;
 use crate::rewrite::{Inputs, PageRewriter, SlotKind, rewrite_all};
 
 const NOW: u64 = 1_733_040_000_000;
 
-fn model(items: Vec<CatalogItem>) -> Rc<Model> {
+pub(crate) fn model(items: Vec<CatalogItem>) -> Rc<Model> {
     let kv = publish(items, 4, 1);
     let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     let (_, m): (u64, Manifest) = decode(&get("m").unwrap()).unwrap();
@@ -32,6 +33,14 @@ fn inputs(model: Option<Rc<Model>>) -> Inputs {
         model,
         country: None,
         device: DeviceClass::Desktop,
+        charset: Charset::Utf8,
+    }
+}
+
+fn inputs_in(model: Option<Rc<Model>>, charset: Charset) -> Inputs {
+    Inputs {
+        charset,
+        ..inputs(model)
     }
 }
 
@@ -311,8 +320,9 @@ fn multibyte_text_in_one_byte_chunks_is_byte_exact() {
     assert_eq!(out, MULTIBYTE_PAGE);
 }
 
+/// The `Content-Type` says UTF-8, which wins over any `<meta>`: inserted text is UTF-8.
 #[test]
-fn a_legacy_charset_in_a_meta_tag_still_rewrites_as_utf8() {
+fn a_legacy_meta_charset_under_a_utf8_content_type_rewrites_as_utf8() {
     let (from, to) = MULTIBYTE_ITEMS;
     for meta in [
         "<meta charset=\"windows-1252\">",
@@ -369,4 +379,121 @@ fn lol_html_stays_on_utf8_after_a_legacy_meta_charset() {
         s(&out),
         "<meta charset=\"windows-1252\"><p id=\"t\">Caf\u{e9} \u{2713} \u{1F600}</p><p id=\"w\">\u{e9} \u{2713}</p>"
     );
+}
+
+/// `MULTIBYTE_ITEMS`' rewritten slot with every non-ASCII character as a character reference.
+const MULTIBYTE_ITEMS_AS_REFERENCES: &str = "<article data-attune-item=\"T1\"><a data-attune-attr=\"href:url title:title\" href=\"/p/T1.html\" title=\"Th&#233; vert &#10003; &#127861;\"><span data-attune-field=\"title\">Th&#233; vert &#10003; &#127861;</span></a></article>\n\
+<article data-attune-item=\"C2\"><span data-attune-field=\"title\">Cr&#232;me &lt;5&#8364;&gt; &amp; &#128512;</span></article>";
+
+/// No charset in the `Content-Type` and a legacy one in the page: inserted text is ASCII with
+/// character references, which every ASCII-compatible charset reads the same; the page's own
+/// bytes are untouched.
+#[test]
+fn text_inserted_into_a_page_of_unknown_charset_is_ascii() {
+    let (from, _) = MULTIBYTE_ITEMS;
+    for meta in [
+        "<meta charset=\"windows-1252\">",
+        "<meta http-equiv=\"Content-Type\" content=\"text/html; charset=iso-8859-1\">",
+        "",
+    ] {
+        let page = replace_once(MULTIBYTE_PAGE, b"<meta charset=\"utf-8\">", meta.as_bytes());
+        let expected = replace_once(&page, from, MULTIBYTE_ITEMS_AS_REFERENCES.as_bytes());
+        for chunk in [1, 3, 1 << 20] {
+            let m = multibyte_model();
+            let (out, report) = rewrite_all(inputs_in(Some(m), Charset::Unknown), &page, chunk);
+            assert!(report.error.is_none());
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&expected),
+                "{meta:?}, chunk {chunk}"
+            );
+            assert_eq!(out, expected, "{meta:?}, chunk {chunk}");
+        }
+    }
+}
+
+/// Without a charset in the `Content-Type`, a UTF-8 `<meta>` in the first 1024 bytes makes
+/// the page UTF-8 (as browsers decide); one further in does not.
+#[test]
+fn a_utf8_meta_in_the_prescan_window_makes_the_page_utf8() {
+    let (from, to) = MULTIBYTE_ITEMS;
+    for meta in [
+        "<meta charset=\"utf-8\">",
+        "<meta charset=UTF8>",
+        "<meta http-equiv=\"content-type\" content=\"text/html; charset=utf-8\">",
+    ] {
+        let page = replace_once(MULTIBYTE_PAGE, b"<meta charset=\"utf-8\">", meta.as_bytes());
+        let expected = replace_once(&page, from, to.as_bytes());
+        let m = multibyte_model();
+        let (out, _) = rewrite_all(inputs_in(Some(m), Charset::Unknown), &page, 2);
+        assert_eq!(out, expected, "{meta}");
+    }
+    let late = replace_once(
+        MULTIBYTE_PAGE,
+        b"<meta charset=\"utf-8\">",
+        format!("<!--{}--><meta charset=\"utf-8\">", "x".repeat(1100)).as_bytes(),
+    );
+    let expected = replace_once(&late, from, MULTIBYTE_ITEMS_AS_REFERENCES.as_bytes());
+    let (out, _) = rewrite_all(
+        inputs_in(Some(multibyte_model()), Charset::Unknown),
+        &late,
+        1 << 20,
+    );
+    assert_eq!(out, expected);
+}
+
+/// The case of issue 17: a Latin-1 page (its own "£" is the byte 0xA3) gets a catalog price
+/// of "£2.55". Inserted as UTF-8 it would read "Â£2.55".
+#[test]
+fn a_latin1_page_gets_a_price_it_can_show() {
+    let page: &[u8] = b"<html><head><meta charset=\"iso-8859-1\"></head><body><p>Ours: \xA31.00</p>\
+<ul data-attune-slot=\"r\" data-attune-strategy=\"trending\" data-attune-count=\"1\">\
+<li data-attune-item><b data-attune-field=\"price\">\xA39.99</b><i data-attune-field=\"title\">x</i></li></ul></body></html>";
+    let m = model(vec![CatalogItem {
+        price: "\u{a3}2.55".into(),
+        ..item("L1", "Cr\u{e8}me br\u{fb}l\u{e9}e", "Desserts")
+    }]);
+    let (out, report) = rewrite_all(inputs_in(Some(m), Charset::Unknown), page, 7);
+    assert!(report.error.is_none());
+    let expected: &[u8] = b"<html><head><meta charset=\"iso-8859-1\"></head><body><p>Ours: \xA31.00</p>\
+<ul data-attune-slot=\"r\" data-attune-strategy=\"trending\" data-attune-count=\"1\">\
+<li data-attune-item=\"L1\"><b data-attune-field=\"price\">&#163;2.55</b><i data-attune-field=\"title\">Cr&#232;me br&#251;l&#233;e</i></li></ul></body></html>";
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(expected)
+    );
+    assert_eq!(out, expected);
+}
+
+/// Control characters and bidi overrides in catalog text reach neither text nor attributes.
+#[test]
+fn control_and_bidi_characters_in_catalog_text_are_removed() {
+    let evil = CatalogItem {
+        title: "Mug\u{0}\r\u{1b}[2J \u{202E}gpj.exe\u{202C} \u{2067}x\u{2069}\tok".into(),
+        price: "\u{85}\u{a3}1".into(),
+        ..item("E1", "", "Mugs")
+    };
+    let m = model(vec![evil]);
+    for charset in [Charset::Utf8, Charset::Unknown] {
+        let (out, _) = rewrite_all(inputs_in(Some(m.clone()), charset), PAGE.as_bytes(), 5);
+        let out = s(&out);
+        for bad in [
+            '\u{0}', '\r', '\u{1b}', '\u{85}', '\u{202E}', '\u{202C}', '\u{2067}', '\u{2069}',
+        ] {
+            assert!(!out.contains(bad), "{charset:?}: {bad:?} in {out}");
+        }
+        assert!(out.contains("alt=\"Mug[2J gpj.exe x\tok\""), "{out}");
+        assert!(
+            out.contains("<span data-attune-field=\"title\">Mug[2J gpj.exe x\tok</span>"),
+            "{out}"
+        );
+        let price = match charset {
+            Charset::Utf8 => "\u{a3}1",
+            Charset::Unknown => "&#163;1",
+        };
+        assert!(
+            out.contains(&format!("<span data-attune-field=\"price\">{price}</span>")),
+            "{out}"
+        );
+    }
 }

@@ -1,6 +1,7 @@
-//! The Worker shell: routing, cookies, KV reads within the time budget, the isolate-memory
-//! model cache, the upstream fetch (Cache API for a real upstream), the streaming rewrite and
-//! `waitUntil` work. Every decision is delegated to the plain modules.
+//! The Worker shell: routing, KV reads within the time budget, the isolate-memory model cache,
+//! the upstream fetch (Cache API for a real upstream), the streaming rewrite and `waitUntil`
+//! work. It only awaits and forwards: a page's decisions are `page::Page`'s, the cache's are
+//! `cache`'s, and the rest belong to the other plain modules.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -8,9 +9,8 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use attune_core::rules::DeviceClass;
 use attune_core::session::{self, DEFAULT_GAP_MS};
-use attune_core::{Manifest, Profile, Session};
+use attune_core::{Manifest, Profile};
 use futures_channel::oneshot;
 use futures_util::future::{Either, join, join_all, select};
 use futures_util::{StreamExt, stream};
@@ -19,11 +19,16 @@ use worker::{
     Response, Result, console_error, event, wasm_bindgen::JsValue, web_sys,
 };
 
+use crate::cache::{self, CacheRequest, CacheResponse, Store};
 use crate::data::{Fallback, Model, ModelCache, decode};
-use crate::headers::{BEACON_JS, Debug, Outcome, ProfileState, Timing};
-use crate::identity::{self, Identity};
-use crate::policy::{self, RequestFacts};
-use crate::rewrite::{Inputs, PageRewriter, Report};
+use crate::headers::{BEACON_JS, Outcome};
+use crate::identity;
+use crate::page::{
+    self, Loaded, Page, PageRequest, ProfileRead, STRIP_ON_PASS_THROUGH, STRIP_ON_REWRITE,
+    Settings, UpstreamHead,
+};
+use crate::policy::{self, Bypass};
+use crate::rewrite::{PageRewriter, Report};
 use crate::{cookies, devkv, events, urls};
 
 thread_local! {
@@ -36,44 +41,12 @@ fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// The worker's settings, from vars and secrets.
-struct Settings {
-    upstream: String,
-    ingest_url: String,
-    ingest_token: String,
-    budget_ms: u64,
-    demo_login: bool,
-    session_key: String,
-    profile_key: String,
-    debug_token: String,
-    dev_kv_token: String,
-    html_ttl_s: u64,
-}
-
-fn text(env: &Env, name: &str) -> String {
+/// A var or secret by name (`None` when unset).
+fn lookup(env: &Env, name: &str) -> Option<String> {
     env.var(name)
         .map(|v| v.to_string())
         .or_else(|_| env.secret(name).map(|v| v.to_string()))
-        .unwrap_or_default()
-}
-
-impl Settings {
-    fn from_env(env: &Env) -> Self {
-        Settings {
-            upstream: text(env, "ATTUNE_UPSTREAM")
-                .trim_end_matches('/')
-                .to_owned(),
-            ingest_url: text(env, "ATTUNE_ORIGIN_INGEST_URL"),
-            ingest_token: text(env, "ATTUNE_INGEST_TOKEN"),
-            budget_ms: text(env, "ATTUNE_BUDGET_MS").trim().parse().unwrap_or(50),
-            demo_login: text(env, "ATTUNE_DEMO_LOGIN").trim() == "1",
-            session_key: text(env, "ATTUNE_SESSION_KEY"),
-            profile_key: text(env, "ATTUNE_PROFILE_KEY"),
-            debug_token: text(env, "ATTUNE_DEBUG_TOKEN"),
-            dev_kv_token: text(env, "ATTUNE_DEV_KV_TOKEN"),
-            html_ttl_s: text(env, "ATTUNE_HTML_TTL").trim().parse().unwrap_or(60),
-        }
-    }
+        .ok()
 }
 
 fn now_ms() -> u64 {
@@ -91,8 +64,17 @@ fn random_hex() -> String {
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
-    let settings = Settings::from_env(&env);
+    let settings = Settings::from_lookup(|name| lookup(&env, name));
     let path = req.path();
+    if path == DEBUG_ROUTE {
+        return match debug_route(req, &env, &ctx, &settings).await {
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                console_error!("attune: debug route: {e}");
+                json_response(400, error_json("bad request"))
+            }
+        };
+    }
     if path.starts_with("/__attune/") {
         return match internal(req, &env, &ctx, &settings, &path).await {
             Ok(resp) => Ok(resp),
@@ -173,27 +155,6 @@ async fn internal(
         (Method::Put, "/__attune/kv/bulk") | (Method::Post, "/__attune/kv/bulk/delete") => {
             dev_kv(req, env, s, path.ends_with("/delete")).await
         }
-        (Method::Get, "/__attune/debug") => {
-            let token = req.headers().get("x-attune-debug")?.unwrap_or_default();
-            if s.debug_token.is_empty()
-                || !devkv::constant_time_eq(token.as_bytes(), s.debug_token.as_bytes())
-            {
-                return text_response(401, "unauthorized");
-            }
-            let url = req.inner().url();
-            let (origin, _, query) = urls::split(&url);
-            let target = urls::query_param(query, "path").unwrap_or_else(|| "/".into());
-            if !target.starts_with('/')
-                || target.starts_with("//")
-                || target.starts_with("/__attune/")
-            {
-                return text_response(400, "path must be a page path");
-            }
-            let (p, q) = target.split_once('?').unwrap_or((&target, ""));
-            let target_url = urls::join(origin, p, Some(q).filter(|q| !q.is_empty()));
-            let inner = new_request(&target_url, Method::Get, req.headers(), None)?;
-            page(inner, env, ctx, s, true).await
-        }
         (Method::Get, "/__attune/demo/login") if s.demo_login => {
             let url = req.inner().url();
             let user = urls::query_param(urls::split(&url).2, "user").unwrap_or_default();
@@ -210,6 +171,33 @@ async fn internal(
             text_response(404, "not found")
         }
     }
+}
+
+const DEBUG_ROUTE: &str = "/__attune/debug";
+
+fn error_json(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+/// `/__attune/debug?path=/…`: the explanation of a page, always as JSON (also for a page
+/// Attune leaves alone, and for every refusal).
+async fn debug_route(req: Request, env: &Env, ctx: &Context, s: &Settings) -> Result<Response> {
+    if req.method() != Method::Get {
+        return json_response(405, error_json("method not allowed"));
+    }
+    if !s.debug_allowed(req.headers().get("x-attune-debug")?.as_deref()) {
+        return json_response(401, error_json("unauthorized"));
+    }
+    let url = req.inner().url();
+    let (origin, _, query) = urls::split(&url);
+    let target = urls::query_param(query, "path").unwrap_or_else(|| "/".into());
+    if !target.starts_with('/') || target.starts_with("//") || target.starts_with("/__attune/") {
+        return json_response(400, error_json("path must be a page path"));
+    }
+    let (p, q) = target.split_once('?').unwrap_or((&target, ""));
+    let target_url = urls::join(origin, p, Some(q).filter(|q| !q.is_empty()));
+    let inner = new_request(&target_url, Method::Get, req.headers(), None)?;
+    page(inner, env, ctx, s, true).await
 }
 
 fn redirect_with_cookie(cookie: &str) -> Result<Response> {
@@ -241,7 +229,7 @@ async fn beacon(mut req: Request, env: &Env, ctx: &Context, s: &Settings) -> Res
     }
     let now = now_ms();
     let mut set_cookies = Vec::new();
-    let (_, who) = identify(cookie.as_deref(), s, &mut set_cookies);
+    let (_, who) = page::identify(cookie.as_deref(), s, &mut set_cookies, random_hex);
     let batch = match events::normalize_batch(&body, &who.id, now, &mut random_hex) {
         Ok(b) => b,
         Err(e) => return json_response(400, events::error_reply(e.code())),
@@ -292,29 +280,6 @@ fn forward(ctx: &Context, _env: &Env, s: &Settings, events: Vec<attune_core::Eve
             console_error!("attune: forwarding {} events to {url}: {e}", events.len());
         }
     });
-}
-
-/// The visitor id from `attune_vid` (a new one, with its `Set-Cookie`, when it is absent or
-/// malformed) and the identity the profile is keyed by.
-fn identify(
-    cookie: Option<&str>,
-    s: &Settings,
-    set_cookies: &mut Vec<String>,
-) -> (String, identity::Identity) {
-    let vid = match cookies::get(cookie, cookies::VISITOR) {
-        Some(v) if identity::valid_visitor_id(v) => v.to_owned(),
-        _ => {
-            let v = random_hex();
-            set_cookies.push(cookies::set_visitor(&v));
-            v
-        }
-    };
-    let demo_user = s
-        .demo_login
-        .then(|| cookies::get(cookie, cookies::DEMO_USER))
-        .flatten();
-    let who = identity::resolve(demo_user, &vid);
-    (vid, who)
 }
 
 async fn post_events(url: &str, token: &str, events: &[attune_core::Event]) -> Result<()> {
@@ -403,31 +368,8 @@ async fn put(kv: &KvStore, p: &devkv::Pair) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Pages
+// Pages: the I/O of `page::Page`, which makes every decision.
 // ---------------------------------------------------------------------------------------------
-
-enum ProfileRead {
-    Found(Box<Profile>, u64),
-    Missing,
-    Skipped,
-    Failed(Fallback),
-}
-
-impl ProfileRead {
-    fn state(&self) -> ProfileState {
-        match self {
-            ProfileRead::Found(_, v) => ProfileState::Version(*v),
-            ProfileRead::Missing => ProfileState::Missing,
-            ProfileRead::Skipped => ProfileState::Skipped,
-            ProfileRead::Failed(f) => ProfileState::Failed(f.code()),
-        }
-    }
-}
-
-struct Loaded {
-    model: std::result::Result<Rc<Model>, Fallback>,
-    profile: ProfileRead,
-}
 
 async fn read_profile(kv: KvStore, key: Option<String>) -> ProfileRead {
     let Some(key) = key else {
@@ -493,76 +435,129 @@ fn copy_headers(from: &Headers, skip: &[&str]) -> Result<Headers> {
     Ok(out)
 }
 
+/// Sets the page's headers: `set-cookie` is appended (there may be several), the rest set.
+fn apply_headers<'a>(
+    headers: &Headers,
+    list: impl IntoIterator<Item = (&'a str, String)>,
+) -> Result<()> {
+    for (name, value) in list {
+        if name == "set-cookie" {
+            headers.append(name, &value)?;
+        } else {
+            headers.set(name, &value)?;
+        }
+    }
+    Ok(())
+}
+
 /// Passes the upstream response through untouched (body streamed as is), labelled.
 fn pass_through(resp: Response, outcome: Outcome, started: u64) -> Result<Response> {
-    let headers = copy_headers(resp.headers(), &["x-attune-user"])?;
-    headers.set("x-attune", &outcome.header())?;
-    let timing = Timing {
-        total: (now_ms() - started) as f64,
-        ..Timing::default()
-    };
-    headers.append("server-timing", &timing.header())?;
+    let headers = copy_headers(resp.headers(), STRIP_ON_PASS_THROUGH)?;
+    apply_headers(
+        &headers,
+        page::pass_through_headers(outcome, started, now_ms()),
+    )?;
     Ok(resp.with_headers(headers))
 }
 
+/// The upstream could not be reached (or its request not even built): `502`, labelled as the
+/// upstream's failure. The debug view says the same as JSON.
+fn upstream_failed(e: &Error, started: u64, explain: bool) -> Result<Response> {
+    console_error!("attune: upstream: {e}");
+    let outcome = Outcome::Bypass(Bypass::Upstream);
+    let resp = if explain {
+        json_response(502, page::bypass_debug_json(outcome))?
+    } else {
+        let headers = Headers::new();
+        headers.set("content-type", "text/plain; charset=utf-8")?;
+        headers.set("cache-control", "no-store")?;
+        Response::ok("upstream unreachable")?
+            .with_status(502)
+            .with_headers(headers)
+    };
+    apply_headers(
+        resp.headers(),
+        page::pass_through_headers(outcome, started, now_ms()),
+    )?;
+    Ok(resp)
+}
+
+/// The request that goes upstream: the visitor's method, headers and body, without
+/// `cache::UPSTREAM_REQUEST_DROP` and with only the site's own cookies.
+fn upstream_request(req: &Request, url: &str) -> Result<Request> {
+    let headers = copy_headers(req.headers(), cache::UPSTREAM_REQUEST_DROP)?;
+    if let Some(site) = cookies::site_cookies(req.headers().get("cookie")?.as_deref()) {
+        headers.set("cookie", &site)?;
+    }
+    let body = req.inner().body().map(JsValue::from);
+    new_request(url, req.method(), &headers, body.as_ref())
+}
+
 /// Fetches the page: from the assets binding, or the upstream origin through the Cache API
-/// (the HTML is cached once, unpersonalized).
-async fn upstream(req: Request, env: &Env, ctx: &Context, s: &Settings) -> Result<Response> {
+/// (a page is stored once, unpersonalized, when `cache::store` allows a shared copy).
+async fn upstream(
+    req: &Request,
+    env: &Env,
+    ctx: &Context,
+    s: &Settings,
+    cache_req: &CacheRequest<'_>,
+) -> Result<Response> {
+    let url = req.inner().url();
+    let (origin, path, query) = urls::split(&url);
     if s.upstream.is_empty() {
         let assets = env.assets("ASSETS")?;
         // The shop is served with `html_handling = "none"`: a directory means its index.html.
-        let url = req.inner().url();
-        let (origin, path, query) = urls::split(&url);
-        if path.ends_with('/') {
-            let url = urls::join(origin, &format!("{path}index.html"), query);
-            let headers = copy_headers(req.headers(), &[])?;
-            return assets
-                .fetch_request(new_request(&url, req.method(), &headers, None)?)
-                .await;
-        }
-        return assets.fetch_request(req).await;
+        let url = if path.ends_with('/') {
+            urls::join(origin, &format!("{path}index.html"), query)
+        } else {
+            url.clone()
+        };
+        return assets.fetch_request(upstream_request(req, &url)?).await;
     }
-    let url = req.inner().url();
-    let (_, path, query) = urls::split(&url);
     let target = urls::join(&s.upstream, path, query);
-    let cacheable_req = req.method() == Method::Get && req.headers().get("range")?.is_none();
     let cache = Cache::default();
-    if cacheable_req && let Ok(Some(hit)) = cache.get(target.as_str(), false).await {
+    if cache_req.may_read()
+        && let Ok(Some(hit)) = cache.get(target.as_str(), false).await
+    {
         return Ok(hit);
     }
-    let headers = copy_headers(req.headers(), &["host"])?;
-    let mut resp = Fetch::Request(new_request(&target, req.method(), &headers, None)?)
+    let mut resp = Fetch::Request(upstream_request(req, &target)?)
         .send()
         .await?;
     let h = resp.headers();
-    let cc = h
-        .get("cache-control")?
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let shared = cacheable_req
-        && resp.status_code() == 200
-        && h.get("content-type")?
-            .is_some_and(|c| c.contains("text/html"))
-        && !h.has("set-cookie")?
-        && !h.has("x-attune-user")?
-        && !cc.contains("private")
-        && !cc.contains("no-store");
-    if shared && s.html_ttl_s > 0 {
-        let copy = resp.cloned()?;
-        let headers = copy_headers(copy.headers(), &[])?;
-        if !cc.contains("max-age") {
-            headers.set(
-                "cache-control",
-                &format!("public, max-age={}", s.html_ttl_s),
-            )?;
+    let (content_type, cache_control, vary) = (
+        h.get("content-type")?,
+        h.get("cache-control")?,
+        h.get("vary")?,
+    );
+    let decision = cache::store(
+        cache_req,
+        &CacheResponse {
+            status: resp.status_code(),
+            content_type: content_type.as_deref(),
+            cache_control: cache_control.as_deref(),
+            vary: vary.as_deref(),
+            expires: h.has("expires")?,
+            set_cookie: h.has("set-cookie")?,
+            attune_user: h.has("x-attune-user")?,
+        },
+        s.html_ttl_s,
+    );
+    let copy = match decision {
+        Store::No(_) => return Ok(resp),
+        Store::AsIs => resp.cloned()?,
+        Store::WithCacheControl(cc) => {
+            let copy = resp.cloned()?;
+            let headers = copy_headers(copy.headers(), &[])?;
+            headers.set("cache-control", &cc)?;
+            copy.with_headers(headers)
         }
-        let copy = copy.with_headers(headers);
-        wait_until(ctx, async move {
-            if let Err(e) = cache.put(target.as_str(), copy).await {
-                console_error!("attune: caching upstream HTML: {e}");
-            }
-        });
-    }
+    };
+    wait_until(ctx, async move {
+        if let Err(e) = cache.put(target.as_str(), copy).await {
+            console_error!("attune: caching upstream HTML: {e}");
+        }
+    });
     Ok(resp)
 }
 
@@ -575,162 +570,102 @@ async fn page(
 ) -> Result<Response> {
     let started = now_ms();
     let h = req.headers();
-    let cookie = h.get("cookie")?;
-    let ua = h.get("user-agent")?;
-    let range = h.get("range")?;
-    let req_cc = h.get("cache-control")?;
-    let gpc = h.get("sec-gpc")?;
-    let debug = !s.debug_token.is_empty()
-        && h.get("x-attune-debug")?
-            .is_some_and(|t| devkv::constant_time_eq(t.as_bytes(), s.debug_token.as_bytes()));
-    let country = req.cf().and_then(|cf| cf.country());
-    let device = DeviceClass::from_user_agent(ua.as_deref().unwrap_or(""));
-    let method = req.method();
-    let method_str = method.to_string();
-    let facts = RequestFacts {
-        method: &method_str,
+    let (cookie, ua, range, req_cc, gpc, debug_token) = (
+        h.get("cookie")?,
+        h.get("user-agent")?,
+        h.get("range")?,
+        h.get("cache-control")?,
+        h.get("sec-gpc")?,
+        h.get("x-attune-debug")?,
+    );
+    let method = req.method().to_string();
+    let cache_req = CacheRequest {
+        method: &method,
+        range: range.is_some(),
+        authorization: h.has("authorization")?,
+        cookie: cookie.as_deref(),
+        cache_control: req_cc.as_deref(),
+    };
+    let facts = PageRequest {
+        method: &method,
         range: range.as_deref(),
         cache_control: req_cc.as_deref(),
         user_agent: ua.as_deref(),
         sec_gpc: gpc.as_deref(),
-        consent_cookie: cookies::get(cookie.as_deref(), cookies::CONSENT),
+        cookie: cookie.as_deref(),
+        debug_token: debug_token.as_deref(),
+        country: req.cf().and_then(|cf| cf.country()),
     };
-    if let Some(b) = policy::request_bypass(&facts) {
-        let resp = upstream(req, env, ctx, s).await?;
-        return pass_through(resp, Outcome::Bypass(b), started);
-    }
-
-    // Identity and session, then the KV reads start while the upstream is fetched.
-    let now = started;
-    let mut set_cookies = Vec::new();
-    let (vid, mut who) = identify(cookie.as_deref(), s, &mut set_cookies);
-    let mut session = (!s.session_key.is_empty()).then(|| {
-        session::decode_cookie(
-            cookies::get(cookie.as_deref(), cookies::SESSION),
-            s.session_key.as_bytes(),
-            now,
-            DEFAULT_GAP_MS,
-        )
-    });
-    let profile_key = |who: &Identity| {
-        (!s.profile_key.is_empty()).then(|| who.profile_key(s.profile_key.as_bytes()))
+    let mut page = match Page::start(&facts, s, started, random_hex) {
+        Ok(page) => page,
+        Err(outcome) if explain => return json_response(200, page::bypass_debug_json(outcome)),
+        Err(outcome) => {
+            return match upstream(&req, env, ctx, s, &cache_req).await {
+                Ok(resp) => pass_through(resp, outcome, started),
+                Err(e) => upstream_failed(&e, started, false),
+            };
+        }
     };
 
+    // The KV reads run while the upstream is fetched, on their own (waitUntil), so a read
+    // that misses the budget still warms the isolate cache for the next request.
     let kv = env.kv("ATTUNE_KV").ok();
     let (tx, rx) = oneshot::channel::<Loaded>();
     if let Some(kv) = kv.clone() {
-        let key = profile_key(&who);
-        // Runs on its own (waitUntil), so a read that misses the budget still warms the
-        // isolate cache for the next request.
+        let key = page.profile_key();
         wait_until(ctx, async move {
             let (model, profile) = join(read_model(kv.clone()), read_profile(kv, key)).await;
             let _ = tx.send(Loaded { model, profile });
         });
     }
 
-    let up_started = now_ms();
-    let resp = upstream(req, env, ctx, s).await?;
-    let up_ms = now_ms() - up_started;
+    let resp = match upstream(&req, env, ctx, s, &cache_req).await {
+        Ok(resp) => resp,
+        Err(e) => return upstream_failed(&e, started, explain),
+    };
     let rh = resp.headers();
-    if let Some(b) = policy::response_bypass(
-        resp.status_code(),
-        rh.get("content-type")?.as_deref(),
-        rh.get("cache-control")?.as_deref(),
-        rh.get("content-encoding")?.as_deref(),
-    ) {
-        return pass_through(resp, Outcome::Bypass(b), started);
+    let (content_type, cache_control, content_encoding, user) = (
+        rh.get("content-type")?,
+        rh.get("cache-control")?,
+        rh.get("content-encoding")?,
+        rh.get("x-attune-user")?,
+    );
+    let head = UpstreamHead {
+        status: resp.status_code(),
+        content_type: content_type.as_deref(),
+        cache_control: cache_control.as_deref(),
+        content_encoding: content_encoding.as_deref(),
+        user: user.as_deref(),
+    };
+    if let Some(outcome) = page.on_upstream(&head, now_ms()) {
+        if explain {
+            return json_response(200, page::bypass_debug_json(outcome));
+        }
+        return pass_through(resp, outcome, started);
     }
-    let upstream_user = rh.get("x-attune-user")?;
 
-    // Wait for the data with what is left of the budget.
-    let kv_started = now_ms();
-    let left = s.budget_ms.saturating_sub(kv_started - started);
-    let loaded = if kv.is_some() {
-        within(rx, left).await.map(|r| r.ok()).unwrap_or(None)
-    } else {
-        None
+    let loaded = match &kv {
+        Some(_) => within(rx, page.wait_ms(now_ms()))
+            .await
+            .and_then(|r| r.ok()),
+        None => None,
     };
-    let timed_out = kv.is_some() && loaded.is_none();
-    let (mut model, mut profile) = match loaded {
-        Some(l) => (l.model, l.profile),
-        None => (
-            Err(if timed_out {
-                Fallback::KvTimeout
-            } else {
-                Fallback::KvError
-            }),
-            ProfileRead::Skipped,
-        ),
-    };
-    if let Some(user) = upstream_user.as_deref() {
-        let logged_in = identity::resolve(Some(user), &vid);
-        if logged_in != who {
-            who = logged_in;
-            let left = s.budget_ms.saturating_sub(now_ms() - started);
-            profile = match (&kv, model.is_ok()) {
-                (Some(kv), true) => within(read_profile(kv.clone(), profile_key(&who)), left)
-                    .await
-                    .unwrap_or(ProfileRead::Failed(Fallback::KvTimeout)),
-                _ => ProfileRead::Skipped,
-            };
-        }
-    }
-    let kv_ms = now_ms() - kv_started;
-    // A profile that is there but unreadable means default content: never guess.
-    if let ProfileRead::Failed(f) = &profile
-        && model.is_ok()
+    if page.on_loaded(loaded, kv.is_some())
+        && let Some(kv) = &kv
     {
-        model = Err(*f);
+        let read = within(
+            read_profile(kv.clone(), page.profile_key()),
+            page.wait_ms(now_ms()),
+        )
+        .await;
+        page.on_profile(read);
     }
-    let outcome = match &model {
-        Ok(_) => Outcome::Personalized,
-        Err(f) => Outcome::Default(f.code()),
-    };
-    let profile_state = profile.state();
-    let inputs = Inputs {
-        now,
-        visitor: who.id.clone(),
-        profile: match profile {
-            ProfileRead::Found(p, _) => Some(*p),
-            _ => None,
-        },
-        session: session.clone(),
-        model: model.ok(),
-        country,
-        device,
-    };
-    let segments: Vec<String> = match &inputs.model {
-        Some(m) => {
-            let ctx = attune_core::RequestContext {
-                profile: inputs.profile.as_ref(),
-                session: inputs.session.as_ref(),
-                country: inputs.country.as_deref(),
-                device,
-                now,
-            };
-            m.config
-                .segments_of(&ctx)
-                .into_iter()
-                .map(str::to_owned)
-                .collect()
-        }
-        None => Vec::new(),
-    };
-    let mut rewriter = PageRewriter::new(inputs);
+    let mut rewriter = PageRewriter::new(page.rewrite(now_ms()));
 
     // The first chunk goes through before the headers: it names the page's item (meta tag in
     // <head>), which joins the session cookie sent with these headers.
     let mut resp = resp;
-    let headers = copy_headers(
-        resp.headers(),
-        &[
-            "content-length",
-            "etag",
-            "x-attune-user",
-            "content-encoding",
-            "cache-control",
-        ],
-    )?;
+    let headers = copy_headers(resp.headers(), STRIP_ON_REWRITE)?;
     let status = resp.status_code();
     let mut body = resp.stream().ok();
     let mut first = Vec::new();
@@ -746,22 +681,8 @@ async fn page(
         }
     }
 
-    let debug_json = |report: &Report, session: Option<&Session>| {
-        Debug {
-            outcome: outcome.header(),
-            identity: Some(who.kind),
-            profile: profile_state.clone(),
-            session_items: session
-                .map(|s| s.recent_items().collect())
-                .unwrap_or_default(),
-            segments: segments.iter().map(String::as_str).collect(),
-            report,
-        }
-        .json()
-    };
-
     if explain {
-        let mut rest = body;
+        let mut rest = if finished { None } else { body };
         while let Some(b) = rest.as_mut() {
             match b.next().await {
                 Some(Ok(chunk)) => {
@@ -771,40 +692,24 @@ async fn page(
             }
         }
         let (_, report) = rewriter.end();
-        return json_response(200, debug_json(&report, session.as_ref()));
+        return json_response(200, page.debug_json(&report));
     }
 
-    if let (Some(sess), Some(item)) = (session.as_mut(), rewriter.page_item()) {
-        sess.record_item(&item, now);
-    }
-    if let Some(sess) = &session {
-        set_cookies.push(cookies::set_session(&session::encode_cookie(
-            sess,
-            s.session_key.as_bytes(),
-        )));
-    }
-    for c in &set_cookies {
-        headers.append("set-cookie", c)?;
-    }
-    headers.set("cache-control", "private, no-cache")?;
-    headers.set("x-attune", &outcome.header())?;
-    let timing = Timing {
-        total: (now_ms() - started) as f64,
-        kv_wait: Some(kv_ms as f64),
-        upstream: Some(up_ms as f64),
+    let report = if page.debug() {
+        rewriter.report()
+    } else {
+        Report::default()
     };
-    headers.append("server-timing", &timing.header())?;
-    if debug {
-        headers.set(
-            "x-attune-debug",
-            &debug_json(&rewriter.report(), session.as_ref()),
-        )?;
-    }
+    apply_headers(
+        &headers,
+        page.response_headers(rewriter.page_item().as_deref(), &report, now_ms()),
+    )?;
 
     // Impressions of what was rendered, once the stream has ended (waitUntil).
     let (report_tx, report_rx) = oneshot::channel::<Report>();
-    if outcome == Outcome::Personalized && !s.ingest_url.is_empty() {
-        let (url, token, user) = (s.ingest_url.clone(), s.ingest_token.clone(), who.id.clone());
+    if page.forwards_impressions() {
+        let (url, token) = (s.ingest_url.clone(), s.ingest_token.clone());
+        let user = page.identity().id.clone();
         wait_until(ctx, async move {
             if let Ok(report) = report_rx.await {
                 let evs = events::impressions(&report, &user, now_ms(), &mut random_hex);

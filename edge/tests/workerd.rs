@@ -54,6 +54,11 @@ fn free_port() -> u16 {
 }
 
 fn start() -> Option<Wrangler> {
+    start_with("", &[])
+}
+
+/// `wrangler dev` with `ATTUNE_UPSTREAM = upstream` (empty: the shop's assets) and more vars.
+fn start_with(upstream: &str, vars: &[(&str, &str)]) -> Option<Wrangler> {
     let root = root();
     let built = root.join("edge/build/index.js");
     let wrangler = root.join("node_modules/.bin/wrangler");
@@ -85,7 +90,7 @@ run_worker_first = true
 html_handling = "none"
 not_found_handling = "404-page"
 [vars]
-ATTUNE_UPSTREAM = ""
+ATTUNE_UPSTREAM = "{upstream}"
 ATTUNE_ORIGIN_INGEST_URL = ""
 ATTUNE_BUDGET_MS = "2000"
 ATTUNE_DEMO_LOGIN = "1"
@@ -94,6 +99,10 @@ ATTUNE_DEMO_LOGIN = "1"
         assets = root.join("examples/shop/public").display()
     )
     .expect("write config");
+    for (name, value) in vars {
+        writeln!(f, "{name} = \"{value}\"").expect("write config");
+    }
+    drop(f);
     let port = free_port();
     let mut cmd = Command::new(&wrangler);
     cmd.current_dir(dir.path())
@@ -482,7 +491,18 @@ fn the_worker_in_workerd() {
     let r = get(b, "/__attune/debug?path=/index.html", &user);
     assert_eq!(r.status, 200);
     assert!(r.text().contains("profile-neighbour") || r.text().contains("trending"));
-    assert_eq!(get(b, "/__attune/debug?path=/", &[]).status, 401);
+    let refused = get(b, "/__attune/debug?path=/", &[]);
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("content-type"), Some("application/json"));
+    // A page Attune leaves alone is explained as JSON too, never served as the page.
+    let r = get(b, "/__attune/debug?path=/style.css", &user);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let debug: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+    assert_eq!(debug["outcome"], "bypass;reason=not-html");
+    let r = get(b, "/__attune/debug?path=//evil.example/", &user);
+    assert_eq!(r.status, 400);
+    assert!(serde_json::from_slice::<serde_json::Value>(&r.body).is_ok());
 
     // Fallbacks on bad profile snapshots.
     for (who, reason) in [("corrupt", "bad-snapshot"), ("future", "unknown-schema")] {
@@ -601,4 +621,312 @@ fn the_worker_in_workerd() {
     let r = get(b, "/index.html", &[("cookie", "attune_demo_user=17850")]);
     assert_eq!(r.header("x-attune"), Some("default;reason=no-data"));
     assert!(r.text().contains("HAND WARMER RED RETROSPOT"));
+}
+
+/// An upstream of our own on 127.0.0.1: pages that say who is signed in (the `sessionid`
+/// cookie or the `Authorization` header), with the cache headers a path asks for, and a count
+/// of the requests it served. Every request's `Cookie` and `x-attune-debug` header is kept.
+struct Site {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<SiteRequest>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Clone, Debug)]
+struct SiteRequest {
+    path: String,
+    cookie: Option<String>,
+    debug_token: bool,
+}
+
+impl Site {
+    fn start() -> Site {
+        use std::io::{BufRead, BufReader};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the site");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<SiteRequest>::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let mut headers = Vec::new();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                    }
+                }
+                let header = |name: &str| {
+                    headers
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                };
+                let cookie = header("cookie");
+                let served = {
+                    let mut seen = seen2.lock().expect("lock");
+                    seen.push(SiteRequest {
+                        path: path.clone(),
+                        cookie: cookie.clone(),
+                        debug_token: header("x-attune-debug").is_some(),
+                    });
+                    seen.iter().filter(|r| r.path == path).count()
+                };
+                let who = cookie
+                    .as_deref()
+                    .and_then(|c| {
+                        c.split(';')
+                            .filter_map(|p| p.trim().strip_prefix("sessionid="))
+                            .next()
+                            .map(str::to_owned)
+                    })
+                    .or_else(|| header("authorization"))
+                    .unwrap_or_else(|| "nobody".into());
+                let (extra, content_type, body) = site_page(&path, &who, served);
+                let mut out = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                for h in extra {
+                    out.extend_from_slice(h.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(&body);
+                let _ = conn.write_all(&out);
+            }
+        });
+        Site {
+            port,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn served(&self, path: &str) -> usize {
+        let seen = self.seen.lock().expect("lock");
+        seen.iter().filter(|r| r.path == path).count()
+    }
+
+    fn requests(&self) -> Vec<SiteRequest> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    /// Stops listening: the next request finds nobody there.
+    fn shut_down(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// `(extra headers, content type, body)` of a site page: the path's first segment names its
+/// cache headers.
+fn site_page(path: &str, who: &str, served: usize) -> (Vec<&'static str>, &'static str, Vec<u8>) {
+    let html = "text/html; charset=utf-8";
+    let page =
+        format!("<html><body><p>Signed in as {who}</p><p>request {served}</p></body></html>");
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    match first {
+        "none" | "basic" => (vec![], html, page.into_bytes()),
+        "no-cache" => (vec!["cache-control: no-cache"], html, page.into_bytes()),
+        "vary-cookie" => (
+            vec!["cache-control: max-age=60", "vary: Cookie"],
+            html,
+            page.into_bytes(),
+        ),
+        "private" => (vec!["cache-control: private, max-age=60"], html, page.into_bytes()),
+        "public" => (vec!["cache-control: public, max-age=60"], html, page.into_bytes()),
+        // A Latin-1 page that declares its charset only in a <meta>: its own "£" is 0xA3.
+        "latin1" => (
+            vec![],
+            "text/html",
+            b"<html><head><meta charset=\"iso-8859-1\"></head><body><p>Ours: \xA31.00</p>\
+<ul data-attune-slot=\"r\" data-attune-strategy=\"trending\" data-attune-count=\"1\">\
+<li data-attune-item><b data-attune-field=\"price\">\xA39.99</b></li></ul></body></html>"
+                .to_vec(),
+        ),
+        // A slot whose name is not Latin-1, for the debug header.
+        "slots" => (
+            vec![],
+            html,
+            "<html><body><ul data-attune-slot=\"r\u{e9}cos \u{2713} \u{5e9}\u{5dc}\u{5d5}\u{5dd}\" data-attune-strategy=\"trending\" data-attune-count=\"1\"><li data-attune-item><b data-attune-field=\"title\">x</b></li></ul></body></html>"
+                .as_bytes()
+                .to_vec(),
+        ),
+        _ => (vec![], "text/plain", b"not found".to_vec()),
+    }
+}
+
+/// The shared cache behind a real upstream (issue 17): a signed-in visitor's page never
+/// reaches anyone else, with or without the operator's default TTL; Attune's cookies and its
+/// debug token never reach the site; text in a Latin-1 page; an unreachable site is a `502`.
+#[test]
+fn a_real_upstream_and_the_shared_cache() {
+    let mut site = Site::start();
+    let Some(w) = start_with(&site.url(), &[("ATTUNE_HTML_TTL", "60")]) else {
+        return;
+    };
+    let b = w.base.as_str();
+    let vid = "0123456789abcdef0123456789abcdef";
+    let alice = format!("sessionid=alice; attune_vid={vid}; attune_consent=yes");
+    let alice_basic = "Basic YWxpY2U6c2VjcmV0";
+    // A put into the cache runs after the response (waitUntil): give it time to land.
+    let settle = || std::thread::sleep(Duration::from_millis(700));
+
+    // The cache works here: a page the site says is public is served once, to anyone
+    // without credentials.
+    let first = get(b, "/public/a", &[]);
+    assert!(first.text().contains("request 1"), "{}", first.text());
+    settle();
+    let second = get(b, "/public/a", &[("cookie", &format!("attune_vid={vid}"))]);
+    assert!(
+        second.text().contains("request 1"),
+        "from the cache: {}",
+        second.text()
+    );
+    assert_eq!(site.served("/public/a"), 1);
+    // So does the operator's default TTL for an anonymous page without cache headers.
+    assert!(
+        get(b, "/none/anonymous", &[])
+            .text()
+            .contains("Signed in as nobody")
+    );
+    settle();
+    assert!(get(b, "/none/anonymous", &[]).text().contains("request 1"));
+    assert_eq!(site.served("/none/anonymous"), 1);
+
+    // The four leak cases: Alice first, then Bob (signed in) and a visitor without
+    // credentials. Neither ever sees Alice's page; every request reaches the site.
+    for (path, credentials) in [
+        ("/none/page", ("cookie", alice.as_str())),
+        ("/no-cache/page", ("cookie", alice.as_str())),
+        ("/vary-cookie/page", ("cookie", alice.as_str())),
+        ("/private/page", ("cookie", alice.as_str())),
+        ("/basic/page", ("authorization", alice_basic)),
+    ] {
+        let r = get(b, path, &[credentials]);
+        assert_eq!(r.status, 200, "{path}");
+        let text = r.text();
+        assert!(
+            text.contains("Signed in as alice") || text.contains(alice_basic),
+            "{path}: {text}"
+        );
+        assert!(
+            r.header("cache-control").unwrap_or("").contains("private"),
+            "{path}"
+        );
+        settle();
+        let bob = get(b, path, &[("cookie", "sessionid=bob")]).text();
+        assert!(bob.contains("Signed in as bob"), "{path}: {bob}");
+        let anonymous = get(b, path, &[]).text();
+        assert!(
+            anonymous.contains("Signed in as nobody"),
+            "{path}: {anonymous}"
+        );
+        for seen in [&bob, &anonymous] {
+            assert!(
+                !seen.contains("alice") && !seen.contains(alice_basic),
+                "{path}: {seen}"
+            );
+        }
+        assert_eq!(
+            site.served(path),
+            3,
+            "{path}: every request reached the site"
+        );
+    }
+
+    // Nothing of Attune's went upstream.
+    let requests = site.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert!(!r.debug_token, "{r:?}");
+        if let Some(c) = &r.cookie {
+            assert!(!c.contains("attune_"), "{r:?}");
+        }
+    }
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.cookie.as_deref() == Some("sessionid=alice")),
+        "the site's own cookie went through"
+    );
+
+    // A Latin-1 page: the inserted price is a character reference, the page's own bytes stay.
+    seed(b, model_pairs());
+    let r = get(b, "/latin1", &[]);
+    assert_eq!(
+        r.header("x-attune"),
+        Some("personalized"),
+        "{:?}",
+        r.headers
+    );
+    assert!(
+        r.body.windows(11).any(|w| w == b"Ours: \xA31.00"),
+        "{:?}",
+        r.text()
+    );
+    assert!(r.text().contains("&#163;1.25"), "{}", r.text());
+    assert!(
+        !r.body.windows(2).any(|w| w == "\u{a3}".as_bytes()),
+        "no UTF-8 £ inserted"
+    );
+
+    // A slot name that is not Latin-1 reaches the debug header as visible ASCII.
+    let r = get(b, "/slots", &[("x-attune-debug", DEBUG_TOKEN)]);
+    let debug = r.header("x-attune-debug").expect("debug header");
+    assert!(
+        debug.bytes().all(|c| c == b' ' || c.is_ascii_graphic()),
+        "{debug}"
+    );
+    let debug: serde_json::Value = serde_json::from_str(debug).unwrap();
+    assert_eq!(
+        debug["slots"][0]["slot"],
+        "r\u{e9}cos \u{2713} \u{5e9}\u{5dc}\u{5d5}\u{5dd}"
+    );
+
+    // The site is gone: a 502 that says it is the upstream's, and the debug view says so too.
+    site.shut_down();
+    let r = get(b, "/none/gone", &[]);
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("x-attune"), Some("bypass;reason=upstream"));
+    let r = get(
+        b,
+        "/__attune/debug?path=/none/gone",
+        &[("x-attune-debug", DEBUG_TOKEN)],
+    );
+    assert_eq!(r.status, 502);
+    let debug: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+    assert_eq!(debug["outcome"], "bypass;reason=upstream");
 }
