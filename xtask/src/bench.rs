@@ -13,7 +13,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{build_edge, util};
+use crate::{bench_edge, build_edge, util};
 
 const FILE: &str = "BENCHMARKS.md";
 
@@ -63,6 +63,11 @@ const SECTIONS: &[Section] = &[
         name: "pipeline",
         title: "Origin pipeline throughput and freshness",
         run: pipeline,
+    },
+    Section {
+        name: "edge",
+        title: "Edge: Attune against workerd's own HTMLRewriter (wrangler dev)",
+        run: edge,
     },
     Section {
         name: "quality",
@@ -376,6 +381,11 @@ fn pipeline(opts: &Options) -> Result<Measured> {
         commands: vec![command],
         body: text_block(&output),
     })
+}
+
+fn edge(opts: &Options) -> Result<Measured> {
+    let (commands, body) = bench_edge::run(opts.quick)?;
+    Ok(Measured { commands, body })
 }
 
 fn quality(_: &Options) -> Result<Measured> {
