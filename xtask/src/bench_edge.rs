@@ -145,9 +145,10 @@ pub fn run(quick: bool) -> Result<(Vec<String>, String)> {
             }
             cold.entry(*variant).or_default().push(first.0);
             println!(
-                "bench edge: {} ready (workerd pid {}), first request {:.1} ms",
+                "bench edge: {} ready (workerd pids: runtime {}, proxy {}), first request {:.1} ms",
                 variant.name(),
-                w.workerd_pid,
+                w.workerd.runtime,
+                w.workerd.proxy,
                 first.0
             );
             workers.push((i, w));
@@ -169,17 +170,25 @@ pub fn run(quick: bool) -> Result<(Vec<String>, String)> {
                     let (_, w) = &workers[(k + round + page + c) % workers.len()];
                     let check = w.variant == Variant::Attune;
                     load(w.port, path, concurrency, plan.warmup, check)?;
-                    let before = cpu_ticks(w.workerd_pid)?;
+                    let before = (cpu_ticks(w.workerd.runtime)?, cpu_ticks(w.workerd.proxy)?);
                     let result = load(w.port, path, concurrency, plan.cell, check)?;
-                    let after = cpu_ticks(w.workerd_pid)?;
-                    let sample = Sample::of(&result, after.saturating_sub(before), plan.cell);
+                    let after = (cpu_ticks(w.workerd.runtime)?, cpu_ticks(w.workerd.proxy)?);
+                    let sample = Sample::of(
+                        &result,
+                        (
+                            after.0.saturating_sub(before.0),
+                            after.1.saturating_sub(before.1),
+                        ),
+                        plan.cell,
+                    );
                     println!(
-                        "bench edge:   {page_name:<15} c={concurrency} {:<16} {:>7.1} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  cpu {:>6.2} ms/req  errors {}",
+                        "bench edge:   {page_name:<15} c={concurrency} {:<16} {:>7.1} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  cpu {:>6.2} ms/req (proxy {:.2})  errors {}",
                         w.variant.name(),
                         sample.rps,
                         sample.p50_ms,
                         sample.p99_ms,
                         sample.cpu_ms,
+                        sample.proxy_cpu_ms,
                         sample.errors
                     );
                     if sample.errors > 0 {
@@ -220,12 +229,16 @@ struct Sample {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// The runtime workerd's CPU per request.
     cpu_ms: f64,
+    /// The proxy workerd's CPU per request.
+    proxy_cpu_ms: f64,
     errors: usize,
 }
 
 impl Sample {
-    fn of(result: &LoadResult, cpu_ticks: u64, duration: Duration) -> Sample {
+    /// `cpu_ticks`: the runtime's and the proxy's CPU time over the cell.
+    fn of(result: &LoadResult, cpu_ticks: (u64, u64), duration: Duration) -> Sample {
         let mut lat = result.latencies_us.clone();
         lat.sort_unstable();
         let n = lat.len();
@@ -236,12 +249,19 @@ impl Sample {
                 f64::from(lat[(n * p / 100).min(n - 1)]) / 1000.0
             }
         };
-        let cpu_ms = cpu_ticks as f64 * 1000.0 / clock_ticks_per_s() as f64;
+        let per_request = |ticks: u64| {
+            if n == 0 {
+                0.0
+            } else {
+                ticks as f64 * 1000.0 / clock_ticks_per_s() as f64 / n as f64
+            }
+        };
         Sample {
             rps: n as f64 / duration.as_secs_f64(),
             p50_ms: pct(50),
             p99_ms: pct(99),
-            cpu_ms: if n == 0 { 0.0 } else { cpu_ms / n as f64 },
+            cpu_ms: per_request(cpu_ticks.0),
+            proxy_cpu_ms: per_request(cpu_ticks.1),
             errors: result.errors,
         }
     }
@@ -277,9 +297,9 @@ fn render(
     let mut out = format!(
         "Same `wrangler dev` (workerd), local mode; the pages come from an upstream on 127.0.0.1 \
          outside workerd. {} interleaved round(s), each restarting the three workers; per cell \
-         {} s of keep-alive load after {} ms of warm-up; medians over rounds. CPU is workerd's \
-         utime + stime per request (the worker and wrangler's local proxy in front of it, the same \
-         for all three). Attune: release Worker, KV seeded, every response `personalized` (three \
+         {} s of keep-alive load after {} ms of warm-up; medians over rounds. CPU is the utime + stime \
+         per request of the workerd process that runs the worker (`/proc/<pid>/stat`); wrangler's \
+         local proxy, a second workerd that forwards each request to it, is shown apart. Attune: release Worker, KV seeded, every response `personalized` (three \
          slots on each page: a variant hero, \"for you\" and trending on the home page; similar, \
          \"for you\" and trending on the product page); the JS worker fills the same slots from \
          the picks Attune made and answers the same bytes (checked each round).\n\n",
@@ -288,7 +308,7 @@ fn render(
         plan.warmup.as_millis()
     );
     out.push_str(
-        "| page, concurrency | req/s pass / JS / Attune | Attune ÷ JS | p50 ms pass / JS / Attune | p99 ms pass / JS / Attune | CPU ms/req pass / JS / Attune |\n|---|---|---|---|---|---|\n",
+        "| page, concurrency | req/s pass / JS / Attune | Attune ÷ JS | p50 ms pass / JS / Attune | p99 ms pass / JS / Attune | CPU ms/req pass / JS / Attune | proxy CPU ms/req |\n|---|---|---|---|---|---|---|\n",
     );
     let [p, j, a] = VARIANTS;
     let mut goals = Vec::new();
@@ -298,9 +318,16 @@ fn render(
             let p50 = |v| med(page, c, v, |s| s.p50_ms);
             let p99 = |v| med(page, c, v, |s| s.p99_ms);
             let cpu = |v| med(page, c, v, |s| s.cpu_ms);
+            let proxy = median(
+                VARIANTS
+                    .iter()
+                    .flat_map(|&v| samples.get(&(page, c, v)).into_iter().flatten())
+                    .map(|s| s.proxy_cpu_ms)
+                    .collect(),
+            );
             let _ = writeln!(
                 out,
-                "| {concurrency}, {page_name} | {:.0} / {:.0} / {:.0} | {:.2} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} |",
+                "| {concurrency}, {page_name} | {:.0} / {:.0} / {:.0} | {:.2} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {proxy:.2} |",
                 rps(p),
                 rps(j),
                 rps(a),
@@ -370,7 +397,7 @@ struct Wrangler {
     variant: Variant,
     child: Child,
     port: u16,
-    workerd_pid: u32,
+    workerd: Workerds,
 }
 
 impl Wrangler {
@@ -425,7 +452,10 @@ impl Wrangler {
             variant,
             child,
             port,
-            workerd_pid: 0,
+            workerd: Workerds {
+                runtime: 0,
+                proxy: 0,
+            },
         };
         let deadline = Instant::now() + Duration::from_secs(180);
         let log = || lines.lock().map(|l| l.join("\n")).unwrap_or_default();
@@ -449,8 +479,20 @@ impl Wrangler {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        w.workerd_pid = find_workerd(w.child.id())
-            .with_context(|| format!("no workerd under wrangler dev for {}", variant.name()))?;
+        // The runtime workerd starts after the proxy; give it a moment to show up.
+        loop {
+            if let Some(found) = find_workerds(w.child.id(), port) {
+                w.workerd = found;
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no runtime and proxy workerd under wrangler dev for {}",
+                    variant.name()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Ok(w)
     }
 }
@@ -475,8 +517,10 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// The `workerd` process among the descendants of `root`.
-fn find_workerd(root: u32) -> Option<u32> {
+/// The two `workerd` processes under `wrangler dev`: the one that runs the Worker and the
+/// proxy in front of it, which listens on the port the load goes to (`--socket-addr=entry=
+/// 127.0.0.1:<port>`) and forwards every request to the first.
+fn find_workerds(root: u32, port: u16) -> Option<Workerds> {
     let mut parent_of = Vec::new();
     for entry in fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
@@ -493,24 +537,46 @@ fn find_workerd(root: u32) -> Option<u32> {
         else {
             continue;
         };
-        let ppid = rest.split_whitespace().nth(1)?.parse::<u32>().ok()?;
+        let Some(ppid) = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
         parent_of.push((pid, ppid, comm.to_owned()));
     }
     let mut family = vec![root];
+    let mut workerds = Vec::new();
     let mut i = 0;
     while i < family.len() {
         let parent = family[i];
         for (pid, ppid, comm) in &parent_of {
             if *ppid == parent {
                 if comm == "workerd" {
-                    return Some(*pid);
+                    workerds.push(*pid);
                 }
                 family.push(*pid);
             }
         }
         i += 1;
     }
-    None
+    let entry = format!("--socket-addr=entry=127.0.0.1:{port}");
+    let is_proxy = |pid: &u32| {
+        fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == entry.as_bytes()))
+    };
+    let proxy = workerds.iter().copied().find(is_proxy)?;
+    let runtime = workerds.iter().copied().find(|p| !is_proxy(p))?;
+    Some(Workerds { runtime, proxy })
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Workerds {
+    /// Runs the Worker.
+    runtime: u32,
+    /// wrangler's local proxy: takes the request on the dev port and hands it to `runtime`.
+    proxy: u32,
 }
 
 /// utime + stime of a process (all its threads), in clock ticks.
