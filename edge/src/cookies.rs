@@ -13,16 +13,18 @@ const YEAR_S: u64 = 365 * 24 * 3600;
 /// The `Cookie` header the upstream gets: the site's own cookies, without Attune's
 /// ([`ATTUNE_COOKIES`]); `None` when nothing is left.
 pub fn site_cookies(header: Option<&str>) -> Option<String> {
-    let kept: Vec<&str> = header?
-        .split(';')
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(k, _)| k).trim();
-            !ATTUNE_COOKIES.contains(&name)
-        })
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
+    let mut kept = String::new();
+    for pair in header?.split(';').map(str::trim) {
+        let name = pair.split_once('=').map_or(pair, |(k, _)| k).trim();
+        if pair.is_empty() || ATTUNE_COOKIES.contains(&name) {
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.push_str("; ");
+        }
+        kept.push_str(pair);
+    }
+    (!kept.is_empty()).then_some(kept)
 }
 
 /// The value of cookie `name` in a `Cookie` header (the first one, unquoted).
