@@ -11,7 +11,8 @@
 //!
 //! Features:
 //! - `json`: parse schema-v1 events from JSON (`serde_json`), shared by the edge and the origin.
-//! - `wire`: the versioned MessagePack snapshot envelope (`rmp-serde`) and the session cookie.
+//! - `wire`: the versioned MessagePack snapshot envelope and the session cookie, on one
+//!   MessagePack layer (`rmp` underneath; `rmp-serde` writes envelopes).
 //! - `std`: nothing but `std::error::Error` plumbing for native consumers.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod model;
 pub mod profile;
 pub mod rank;
 pub mod rules;
+pub mod secret;
 pub mod session;
 mod table;
 #[cfg(feature = "wire")]

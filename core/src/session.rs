@@ -87,6 +87,7 @@ mod cookie {
     use super::*;
     use crate::SECOND_MS;
     use crate::hash::HmacSha256;
+    use crate::wire::DecodeError;
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
     use hmac::Mac;
@@ -109,6 +110,8 @@ mod cookie {
         Malformed,
         #[error("cookie signature does not verify")]
         BadSignature,
+        #[error("cookie payload does not decode: {0}")]
+        Payload(#[from] DecodeError),
     }
 
     fn mac(key: &[u8]) -> HmacSha256 {
@@ -130,7 +133,7 @@ mod cookie {
                 .map(|r| (r.item.clone(), last.saturating_sub(to_s(r.ts))))
                 .collect(),
         );
-        let bytes = msgpack::encode(&payload);
+        let bytes = payload::encode(&payload);
         let mut out = String::from(VERSION_PREFIX);
         B64.encode_string(bytes, &mut out);
         let mut m = mac(key);
@@ -161,8 +164,7 @@ mod cookie {
             .get(VERSION_PREFIX.len()..)
             .ok_or(CookieError::Malformed)?;
         let body = B64.decode(payload).map_err(|_| CookieError::Malformed)?;
-        let (started, last, pages, recent): Payload =
-            msgpack::decode(&body).ok_or(CookieError::Malformed)?;
+        let (started, last, pages, recent) = payload::decode(&body)?;
         let ms = |s: u64| s.saturating_mul(SECOND_MS);
         let mut session = Session {
             started: ms(started),
@@ -185,150 +187,47 @@ mod cookie {
         Ok(session)
     }
 
-    /// The payload's MessagePack, written and read by hand: byte for byte what `rmp_serde`
-    /// makes of [`Payload`] (smallest integer and length forms), and reading what `rmp_serde`
-    /// would accept for it (any integer form that fits, `str` or valid UTF-8 `bin` for the item,
-    /// exact array lengths, trailing bytes ignored). A generic serde codec for this one small
-    /// tuple cost the Worker some 30 KB of wasm.
-    mod msgpack {
+    /// The payload's MessagePack, through the core's one MessagePack layer ([`crate::wire`]):
+    /// byte for byte what `rmp_serde` makes of [`Payload`] (smallest integer and length forms),
+    /// read with the snapshot reader's rules (any integer form that fits, `str` items, exact
+    /// array lengths, trailing bytes ignored). A generic serde codec for this one small tuple
+    /// cost the Worker some 30 KB of wasm.
+    mod payload {
         use super::Payload;
-        use alloc::string::String;
+        use crate::wire::read::Read;
+        use crate::wire::reader::{DecodeError, Reader};
+        use crate::wire::write::Writer;
         use alloc::vec::Vec;
 
-        fn put_uint(out: &mut Vec<u8>, v: u64) {
-            if v < 0x80 {
-                out.push(v as u8);
-            } else if v <= 0xff {
-                out.extend_from_slice(&[0xcc, v as u8]);
-            } else if v <= 0xffff {
-                out.push(0xcd);
-                out.extend_from_slice(&(v as u16).to_be_bytes());
-            } else if v <= 0xffff_ffff {
-                out.push(0xce);
-                out.extend_from_slice(&(v as u32).to_be_bytes());
-            } else {
-                out.push(0xcf);
-                out.extend_from_slice(&v.to_be_bytes());
-            }
-        }
-
-        /// A length with its fix form (`fix` marker, below `fix_max`), then 8-, 16- and 32-bit
-        /// forms (`wide` markers; `None` where the type has no such form).
-        fn put_len(out: &mut Vec<u8>, n: usize, fix: u8, fix_max: usize, wide: [Option<u8>; 3]) {
-            match (n, wide) {
-                (n, _) if n < fix_max => out.push(fix | n as u8),
-                (n, [Some(m), _, _]) if n <= 0xff => out.extend_from_slice(&[m, n as u8]),
-                (n, [_, Some(m), _]) if n <= 0xffff => {
-                    out.push(m);
-                    out.extend_from_slice(&(n as u16).to_be_bytes());
-                }
-                (n, [_, _, m]) => {
-                    out.push(m.unwrap_or(0xdd));
-                    out.extend_from_slice(&(n as u32).to_be_bytes());
-                }
-            }
-        }
-
-        const ARRAY: [Option<u8>; 3] = [None, Some(0xdc), Some(0xdd)];
-        const STR: [Option<u8>; 3] = [Some(0xd9), Some(0xda), Some(0xdb)];
-
         pub(super) fn encode((started, last, pages, recent): &Payload) -> Vec<u8> {
-            let mut out = Vec::new();
-            put_len(&mut out, 4, 0x90, 16, ARRAY);
-            put_uint(&mut out, *started);
-            put_uint(&mut out, *last);
-            put_uint(&mut out, u64::from(*pages));
-            put_len(&mut out, recent.len(), 0x90, 16, ARRAY);
+            let mut w = Writer::new();
+            w.array(4)
+                .uint(*started)
+                .uint(*last)
+                .uint(u64::from(*pages));
+            // At most `MAX_RECENT` items are written (the session keeps no more).
+            w.array(u32::try_from(recent.len()).unwrap_or(u32::MAX));
             for (item, age) in recent {
-                put_len(&mut out, 2, 0x90, 16, ARRAY);
-                put_len(&mut out, item.len(), 0xa0, 32, STR);
-                out.extend_from_slice(item.as_bytes());
-                put_uint(&mut out, *age);
+                w.array(2).str(item).uint(*age);
             }
-            out
+            w.into_bytes()
         }
 
-        struct Reader<'a>(&'a [u8]);
-
-        impl<'a> Reader<'a> {
-            fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-                let (head, rest) = self.0.split_at_checked(n)?;
-                self.0 = rest;
-                Some(head)
-            }
-
-            fn byte(&mut self) -> Option<u8> {
-                Some(self.take(1)?[0])
-            }
-
-            /// A big-endian unsigned integer of `n` bytes (at most 8).
-            fn be(&mut self, n: usize) -> Option<u64> {
-                Some(self.take(n)?.iter().fold(0, |v, &b| v << 8 | u64::from(b)))
-            }
-
-            /// A big-endian signed integer of `n` bytes, sign-extended.
-            fn be_signed(&mut self, n: usize) -> Option<i64> {
-                let shift = 64 - 8 * n as u32;
-                Some(((self.be(n)? << shift) as i64) >> shift)
-            }
-
-            fn uint(&mut self) -> Option<u64> {
-                match self.byte()? {
-                    m @ 0x00..=0x7f => Some(u64::from(m)),
-                    m @ 0xcc..=0xcf => self.be(1 << (m - 0xcc)),
-                    m @ 0xd0..=0xd3 => u64::try_from(self.be_signed(1 << (m - 0xd0))?).ok(),
-                    _ => None,
-                }
-            }
-
-            fn array(&mut self) -> Option<usize> {
-                match self.byte()? {
-                    m @ 0x90..=0x9f => Some(usize::from(m & 0x0f)),
-                    0xdc => self.len(2),
-                    0xdd => self.len(4),
-                    _ => None,
-                }
-            }
-
-            fn len(&mut self, n: usize) -> Option<usize> {
-                usize::try_from(self.be(n)?).ok()
-            }
-
-            fn string(&mut self) -> Option<String> {
-                let len = match self.byte()? {
-                    m @ 0xa0..=0xbf => usize::from(m & 0x1f),
-                    0xd9 | 0xc4 => self.len(1)?,
-                    0xda | 0xc5 => self.len(2)?,
-                    0xdb | 0xc6 => self.len(4)?,
-                    _ => return None,
-                };
-                String::from_utf8(self.take(len)?.to_vec()).ok()
-            }
-        }
-
-        pub(super) fn decode(bytes: &[u8]) -> Option<Payload> {
-            let mut r = Reader(bytes);
-            if r.array()? != 4 {
-                return None;
-            }
-            let started = r.uint()?;
-            let last = r.uint()?;
-            let pages = u32::try_from(r.uint()?).ok()?;
-            let n = r.array()?;
-            let mut recent = Vec::new();
-            for _ in 0..n {
-                if r.array()? != 2 {
-                    return None;
-                }
-                recent.push((r.string()?, r.uint()?));
-            }
-            Some((started, last, pages, recent))
+        pub(super) fn decode(bytes: &[u8]) -> Result<Payload, DecodeError> {
+            let mut r = Reader::new(bytes);
+            let mut read = || {
+                r.tuple(4)?;
+                Ok((r.u64()?, r.u64()?, r.u32()?, Read::read(&mut r)?))
+            };
+            read().map_err(|e: DecodeError| e.locate(bytes))
         }
 
         #[cfg(test)]
         mod tests {
             use super::*;
+            use crate::wire::reader::Found;
             use alloc::format;
+            use alloc::string::{String, ToString};
             use alloc::vec;
 
             #[test]
@@ -346,23 +245,23 @@ mod cookie {
                 for p in &payloads {
                     let ours = encode(p);
                     assert_eq!(ours, rmp_serde::to_vec(p).unwrap());
-                    assert_eq!(decode(&ours).as_ref(), Some(p));
+                    assert_eq!(decode(&ours).as_ref(), Ok(p));
                 }
             }
 
             #[test]
             fn reads_what_rmp_serde_reads() {
-                // Other integer widths, signed forms, `bin` items, trailing bytes.
+                // Other integer widths, signed forms, trailing bytes.
                 let body: Vec<u8> = [
                     &[0x94, 0xcf][..],
                     &5u64.to_be_bytes(),
                     &[
-                        0xd2, 0, 0, 0, 6, 0xd0, 7, 0x91, 0x92, 0xc4, 1, b'x', 0xcd, 0, 9, 0xc0,
+                        0xd2, 0, 0, 0, 6, 0xd0, 7, 0x91, 0x92, 0xa1, b'x', 0xcd, 0, 9, 0xc0,
                     ],
                 ]
                 .concat();
                 let want: Payload = rmp_serde::from_slice(&body).unwrap();
-                assert_eq!(decode(&body), Some(want));
+                assert_eq!(decode(&body), Ok(want));
                 let bad: [&[u8]; 9] = [
                     &[],
                     &[0x93, 1, 2, 3],
@@ -376,8 +275,23 @@ mod cookie {
                 ];
                 for b in bad {
                     assert!(rmp_serde::from_slice::<Payload>(b).is_err(), "{b:?}");
-                    assert_eq!(decode(b), None, "{b:?}");
+                    assert!(decode(b).is_err(), "{b:?}");
                 }
+            }
+
+            #[test]
+            fn errors_say_where() {
+                // The second item's age is cut short.
+                let bytes = encode(&(1, 2, 3, vec![("a".into(), 1), ("b".into(), 300)]));
+                let e = decode(&bytes[..bytes.len() - 1]).unwrap_err();
+                assert_eq!((e.offset(), e.found()), (bytes.len() - 1, &Found::End));
+                assert_eq!(
+                    e.to_string(),
+                    format!(
+                        "at byte {} in [3][1][1]: expected u64, found end of input",
+                        bytes.len() - 1
+                    )
+                );
             }
         }
     }

@@ -1,23 +1,29 @@
 //! The snapshot envelope: what the origin writes to KV and the edge reads.
 //!
-//! `{schema: u16, version: u64, updated_at: ms, body}` as a MessagePack map with named fields
-//! (`rmp-serde`), so a reader ignores fields it does not know and a minor, additive change
-//! needs no coordinated deploy. `schema` is `major << 8 | minor`; a reader refuses another
-//! major, and the edge turns that refusal into default content.
+//! `{schema: u16, version: u64, updated_at: ms, body}` as a MessagePack map with named fields,
+//! so a reader ignores fields it does not know and a minor, additive change needs no
+//! coordinated deploy. `schema` is `major << 8 | minor`; a reader refuses another major, and
+//! the edge turns that refusal into default content.
 //!
-//! These are the wire types; the domain types they carry live in their own modules. Golden
-//! byte fixtures under `core/tests/fixtures/` pin the format.
+//! One MessagePack layer: [`reader`] (on `rmp`'s markers) under every decoder, the snapshot
+//! readers in [`read`] generated from each struct's field list, and [`write`] for the session
+//! cookie. Envelopes are written with `rmp-serde` and the serde derives ([`encode`]), which only
+//! the origin links. Golden byte fixtures under `core/tests/fixtures/` pin the format.
 
-use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::Millis;
 use crate::profile::Profile;
 
+mod error;
 pub mod read;
+pub mod reader;
+pub mod write;
+
+pub use read::{Read, decode};
+pub use reader::DecodeError;
 
 /// Major version of every snapshot body this build writes and reads.
 pub const SCHEMA_MAJOR: u8 = 1;
@@ -50,7 +56,7 @@ impl<T> Envelope<T> {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("malformed snapshot: {0}")]
-    Malformed(String),
+    Malformed(#[from] DecodeError),
     #[error("unknown snapshot schema major {found} (this build reads {SCHEMA_MAJOR})")]
     UnknownMajor { found: u8 },
 }
@@ -67,23 +73,6 @@ impl WireError {
 /// Encodes an envelope. Encoding plain data into a `Vec` cannot fail.
 pub fn encode<T: Serialize>(envelope: &Envelope<T>) -> Vec<u8> {
     rmp_serde::to_vec_named(envelope).unwrap_or_default()
-}
-
-/// Only the header, to check the schema before committing to a body type.
-#[derive(Deserialize)]
-struct Header {
-    schema: u16,
-}
-
-/// Decodes an envelope, refusing another major schema. Never panics, whatever the bytes.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Envelope<T>, WireError> {
-    let header: Header =
-        rmp_serde::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
-    let major = (header.schema >> 8) as u8;
-    if major != SCHEMA_MAJOR {
-        return Err(WireError::UnknownMajor { found: major });
-    }
-    rmp_serde::from_slice(bytes).map_err(|e| WireError::Malformed(e.to_string()))
 }
 
 /// Encodes a profile snapshot within `cap` bytes, dropping the weakest tail (items, then
@@ -166,6 +155,10 @@ pub(crate) mod tests {
         let env = Envelope::new(7, 1_733_040_000_000, shard);
         let bytes = encode(&env);
         assert_eq!(decode::<CatalogShard>(&bytes), Ok(env.clone()));
+        assert_eq!(
+            rmp_serde::from_slice::<Envelope<CatalogShard>>(&bytes).ok(),
+            Some(env.clone())
+        );
 
         let mut future = env.clone();
         future.schema = 2 << 8;

@@ -59,8 +59,9 @@ where
     let committed = check_bytes(name, &wire::encode(&envelope));
     let decoded: Envelope<T> = wire::decode(&committed).expect("committed bytes decode");
     assert_eq!(decoded, envelope, "{name}: decoding the committed bytes");
-    let read: Envelope<T> = wire::read::decode(&committed).expect("the reader decodes them");
-    assert_eq!(read, envelope, "{name}: the hand-written reader");
+    // `rmp-serde` and the serde derives, which wrote them, read the same.
+    let serde: Envelope<T> = rmp_serde::from_slice(&committed).expect("rmp-serde decodes them");
+    assert_eq!(serde, envelope, "{name}: rmp-serde");
 }
 
 #[test]
@@ -144,8 +145,8 @@ fn additive_minor_change_still_decodes() {
     assert_eq!(decoded.schema, SCHEMA + 1);
     assert_eq!((decoded.version, decoded.updated_at), (8, T0 + 1_000));
     assert_eq!(decoded.body, profile);
-    let read: Envelope<Profile> = wire::read::decode(&committed).expect("the reader too");
-    assert_eq!(read, decoded);
+    let serde: Envelope<Profile> = rmp_serde::from_slice(&committed).expect("rmp-serde too");
+    assert_eq!(serde, decoded);
 }
 
 #[test]
@@ -155,12 +156,6 @@ fn unknown_major_is_refused() {
     let committed = check_bytes("manifest_major_plus_one.bin", &wire::encode(&envelope));
     assert_eq!(
         wire::decode::<Manifest>(&committed),
-        Err(WireError::UnknownMajor {
-            found: SCHEMA_MAJOR + 1
-        })
-    );
-    assert_eq!(
-        wire::read::decode::<Manifest>(&committed),
         Err(WireError::UnknownMajor {
             found: SCHEMA_MAJOR + 1
         })

@@ -2,6 +2,7 @@
 //! Cloudflare KV REST bulk bodies, so the origin's publisher targets `wrangler dev` with the
 //! same code it uses against the real API.
 
+use attune_core::secret::tokens_match;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
@@ -126,21 +127,19 @@ pub fn reply(successful: usize, unsuccessful: &[String], error: Option<&str>) ->
     Value::Object(m).to_string()
 }
 
-/// Constant-time comparison of `Authorization: Bearer <token>` with the configured token.
-/// An empty configured token never matches (the route is off).
+/// Whether `Authorization: Bearer <token>` carries the configured token, compared in constant
+/// time ([`tokens_match`]). An empty configured token never matches (the route is off).
 pub fn authorized(authorization: Option<&str>, token: &str) -> bool {
     let Some(given) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
         return false;
     };
-    !token.is_empty() && constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+    tokens_match(token.as_bytes(), given.trim().as_bytes())
 }
 
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    // Length is not secret; the content is compared without an early exit.
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// `given` against the configured `expected` token, for the debug-token checks in
+/// `worker_shell.rs`: [`tokens_match`], so an empty `expected` never matches.
+pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    tokens_match(expected, given)
 }
 
 #[cfg(test)]
@@ -171,5 +170,9 @@ mod tests {
         assert!(!authorized(Some("s3cret"), "s3cret"));
         assert!(!authorized(None, "s3cret"));
         assert!(!authorized(Some("Bearer "), ""));
+        assert!(!authorized(Some("Bearer s3cre"), "s3cret"));
+        assert!(constant_time_eq(b"d3bug", b"d3bug"));
+        assert!(!constant_time_eq(b"d3bug", b"d3buG"));
+        assert!(!constant_time_eq(b"", b""));
     }
 }
