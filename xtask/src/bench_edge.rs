@@ -9,7 +9,9 @@
 //!   in wasm, the rewrite. A response that is not `x-attune: personalized` counts as an error.
 //! - The JS worker gets the picks Attune made (read from its debug view) and must answer the
 //!   same bytes as Attune for both pages; the bench stops if it does not.
-//! - Each round restarts the three `wrangler dev`s, times the first request of each fresh
+//! - A fourth worker makes the two KV reads Attune makes and passes the page through: what
+//!   the local KV simulator, which runs inside the same workerd, adds to Attune's CPU.
+//! - Each round restarts the `wrangler dev`s, times the first request of each fresh
 //!   isolate (cold start), then runs every cell (page × concurrency × worker, workers in a
 //!   rotating order) for a fixed time with a keep-alive load generator of std threads. Medians
 //!   over rounds are reported; the CPU per request is the workerd process's utime + stime
@@ -52,9 +54,16 @@ enum Variant {
     PassThrough,
     JsRewriter,
     Attune,
+    /// Pass-through after the two KV reads Attune makes for a page: what those cost locally.
+    KvReads,
 }
 
-const VARIANTS: [Variant; 3] = [Variant::PassThrough, Variant::JsRewriter, Variant::Attune];
+const VARIANTS: [Variant; 4] = [
+    Variant::PassThrough,
+    Variant::JsRewriter,
+    Variant::Attune,
+    Variant::KvReads,
+];
 
 impl Variant {
     fn name(self) -> &'static str {
@@ -62,6 +71,7 @@ impl Variant {
             Variant::PassThrough => "pass-through",
             Variant::JsRewriter => "JS HTMLRewriter",
             Variant::Attune => "Attune",
+            Variant::KvReads => "KV reads + pass-through",
         }
     }
 
@@ -70,6 +80,7 @@ impl Variant {
             Variant::PassThrough => "pass",
             Variant::JsRewriter => "js",
             Variant::Attune => "attune",
+            Variant::KvReads => "kv",
         }
     }
 }
@@ -118,6 +129,9 @@ pub fn run(quick: bool) -> Result<(Vec<String>, String)> {
     let upstream = Upstream::start(&work.join("site"))?;
     println!("bench edge: upstream on {}", upstream.base);
     let picks = attune_picks(&work, &upstream.base)?;
+    // The KV-reads worker reads the KV Attune's was seeded with (its own copy: two wrangler devs
+    // do not share a state directory).
+    copy_dir(&work.join("state-attune"), &work.join("state-kv"))?;
     let configs: Vec<(Variant, PathBuf)> = VARIANTS
         .iter()
         .map(|&v| Ok((v, write_config(&work, v, &upstream.base, &picks)?)))
@@ -296,13 +310,16 @@ fn render(
     };
     let mut out = format!(
         "Same `wrangler dev` (workerd), local mode; the pages come from an upstream on 127.0.0.1 \
-         outside workerd. {} interleaved round(s), each restarting the three workers; per cell \
+         outside workerd. {} interleaved round(s), each restarting the workers; per cell \
          {} s of keep-alive load after {} ms of warm-up; medians over rounds. CPU is the utime + stime \
          per request of the workerd process that runs the worker (`/proc/<pid>/stat`); wrangler's \
          local proxy, a second workerd that forwards each request to it, is shown apart. Attune: release Worker, KV seeded, every response `personalized` (three \
          slots on each page: a variant hero, \"for you\" and trending on the home page; similar, \
          \"for you\" and trending on the product page); the JS worker fills the same slots from \
-         the picks Attune made and answers the same bytes (checked each round).\n\n",
+         the picks Attune made and answers the same bytes (checked each round). \"KV reads\" is a \
+         fourth worker that makes the two KV reads Attune makes for a page (manifest and profile) \
+         and passes the page through: under `wrangler dev` KV is a simulator inside the same \
+         workerd, so its CPU is counted with the worker's, which on Cloudflare it is not.\n\n",
         plan.rounds,
         plan.cell.as_secs_f64(),
         plan.warmup.as_millis()
@@ -310,7 +327,7 @@ fn render(
     out.push_str(
         "| page, concurrency | req/s pass / JS / Attune | Attune ÷ JS | p50 ms pass / JS / Attune | p99 ms pass / JS / Attune | CPU ms/req pass / JS / Attune | proxy CPU ms/req |\n|---|---|---|---|---|---|---|\n",
     );
-    let [p, j, a] = VARIANTS;
+    let [p, j, a, k] = VARIANTS;
     let mut goals = Vec::new();
     for (page, (page_name, _)) in PAGES.iter().enumerate() {
         for (c, concurrency) in CONCURRENCY.iter().enumerate() {
@@ -347,19 +364,19 @@ fn render(
                 rps(a) / rps(j),
                 cpu(a) / cpu(j),
                 p50(a) / p50(p),
-                (cpu(a) - cpu(p), cpu(j) - cpu(p)),
+                (cpu(a) - cpu(p), cpu(j) - cpu(p), cpu(k) - cpu(p)),
             ));
         }
     }
     out.push_str(
         "\nGoals (issue 17): Attune ≥ 1.2× the JS worker's req/s, ≤ its CPU per request, p50 ≤ 1.3× \
-         pass-through.\n\n| page, concurrency | req/s Attune ÷ JS (≥ 1.2) | CPU Attune ÷ JS (≤ 1) | p50 Attune ÷ pass (≤ 1.3) | CPU over pass-through, Attune / JS (ms) |\n|---|---|---|---|---|\n",
+         pass-through.\n\n| page, concurrency | req/s Attune ÷ JS (≥ 1.2) | CPU Attune ÷ JS (≤ 1) | p50 Attune ÷ pass (≤ 1.3) | CPU over pass-through, Attune / JS / KV reads alone (ms) |\n|---|---|---|---|---|\n",
     );
     let mark = |ok: bool| if ok { "" } else { " ✗" };
-    for (name, rps, cpu, p50, (extra_a, extra_j)) in goals {
+    for (name, rps, cpu, p50, (extra_a, extra_j, extra_k)) in goals {
         let _ = writeln!(
             out,
-            "| {name} | {rps:.2}{} | {cpu:.2}{} | {p50:.2}{} | {extra_a:.2} / {extra_j:.2} |",
+            "| {name} | {rps:.2}{} | {cpu:.2}{} | {p50:.2}{} | {extra_a:.2} / {extra_j:.2} / {extra_k:.2} |",
             mark(rps >= 1.2),
             mark(cpu <= 1.0),
             mark(p50 <= 1.3),
@@ -513,6 +530,20 @@ impl Drop for Wrangler {
     }
 }
 
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -627,6 +658,16 @@ fn write_config(
             "main": root.join("lab/edge-bench/passthrough.js"),
             "compatibility_date": COMPATIBILITY_DATE,
             "vars": {"UPSTREAM": upstream},
+        }),
+        Variant::KvReads => serde_json::json!({
+            "name": "bench-kv-reads",
+            "main": root.join("lab/edge-bench/kvreads.js"),
+            "compatibility_date": COMPATIBILITY_DATE,
+            "kv_namespaces": [{"binding": "ATTUNE_KV", "id": "00000000000000000000000000000000"}],
+            "vars": {
+                "UPSTREAM": upstream,
+                "PROFILE_KEY": fs::read_to_string(work.join("profile-key"))?.trim(),
+            },
         }),
         Variant::JsRewriter => serde_json::json!({
             "name": "bench-htmlrewriter",

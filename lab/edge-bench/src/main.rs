@@ -7,6 +7,7 @@
 //! - `DIR/kv.json`: the Worker's dev bulk KV body (catalog, neighbours, trending, rules, the
 //!   manifest last, and the profile of [`BENCH_USER`]), encoded by `attune-core`, so the Worker
 //!   personalizes both pages for that user;
+//! - `DIR/profile-key`: the KV key of that profile;
 //! - `DIR/catalog.json`: the catalog by id, from which the JS HTMLRewriter worker fills the
 //!   slots with the picks the Worker made.
 
@@ -98,8 +99,10 @@ fn prepare(shop: &Path, rules: &Path, out: &Path, profile_key: &str) -> Result<(
     )?;
 
     let mut pairs = model_pairs(&items, &config)?;
+    let buyer_key = attune_core::hash::profile_key(profile_key.as_bytes(), BENCH_USER);
+    fs::write(out.join("profile-key"), &buyer_key)?;
     pairs.push(pair(
-        &attune_core::hash::profile_key(profile_key.as_bytes(), BENCH_USER),
+        &buyer_key,
         &encode_profile(
             &Envelope::new(3, now, buyer_profile(&items, &config.profile, now)),
             PROFILE_CAP_BYTES,
