@@ -136,12 +136,6 @@ pub fn authorized(authorization: Option<&str>, token: &str) -> bool {
     tokens_match(token.as_bytes(), given.trim().as_bytes())
 }
 
-/// `given` against the configured `expected` token, for the debug-token checks in
-/// `worker_shell.rs`: [`tokens_match`], so an empty `expected` never matches.
-pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
-    tokens_match(expected, given)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,8 +165,5 @@ mod tests {
         assert!(!authorized(None, "s3cret"));
         assert!(!authorized(Some("Bearer "), ""));
         assert!(!authorized(Some("Bearer s3cre"), "s3cret"));
-        assert!(constant_time_eq(b"d3bug", b"d3bug"));
-        assert!(!constant_time_eq(b"d3bug", b"d3buG"));
-        assert!(!constant_time_eq(b"", b""));
     }
 }

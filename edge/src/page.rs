@@ -84,10 +84,9 @@ impl Settings {
 
     /// Whether `token` (an `x-attune-debug` header) is the debug token, in constant time.
     pub fn debug_allowed(&self, token: Option<&str>) -> bool {
-        !self.debug_token.is_empty()
-            && token.is_some_and(|t| {
-                crate::devkv::constant_time_eq(t.as_bytes(), self.debug_token.as_bytes())
-            })
+        token.is_some_and(|t| {
+            attune_core::secret::tokens_match(self.debug_token.as_bytes(), t.as_bytes())
+        })
     }
 }
 

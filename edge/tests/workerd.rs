@@ -3,11 +3,12 @@
 //! test prints why it skips when `edge/build/` is missing). Local KV is seeded through the
 //! Worker's own dev bulk route, with snapshots encoded by `attune-core`.
 
+#![cfg(unix)]
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use attune_core::event::{Event, EventKind, SCHEMA_VERSION};
 use attune_core::model::{
@@ -16,6 +17,7 @@ use attune_core::model::{
 };
 use attune_core::wire::{Envelope, encode, encode_profile};
 use attune_core::{Config, Profile};
+use attune_harness::{Service, WranglerDev, free_port};
 use base64::Engine;
 
 const PROFILE_KEY: &str = "test-profile-key";
@@ -28,29 +30,11 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// `wrangler dev` (and the workerd it runs), killed with its process group on drop.
 struct Wrangler {
-    child: Child,
     base: String,
+    _service: Service,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Wrangler {
-    fn drop(&mut self) {
-        // wrangler runs workerd as a child: end the whole process group we started.
-        let pid = self.child.id();
-        let _ = Command::new("kill")
-            .args(["-TERM", "--", &format!("-{pid}")])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn start() -> Option<Wrangler> {
@@ -103,50 +87,26 @@ ATTUNE_DEMO_LOGIN = "1"
         writeln!(f, "{name} = \"{value}\"").expect("write config");
     }
     drop(f);
-    let port = free_port();
-    let mut cmd = Command::new(&wrangler);
-    cmd.current_dir(dir.path())
-        .args(["dev", "--config"])
-        .arg(&config)
-        .args([
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            // Not workerd's default 9229, which another wrangler dev may hold.
-            "--inspector-port",
-            &free_port().to_string(),
-            "--persist-to",
-        ])
-        .arg(dir.path().join("state"))
-        .args(["--var", "ATTUNE_SESSION_KEY:test-session-key"])
-        .args(["--var", &format!("ATTUNE_PROFILE_KEY:{PROFILE_KEY}")])
-        .args(["--var", &format!("ATTUNE_DEBUG_TOKEN:{DEBUG_TOKEN}")])
-        .args(["--var", &format!("ATTUNE_DEV_KV_TOKEN:{DEV_TOKEN}")])
-        .env("WRANGLER_SEND_METRICS", "false")
-        .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    #[cfg(unix)]
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let child = cmd.spawn().expect("spawn wrangler dev");
-    let w = Wrangler {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while Instant::now() < deadline {
-        if let Ok(r) = agent().get(format!("{}/__attune/beacon.js", w.base)).call()
-            && r.status() == 200
-        {
-            return Some(w);
-        }
-        std::thread::sleep(Duration::from_millis(300));
+    let port = free_port().expect("a free port");
+    let dev = WranglerDev::new(port, dir.path().join("state"))
+        .config(&config)
+        // Not workerd's default 9229, which another wrangler dev may hold.
+        .inspector_port(free_port().expect("a free port"))
+        .var("ATTUNE_SESSION_KEY", "test-session-key")
+        .var("ATTUNE_PROFILE_KEY", PROFILE_KEY)
+        .var("ATTUNE_DEBUG_TOKEN", DEBUG_TOKEN)
+        .var("ATTUNE_DEV_KV_TOKEN", DEV_TOKEN);
+    let mut cmd = dev.command(&wrangler);
+    cmd.current_dir(dir.path());
+    let mut service = Service::spawn("wrangler dev", cmd).expect("spawn wrangler dev");
+    if let Err(e) = service.wait_http(port, "/__attune/beacon.js", Duration::from_secs(90)) {
+        panic!("wrangler dev did not come up on {}: {e}", dev.url());
     }
-    panic!("wrangler dev did not come up on {} within 90 s", w.base);
+    Some(Wrangler {
+        base: dev.url(),
+        _service: service,
+        _dir: dir,
+    })
 }
 
 fn agent() -> ureq::Agent {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use rand::{Rng, SeedableRng};
 
+use crate::error::Result;
 use attune_origin::config::{Config, TargetKind};
-use attune_origin::error::Result;
 use attune_origin::node::Node;
 use attune_origin::now_ms;
 
@@ -43,7 +43,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
     /// Also run the same events with a commit after every micro-batch (no checkpoint
-    /// batching: the durability model before checkpoints) and report the ratio.
+    /// batching) and report the ratio.
     #[arg(long)]
     pub baseline: bool,
     /// Throughput runs, each on a fresh log and store; the report gives each and the median.
@@ -53,7 +53,7 @@ pub struct BenchArgs {
 
 /// One throughput run.
 struct Run {
-    outcome: attune_origin::pipeline::BatchOutcome,
+    outcome: attune_origin::BatchOutcome,
     secs: f64,
     store_bytes: u64,
     users_stored: usize,
@@ -91,7 +91,7 @@ fn throughput(a: &BenchArgs, dir: &std::path::Path, checkpoint_interval_ms: u64)
     let started = Instant::now();
     let outcome = node.drain()?;
     let secs = started.elapsed().as_secs_f64();
-    let store_bytes = attune_origin::store::Store::size_bytes(&cfg.store_path());
+    let store_bytes = attune_origin::Store::size_bytes(&cfg.store_path());
     let users_stored = node.store.profiles().map(|p| p.len()).unwrap_or(0);
     Ok(Run {
         outcome,
@@ -274,6 +274,7 @@ async fn freshness(dir: &std::path::Path, probes: usize) -> Result<(f64, f64, f6
     let mut cfg = Config {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".into(),
+        insecure_dev_no_token: true,
         ..Config::default()
     };
     let (kv_url, received) = kv_stand_in().await?;

@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
+use crate::error::Result;
 use attune_origin::Config;
 use attune_origin::cli::{Global, Remote, feed, load_config, print_json};
 use attune_origin::client::Client;
-use attune_origin::error::Result;
 use attune_origin::node::Node;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;

@@ -15,7 +15,7 @@
 use attune_core::event::{Event, PropValue, SCHEMA_VERSION};
 use attune_core::{CatalogItem, EventKind, SmolStr};
 
-use attune_origin::error::{Error, Result};
+use crate::error::{Error, Result};
 
 use crate::retail::{RetailDataset, RetailItem};
 
@@ -114,7 +114,12 @@ pub fn from_retail(
 }
 
 pub fn load_retail(path: &std::path::Path) -> Result<RetailDataset> {
-    let f =
-        std::fs::File::open(path).map_err(|e| Error::Retail(format!("{}: {e}", path.display())))?;
-    crate::retail::parse(std::io::BufReader::new(f)).map_err(|e| Error::Retail(e.to_string()))
+    let f = std::fs::File::open(path).map_err(|source| Error::SampleFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    crate::retail::parse(std::io::BufReader::new(f)).map_err(|source| Error::Sample {
+        path: path.to_path_buf(),
+        source,
+    })
 }

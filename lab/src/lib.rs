@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod error;
 pub mod eval;
 pub mod import;
 pub mod retail;

@@ -5,7 +5,6 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use attune_core::hash::profile_key;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
@@ -13,7 +12,7 @@ use crate::client::{Client, chunk_lines};
 use crate::config::{Config, TargetKind};
 use crate::error::{Error, Result};
 use crate::node::Node;
-use crate::publisher::{Publisher, Target};
+use crate::publish::{Publisher, Target};
 
 #[derive(Debug, Parser)]
 #[command(name = "attune-origin", version, about = "Attune origin service")]
@@ -44,6 +43,11 @@ pub struct Global {
         hide_env_values = true
     )]
     pub ingest_token: Option<String>,
+    /// Development only: `serve` without an ingest token, on a loopback `--listen` address
+    /// alone (`serve` refuses to start without a token otherwise, and always refuses an empty
+    /// one).
+    #[arg(long, global = true, env = "ATTUNE_INSECURE_DEV_NO_TOKEN")]
+    pub insecure_dev_no_token: bool,
     /// Keyed-hash secret for `p:` keys (the worker's ATTUNE_PROFILE_KEY).
     #[arg(
         long,
@@ -99,6 +103,13 @@ pub enum Command {
     Forget(Forget),
     /// Publish to KV.
     Publish(PublishArgs),
+    /// Recreate the store from the event log (with the service stopped).
+    ///
+    /// The old file is moved aside (`store.redb.replaced-<ms>`), the log is replayed from its
+    /// first record and checkpointed. The catalog and forgets are carried over when the old file reads. For a
+    /// damaged store (the service rebuilds one it finds damaged at start by itself) or one in
+    /// doubt.
+    Rebuild,
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +191,9 @@ pub fn load_config(g: &Global) -> Result<Config> {
     if let Some(v) = &g.ingest_token {
         cfg.ingest_token = Some(v.clone());
     }
+    if g.insecure_dev_no_token {
+        cfg.insecure_dev_no_token = true;
+    }
     if let Some(v) = &g.profile_key {
         cfg.profile_key = v.clone();
     }
@@ -206,41 +220,6 @@ pub fn load_config(g: &Global) -> Result<Config> {
     Ok(cfg)
 }
 
-/// A profile as JSON for `inspect user`.
-pub fn inspect_user_json(node: &Node, id: &str) -> Result<Option<serde_json::Value>> {
-    let Some(state) = node.user(id)? else {
-        return Ok(None);
-    };
-    let key = profile_key(node.cfg.profile_key.as_bytes(), id);
-    let published = node
-        .store
-        .published()?
-        .into_iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v);
-    let p = &state.profile;
-    let cfg = attune_core::ProfileConfig::default();
-    let now = crate::now_ms();
-    Ok(Some(json!({
-        "user": id,
-        "key": key,
-        "version": p.version,
-        "published_version": published,
-        "first_seen": p.first_seen,
-        "last_seen": p.last_seen,
-        "purchases": p.purchases,
-        "visits": p.visit_count(),
-        "top_items": p.top_items(now, &cfg, 10),
-        "top_categories": p.top_categories(now, &cfg, 5),
-        "cart": p.cart_items().collect::<Vec<_>>(),
-        "purchased": p.purchased.iter().map(|x| x.item.as_str()).collect::<Vec<_>>(),
-        "recent": node.model.lock().map(|m| m.recent_names(&state)).unwrap_or_default(),
-        "snapshot_bytes": attune_core::wire::encode_profile(
-            &attune_core::wire::Envelope::new(p.version, p.last_seen, p.clone()),
-            attune_core::wire::PROFILE_CAP_BYTES).len(),
-    })))
-}
-
 /// Prints a command's result to stdout, pretty.
 pub fn print_json(v: &serde_json::Value) {
     use std::io::Write;
@@ -261,10 +240,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("attune-origin listening on http://{}", running.addr);
             use std::io::Write;
             let _ = std::io::stdout().flush();
-            tokio::select! {
-                _ = crate::server::shutdown_signal() => {}
-            }
-            running.shutdown().await
+            running.serve_until_signal().await
         }
         Command::Replay(a) => replay(cfg, a, token).await,
         Command::Inspect(Inspect::User { id, remote }) => {
@@ -275,9 +251,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                 print_json(&v);
             } else {
                 let node = Node::open(&cfg)?;
-                match inspect_user_json(&node, &id)? {
+                match node.inspect_user_json(&id)? {
                     Some(v) => print_json(&v),
-                    None => return Err(Error::Config(format!("no profile for user {id:?}"))),
+                    None => return Err(Error::NoSuchUser(id)),
                 }
             }
             Ok(())
@@ -303,7 +279,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 let off = node
                     .store
                     .meta(&crate::store::keys::offset(crate::node::LOG_SOURCE))?;
-                print_json(&crate::ingest::status_json(&node, off));
+                print_json(&node.status_json(off));
             }
             Ok(())
         }
@@ -320,6 +296,19 @@ pub async fn run(cli: Cli) -> Result<()> {
                 flush_offline(&node).await?;
                 print_json(&json!({ "forgotten": existed }));
             }
+            Ok(())
+        }
+        Command::Rebuild => {
+            let (store, moved_aside) = crate::store::rebuild(&cfg.store_path(), &cfg.log_path())?;
+            // redb opens a file once per process: the node below opens it again.
+            drop(store);
+            let node = Node::open(&cfg)?;
+            let o = node.drain()?;
+            print_json(&json!({
+                "store": cfg.store_path(), "moved_aside": moved_aside,
+                "received": o.received, "applied": o.applied, "duplicates": o.duplicates,
+                "dlq": o.dlq, "late": o.late,
+            }));
             Ok(())
         }
         Command::Publish(a) => {

@@ -50,7 +50,7 @@ impl Client {
                         return Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null));
                     }
                     if status.as_u16() != 429 && !status.is_server_error() {
-                        return Err(Error::Http(format!("{status}: {text}")));
+                        return Err(Error::Status { status, body: text });
                     }
                     Duration::from_millis(ra.map_or(200 << attempt.min(6), |s| s * 1000))
                 }

@@ -18,14 +18,21 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Ingest/admin HTTP listen address (`127.0.0.1:0` picks a free port).
     pub listen: String,
-    /// Bearer token for `/v1/*` (events, catalog, admin). Empty or absent: no auth (dev only).
+    /// Bearer token for `/v1/*` (events, catalog, users, DLQ, publish). `serve` refuses an
+    /// empty one, and refuses to run without one unless `insecure_dev_no_token` is set and
+    /// `listen` is a loopback address ([`Config::check_serve_auth`]).
     pub ingest_token: Option<String>,
+    /// Development only: serve `/v1/*` without a token, allowed on a loopback address alone.
+    pub insecure_dev_no_token: bool,
     /// Secret of the keyed profile hash (`p:<hash>`); must equal the worker's `ATTUNE_PROFILE_KEY`.
     pub profile_key: String,
     /// JSON logs instead of human-readable ones.
     pub log_json: bool,
     /// Deadline for draining and flushing on SIGTERM/Ctrl-C.
     pub shutdown_deadline_ms: u64,
+    /// After the pipeline stops on an error, how long `serve` keeps answering (health 503 with
+    /// the reason, ingest 503) before it exits non-zero for its supervisor to restart it.
+    pub failure_exit_delay_ms: u64,
     pub ingest: IngestConfig,
     pub pipeline: PipelineConfig,
     pub model: ModelConfig,
@@ -136,9 +143,11 @@ impl Default for Config {
             data_dir: PathBuf::from(".attune"),
             listen: "127.0.0.1:7878".into(),
             ingest_token: None,
+            insecure_dev_no_token: false,
             profile_key: "attune-dev-profile-key".into(),
             log_json: false,
             shutdown_deadline_ms: 10_000,
+            failure_exit_delay_ms: 5_000,
             ingest: IngestConfig::default(),
             pipeline: PipelineConfig::default(),
             model: ModelConfig::default(),
@@ -211,18 +220,27 @@ impl Default for PublishConfig {
 impl Config {
     /// Defaults overlaid with a TOML file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        let text = std::fs::read_to_string(path).map_err(|source| Error::File {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| Error::ConfigToml {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Reads `rules_file` (JSON) into `rules`; a bad file is an error, never a silent default.
     pub fn load_rules(&mut self) -> Result<()> {
         if let Some(path) = &self.rules_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-            self.rules = serde_json::from_str(&text)
-                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path).map_err(|source| Error::File {
+                path: path.clone(),
+                source,
+            })?;
+            self.rules = serde_json::from_str(&text).map_err(|source| Error::RulesJson {
+                path: path.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -257,6 +275,30 @@ impl Config {
         Ok(())
     }
 
+    /// Fails closed: `serve` needs a non-empty ingest token, or the explicit development flag
+    /// on a loopback listen address. An empty token is refused rather than read as "none": it
+    /// is what an unset secret rendered into a variable looks like.
+    pub fn check_serve_auth(&self) -> Result<()> {
+        match (&self.ingest_token, self.insecure_dev_no_token) {
+            (Some(t), _) if t.is_empty() => Err(Error::Config(
+                "the ingest token is empty (an unset secret?): set a token, or for local \
+                 development leave it out and pass --insecure-dev-no-token"
+                    .into(),
+            )),
+            (Some(_), _) => Ok(()),
+            (None, false) => Err(Error::Config(
+                "serve needs an ingest token (--ingest-token or ATTUNE_INGEST_TOKEN); for local \
+                 development on a loopback address, --insecure-dev-no-token"
+                    .into(),
+            )),
+            (None, true) if is_loopback(&self.listen) => Ok(()),
+            (None, true) => Err(Error::Config(format!(
+                "--insecure-dev-no-token is allowed on a loopback listen address only, not {:?}",
+                self.listen
+            ))),
+        }
+    }
+
     /// The resolved publish target.
     pub fn target(&self) -> TargetKind {
         let p = &self.publish;
@@ -282,5 +324,59 @@ impl Config {
 
     pub fn log_path(&self) -> PathBuf {
         self.data_dir.join("events.log")
+    }
+}
+
+/// Whether a `host:port` listen address is on the loopback interface.
+fn is_loopback(listen: &str) -> bool {
+    if let Ok(addr) = listen.parse::<std::net::SocketAddr>() {
+        return addr.ip().is_loopback();
+    }
+    listen
+        .rsplit_once(':')
+        .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(token: Option<&str>, dev: bool, listen: &str) -> Config {
+        Config {
+            ingest_token: token.map(str::to_string),
+            insecure_dev_no_token: dev,
+            listen: listen.into(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn serve_auth_fails_closed() {
+        assert!(
+            with(Some("t"), false, "0.0.0.0:80")
+                .check_serve_auth()
+                .is_ok()
+        );
+        let empty = with(Some(""), true, "127.0.0.1:0").check_serve_auth();
+        assert!(empty.unwrap_err().to_string().contains("empty"));
+        assert!(with(None, false, "127.0.0.1:0").check_serve_auth().is_err());
+        assert!(with(None, true, "127.0.0.1:0").check_serve_auth().is_ok());
+        assert!(with(None, true, "[::1]:7878").check_serve_auth().is_ok());
+        assert!(
+            with(None, true, "localhost:7878")
+                .check_serve_auth()
+                .is_ok()
+        );
+        assert!(with(None, true, "0.0.0.0:7878").check_serve_auth().is_err());
+        assert!(
+            with(None, true, "10.0.0.5:7878")
+                .check_serve_auth()
+                .is_err()
+        );
+        assert!(
+            with(None, true, "example.com:7878")
+                .check_serve_auth()
+                .is_err()
+        );
     }
 }

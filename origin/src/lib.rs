@@ -1,16 +1,17 @@
 //! # attune-origin
 //!
 //! The origin service: consumes the behavioural event stream, keeps profiles and the item
-//! model current, and batch-publishes snapshots to edge KV. Shaped like tokio's mini-redis:
-//! a library of small modules with a thin binary (`src/main.rs`).
+//! model current, and batch-publishes snapshots to edge KV. A library of folders by stage,
+//! private to the crate, behind a small surface (the types re-exported here, the node, the
+//! server, the CLI), with a thin binary (`src/main.rs`).
 //!
 //! ```text
-//! ingest (axum) ─► log (embedded, fsync'd; `Source` trait) ─► pipeline
+//! http (axum) ─► log (embedded, fsync'd; `Source` trait) ─► stream (pipeline)
 //!   validate (core) ─► dedup ─► watermark ─► Profile::apply (core) + model
 //!   ─► live (applied in memory; the publisher reads it at once)
 //!   ─► store (redb, one transaction per checkpoint: profiles, dedup, offsets, model, outbox,
 //!      DLQ; a crash replays the log from the last checkpoint)
-//!   ─► publisher (outbox → KV bulk API / dev route / directory)
+//!   ─► publish (outbox → KV bulk API / dev route / directory)
 //! ```
 //!
 //! All decisions about a profile go through `attune-core`; this crate adds I/O, durability
@@ -20,22 +21,26 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
-pub mod fxhash;
-pub mod ingest;
-pub mod live;
-pub mod log;
-pub mod metrics;
-pub mod model;
+mod http;
+pub mod lifecycle;
+mod log;
+mod metrics;
+mod model;
 pub mod node;
-pub mod pipeline;
-pub mod publisher;
+mod publish;
 pub mod server;
-pub mod store;
-pub mod store_format;
-pub mod store_upgrade;
+mod store;
+mod stream;
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use log::{FIRST_OFFSET, Log, Record, Source};
+pub use metrics::Metrics;
+pub use model::Model;
+pub use node::Node;
+pub use publish::{FlushOutcome, Publisher, Target};
+pub use store::{Store, UserState};
+pub use stream::{BatchOutcome, Pipeline, Progress};
 
 /// Wall clock in epoch milliseconds (the core never reads one; the origin passes it in).
 pub fn now_ms() -> u64 {

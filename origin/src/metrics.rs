@@ -35,6 +35,8 @@ pub struct Metrics {
     pub publish_retries: Counter,
     pub published_keys: Family<Labels, Counter>,
     pub exposures: Family<Labels, Counter>,
+    /// The (experiment, arm) pairs the published rules define: the only exposure labels.
+    known_arms: std::collections::HashSet<(String, String)>,
 }
 
 impl Default for Metrics {
@@ -76,6 +78,7 @@ impl Metrics {
             publish_retries: Counter::default(),
             published_keys: Family::default(),
             exposures: Family::default(),
+            known_arms: Default::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -191,10 +194,81 @@ impl Metrics {
         Metrics { registry: r, ..m }
     }
 
+    /// Metrics whose exposure labels are the experiments and arms of `rules` (what is
+    /// published under `cfg`).
+    pub fn for_rules(rules: &attune_core::rules::Config) -> Self {
+        let mut m = Self::new();
+        m.known_arms = rules
+            .experiments
+            .iter()
+            .flat_map(|e| e.arms.iter().map(|a| (e.id.clone(), a.name.clone())))
+            .collect();
+        m
+    }
+
+    /// Counts one exposure. The labels come from event data the edge forwards from browsers,
+    /// so only pairs the rules define get their own series; anything else counts under
+    /// `experiment="unknown", arm="unknown"` (the series count stays bounded by the rules).
+    pub fn count_exposure(&self, experiment: &str, arm: &str) {
+        let key = (experiment.to_string(), arm.to_string());
+        let (experiment, arm) = if self.known_arms.contains(&key) {
+            (key.0.as_str(), key.1.as_str())
+        } else {
+            ("unknown", "unknown")
+        };
+        self.exposures
+            .get_or_create(&labels(&[("experiment", experiment), ("arm", arm)]))
+            .inc();
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attune_core::rules::{Arm, Config, Experiment};
+
+    #[test]
+    fn exposure_labels_come_from_the_rules_only() {
+        let arm = |name: &str| Arm {
+            name: name.into(),
+            weight: 1,
+            variant: None,
+            strategy: None,
+        };
+        let rules = Config {
+            experiments: vec![Experiment {
+                id: "hero".into(),
+                slot: "hero".into(),
+                traffic_bp: 10_000,
+                control: "a".into(),
+                arms: vec![arm("a"), arm("b")],
+                active: true,
+            }],
+            ..Config::default()
+        };
+        let m = Metrics::for_rules(&rules);
+        m.count_exposure("hero", "a");
+        m.count_exposure("hero", "b");
+        for i in 0..500 {
+            m.count_exposure(&format!("x{i}"), "a");
+            m.count_exposure("hero", &format!("z{i}"));
+        }
+        let text = m.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("attune_exposures_total{"))
+            .collect();
+        assert_eq!(series.len(), 3, "{series:?}");
+        assert!(
+            text.contains(r#"attune_exposures_total{experiment="unknown",arm="unknown"} 1000"#)
+        );
+        assert!(text.contains(r#"attune_exposures_total{experiment="hero",arm="b"} 1"#));
     }
 }

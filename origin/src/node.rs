@@ -7,21 +7,22 @@ use attune_core::CatalogItem;
 use attune_core::hash::profile_key;
 use attune_core::model::keys as kv;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use serde_json::json;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::live::{self, Live, SharedLive, Unpublished};
 use crate::log::Log;
 use crate::metrics::Metrics;
 use crate::model::Model;
-use crate::pipeline::Pipeline;
 use crate::store::{
     FORGOTTEN, META, OUTBOX, Op, OutboxEntry, PENDING, PENDING_KEY, PUBLISHED, Store, USERS,
     enqueue_shared, keys, outbox_put, unpack_pending,
 };
+use crate::stream::Pipeline;
+use crate::stream::live::{self, Live, SharedLive, Unpublished};
 
 /// The embedded log's source name (its offset key in the store).
-pub const LOG_SOURCE: &str = "log";
+pub use crate::log::SOURCE as LOG_SOURCE;
 
 #[derive(Clone)]
 pub struct Node {
@@ -32,6 +33,8 @@ pub struct Node {
     /// What the pipeline applied beyond the last checkpoint, shared with the publisher.
     pub live: SharedLive,
     pub metrics: Arc<Metrics>,
+    /// Which long-running parts have stopped, and why (`/healthz`, `/readyz`, ingest).
+    pub health: crate::lifecycle::Health,
 }
 
 impl std::fmt::Debug for Node {
@@ -44,7 +47,7 @@ impl Node {
     pub fn open(cfg: &Config) -> Result<Node> {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let store = Store::open(&cfg.store_path())?;
+        let store = crate::store::open_or_rebuild(&cfg.store_path(), &cfg.log_path())?;
         let committed = store.meta(&keys::offset(LOG_SOURCE))?;
         let log = Log::open(&cfg.log_path(), committed, cfg.ingest.queue_capacity)?;
         let model = Model::load(cfg.model.clone(), &store)?;
@@ -55,7 +58,8 @@ impl Node {
             log,
             model: Arc::new(Mutex::new(model)),
             live: Arc::new(Mutex::new(live)),
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(Metrics::for_rules(&cfg.rules)),
+            health: crate::lifecycle::Health::default(),
         };
         node.ensure_config_enqueued()?;
         Ok(node)
@@ -220,11 +224,11 @@ impl Node {
     }
 
     /// Applies everything durable in the log and checkpoints (offline commands).
-    pub fn drain(&self) -> Result<crate::pipeline::BatchOutcome> {
+    pub fn drain(&self) -> Result<crate::stream::BatchOutcome> {
         use crate::log::Source;
         let mut pipeline = self.pipeline()?;
         let mut reader = self.log.reader()?;
-        let mut total = crate::pipeline::BatchOutcome::default();
+        let mut total = crate::stream::BatchOutcome::default();
         let mut buf = Vec::new();
         loop {
             let from = pipeline.offset().max(reader.start());
@@ -246,14 +250,79 @@ impl Node {
     }
 }
 
+/// Read-only views the CLI (`inspect`) and the admin API share.
+impl Node {
+    /// A profile as JSON for `inspect user`.
+    pub fn inspect_user_json(&self, id: &str) -> Result<Option<serde_json::Value>> {
+        let node = self;
+        let Some(state) = node.user(id)? else {
+            return Ok(None);
+        };
+        let key = profile_key(node.cfg.profile_key.as_bytes(), id);
+        let published = node
+            .store
+            .published()?
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v);
+        let p = &state.profile;
+        let cfg = attune_core::ProfileConfig::default();
+        let now = crate::now_ms();
+        Ok(Some(json!({
+            "user": id,
+            "key": key,
+            "version": p.version,
+            "published_version": published,
+            "first_seen": p.first_seen,
+            "last_seen": p.last_seen,
+            "purchases": p.purchases,
+            "visits": p.visit_count(),
+            "top_items": p.top_items(now, &cfg, 10),
+            "top_categories": p.top_categories(now, &cfg, 5),
+            "cart": p.cart_items().collect::<Vec<_>>(),
+            "purchased": p.purchased.iter().map(|x| x.item.as_str()).collect::<Vec<_>>(),
+            "recent": node.model.lock().map(|m| m.recent_names(&state)).unwrap_or_default(),
+            "snapshot_bytes": attune_core::wire::encode_profile(
+                &attune_core::wire::Envelope::new(p.version, p.last_seen, p.clone()),
+                attune_core::wire::PROFILE_CAP_BYTES).len(),
+        })))
+    }
+
+    /// Pipeline and publisher progress (no user data).
+    ///
+    /// The counters are as of the last checkpoint (the pipeline checkpoints whenever it catches up
+    /// with the log); `applied_offset` is what it applied in memory.
+    pub fn status_json(&self, applied_offset: u64) -> serde_json::Value {
+        let node = self;
+        let s = &node.store;
+        let m = |k: &str| s.meta(k).unwrap_or(0);
+        use crate::store::keys;
+        let unpublished = crate::stream::live::lock(&node.live).unpublished_len();
+        json!({
+            "log_end": node.log.end(),
+            "applied_offset": applied_offset,
+            "checkpointed_offset": m(&keys::offset(crate::node::LOG_SOURCE)),
+            "unpublished": unpublished,
+            "received": m(keys::RECEIVED),
+            "applied": m(keys::APPLIED),
+            "duplicates": m(keys::DUPLICATES),
+            "dlq": m(keys::DLQ),
+            "late": m(keys::LATE),
+            "outbox": s.outbox_len().unwrap_or(0),
+            "catalog": node.model.lock().map(|m| m.catalog_len()).unwrap_or(0),
+        })
+    }
+}
+
 /// The publishes and forgets the last checkpoint left waiting.
 fn load_live(store: &Store) -> Result<Live> {
     let mut live = Live::default();
     let tx = store.db.begin_read()?;
     let now = crate::now_ms();
     if let Some(row) = tx.open_table(PENDING)?.get(PENDING_KEY)? {
-        let users = unpack_pending(row.value())
-            .ok_or_else(|| crate::Error::Store("the pending publishes row is malformed".into()))?;
+        let users = unpack_pending(row.value()).ok_or_else(|| {
+            crate::Error::Corrupt("the pending publishes row is malformed".into())
+        })?;
         for (user, version) in users {
             live.unpublished.insert(
                 live::user_key(&user),
@@ -283,8 +352,9 @@ fn load_live(store: &Store) -> Result<Live> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Error;
     use crate::config::TargetKind;
-    use crate::store::OutboxEntry;
+    use crate::store::{FORMAT_VERSION, OutboxEntry};
 
     fn queued_version(node: &Node, key: &str) -> Option<u64> {
         let tx = node.store.db.begin_read().ok()?;
@@ -317,5 +387,148 @@ mod tests {
         cfg.rules.segments.clear();
         let node = Node::open(&cfg).unwrap();
         assert_eq!(queued_version(&node, kv::CONFIG), Some(2));
+    }
+
+    fn ev(n: u64, user: &str, item: &str) -> Vec<u8> {
+        format!(
+            r#"{{"v":1,"event_id":"e{n}","user":"{user}","ts":{},"kind":"view","item":"{item}"}}"#,
+            crate::now_ms() - 1000 + n
+        )
+        .into_bytes()
+    }
+
+    fn item(id: &str) -> CatalogItem {
+        CatalogItem {
+            id: id.into(),
+            title: format!("Item {id}"),
+            url: format!("/p/{id}"),
+            image: String::new(),
+            price: "£1.00".into(),
+            category: "home".into(),
+        }
+    }
+
+    /// A node with events applied and checkpointed (one user forgotten), closed again.
+    fn populated(dir: &std::path::Path) -> (Config, Vec<(String, attune_core::Profile)>) {
+        let mut cfg = Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
+        cfg.publish.target = TargetKind::None;
+        let node = Node::open(&cfg).unwrap();
+        node.put_catalog(vec![item("x"), item("y")]).unwrap();
+        let events = vec![
+            ev(1, "a", "x"),
+            ev(2, "a", "y"),
+            ev(3, "b", "x"),
+            ev(4, "c", "y"),
+        ];
+        node.log
+            .append_blocking(crate::now_ms(), "t", events)
+            .unwrap();
+        node.drain().unwrap();
+        node.forget("c").unwrap();
+        node.drain().unwrap();
+        let profiles = node.store.profiles().unwrap();
+        assert_eq!(profiles.len(), 2);
+        (cfg, profiles)
+    }
+
+    fn set_format(path: &std::path::Path, version: u64) {
+        let db = redb::Database::open(path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert(keys::FORMAT, version)
+            .unwrap();
+        tx.commit().unwrap();
+    }
+
+    fn moved_aside(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("store.redb.replaced-"))
+            .collect()
+    }
+
+    /// A store of another format version is moved aside and rebuilt from the log: the same
+    /// profiles, the catalog and the forget carried over (the forgotten user stays gone).
+    #[test]
+    fn a_store_of_another_format_is_rebuilt_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, profiles) = populated(dir.path());
+        set_format(&cfg.store_path(), FORMAT_VERSION + 1);
+        let node = Node::open(&cfg).unwrap();
+        assert_eq!(moved_aside(dir.path()).len(), 1);
+        assert!(node.store.profiles().unwrap().is_empty(), "a fresh store");
+        let o = node.drain().unwrap();
+        assert_eq!(o.applied, 4);
+        assert_eq!(node.store.profiles().unwrap(), profiles);
+        assert!(node.user("c").unwrap().is_none());
+        assert_eq!(node.store.catalog().unwrap().len(), 2);
+        assert_eq!(node.store.meta(keys::FORMAT).unwrap(), FORMAT_VERSION);
+        drop(node);
+        // Rebuilt once: the next open uses it as it is.
+        let node = Node::open(&cfg).unwrap();
+        assert_eq!(moved_aside(dir.path()).len(), 1);
+        assert_eq!(node.store.profiles().unwrap(), profiles);
+    }
+
+    /// A file redb refuses (here: not a database at all) is rebuilt from the log too.
+    #[test]
+    fn a_foreign_file_is_rebuilt_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, profiles) = populated(dir.path());
+        std::fs::write(cfg.store_path(), b"not a redb database, not even close").unwrap();
+        let node = Node::open(&cfg).unwrap();
+        assert_eq!(moved_aside(dir.path()).len(), 1);
+        node.drain().unwrap();
+        // The forget cannot be carried over from an unreadable file: `c` is back, as the
+        // warning says.
+        let names: Vec<String> = node
+            .store
+            .profiles()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        // Nor the catalog: the events are applied again without categories.
+        assert!(node.store.catalog().unwrap().is_empty());
+        for (user, before) in &profiles {
+            let after = node.user(user).unwrap().unwrap().profile;
+            assert_eq!(
+                (after.version, &after.items, &after.visits),
+                (before.version, &before.items, &before.visits)
+            );
+            assert!(after.categories.is_empty() && !before.categories.is_empty());
+        }
+    }
+
+    /// Without a log that holds what the store held, nothing is touched and the error names
+    /// both files and what to do.
+    #[test]
+    fn refuses_when_the_log_cannot_rebuild_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, _) = populated(dir.path());
+        set_format(&cfg.store_path(), FORMAT_VERSION + 1);
+        let log = std::fs::read(cfg.log_path()).unwrap();
+        // A log cut short of the store's checkpoint.
+        std::fs::write(cfg.log_path(), &log[..log.len() / 2]).unwrap();
+        let err = Node::open(&cfg).unwrap_err();
+        assert!(matches!(err, Error::CannotRebuild { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains(&*cfg.store_path().to_string_lossy()), "{msg}");
+        assert!(msg.contains(&*cfg.log_path().to_string_lossy()), "{msg}");
+        assert!(msg.contains("before the store's checkpoint"), "{msg}");
+        assert!(msg.contains("move the store away"), "{msg}");
+        // No log at all, and a store whose content is unknown.
+        std::fs::remove_file(cfg.log_path()).unwrap();
+        std::fs::write(cfg.store_path(), b"garbage").unwrap();
+        let msg = Node::open(&cfg).unwrap_err().to_string();
+        assert!(msg.contains("does not exist"), "{msg}");
+        assert_eq!(std::fs::read(cfg.store_path()).unwrap(), b"garbage");
+        assert!(moved_aside(dir.path()).is_empty());
     }
 }

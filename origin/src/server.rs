@@ -4,58 +4,138 @@
 //! listener closes, in-flight appends finish), let the pipeline drain the log and commit,
 //! then flush the publisher within `shutdown_deadline_ms`. What the deadline cuts off stays in
 //! the persistent outbox for the next start.
+//!
+//! Supervision: a pipeline that stops on an error (or a publisher task that ends before
+//! shutdown) is reported to the node's
+//! [`Health`](crate::lifecycle::Health) (`/healthz` and `/readyz` answer 503 with the reason,
+//! ingest answers 503 + `Retry-After`), and after `failure_exit_delay_ms` the service shuts
+//! down and [`Running::wait`] returns the pipeline's error, so `serve` exits non-zero and the
+//! supervisor (systemd `Restart=on-failure`, Kubernetes, …) starts it again with its own
+//! backoff. The process restart, not an in-process retry, because the pipeline's effects beyond
+//! the last checkpoint live in memory (profiles handed to the publisher, model counts): only
+//! reopening the data directory discards them and replays the log from the checkpoint, the
+//! same path every crash takes, which the crash tests cover.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::ingest::{AppState, router};
+use crate::http::{AppState, router};
+use crate::lifecycle::{PIPELINE, PUBLISHER, Phase};
+use crate::log::{Record, Source};
 use crate::node::Node;
-use crate::publisher::{Publisher, Target};
+use crate::publish::{Publisher, Target};
 
 /// A started service.
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
     pub node: Node,
-    stop: watch::Sender<bool>,
+    phase: Arc<watch::Sender<Phase>>,
     done: tokio::task::JoinHandle<Result<()>>,
 }
 
 impl Running {
     /// Graceful shutdown; returns once drained and flushed (or the deadline passed).
     pub async fn shutdown(self) -> Result<()> {
-        let _ = self.stop.send(true);
-        self.done
-            .await
-            .map_err(|e| Error::Http(format!("server task: {e}")))?
+        self.trigger();
+        self.wait().await
     }
 
     /// Resolves when the service stopped on its own (e.g. a fatal store error).
     pub async fn wait(self) -> Result<()> {
-        self.done
-            .await
-            .map_err(|e| Error::Http(format!("server task: {e}")))?
+        self.done.await?
     }
 
+    /// Starts the shutdown sequence (once; later calls change nothing).
     pub fn trigger(&self) {
-        let _ = self.stop.send(true);
+        trigger(&self.phase);
+    }
+
+    /// Runs until SIGTERM/Ctrl-C (then shuts down gracefully) or until the service stops on
+    /// its own (a stopped pipeline: its error is returned).
+    pub async fn serve_until_signal(self) -> Result<()> {
+        let Running {
+            phase, mut done, ..
+        } = self;
+        tokio::select! {
+            r = &mut done => return r?,
+            _ = shutdown_signal() => {}
+        }
+        trigger(&phase);
+        done.await?
+    }
+}
+
+fn trigger(phase: &watch::Sender<Phase>) {
+    phase.send_if_modified(|p| {
+        let serving = *p == Phase::Serving;
+        if serving {
+            *p = Phase::StopIntake;
+        }
+        serving
+    });
+}
+
+/// Faults a test can inject into a running service.
+#[doc(hidden)]
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Set: the pipeline's next read fails with the store I/O error a full disk gives.
+    pub fail_pipeline: Arc<AtomicBool>,
+    /// Set: the pipeline's next read panics (as redb does on a page damaged while running).
+    pub panic_pipeline: Arc<AtomicBool>,
+}
+
+/// The pipeline's source with [`Faults`] applied.
+struct Faulty<S> {
+    inner: S,
+    faults: Faults,
+}
+
+impl<S: Source> Source for Faulty<S> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn read(&mut self, from: u64, max: usize, wait: Duration, out: &mut Vec<Record>) -> Result<()> {
+        if self.faults.panic_pipeline.load(Ordering::Acquire) {
+            panic!("injected pipeline panic");
+        }
+        if self.faults.fail_pipeline.load(Ordering::Acquire) {
+            let full = std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "no space left on device (injected)",
+            );
+            return Err(Error::Store(redb::StorageError::Io(full).into()));
+        }
+        self.inner.read(from, max, wait, out)
+    }
+    fn end(&self) -> u64 {
+        self.inner.end()
+    }
+    fn start(&self) -> u64 {
+        self.inner.start()
     }
 }
 
 /// Opens the data directory, binds `cfg.listen` and starts everything.
 pub async fn start(cfg: Config) -> Result<Running> {
+    start_with_faults(cfg, Faults::default()).await
+}
+
+/// [`start`] with faults a test injects.
+#[doc(hidden)]
+pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
+    cfg.check_serve_auth()?;
     let node = {
         let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || Node::open(&cfg))
-            .await
-            .map_err(|e| Error::Store(e.to_string()))??
+        tokio::task::spawn_blocking(move || Node::open(&cfg)).await??
     };
     let listener = TcpListener::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;
@@ -70,126 +150,131 @@ pub async fn start(cfg: Config) -> Result<Running> {
             "replaying the log from the last checkpoint"
         );
     }
-    let progress = pipeline.progress();
+    let (phase_tx, phase) = watch::channel(Phase::Serving);
+    let phase_tx = Arc::new(phase_tx);
     let publish_now = Arc::new(Notify::new());
-    let ready = Arc::new(AtomicBool::new(true));
     let state = AppState {
         node: node.clone(),
-        progress: progress.clone(),
+        progress: pipeline.progress(),
         publish_now: publish_now.clone(),
-        ready: ready.clone(),
+        phase: phase.clone(),
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
 
-    // Pipeline on its own thread: it is CPU and fsync bound.
-    let drain = Arc::new(AtomicBool::new(false));
+    // Pipeline on its own thread: it is CPU and fsync bound. When it stops on an error it
+    // reports to health and tells the supervisor below.
+    let (stopped, mut stopped_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let pipe_failed = stopped.clone();
     let pipe_thread = {
         let node = node.clone();
-        let drain = drain.clone();
         let notify = publish_now.clone();
+        let phase = phase.clone();
         let mut pipeline = pipeline;
         std::thread::Builder::new()
             .name("attune-pipeline".into())
             .spawn(move || -> Result<()> {
-                let mut reader = node.log.reader()?;
-                let r = pipeline.run(&mut reader, node.cfg.pipeline.batch_max, &drain, &|o| {
-                    if o.applied > 0 {
-                        notify.notify_one();
-                    }
-                });
+                let draining = || *phase.borrow() >= Phase::Drain;
+                // A panic (redb meeting a page damaged while running) is a stop like an error:
+                // health says so, and the restart's integrity check finds the damage.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut source = Faulty {
+                        inner: node.log.reader()?,
+                        faults,
+                    };
+                    pipeline.run(&mut source, node.cfg.pipeline.batch_max, &draining, &|o| {
+                        if o.applied > 0 {
+                            notify.notify_one();
+                        }
+                    })
+                }))
+                .unwrap_or(Err(Error::PipelinePanicked));
                 if let Err(e) = &r {
-                    tracing::error!(error = %e, "pipeline stopped");
+                    tracing::error!(
+                        error = %e,
+                        exit_in_ms = node.cfg.failure_exit_delay_ms,
+                        "pipeline stopped: refusing events, then exiting so the supervisor \
+                         restarts the service (the log replays from the last checkpoint)"
+                    );
+                    node.health.fail(PIPELINE, e.to_string());
+                    let _ = pipe_failed.send(PIPELINE);
                 }
                 r
             })?
     };
-
-    // Publisher task.
-    let (pub_stop_tx, mut pub_stop_rx) = watch::channel(false);
-    let publisher = {
-        let mut p = Publisher::new(&node, target);
-        let interval = Duration::from_millis(cfg.publish.flush_interval_ms.max(10));
-        let notify = publish_now.clone();
-        let deadline_ms = cfg.shutdown_deadline_ms;
+    // Supervisor: a stopped pipeline or publisher ends the service after the grace period
+    // (health answers 503 with the reason meanwhile, so probes and operators see why).
+    {
+        let phase_tx = phase_tx.clone();
+        let delay = Duration::from_millis(cfg.failure_exit_delay_ms);
         tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = notify.notified() => {
-                        // Let a burst of batches coalesce.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    _ = pub_stop_rx.changed() => break,
-                }
-                // A flush retries until KV answers; a stop must not wait for that, so it
-                // cancels the flush (the outbox keeps whatever was not acknowledged).
-                let started = Instant::now();
-                tokio::select! {
-                    r = p.flush(None) => match r {
-                        Ok(o) => tracing::debug!(
-                            written = o.written,
-                            deferred = o.deferred,
-                            ms = started.elapsed().as_millis() as u64,
-                            "flushed"
-                        ),
-                        Err(e) => tracing::warn!(error = %e, "publish flush failed"),
-                    },
-                    _ = pub_stop_rx.changed() => break,
-                }
+            if let Some(component) = stopped_rx.recv().await {
+                tokio::time::sleep(delay).await;
+                tracing::error!(component, "stopping the service: a part of it stopped");
+                trigger(&phase_tx);
             }
-            // Final flush within the deadline (per-key interval still applies).
-            let deadline = Instant::now() + Duration::from_millis(deadline_ms);
-            loop {
-                match p.flush(Some(deadline)).await {
-                    Ok(o) if o.deferred == 0 => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "final publish incomplete; the outbox keeps it");
-                        break;
-                    }
-                }
-                if Instant::now() >= deadline {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        });
+    }
+
+    let publisher = tokio::spawn(crate::publish::run(
+        Publisher::new(&node, target),
+        Duration::from_millis(cfg.publish.flush_interval_ms.max(10)),
+        publish_now.clone(),
+        phase.clone(),
+        Duration::from_millis(cfg.shutdown_deadline_ms),
+    ));
+    // The publisher's loop ends only at `StopPublishing`; ending before (a panic) is a stop the
+    // supervisor acts on like the pipeline's.
+    let publisher = {
+        let node = node.clone();
+        let phase = phase.clone();
+        tokio::spawn(async move {
+            let ended = publisher.await;
+            if *phase.borrow() < Phase::StopPublishing {
+                let why = match ended {
+                    Err(e) => format!("the publisher task failed: {e}"),
+                    Ok(()) => "the publisher stopped".into(),
+                };
+                tracing::error!(reason = %why, "publisher stopped");
+                node.health.fail(PUBLISHER, why);
+                let _ = stopped.send(PUBLISHER);
             }
         })
     };
 
     let app = router(state);
-    let mut http_stop = stop_rx.clone();
+    let mut intake = phase.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
+                let _ = intake.wait_for(|p| *p >= Phase::StopIntake).await;
             })
             .await
     });
 
-    let done = tokio::spawn(async move {
-        let mut stop_rx = stop_rx;
-        let _ = stop_rx.wait_for(|s| *s).await;
-        tracing::info!("shutting down: stopping intake");
-        ready.store(false, Ordering::Release);
-        let _ = http.await;
-        tracing::info!("draining the pipeline");
-        drain.store(true, Ordering::Release);
-        let piped = tokio::task::spawn_blocking(move || pipe_thread.join())
-            .await
-            .map_err(|e| Error::Store(e.to_string()))?
-            .map_err(|_| Error::Store("pipeline thread panicked".into()))?;
-        publish_now.notify_one();
-        tracing::info!("flushing the publisher");
-        let _ = pub_stop_tx.send(true);
-        let _ = publisher.await;
-        tracing::info!("stopped");
-        piped
-    });
+    let done = {
+        let phase_tx = phase_tx.clone();
+        let mut phase = phase;
+        tokio::spawn(async move {
+            let _ = phase.wait_for(|p| *p >= Phase::StopIntake).await;
+            tracing::info!("shutting down: stopping intake");
+            let _ = http.await;
+            tracing::info!("draining the pipeline");
+            phase_tx.send_replace(Phase::Drain);
+            let piped = tokio::task::spawn_blocking(move || pipe_thread.join())
+                .await?
+                .map_err(|_| Error::PipelinePanicked)?;
+            publish_now.notify_one();
+            tracing::info!("flushing the publisher");
+            phase_tx.send_replace(Phase::StopPublishing);
+            let _ = publisher.await;
+            tracing::info!("stopped");
+            piped
+        })
+    };
 
     Ok(Running {
         addr,
         node,
-        stop: stop_tx,
+        phase: phase_tx,
         done,
     })
 }

@@ -18,6 +18,7 @@ async fn bad_input_is_counted_exactly() {
     let cfg = Config {
         data_dir: dir.path().join("d"),
         listen: "127.0.0.1:0".into(),
+        insecure_dev_no_token: true,
         ..Config::default()
     };
     let running = attune_origin::server::start(cfg).await.unwrap();

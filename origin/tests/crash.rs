@@ -2,36 +2,34 @@
 //! restart it, and compare the final store with an uninterrupted run: identical profiles,
 //! nothing lost, nothing applied twice. 20 kills.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use attune_harness::{Service, Stopped};
 use rand::{Rng, SeedableRng};
 
 const BIN: &str = env!("CARGO_BIN_EXE_attune-origin");
+const LISTENING: &str = "attune-origin listening on ";
 
-fn start(data: &Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["--data-dir"])
+fn start(data: &Path) -> (Service, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--data-dir"])
         .arg(data)
-        .args(["--listen", "127.0.0.1:0", "--profile-key", "pk", "serve"])
+        .args(["--listen", "127.0.0.1:0", "--profile-key", "pk"])
+        .args(["--insecure-dev-no-token", "serve"])
         .env("ATTUNE_LOG", "warn")
-        .env_remove("ATTUNE_KV_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+        .env_remove("ATTUNE_KV_URL");
+    let mut origin = Service::spawn("attune-origin", cmd).expect("spawn");
+    let line = origin
+        .wait_for_line(LISTENING, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
     let url = line
         .trim()
-        .strip_prefix("attune-origin listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .strip_prefix(LISTENING)
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
         .to_string();
-    (child, url)
+    (origin, url)
 }
 
 fn events() -> Vec<String> {
@@ -71,16 +69,18 @@ fn wait_caught_up(http: &reqwest::blocking::Client, url: &str, expect_received: 
     }
 }
 
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
+/// SIGTERM, and the origin's own clean exit (its store is read next).
+fn stop(mut origin: Service) {
+    let stopped = origin.stop(Duration::from_secs(60)).expect("stop");
+    assert!(
+        matches!(stopped, Stopped::Exited(_)),
+        "the origin did not exit within 60 s of SIGTERM:\n{}",
+        origin.output()
+    );
 }
 
 fn profiles(data: &Path) -> Vec<(String, attune_core::Profile)> {
-    let store = attune_origin::store::Store::open(&data.join("store.redb")).unwrap();
+    let store = attune_origin::Store::open(&data.join("store.redb")).unwrap();
     store.profiles().unwrap()
 }
 
@@ -97,12 +97,12 @@ fn sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() {
 
     // Reference: one uninterrupted run.
     let reference = dir.path().join("reference");
-    let (child, url) = start(&reference);
+    let (origin, url) = start(&reference);
     for b in &batches {
         assert!(post(&http, &url, b));
     }
     wait_caught_up(&http, &url, Some(events.len() as u64));
-    stop(child);
+    stop(origin);
     let expected = profiles(&reference);
     assert_eq!(
         expected.iter().map(|p| p.1.version).sum::<u64>(),
@@ -114,17 +114,14 @@ fn sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let mut next = 0usize;
     for _kill in 0..20 {
-        let (mut child, url) = start(&crashing);
+        let (mut origin, url) = start(&crashing);
         let kill_after = Duration::from_millis(rng.random_range(5..120));
         let t = Instant::now();
         let killer = {
-            let pid = child.id();
+            let group = origin.group();
             std::thread::spawn(move || {
                 std::thread::sleep(kill_after);
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(pid.to_string())
-                    .status();
+                let _ = group.kill();
             })
         };
         while next < batches.len() && t.elapsed() < kill_after + Duration::from_millis(50) {
@@ -135,10 +132,9 @@ fn sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() {
             }
         }
         killer.join().unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = origin.kill();
     }
-    let (child, url) = start(&crashing);
+    let (origin, url) = start(&crashing);
     while next < batches.len() {
         assert!(post(&http, &url, &batches[next]));
         next += 1;
@@ -150,7 +146,7 @@ fn sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() {
         .unwrap()
         .json()
         .unwrap();
-    stop(child);
+    stop(origin);
     let got = profiles(&crashing);
     assert_eq!(got.len(), expected.len(), "users");
     for ((u1, p1), (u2, p2)) in expected.iter().zip(got.iter()) {

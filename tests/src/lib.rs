@@ -2,18 +2,18 @@
 //! (real `workerd`, its own local KV state directory) and the real origin binary, each on a
 //! free 127.0.0.1 port, and talks to them over HTTP as a browser or a beacon would.
 //!
-//! Every child runs in its own process group and is killed with it on drop, so a failing test
-//! leaves nothing behind.
+//! Every child is an [`attune_harness::Service`]: it runs in its own process group and is killed
+//! with it on drop, so a failing test leaves nothing behind.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+pub use attune_harness::Service;
+use attune_harness::{WranglerDev, free_port};
 use serde_json::Value;
 
 /// Secrets the tests give both the worker and the origin.
@@ -31,135 +31,10 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
 /// Whether the worker has been built (`cargo xtask build-edge`); the e2e tests need it.
 pub fn worker_built() -> bool {
     repo_root().join("edge/build").is_dir()
         && repo_root().join("node_modules/.bin/wrangler").exists()
-}
-
-/// A child process in its own process group, killed (with its children) on drop. Its output
-/// is collected so a failing test can show it.
-#[derive(Debug)]
-pub struct Service {
-    name: &'static str,
-    child: Child,
-    output: Arc<Mutex<Vec<String>>>,
-}
-
-impl Service {
-    pub fn spawn(name: &'static str, mut cmd: Command) -> Result<Self> {
-        use std::os::unix::process::CommandExt;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-        let output = Arc::new(Mutex::new(Vec::new()));
-        if let Some(out) = child.stdout.take() {
-            collect(out, Arc::clone(&output));
-        }
-        if let Some(err) = child.stderr.take() {
-            collect(err, Arc::clone(&output));
-        }
-        Ok(Service {
-            name,
-            child,
-            output,
-        })
-    }
-
-    /// Everything the process printed so far.
-    pub fn output(&self) -> String {
-        self.output.lock().map(|o| o.join("\n")).unwrap_or_default()
-    }
-
-    /// Waits until a printed line contains `needle`; returns that line.
-    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(line) = self
-                .output
-                .lock()
-                .ok()
-                .and_then(|o| o.iter().find(|l| l.contains(needle)).cloned())
-            {
-                return Ok(line);
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!(
-                    "{} exited ({status}) before printing {needle:?}:\n{}",
-                    self.name,
-                    self.output()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} did not print {needle:?} within {timeout:?}:\n{}",
-                    self.name,
-                    self.output()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Sends a signal to the whole process group.
-    pub fn signal(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .args([
-                &format!("-{signal}"),
-                "--",
-                &format!("-{}", self.child.id()),
-            ])
-            .stderr(Stdio::null())
-            .status();
-    }
-
-    /// SIGTERM, then waits up to `grace` for a clean exit; returns whether it exited cleanly.
-    pub fn stop(&mut self, grace: Duration) -> bool {
-        self.signal("TERM");
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.signal("KILL");
-        let _ = self.child.wait();
-        false
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if self.is_running() {
-            self.signal("KILL");
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn collect(stream: impl Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if let Ok(mut s) = sink.lock() {
-                s.push(line);
-            }
-        }
-    });
 }
 
 /// A blocking HTTP client that never follows redirects and never treats a status as an error.
@@ -425,7 +300,7 @@ pub struct Stack {
 impl Stack {
     pub fn start(opts: StackOptions) -> Result<Stack> {
         let dir = tempfile::tempdir()?;
-        let worker_port = free_port();
+        let worker_port = free_port()?;
         let kv_url = format!("http://127.0.0.1:{worker_port}/__attune/kv");
         let (origin, origin_url) = if opts.origin {
             // The origin starts before the Worker and its first publishes fail until wrangler
@@ -458,67 +333,40 @@ impl Stack {
             (Some(origin), url)
         } else {
             // Nobody listens here: the origin is down.
-            (None, format!("http://127.0.0.1:{}", free_port()))
+            (None, format!("http://127.0.0.1:{}", free_port()?))
         };
         let config = standalone_wrangler_config(dir.path())?;
         let wrangler = std::env::var_os("ATTUNE_WRANGLER").map_or_else(
             || repo_root().join("node_modules/.bin/wrangler"),
             PathBuf::from,
         );
-        let mut cmd = Command::new(wrangler);
-        cmd.current_dir(dir.path())
-            .arg("dev")
-            .arg("--config")
-            .arg(&config)
-            .args([
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                &worker_port.to_string(),
-                // Its own devtools port too: workerd binds 9229 by default, and stacks started
-                // in parallel raced for it ("Address already in use").
-                "--inspector-port",
-                &free_port().to_string(),
-                "--persist-to",
-            ])
-            .arg(dir.path().join("kv"));
-        for var in [
-            format!("ATTUNE_SESSION_KEY:{SESSION_KEY}"),
-            format!("ATTUNE_PROFILE_KEY:{PROFILE_KEY}"),
-            format!("ATTUNE_DEBUG_TOKEN:{DEBUG_TOKEN}"),
-            format!("ATTUNE_DEV_KV_TOKEN:{DEV_KV_TOKEN}"),
-            format!("ATTUNE_INGEST_TOKEN:{INGEST_TOKEN}"),
-            format!("ATTUNE_ORIGIN_INGEST_URL:{origin_url}/v1/events"),
-            format!("ATTUNE_BUDGET_MS:{}", opts.budget_ms),
-            "ATTUNE_DEMO_LOGIN:1".to_string(),
-        ] {
-            cmd.args(["--var", &var]);
-        }
-        cmd.env("WRANGLER_SEND_METRICS", "false")
-            .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
-            .env("NO_COLOR", "1")
-            .env("CI", "1");
-        let worker = Service::spawn("wrangler dev", cmd)?;
-        let worker_url = format!("http://127.0.0.1:{worker_port}");
-        let mut stack = Stack {
-            worker_url,
+        let dev = WranglerDev::new(worker_port, dir.path().join("kv"))
+            .config(config)
+            // Its own devtools port too: workerd binds 9229 by default, and stacks started in
+            // parallel raced for it ("Address already in use").
+            .inspector_port(free_port()?)
+            .var("ATTUNE_SESSION_KEY", SESSION_KEY)
+            .var("ATTUNE_PROFILE_KEY", PROFILE_KEY)
+            .var("ATTUNE_DEBUG_TOKEN", DEBUG_TOKEN)
+            .var("ATTUNE_DEV_KV_TOKEN", DEV_KV_TOKEN)
+            .var("ATTUNE_INGEST_TOKEN", INGEST_TOKEN)
+            .var(
+                "ATTUNE_ORIGIN_INGEST_URL",
+                format!("{origin_url}/v1/events"),
+            )
+            .var("ATTUNE_BUDGET_MS", opts.budget_ms)
+            .var("ATTUNE_DEMO_LOGIN", 1);
+        let mut cmd = dev.command(wrangler);
+        cmd.current_dir(dir.path());
+        let mut worker = Service::spawn("wrangler dev", cmd)?;
+        worker.wait_http(worker_port, "/__attune/beacon.js", Duration::from_secs(90))?;
+        let stack = Stack {
+            worker_url: dev.url(),
             origin_url,
             worker,
             origin,
             dir,
         };
-        let probe = format!("{}/__attune/beacon.js", stack.worker_url);
-        let agent = http();
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            if agent.get(&probe).call().is_ok_and(|r| r.status() == 200) {
-                break;
-            }
-            if !stack.worker.is_running() || Instant::now() > deadline {
-                bail!("wrangler dev did not come up:\n{}", stack.worker.output());
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
         Ok(stack)
     }
 
@@ -709,4 +557,57 @@ pub fn stack_with_sample() -> Result<Stack> {
         );
     }
     Ok(stack)
+}
+
+/// Runs one named step of a scenario; a failure, an error or a failed assertion alike, names
+/// the step.
+pub fn step<T>(name: &str, run: impl FnOnce() -> Result<T>) -> Result<T> {
+    println!("step: {name}");
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(result) => result.with_context(|| format!("step `{name}` failed")),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(a panic without a message)");
+            panic!("step `{name}` failed: {message}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_step_names_itself_in_the_error() {
+        let err = step("the beacon reaches the origin", || -> Result<()> {
+            bail!("connection refused")
+        })
+        .unwrap_err();
+        let message = format!("{err:#}");
+        assert_eq!(
+            message,
+            "step `the beacon reaches the origin` failed: connection refused"
+        );
+        assert_eq!(step("passes", || Ok(7)).unwrap(), 7);
+    }
+
+    #[test]
+    fn a_failed_assertion_names_its_step() {
+        let panic = std::panic::catch_unwind(|| {
+            step("bots get the page untouched", || -> Result<()> {
+                assert_eq!(1 + 1, 3, "arithmetic");
+                Ok(())
+            })
+        })
+        .unwrap_err();
+        let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            message.starts_with("step `bots get the page untouched` failed: assertion"),
+            "{message}"
+        );
+        assert!(message.contains("arithmetic"), "{message}");
+    }
 }

@@ -13,24 +13,67 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use attune_e2e::{
     INGEST_TOKEN, Stack, StackOptions, Visitor, debug, eventually, http, picks, reply, repo_root,
-    skip_without_worker, slot, slot_hrefs, stack_with_sample,
+    skip_without_worker, slot, slot_hrefs, stack_with_sample, step,
 };
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
 
+/// The stack with the sample imported, and the shop's home page as its author wrote it.
+struct Scenario {
+    stack: Stack,
+    base: String,
+    home: String,
+}
+
+/// One visitor's story after another on one stack, in order: a step may depend on what an
+/// earlier one left (published profiles, counted events, the catalog). A failure names its step.
 #[test]
 fn personalization_end_to_end() -> Result<()> {
     if skip_without_worker() {
         return Ok(());
     }
     let stack = stack_with_sample()?;
-    let base = stack.worker_url.clone();
-    let home = std::fs::read_to_string(repo_root().join("examples/shop/public/index.html"))?;
+    let s = Scenario {
+        base: stack.worker_url.clone(),
+        home: std::fs::read_to_string(repo_root().join("examples/shop/public/index.html"))?,
+        stack,
+    };
+    let cold = step(
+        "a new visitor's session personalizes the next page at once",
+        || session_personalizes_the_next_page(&s),
+    )?;
+    let buyer = step(
+        "purchases through the beacon come back as profile picks",
+        || purchases_come_back_as_profile_picks(&s),
+    )?;
+    step("the hero variant follows the visitor", || {
+        hero_variant_follows_the_visitor(&s, &cold, buyer)
+    })?;
+    step(
+        "the trending experiment splits visitors and counts exposures",
+        || experiment_splits_visitors_and_counts_exposures(&s),
+    )?;
+    let plain = step(
+        "assets, errors, ranges, HEAD and bots pass through untouched",
+        || pass_through_is_untouched(&s),
+    )?;
+    step(
+        "Sec-GPC gets default content and its events are not forwarded",
+        || gpc_gets_default_content_and_forwards_nothing(&s, plain),
+    )?;
+    step(
+        "hostile catalog text is escaped and javascript: URLs are never shown",
+        || hostile_catalog_text_is_escaped(&s),
+    )?;
+    Ok(())
+}
 
-    // 1. A new visitor views three product pages; the next home page reflects them at once,
-    //    from the signed session cookie alone: nothing was published for this visitor.
-    let mut anon = Visitor::new(&base);
+/// A new visitor views three product pages; the next home page reflects them at once, from the
+/// signed session cookie alone: nothing was published for this visitor. Returns a cold
+/// visitor's debug explanation of the home page.
+fn session_personalizes_the_next_page(s: &Scenario) -> Result<Value> {
+    let mut anon = Visitor::new(&s.base);
     let (_, cold) = debug(&mut anon, "/")?;
     let cold_for_you = picks(&cold, "for-you");
     assert!(
@@ -39,7 +82,7 @@ fn personalization_end_to_end() -> Result<()> {
     );
     assert!(cold_for_you.iter().all(|(_, r)| r == "trending"), "{cold}");
 
-    let mut browsing = Visitor::new(&base);
+    let mut browsing = Visitor::new(&s.base);
     let viewed = ["22632", "22865", "85123A"];
     for item in viewed {
         let r = browsing.get(&format!("/p/{item}.html"))?;
@@ -75,17 +118,21 @@ fn personalization_end_to_end() -> Result<()> {
         "seen items are not re-recommended"
     );
     let rendered = slot_hrefs(&r.text(), "for-you");
-    let defaults = slot_hrefs(&home, "for-you");
+    let defaults = slot_hrefs(&s.home, "for-you");
     assert_ne!(rendered, defaults, "the for-you slot was rewritten");
     assert_eq!(rendered.first(), Some(&format!("/p/{}.html", for_you[0].0)));
     assert!(
         r.header("cache-control")
             .is_some_and(|c| c.contains("private"))
     );
+    Ok(cold)
+}
 
-    // 2. Purchases sent through the edge beacon reach the origin, are applied and published;
-    //    the next page shows profile-based picks without the purchased items.
-    let mut buyer = Visitor::new(&base);
+/// Purchases sent through the edge beacon reach the origin, are applied and published; the
+/// next page shows profile-based picks without the purchased items. Returns the buyer and
+/// their debug explanation of the home page.
+fn purchases_come_back_as_profile_picks(s: &Scenario) -> Result<(Visitor, Value)> {
+    let mut buyer = Visitor::new(&s.base);
     buyer.get("/")?;
     let bought = ["22632", "21212"];
     let batch = format!(
@@ -119,8 +166,15 @@ fn personalization_end_to_end() -> Result<()> {
             .any(|(_, r)| r == "profile-neighbour" || r == "category-affinity"),
         "picks come from the profile: {d}"
     );
+    Ok((buyer, d))
+}
 
-    // 3. The variant slot: `returning-buyer` for the buyer, `default` for a new visitor.
+/// The variant slot: `returning-buyer` for the buyer, `default` for a new visitor.
+fn hero_variant_follows_the_visitor(
+    s: &Scenario,
+    cold: &Value,
+    (mut buyer, d): (Visitor, Value),
+) -> Result<()> {
     let hero = |d: &Value| slot(d, "hero").map(|s| s["chosen"].as_str().unwrap_or("").to_string());
     assert_eq!(hero(&d).as_deref(), Some("returning-buyer"), "{d}");
     let html = buyer.get("/")?.text();
@@ -128,20 +182,25 @@ fn personalization_end_to_end() -> Result<()> {
         html.contains("data-attune-variant=\"returning-buyer\"")
             && !html.contains("data-attune-variant=\"default\"")
     );
-    assert_eq!(hero(&cold).as_deref(), Some("default"), "{cold}");
-    let html = Visitor::new(&base).get("/")?.text();
+    assert_eq!(hero(cold).as_deref(), Some("default"), "{cold}");
+    let html = Visitor::new(&s.base).get("/")?.text();
     assert!(
         html.contains("data-attune-variant=\"default\"")
             && !html.contains("data-attune-variant=\"returning-buyer\"")
     );
+    Ok(())
+}
 
-    // 3b. The experiment on the trending slot (examples/shop/rules.json) splits visitors
-    //     deterministically and records exposures at the origin.
-    let exposures_before = stack.metric("attune_exposures_total", &["trending-vs-for-you"])?;
+/// The experiment on the trending slot (examples/shop/rules.json) splits visitors
+/// deterministically and records exposures at the origin.
+fn experiment_splits_visitors_and_counts_exposures(s: &Scenario) -> Result<()> {
+    let exposures_before = s
+        .stack
+        .metric("attune_exposures_total", &["trending-vs-for-you"])?;
     let mut arms = BTreeSet::new();
     let visits = 12;
     for _ in 0..visits {
-        let mut v = Visitor::new(&base);
+        let mut v = Visitor::new(&s.base);
         let (_, first) = debug(&mut v, "/")?;
         let arm = slot(&first, "trending")
             .and_then(|s| s["exposure"]["arm"].as_str())
@@ -164,13 +223,19 @@ fn personalization_end_to_end() -> Result<()> {
         "both arms are used"
     );
     eventually(WAIT, "exposures are counted at the origin", || {
-        let n = stack.metric("attune_exposures_total", &["trending-vs-for-you"])?;
+        let n = s
+            .stack
+            .metric("attune_exposures_total", &["trending-vs-for-you"])?;
         Ok((n >= exposures_before + 2.0 * visits as f64).then_some(()))
     })?;
+    Ok(())
+}
 
-    // 5. Pass-through: byte-identical to the upstream, and no cookies for bots.
+/// Pass-through: byte-identical to the upstream, and no cookies for bots. Returns the visitor
+/// that fetched the assets (it never saw a personalized page).
+fn pass_through_is_untouched(s: &Scenario) -> Result<Visitor> {
     let public = repo_root().join("examples/shop/public");
-    let mut plain = Visitor::new(&base);
+    let mut plain = Visitor::new(&s.base);
     for (path, file) in [
         ("/style.css", "style.css"),
         ("/img/christmas.svg", "img/christmas.svg"),
@@ -197,13 +262,13 @@ fn personalization_end_to_end() -> Result<()> {
     let r = plain.get_with("/", &[("range", "bytes=0-99")])?;
     assert_eq!(r.header("x-attune"), Some("bypass;reason=range"));
     match r.status {
-        206 => assert_eq!(r.body, home.as_bytes()[..100]),
-        200 => assert_eq!(r.body, home.as_bytes()),
+        206 => assert_eq!(r.body, s.home.as_bytes()[..100]),
+        200 => assert_eq!(r.body, s.home.as_bytes()),
         other => panic!("range request answered {other}"),
     }
     let head = reply(
         http()
-            .head(format!("{base}/"))
+            .head(format!("{}/", s.base))
             .header("user-agent", "Mozilla/5.0")
             .call()?,
     )?;
@@ -213,16 +278,20 @@ fn personalization_end_to_end() -> Result<()> {
         head.header("x-attune")
             .is_some_and(|h| h.starts_with("bypass"))
     );
-    let mut bot = Visitor::new(&base);
+    let mut bot = Visitor::new(&s.base);
     bot.user_agent =
         "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)".into();
     let r = bot.get("/")?;
-    assert_eq!(r.text(), home, "bots get the page untouched");
+    assert_eq!(r.text(), s.home, "bots get the page untouched");
     assert!(r.set_cookies().is_empty(), "no cookies for bots");
     assert_eq!(r.header("x-attune"), Some("bypass;reason=bot"));
+    Ok(plain)
+}
 
-    // Sec-GPC: default content, no profile lookup, and no events accepted.
-    let mut private = Visitor::new(&base);
+/// Sec-GPC: default content, no profile lookup, and no events accepted; a consenting
+/// visitor's (`plain`'s) event sent afterwards arrives, the GPC one never does.
+fn gpc_gets_default_content_and_forwards_nothing(s: &Scenario, mut plain: Visitor) -> Result<()> {
+    let mut private = Visitor::new(&s.base);
     let r = private.get_with("/", &[("sec-gpc", "1")])?;
     assert_eq!(r.status, 200);
     assert!(
@@ -232,7 +301,7 @@ fn personalization_end_to_end() -> Result<()> {
     );
     assert_eq!(
         slot_hrefs(&r.text(), "for-you"),
-        slot_hrefs(&home, "for-you"),
+        slot_hrefs(&s.home, "for-you"),
         "default content"
     );
     assert!(
@@ -243,7 +312,7 @@ fn personalization_end_to_end() -> Result<()> {
     // origin's intake is quiet so the count below can be exact.
     let mut last = -1.0;
     let received_before = eventually(WAIT, "the origin's intake settles", || {
-        let now = stack.metric("attune_events_received_total", &[])?;
+        let now = s.stack.metric("attune_events_received_total", &[])?;
         let settled = now == last;
         last = now;
         std::thread::sleep(Duration::from_millis(1500));
@@ -255,7 +324,6 @@ fn personalization_end_to_end() -> Result<()> {
         &[("sec-gpc", "1"), ("content-type", "application/json")],
     )?;
     assert!(r.status == 202 || r.status == 204, "{}", r.status);
-    // A consenting visitor's event sent afterwards arrives; the GPC one never does.
     let r = plain.post(
         "/__attune/events",
         r#"[{"kind":"view","item":"22633"}]"#,
@@ -264,19 +332,22 @@ fn personalization_end_to_end() -> Result<()> {
     assert_eq!(r.status, 202);
     eventually(WAIT, "the consenting visitor's event arrives", || {
         Ok(
-            (stack.metric("attune_events_received_total", &[])? >= received_before + 1.0)
+            (s.stack.metric("attune_events_received_total", &[])? >= received_before + 1.0)
                 .then_some(()),
         )
     })?;
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        stack.metric("attune_events_received_total", &[])?,
+        s.stack.metric("attune_events_received_total", &[])?,
         received_before + 1.0,
         "exactly one event arrived: the GPC visitor's was not forwarded"
     );
+    Ok(())
+}
 
-    // 6. Escaping: catalog text with markup renders escaped; a link that tries to break out of
-    //    its attribute stays inside it; an entry with a javascript: URL is never shown.
+/// Escaping: catalog text with markup renders escaped; a link that tries to break out of its
+/// attribute stays inside it; an entry with a javascript: URL is never shown.
+fn hostile_catalog_text_is_escaped(s: &Scenario) -> Result<()> {
     let hostile = serde_json::json!([
         {
             "id": "22632",
@@ -296,9 +367,9 @@ fn personalization_end_to_end() -> Result<()> {
         }
     ]);
     // Pages whose slots show 22632 and 22633 (both bestsellers) before the change.
-    let candidates: Vec<String> = slot_hrefs(&home, "for-you")
+    let candidates: Vec<String> = slot_hrefs(&s.home, "for-you")
         .into_iter()
-        .chain(slot_hrefs(&home, "trending"))
+        .chain(slot_hrefs(&s.home, "trending"))
         .filter(|p| !p.contains("22632") && !p.contains("22633"))
         .collect();
     let survey = || -> Result<(Option<String>, BTreeSet<String>)> {
@@ -306,7 +377,7 @@ fn personalization_end_to_end() -> Result<()> {
         let mut rendered = BTreeSet::new();
         for page in &candidates {
             // A fresh visitor each time: items seen this session are not recommended again.
-            let (r, d) = debug(&mut Visitor::new(&base), page)?;
+            let (r, d) = debug(&mut Visitor::new(&s.base), page)?;
             for s in d["slots"].as_array().into_iter().flatten() {
                 for i in s["rendered"].as_array().into_iter().flatten() {
                     rendered.insert(i.as_str().unwrap_or("").to_string());
@@ -326,7 +397,7 @@ fn personalization_end_to_end() -> Result<()> {
     );
     let r = reply(
         http()
-            .put(format!("{}/v1/catalog", stack.origin_url))
+            .put(format!("{}/v1/catalog", s.stack.origin_url))
             .header("authorization", format!("Bearer {INGEST_TOKEN}"))
             .header("content-type", "application/json")
             .send(hostile.to_string().as_str())?,
@@ -353,7 +424,6 @@ fn personalization_end_to_end() -> Result<()> {
         !rendered_anywhere.contains("22633"),
         "the entry with a javascript: URL is never shown: {rendered_anywhere:?}"
     );
-
     Ok(())
 }
 

@@ -7,15 +7,14 @@
 //! prints a short tour. Runs until Ctrl-C, then stops the origin (drain, commit, flush) and the
 //! Worker, in that order.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use attune_harness::{OnDrop, Service, Stopped, WranglerDev, http_get, port_is_free};
 
 use crate::{bootstrap, build_edge, util};
 
@@ -50,7 +49,7 @@ pub fn cmd(args: &[String]) -> Result<()> {
     }
     let root = util::root();
     for port in [WORKER_PORT, ORIGIN_PORT] {
-        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+        if !port_is_free(port) {
             bail!(
                 "port {port} on 127.0.0.1 is taken: stop whatever listens there (an earlier demo?) and retry"
             );
@@ -91,18 +90,16 @@ pub fn cmd(args: &[String]) -> Result<()> {
 
     step("3/5 starting the origin and the Worker");
     let kv_url = format!("http://127.0.0.1:{WORKER_PORT}/__attune/kv");
-    let mut origin = Process::spawn(
-        "origin",
-        util::command(&origin_bin)
-            .args(["serve", "--listen", &format!("127.0.0.1:{ORIGIN_PORT}")])
-            .arg("--data-dir")
-            .arg(state.join("origin"))
-            .args(["--kv-url", &kv_url, "--rules", RULES])
-            .env("ATTUNE_INGEST_TOKEN", INGEST_TOKEN)
-            .env("ATTUNE_PROFILE_KEY", PROFILE_KEY)
-            .env("ATTUNE_DEV_KV_TOKEN", DEV_KV_TOKEN),
-        &state.join("origin.log"),
-    )?;
+    let mut origin_cmd = util::command(&origin_bin);
+    origin_cmd
+        .args(["serve", "--listen", &format!("127.0.0.1:{ORIGIN_PORT}")])
+        .arg("--data-dir")
+        .arg(state.join("origin"))
+        .args(["--kv-url", &kv_url, "--rules", RULES])
+        .env("ATTUNE_INGEST_TOKEN", INGEST_TOKEN)
+        .env("ATTUNE_PROFILE_KEY", PROFILE_KEY)
+        .env("ATTUNE_DEV_KV_TOKEN", DEV_KV_TOKEN);
+    let mut origin = spawn("origin", origin_cmd, &state.join("origin.log"))?;
     wait_http(
         &mut origin,
         ORIGIN_PORT,
@@ -113,32 +110,19 @@ pub fn cmd(args: &[String]) -> Result<()> {
     println!("origin ready on http://127.0.0.1:{ORIGIN_PORT} (log: .attune/demo/origin.log)");
 
     let ingest = format!("http://127.0.0.1:{ORIGIN_PORT}/v1/events");
-    let vars = [
-        format!("ATTUNE_SESSION_KEY:{SESSION_KEY}"),
-        format!("ATTUNE_PROFILE_KEY:{PROFILE_KEY}"),
-        format!("ATTUNE_DEBUG_TOKEN:{DEBUG_TOKEN}"),
-        format!("ATTUNE_DEV_KV_TOKEN:{DEV_KV_TOKEN}"),
-        format!("ATTUNE_INGEST_TOKEN:{INGEST_TOKEN}"),
-        format!("ATTUNE_ORIGIN_INGEST_URL:{ingest}"),
-        "ATTUNE_DEMO_LOGIN:1".to_string(),
-    ];
+    let dev = WranglerDev::new(WORKER_PORT, state.join("kv"))
+        .var("ATTUNE_SESSION_KEY", SESSION_KEY)
+        .var("ATTUNE_PROFILE_KEY", PROFILE_KEY)
+        .var("ATTUNE_DEBUG_TOKEN", DEBUG_TOKEN)
+        .var("ATTUNE_DEV_KV_TOKEN", DEV_KV_TOKEN)
+        .var("ATTUNE_INGEST_TOKEN", INGEST_TOKEN)
+        .var("ATTUNE_ORIGIN_INGEST_URL", ingest)
+        .var("ATTUNE_DEMO_LOGIN", 1);
     // The repository's own wrangler.toml: its build step (`cargo xtask build-edge`) finds the
     // Worker just built and returns at once.
     let mut wrangler = util::command(util::node_bin_dir().join("wrangler"));
-    wrangler.arg("dev");
-    wrangler.args([
-        "--ip",
-        "127.0.0.1",
-        "--port",
-        &WORKER_PORT.to_string(),
-        "--persist-to",
-    ]);
-    wrangler.arg(state.join("kv"));
-    for var in &vars {
-        wrangler.args(["--var", var]);
-    }
-    wrangler.env("NO_COLOR", "1").env("CI", "1");
-    let mut worker = Process::spawn("wrangler dev", &mut wrangler, &state.join("wrangler.log"))?;
+    dev.apply(&mut wrangler);
+    let mut worker = spawn("wrangler dev", wrangler, &state.join("wrangler.log"))?;
     wait_http(
         &mut worker,
         WORKER_PORT,
@@ -199,7 +183,7 @@ pub fn cmd(args: &[String]) -> Result<()> {
         if let Err(e) = origin.check().and_then(|_| worker.check()) {
             eprintln!("demo: {e:#}");
             let _ = shutdown(origin, worker);
-            return Err(e);
+            return Err(e.into());
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -237,155 +221,51 @@ Press Ctrl-C to stop (the origin drains and flushes, then the Worker stops)."#
     );
 }
 
-/// A child process in its own process group (so Ctrl-C reaches only this runner, which then
-/// stops the children in order), its output appended to a log file.
-struct Process {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
+/// Starts a child in its own process group (so Ctrl-C reaches only this runner, which then
+/// stops the children in order), its output written to a log file. Whatever way the demo ends
+/// (an error included), no child outlives it: dropped, it gets SIGTERM and 5 s to exit.
+fn spawn(name: &str, cmd: Command, log: &Path) -> Result<Service> {
+    println!("$ {}", util::display(&cmd));
+    Ok(
+        Service::spawn_logged(name, cmd, log)?.on_drop(OnDrop::Terminate {
+            grace: Duration::from_secs(5),
+        }),
+    )
 }
 
-impl Process {
-    fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Result<Self> {
-        use std::os::unix::process::CommandExt;
-        let out =
-            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        println!("$ {}", util::display(cmd));
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Process {
-            name,
-            child,
-            log: log.to_path_buf(),
-        })
-    }
-
-    /// Fails if the process has exited, showing the end of its log.
-    fn check(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!(
-                "{} exited ({status}); last lines of {}:\n{}",
-                self.name,
-                self.log.display(),
-                tail.join("\n")
-            );
-        }
-        Ok(())
-    }
-
-    /// SIGTERM to the process group, then SIGKILL after `grace`.
-    fn stop(mut self, grace: Duration) {
-        self.terminate(grace);
-    }
-
-    fn terminate(&mut self, grace: Duration) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                println!("{} stopped ({status})", self.name);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.wait();
-        println!("{} killed after {grace:?}", self.name);
+/// SIGTERM to the process group, then SIGKILL after `grace`.
+fn stop_service(p: &mut Service, grace: Duration) {
+    match p.stop(grace) {
+        Ok(Stopped::Exited(status)) => println!("{} stopped ({status})", p.name()),
+        Ok(Stopped::Killed) => println!("{} killed after {grace:?}", p.name()),
+        Err(e) => eprintln!("demo: stopping {}: {e:#}", p.name()),
     }
 }
 
-impl Drop for Process {
-    /// Whatever way the demo ends (an error included), no child outlives it.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.terminate(Duration::from_secs(5));
-        }
-    }
-}
-
-fn shutdown(origin: Process, worker: Process) -> Result<()> {
+fn shutdown(mut origin: Service, mut worker: Service) -> Result<()> {
     println!("\nstopping…");
     // The origin first: it drains its queue and flushes pending publishes to the Worker.
-    origin.stop(Duration::from_secs(15));
-    worker.stop(Duration::from_secs(10));
+    stop_service(&mut origin, Duration::from_secs(15));
+    stop_service(&mut worker, Duration::from_secs(10));
     Ok(())
 }
 
+/// Waits until `GET path` answers 200, failing early when the process exits or Ctrl-C is
+/// pressed.
 fn wait_http(
-    p: &mut Process,
+    p: &mut Service,
     port: u16,
     path: &str,
     timeout: Duration,
     stop: &AtomicBool,
 ) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        p.check()?;
+    let what = format!("answer {path} on port {port}");
+    p.wait_until(&what, timeout, || {
         if stop.load(Ordering::SeqCst) {
-            bail!("interrupted");
+            return Some(Err(anyhow!("interrupted")));
         }
-        if http_get(port, path, &[]).is_ok_and(|r| r.status == 200) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{} did not answer {path} on port {port} within {timeout:?}; see {}",
-                p.name,
-                p.log.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-struct Reply {
-    status: u16,
-    head: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-/// A minimal HTTP/1.1 GET to 127.0.0.1 (the runner stays dependency-light on purpose).
-fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<Reply> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: Mozilla/5.0 (attune demo)\r\nConnection: close\r\n"
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let head = text
-        .split("\r\n\r\n")
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status line")?;
-    Ok(Reply { status, head })
+        http_get(port, path, &[])
+            .is_ok_and(|r| r.status == 200)
+            .then_some(Ok(()))
+    })?
 }

@@ -7,20 +7,21 @@ use std::path::Path;
 use std::sync::Arc;
 
 use attune_core::{CatalogItem, Profile};
-use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
-};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result, Unusable};
+
+pub mod format;
+mod rebuild;
+
+pub use format::UserState;
+pub use rebuild::{open_or_rebuild, rebuild};
 
 /// [`user_key`] of the user → a user row: the user's id, then its [`UserState`]
 /// ([`encode_user_row`]). Keyed by hash rather than by name: a checkpoint writes up to 100k
 /// rows, and fixed 16-byte keys sort and compare much faster than names in the B-tree.
 pub const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
-/// user → [`UserState`]: the table of earlier versions, moved into [`USERS`] (and deleted)
-/// when the store is opened.
-const PROFILES_BY_NAME: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 
 /// What the pipeline and the store key users by: xxh3-128 of the id (a collision is as
 /// likely as a random 128-bit match; [`decode_user_row`] would still catch one, since a row
@@ -33,29 +34,28 @@ pub fn user_key(user: &str) -> UserKey {
 
 /// Appends a [`USERS`] row: the id (varint length, UTF-8), then the state.
 pub fn encode_user_row(user: &str, state: &UserState, buf: &mut Vec<u8>) {
-    crate::store_format::encode_str(user, buf);
+    crate::store::format::encode_str(user, buf);
     state.encode_into(buf);
 }
 
 /// The id a [`USERS`] row belongs to, and the rest of the row.
 pub fn user_row_id(row: &[u8]) -> Result<(&str, &[u8])> {
-    postcard::take_from_bytes::<&str>(row)
-        .map_err(|e| crate::Error::Store(format!("user row: bad user id: {e}")))
+    postcard::take_from_bytes::<&str>(row).map_err(|source| Error::Row {
+        what: "user row: bad user id",
+        source,
+    })
 }
 
 /// Decodes a [`USERS`] row that must belong to `user`.
 pub fn decode_user_row(user: &str, row: &[u8]) -> Result<UserState> {
     let (id, state) = user_row_id(row)?;
     if id != user {
-        return Err(crate::Error::Store(format!(
+        return Err(Error::Corrupt(format!(
             "user key collision: `{user}` and `{id}` hash alike (xxh3-128)"
         )));
     }
     UserState::decode(state)
 }
-/// xxh3-128 of `event_id` → event time, one row per id (written by earlier versions; still
-/// read at start and pruned, no longer written).
-pub const DEDUP: TableDefinition<u128, u64> = TableDefinition::new("dedup");
 /// The dedup keys a batch added, one row per batch: (newest event time in the row, the
 /// batch's end offset) → packed `[xxh3-128 of event_id: u128 LE][event time: u64 LE]`.
 /// A row is deleted once its newest event time falls behind the horizon.
@@ -115,37 +115,6 @@ pub const PUBLISHED: TableDefinition<&str, u64> = TableDefinition::new("publishe
 /// sequence → [`DlqRecord`] (JSON).
 pub const DLQ: TableDefinition<u64, &[u8]> = TableDefinition::new("dlq");
 
-/// What the store keeps per user: the core's profile and the recent distinct items that feed
-/// item co-occurrence.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct UserState {
-    pub profile: Profile,
-    /// Recent distinct items by name: rows written by earlier versions only (the model turns
-    /// them into `recent_ids` when the state is loaded).
-    #[serde(default)]
-    pub recent: Vec<String>,
-    /// Recent distinct items, newest first, as the model's item ids (`ITEMS`, written in the
-    /// same checkpoint as the state, so an id here always has its name there).
-    #[serde(default)]
-    pub recent_ids: Vec<u32>,
-}
-
-impl UserState {
-    /// Reads a stored row: format 2 ([`crate::store_format`]) or format 1 (named MessagePack,
-    /// written by earlier versions).
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
-        if bytes.first() == Some(&crate::store_format::TAG) {
-            crate::store_format::decode(bytes)
-        } else {
-            Ok(rmp_serde::from_slice(bytes)?)
-        }
-    }
-    /// Appends the store's encoding (format 2) to `buf`.
-    pub fn encode_into(&self, buf: &mut Vec<u8>) {
-        crate::store_format::encode_into(self, buf);
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Put,
@@ -202,6 +171,8 @@ pub mod keys {
     pub const DEDUP_ROW: &str = "dedup_row";
     pub const CFG_VERSION: &str = "cfg_version";
     pub const CFG_HASH: &str = "cfg_hash";
+    /// The store's [`super::FORMAT_VERSION`].
+    pub const FORMAT: &str = "store_format";
     pub fn offset(source: &str) -> String {
         format!("offset:{source}")
     }
@@ -219,73 +190,132 @@ pub struct Store {
 /// redb page cache size.
 const STORE_CACHE_BYTES: usize = 256 << 20;
 
+/// The layout of the store's tables and rows ([`crate::store::format`]), kept in [`META`] under
+/// [`keys::FORMAT`]. A store of any other format is not read: the node rebuilds it from the
+/// event log, the source of truth (`Node::open`).
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Whether redb refuses a file for what it holds (another redb file format, not a redb
+/// file, damaged) rather than for how it was reached (in use, permissions, I/O).
+fn not_a_store(e: &redb::DatabaseError) -> bool {
+    match e {
+        redb::DatabaseError::UpgradeRequired(_)
+        | redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => true,
+        // redb's "not a redb database" (wrong magic number, a file shorter than its header).
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
+            io.kind() == std::io::ErrorKind::InvalidData
+        }
+        _ => false,
+    }
+}
+
+/// Runs `f`, turning a panic inside it into its message.
+pub(crate) fn caught<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        format!("redb panicked reading it ({msg})")
+    })
+}
+
+/// redb's integrity check of an existing store, on every open: it verifies every page's
+/// checksum, so a damaged page is found here rather than by a panic in the middle of the
+/// pipeline. A check that had to repair (the allocator state after a kill, or a damaged newest
+/// commit replaced by the one before it) is logged: the store is consistent with its own
+/// checkpoint offset and the log replays from there.
+fn verify(db: &mut Database, path: &Path) -> std::result::Result<(), String> {
+    let started = std::time::Instant::now();
+    let clean = caught(|| db.check_integrity())?.map_err(|e| e.to_string())?;
+    let ms = started.elapsed().as_millis() as u64;
+    if clean {
+        tracing::debug!(store = %path.display(), ms, "store integrity checked");
+    } else {
+        tracing::warn!(
+            store = %path.display(),
+            ms,
+            "the store needed repair (an unclean shutdown, or a damaged newest commit rolled back \
+             to the one before); the log replays from its checkpoint"
+        );
+    }
+    Ok(())
+}
+
+/// What [`Store::carry_over`] copied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CarriedOver {
+    pub catalog_items: u64,
+    pub forgotten: u64,
+}
+
+/// The format version an opened database records, and its checkpoint's log offset (each
+/// `None` when it cannot be read: no such table, another key or value type).
+fn format_and_offset(db: &Database) -> (Option<u64>, Option<u64>) {
+    let Ok(tx) = db.begin_read() else {
+        return (None, None);
+    };
+    let Ok(meta) = tx.open_table(META) else {
+        return (None, None);
+    };
+    let get = |key: &str| meta.get(key).ok().flatten().map(|v| v.value());
+    (get(keys::FORMAT), get(&keys::offset(crate::log::SOURCE)))
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").finish_non_exhaustive()
     }
 }
 
-/// Moves the rows of the by-name table of earlier versions into [`USERS`] and deletes it
-/// (once, inside the transaction that opens the store).
-fn move_profiles_by_name(tx: &redb::WriteTransaction) -> Result<()> {
-    let exists = tx
-        .list_tables()?
-        .any(|t| t.name() == PROFILES_BY_NAME.name());
-    if !exists {
-        return Ok(());
-    }
-    let mut moved = 0u64;
-    {
-        let old = tx.open_table(PROFILES_BY_NAME)?;
-        let mut users = tx.open_table(USERS)?;
-        let mut row = Vec::new();
-        for entry in old.iter()? {
-            let (k, v) = entry?;
-            let state = UserState::decode(v.value())?;
-            row.clear();
-            encode_user_row(k.value(), &state, &mut row);
-            users.insert(user_key(k.value()), row.as_slice())?;
-            moved += 1;
-        }
-    }
-    tx.delete_table(PROFILES_BY_NAME)?;
-    tracing::info!(
-        moved,
-        "store: user states moved to the table keyed by user hash"
-    );
-    Ok(())
-}
-
 impl Store {
+    /// Opens the store at `path`, creating it if there is no file. An existing file that is
+    /// not a store of [`FORMAT_VERSION`] is not changed: the error says why
+    /// ([`Error::StoreUnusable`]).
     pub fn open(path: &Path) -> Result<Store> {
+        let unusable = |why| Error::StoreUnusable {
+            path: path.to_path_buf(),
+            why,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        let existed = path.exists();
         // redb's default page cache is 1 GiB; a quarter of that keeps the hot B-tree pages
         // (the pipeline holds its own hot user states) and bounds the service's memory.
-        let builder = || {
-            let mut b = redb::Builder::new();
-            b.set_cache_size(STORE_CACHE_BYTES);
-            b
-        };
-        let db = match builder().create(path) {
-            // Written by a version on redb 2: upgrade it in place, then open it.
-            Err(redb::DatabaseError::UpgradeRequired(2)) => {
-                tracing::info!(path = %path.display(), "upgrading a store written on redb 2");
-                crate::store_upgrade::from_redb2(path)?;
-                builder().create(path)?
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(STORE_CACHE_BYTES);
+        // redb can panic on a damaged page ("entered unreachable code"), here or at any later
+        // read: the open, the integrity check and the first reads run under `catch_unwind`, so
+        // a damaged file is an error the caller acts on (a rebuild from the log), never a crash.
+        let db = match caught(|| builder.create(path)) {
+            Err(panic) => return Err(unusable(Unusable::Damaged(panic))),
+            Ok(Ok(db)) => db,
+            // A file redb cannot read as its own (another format, another program's file, or
+            // damaged). Anything else (in use, permissions, I/O) is an error: the file may be
+            // perfectly good.
+            Ok(Err(e)) if existed && not_a_store(&e) => {
+                return Err(unusable(Unusable::Unreadable(e)));
             }
-            opened => opened?,
+            Ok(Err(e)) => return Err(e.into()),
         };
+        let mut db = db;
+        if existed {
+            verify(&mut db, path).map_err(|why| unusable(Unusable::Damaged(why)))?;
+            let (found, committed) =
+                caught(|| format_and_offset(&db)).map_err(|p| unusable(Unusable::Damaged(p)))?;
+            if found != Some(FORMAT_VERSION) {
+                return Err(unusable(Unusable::Format { found, committed }));
+            }
+        }
         // Create every table up front so readers never meet a missing one.
         let tx = db.begin_write()?;
         tx.open_table(USERS)?;
-        move_profiles_by_name(&tx)?;
-        tx.open_table(DEDUP)?;
         tx.open_table(DEDUP_LOG)?;
         tx.open_table(ITEMS)?;
         tx.open_table(PAIR_LOG)?;
-        tx.open_table(META)?;
+        tx.open_table(META)?.insert(keys::FORMAT, FORMAT_VERSION)?;
         tx.open_table(CATALOG)?;
         tx.open_table(ITEM_COUNTS)?;
         tx.open_table(TREND)?;
@@ -296,6 +326,40 @@ impl Store {
         tx.open_table(DLQ)?;
         tx.commit()?;
         Ok(Store { db: Arc::new(db) })
+    }
+
+    /// Copies from the store file at `old` what its event log does not hold: the catalog,
+    /// the forgets (so a rebuild does not bring back a forgotten user's events) and the
+    /// version lines of shared keys (so KV never sees a version go back). For a store being
+    /// rebuilt from the log; fails if `old` is not a readable store of this layout.
+    pub fn carry_over(&self, old: &Path) -> Result<CarriedOver> {
+        let old = Database::open(old)?;
+        let from = old.begin_read()?;
+        let tx = self.db.begin_write()?;
+        let mut carried = CarriedOver::default();
+        {
+            let mut catalog = tx.open_table(CATALOG)?;
+            for row in from.open_table(CATALOG)?.iter()? {
+                let (k, v) = row?;
+                catalog.insert(k.value(), v.value())?;
+                carried.catalog_items += 1;
+            }
+            let mut forgotten = tx.open_table(FORGOTTEN)?;
+            for row in from.open_table(FORGOTTEN)?.iter()? {
+                let (k, v) = row?;
+                forgotten.insert(k.value(), v.value())?;
+                carried.forgotten += 1;
+            }
+            let old_meta = from.open_table(META)?;
+            let mut meta = tx.open_table(META)?;
+            for key in [keys::MODEL_SEQ, keys::CFG_VERSION] {
+                if let Some(v) = old_meta.get(key)? {
+                    meta.insert(key, v.value())?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(carried)
     }
 
     pub fn meta(&self, key: &str) -> Result<u64> {
@@ -427,50 +491,6 @@ pub fn enqueue_shared(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A store written by an earlier version (redb 2, states by name, format-1 MessagePack)
-    /// opens with every state moved into the keyed table, and the old table gone.
-    #[test]
-    fn by_name_profiles_move_to_the_keyed_table() {
-        const PROFILES_BY_NAME_V2: redb2::TableDefinition<&str, &[u8]> =
-            redb2::TableDefinition::new("profiles");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.redb");
-        let mut alice = UserState::default();
-        alice.profile.version = 7;
-        alice.recent_ids = vec![1, 2];
-        let mut bob = UserState::default();
-        bob.profile.version = 2;
-        {
-            let db = redb2::Database::create(&path).unwrap();
-            let tx = db.begin_write().unwrap();
-            {
-                let mut t = tx.open_table(PROFILES_BY_NAME_V2).unwrap();
-                for (user, state) in [("alice", &alice), ("bob", &bob)] {
-                    let v1 = rmp_serde::to_vec_named(state).unwrap();
-                    t.insert(user, v1.as_slice()).unwrap();
-                }
-            }
-            tx.commit().unwrap();
-        }
-        let store = Store::open(&path).unwrap();
-        assert_eq!(store.user("alice").unwrap(), Some(alice.clone()));
-        assert_eq!(store.user("bob").unwrap(), Some(bob.clone()));
-        assert_eq!(store.user("carol").unwrap(), None);
-        let names: Vec<String> = store.profiles().unwrap().into_iter().map(|p| p.0).collect();
-        assert_eq!(names, ["alice", "bob"]);
-        let tx = store.db.begin_read().unwrap();
-        assert!(
-            !tx.list_tables()
-                .unwrap()
-                .any(|t| t.name() == PROFILES_BY_NAME.name())
-        );
-        drop(tx);
-        drop(store);
-        // Opening again finds nothing left to move.
-        let store = Store::open(&path).unwrap();
-        assert_eq!(store.user("alice").unwrap(), Some(alice));
-    }
 
     #[test]
     fn user_rows_carry_their_id() {

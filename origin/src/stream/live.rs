@@ -18,8 +18,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::fxhash::{FxHashMap, FxHashSet, NameBuild};
 use crate::store::UserState;
+use foldhash::{HashMap as FoldHashMap, HashSet as FoldHashSet};
 
 /// The key users are held under in memory and in the store: xxh3-128 of the user id. A
 /// lookup compares 16 bytes inside the map instead of following a pointer to the id (a cache
@@ -73,18 +73,18 @@ impl Unpublished {
 pub struct Live {
     /// Decoded user states: every user changed since the last checkpoint, plus a bounded
     /// number of clean ones (least recently used evicted).
-    pub users: FxHashMap<UserKey, Cached>,
+    pub users: FoldHashMap<UserKey, Cached>,
     /// Users whose newest state KV has not acknowledged yet.
-    pub unpublished: FxHashMap<UserKey, (Arc<str>, Unpublished)>,
+    pub unpublished: FoldHashMap<UserKey, (Arc<str>, Unpublished)>,
     /// Shared keys (neighbour shards, trending) changed by micro-batches and not yet
     /// acknowledged by KV.
     pub shared: HashMap<String, Unpublished>,
     /// Forgotten users → the log offset before which their events are dropped.
-    pub forgotten: HashMap<Box<str>, u64, NameBuild>,
+    pub forgotten: FoldHashMap<Box<str>, u64>,
     /// Every user the store holds a state for (loaded at open, kept by checkpoints and
     /// forgets): a user not in it is new, and the pipeline starts it without a B-tree lookup
     /// (first visits are common; the lookup of a missing key was a measurable share of them).
-    pub stored: FxHashSet<UserKey>,
+    pub stored: FoldHashSet<UserKey>,
 }
 
 impl Live {

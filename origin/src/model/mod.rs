@@ -20,10 +20,10 @@ use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::fxhash::{FxHashMap, NameMap};
 use crate::store::{
     CATALOG, ITEM_COUNTS, ITEMS, META, PAIR_LOG, PUBLISHED, Store, TREND, UserState,
 };
+use foldhash::HashMap as FoldHashMap;
 
 /// Entries per `PAIR_LOG` record (16 bytes each: 4 MiB records).
 const PAIR_RECORD_ENTRIES: usize = 1 << 18;
@@ -38,13 +38,13 @@ pub struct Model {
     pub cfg: ModelConfig,
     /// id → item.
     names: Vec<Box<str>>,
-    ids: NameMap<u32>,
+    ids: FoldHashMap<Box<str>, u32>,
     /// id → shard.
     shard: Vec<u32>,
     /// id → number of user histories it entered.
     counts: Vec<u64>,
     /// id → (other id → co-occurrence count); symmetric.
-    adj: Vec<FxHashMap<u32, PairCell>>,
+    adj: Vec<FoldHashMap<u32, PairCell>>,
     /// id → (decayed score, reference time).
     trend: Vec<Option<(f64, u64)>>,
     catalog: BTreeMap<String, CatalogItem>,
@@ -89,14 +89,14 @@ struct PairCell {
 }
 
 /// Appends one pair-log entry: `[a: u32 LE][b: u32 LE][count: u64 LE]`.
-pub(crate) fn push_pair(buf: &mut Vec<u8>, a: u32, b: u32, c: u64) {
+fn push_pair(buf: &mut Vec<u8>, a: u32, b: u32, c: u64) {
     buf.extend_from_slice(&a.to_le_bytes());
     buf.extend_from_slice(&b.to_le_bytes());
     buf.extend_from_slice(&c.to_le_bytes());
 }
 
 /// The entries of one pair-log record (a trailing partial entry is ignored).
-pub(crate) fn pair_entries(record: &[u8]) -> impl Iterator<Item = (u32, u32, u64)> + '_ {
+fn pair_entries(record: &[u8]) -> impl Iterator<Item = (u32, u32, u64)> + '_ {
     record.as_chunks::<16>().0.iter().map(|e| {
         let [a0, a1, a2, a3, b0, b1, b2, b3, c @ ..] = *e;
         (
@@ -126,7 +126,7 @@ impl Model {
             let (k, v) = row?;
             let id = m.intern(v.value());
             if id != k.value() {
-                return Err(crate::Error::Store(format!(
+                return Err(crate::Error::Corrupt(format!(
                     "item table out of order at id {} ({})",
                     k.value(),
                     v.value()
@@ -146,7 +146,7 @@ impl Model {
             m.log_next = k.value() + 1;
             for (a, b, c) in pair_entries(bytes) {
                 if a as usize >= m.names.len() || b as usize >= m.names.len() {
-                    return Err(crate::Error::Store(format!(
+                    return Err(crate::Error::Corrupt(format!(
                         "pair log record {} names an unknown item id",
                         k.value()
                     )));
@@ -216,7 +216,7 @@ impl Model {
         self.ids.insert(item.into(), id);
         self.shard.push(s);
         self.counts.push(0);
-        self.adj.push(FxHashMap::default());
+        self.adj.push(FoldHashMap::default());
         self.trend.push(None);
         self.dirty_flags.push(0);
         if let Some(set) = self.by_shard.get_mut(s as usize) {
@@ -333,7 +333,6 @@ impl Model {
             }
         }
         // Co-occurrence with the user's recent distinct items.
-        self.adopt_recent(user);
         if let Some(pos) = user.recent_ids.iter().position(|r| *r == id) {
             user.recent_ids[..=pos].rotate_right(1);
             return;
@@ -406,14 +405,6 @@ impl Model {
         self.mirrored_cells = mirrored;
     }
 
-    /// Turns recent items stored by name (rows of earlier versions) into ids.
-    fn adopt_recent(&mut self, user: &mut UserState) {
-        if !user.recent.is_empty() {
-            let names = std::mem::take(&mut user.recent);
-            user.recent_ids = names.iter().map(|n| self.intern(n)).collect();
-        }
-    }
-
     /// The name of an interned item.
     pub fn name(&self, id: u32) -> Option<&str> {
         self.names.get(id as usize).map(|n| &**n)
@@ -421,9 +412,6 @@ impl Model {
 
     /// A user's recent items by name, newest first.
     pub fn recent_names(&self, user: &UserState) -> Vec<String> {
-        if !user.recent.is_empty() {
-            return user.recent.clone();
-        }
         user.recent_ids
             .iter()
             .filter_map(|id| self.name(*id).map(str::to_string))
@@ -615,124 +603,4 @@ impl Model {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(n: u64, user: &str, item: &str) -> Event {
-        let json = format!(
-            r#"{{"v":1,"event_id":"e{n}","user":"{user}","ts":{},"kind":"view","item":"{item}"}}"#,
-            1_700_000_000_000u64 + n
-        );
-        attune_core::event::parse_event(json.as_bytes(), 1_700_000_000_000 + n).unwrap()
-    }
-
-    fn rows(m: &Model) -> Vec<Vec<(u32, PairCell)>> {
-        m.adj
-            .iter()
-            .map(|row| {
-                let mut r: Vec<(u32, PairCell)> = row.iter().map(|(k, c)| (*k, *c)).collect();
-                r.sort_unstable_by_key(|e| e.0);
-                r
-            })
-            .collect()
-    }
-
-    /// Settling a whole micro-batch of queued pairs at once gives the state that applying each
-    /// event's pairs right away gives: cells, change epochs, counters, and what persist writes.
-    #[test]
-    fn settling_a_batch_at_once_equals_settling_each_event() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = ModelConfig::default();
-        let (each_store, batch_store) = (
-            Store::open(&dir.path().join("each.redb")).unwrap(),
-            Store::open(&dir.path().join("batch.redb")).unwrap(),
-        );
-        let (mut each, mut batch) = (Model::new(cfg.clone()), Model::new(cfg.clone()));
-        let (mut each_users, mut batch_users) = (
-            vec![UserState::default(); 11],
-            vec![UserState::default(); 11],
-        );
-        let mut n = 0u64;
-        for round in 0..12u64 {
-            for _ in 0..97 {
-                n += 1;
-                let u = (n * 7919 % 11) as usize;
-                // Few items, so pairs repeat within a batch and in both orders.
-                let item = format!("i{}", (n * n + round) % 17);
-                let e = event(n, &format!("u{u}"), &item);
-                each.observe(&e, 1.0, &mut each_users[u]);
-                each.settle();
-                batch.observe(&e, 1.0, &mut batch_users[u]);
-            }
-            batch.settle();
-            // What the counters mean, checked against the cells themselves: every cell is in
-            // both rows, `live_pairs` counts pairs, `dirty_pairs` those changed this epoch.
-            let cells: Vec<(u32, u32, PairCell)> = rows(&batch)
-                .into_iter()
-                .enumerate()
-                .flat_map(|(a, row)| row.into_iter().map(move |(b, c)| (a as u32, b, c)))
-                .collect();
-            for &(a, b, c) in &cells {
-                assert_eq!(batch.adj[b as usize].get(&a), Some(&c));
-            }
-            assert_eq!(batch.live_pairs, cells.len() as u64 / 2);
-            let changed = cells.iter().filter(|c| c.2.epoch == batch.epoch).count();
-            assert_eq!(batch.dirty_pairs, changed as u64 / 2, "round {round}");
-            assert_eq!(rows(&each), rows(&batch), "round {round}");
-            assert_eq!(each.live_pairs, batch.live_pairs);
-            assert_eq!(each.dirty_pairs, batch.dirty_pairs);
-            assert_eq!(each.dirty_rows, batch.dirty_rows);
-            // Persist every few rounds, so cells carry changes from earlier epochs too.
-            if round % 3 == 2 {
-                for (m, store) in [(&mut each, &each_store), (&mut batch, &batch_store)] {
-                    let tx = store.db.begin_write().unwrap();
-                    m.persist(&tx).unwrap();
-                    tx.commit().unwrap();
-                }
-                assert_eq!(each.log_bytes, batch.log_bytes);
-            }
-        }
-        assert!(each.live_pairs > 50, "too few pairs to mean anything");
-        for i in 0..17 {
-            let item = format!("i{i}");
-            assert_eq!(each.neighbours(&item), batch.neighbours(&item));
-        }
-    }
-
-    /// Persisting per batch (deltas, then compactions) and loading reproduces the model.
-    #[test]
-    fn persisted_pairs_reload_exactly() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let cfg = ModelConfig::default();
-        let mut m = Model::new(cfg.clone());
-        let mut users: Vec<UserState> = vec![UserState::default(); 7];
-        let mut n = 0u64;
-        let mut compacted = false;
-        for batch in 0..40u64 {
-            for _ in 0..25 {
-                n += 1;
-                let u = (n * 7919 % 7) as usize;
-                let item = format!("i{}", (n * n + batch) % 23);
-                m.observe(&event(n, &format!("u{u}"), &item), 1.0, &mut users[u]);
-            }
-            let before = m.log_bytes;
-            let tx = store.db.begin_write().unwrap();
-            m.persist(&tx).unwrap();
-            tx.commit().unwrap();
-            compacted |= m.log_bytes < before;
-            let loaded = Model::load(cfg.clone(), &store).unwrap();
-            for i in 0..23 {
-                let item = format!("i{i}");
-                assert_eq!(
-                    m.neighbours(&item),
-                    loaded.neighbours(&item),
-                    "batch {batch}"
-                );
-            }
-            assert_eq!(m.trending(n), loaded.trending(n));
-            assert_eq!(m.live_pairs, loaded.live_pairs);
-        }
-        assert!(compacted, "the pair log was never compacted");
-    }
-}
+mod tests;

@@ -1,17 +1,15 @@
-//! How the store writes a user state: format 2, positional and compact ([postcard]: varints,
-//! no field names), behind a two-byte tag.
+//! How the store writes a user state: positional and compact ([postcard]: varints, no field
+//! names).
 //!
 //! These are the store's own types, kept apart from the core's domain types, so a change in
 //! the core's serde attributes cannot silently change (or break) rows already on disk. Every
 //! field is written, always: the core skips zero accumulators when it serializes for the wire,
-//! and in a positional format a skipped field would shift the next one into its place.
+//! and in a positional format a skipped field would shift the next one into its place. A
+//! change of these bytes is a change of the store's format: bump
+//! [`crate::store::FORMAT_VERSION`] (stores of another format are rebuilt from the log).
 //!
-//! Format 1 (named MessagePack, written by earlier versions) is still read: its first byte is
-//! a MessagePack map marker, never [`TAG`]. `0xc1` is the one byte MessagePack never uses, so
-//! the two cannot be confused.
-//!
-//! Why not MessagePack any more: encoding 95k user states took 40% of a checkpoint, most of it
-//! writing field names (see the closing notes of the throughput issue for measurements).
+//! Not MessagePack: a checkpoint encodes up to 100k user states, and writing field names was
+//! most of the encoding time.
 
 use std::borrow::Cow;
 
@@ -21,43 +19,57 @@ use attune_core::{Millis, Profile, SmolStr};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::store::UserState;
 
-/// First byte of a format-2 row (unused by MessagePack), then [`VERSION`].
-pub const TAG: u8 = 0xc1;
-pub const VERSION: u8 = 2;
+/// What the store keeps per user: the core's profile and the recent distinct items that feed
+/// item co-occurrence.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UserState {
+    pub profile: Profile,
+    /// Recent distinct items, newest first, as the model's item ids (`ITEMS`, written in the
+    /// same checkpoint as the state, so an id here always has its name there).
+    pub recent_ids: Vec<u32>,
+}
+
+impl UserState {
+    /// Reads a stored row .
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        decode(bytes)
+    }
+    /// Appends the store's encoding to `buf`.
+    pub fn encode_into(&self, buf: &mut Vec<u8>) {
+        encode_into(self, buf);
+    }
+}
 
 // The format, as the types postcard decodes (and encoded their way by `encode_into`).
 #[derive(Deserialize)]
-struct StateV2<'a> {
+struct StateRow<'a> {
     #[serde(borrow)]
-    profile: ProfileV2<'a>,
-    #[serde(borrow)]
-    recent: Vec<Cow<'a, str>>,
+    profile: ProfileRow<'a>,
     recent_ids: Cow<'a, [u32]>,
 }
 
 #[derive(Deserialize)]
-struct ProfileV2<'a> {
+struct ProfileRow<'a> {
     version: u64,
     first_seen: Millis,
     last_seen: Millis,
     epoch: u32,
     #[serde(borrow)]
-    items: Vec<AffinityV2<'a>>,
+    items: Vec<AffinityRow<'a>>,
     #[serde(borrow)]
-    categories: Vec<AffinityV2<'a>>,
+    categories: Vec<AffinityRow<'a>>,
     #[serde(borrow)]
-    purchased: Vec<PurchasedV2<'a>>,
+    purchased: Vec<PurchasedRow<'a>>,
     #[serde(borrow)]
-    cart: Vec<CartV2<'a>>,
+    cart: Vec<CartRow<'a>>,
     purchases: u32,
     visits: Vec<(Millis, Millis)>,
     older_visits: u32,
 }
 
 #[derive(Deserialize)]
-struct AffinityV2<'a> {
+struct AffinityRow<'a> {
     #[serde(borrow)]
     key: Cow<'a, str>,
     short: (i64, i64, i64),
@@ -65,21 +77,21 @@ struct AffinityV2<'a> {
 }
 
 #[derive(Deserialize)]
-struct PurchasedV2<'a> {
+struct PurchasedRow<'a> {
     #[serde(borrow)]
     item: Cow<'a, str>,
     last: Millis,
 }
 
 #[derive(Deserialize)]
-struct CartV2<'a> {
+struct CartRow<'a> {
     #[serde(borrow)]
     item: Cow<'a, str>,
     added: Millis,
     removed: Millis,
 }
 
-fn from_affinities(list: Vec<AffinityV2<'_>>) -> Vec<Affinity> {
+fn from_affinities(list: Vec<AffinityRow<'_>>) -> Vec<Affinity> {
     list.into_iter()
         .map(|a| Affinity {
             key: SmolStr::new(&a.key),
@@ -89,18 +101,17 @@ fn from_affinities(list: Vec<AffinityV2<'_>>) -> Vec<Affinity> {
         .collect()
 }
 
-/// Appends the format-2 encoding of `state` to `buf`.
+/// Appends the store's encoding of `state` to `buf`.
 ///
 /// Written by hand rather than through the serde types above (which decode): a checkpoint
 /// encodes up to 100k states, and building the borrowed lists for serde cost an allocation per
-/// list and most of the encoding time. The bytes are postcard's for [`StateV2`]: unsigned
+/// list and most of the encoding time. The bytes are postcard's for [`StateRow`]: unsigned
 /// integers as LEB128 varints, signed ones zigzagged first, strings and sequences as a varint
 /// length then the elements, structs and tuples as their fields in order. `golden_bytes` and
 /// the round-trip property test hold the two to the same format.
 pub fn encode_into(state: &UserState, buf: &mut Vec<u8>) {
     let p = &state.profile;
     let mut w = Writer(buf);
-    w.0.extend_from_slice(&[TAG, VERSION]);
     w.uint(p.version);
     w.uint(p.first_seen);
     w.uint(p.last_seen);
@@ -131,10 +142,6 @@ pub fn encode_into(state: &UserState, buf: &mut Vec<u8>) {
         w.uint(v.1);
     }
     w.uint(u64::from(p.older_visits));
-    w.len(state.recent.len());
-    for r in &state.recent {
-        w.str(r);
-    }
     w.len(state.recent_ids.len());
     for id in &state.recent_ids {
         w.uint(u64::from(*id));
@@ -174,23 +181,17 @@ impl Writer<'_> {
     }
 }
 
-/// Decodes a format-2 row (starting with [`TAG`]). Anything else, or trailing bytes, is an
-/// error naming what is wrong.
+/// Decodes a row [`encode_into`] wrote. Anything else, or trailing bytes, is an error naming
+/// what is wrong.
 pub fn decode(bytes: &[u8]) -> Result<UserState> {
-    let body = match bytes {
-        [TAG, VERSION, body @ ..] => body,
-        [TAG, v, ..] => {
-            return Err(Error::Store(format!(
-                "user state: unknown store format {v} (this build reads 1 and {VERSION})"
-            )));
-        }
-        _ => return Err(Error::Store("user state: not a format-2 row".into())),
-    };
-    let (row, rest): (StateV2<'_>, &[u8]) = postcard::take_from_bytes(body)
-        .map_err(|e| Error::Store(format!("user state: corrupt format-2 row: {e}")))?;
+    let (row, rest): (StateRow<'_>, &[u8]) =
+        postcard::take_from_bytes(bytes).map_err(|source| Error::Row {
+            what: "user state: corrupt row",
+            source,
+        })?;
     if !rest.is_empty() {
-        return Err(Error::Store(format!(
-            "user state: {} bytes after the end of a format-2 row",
+        return Err(Error::Corrupt(format!(
+            "user state: {} bytes after the end of the row",
             rest.len()
         )));
     }
@@ -224,7 +225,6 @@ pub fn decode(bytes: &[u8]) -> Result<UserState> {
             visits: p.visits.into_iter().map(|(a, b)| Visit(a, b)).collect(),
             older_visits: p.older_visits,
         },
-        recent: row.recent.into_iter().map(Cow::into_owned).collect(),
         recent_ids: row.recent_ids.into_owned(),
     })
 }
@@ -274,11 +274,10 @@ mod tests {
         s
     }
 
-    /// The exact bytes of format 2: a change to them is a change of the on-disk format and
-    /// needs a new version (and a reader for this one). Per line: tag and version; profile
-    /// version, first seen, last seen, epoch; two items (key, then short and long as zigzag
-    /// varints); one category; one purchase; one cart entry; purchases; one visit; older
-    /// visits; recent names (none); recent ids.
+    /// The exact bytes of a row: a change to them is a change of the store's format and needs
+    /// a new `FORMAT_VERSION`. Per line: profile version, first seen, last seen, epoch; two
+    /// items (key, then short and long as zigzag varints); one category; one purchase; one cart
+    /// entry; purchases; one visit; older visits; recent ids.
     #[test]
     fn golden_bytes() {
         let mut buf = Vec::new();
@@ -286,8 +285,7 @@ mod tests {
         let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             hex,
-            "c102\
-             03\
+            "03\
              80d095ffbc31\
              c0ccabffbc31\
              fb15\
@@ -307,7 +305,6 @@ mod tests {
              01\
              80d095ffbc31c0ccabffbc31\
              02\
-             00\
              02\
              07ac02"
         );
@@ -315,27 +312,15 @@ mod tests {
     }
 
     #[test]
-    fn reads_format_1_rows() {
-        let state = sample();
-        let v1 = rmp_serde::to_vec_named(&state).unwrap();
-        assert_ne!(v1[0], TAG);
-        assert_eq!(UserState::decode(&v1).unwrap(), state);
-    }
-
-    #[test]
     fn refuses_damaged_rows_with_a_reason() {
         let mut buf = Vec::new();
         encode_into(&sample(), &mut buf);
         let truncated = decode(&buf[..buf.len() - 1]).unwrap_err().to_string();
-        assert!(truncated.contains("corrupt format-2 row"), "{truncated}");
+        assert!(truncated.contains("corrupt row"), "{truncated}");
         let mut longer = buf.clone();
         longer.push(0);
         let trailing = decode(&longer).unwrap_err().to_string();
         assert!(trailing.contains("1 bytes after the end"), "{trailing}");
-        let mut future = buf.clone();
-        future[1] = 9;
-        let unknown = UserState::decode(&future).unwrap_err().to_string();
-        assert!(unknown.contains("unknown store format 9"), "{unknown}");
     }
 
     fn acc() -> impl Strategy<Value = Acc> {
@@ -362,7 +347,6 @@ mod tests {
             prop::collection::vec((".{0,8}", any::<u64>(), any::<u64>()), 0..4),
             (any::<u32>(), any::<u32>()),
             prop::collection::vec((any::<u64>(), any::<u64>()), 0..4),
-            prop::collection::vec(".{0,8}", 0..3),
             prop::collection::vec(any::<u32>(), 0..8),
         )
             .prop_map(
@@ -374,7 +358,6 @@ mod tests {
                     cart,
                     (purchases, older_visits),
                     visits,
-                    recent,
                     recent_ids,
                 )| UserState {
                     profile: Profile {
@@ -403,7 +386,6 @@ mod tests {
                         visits: visits.into_iter().map(|(a, b)| Visit(a, b)).collect(),
                         older_visits,
                     },
-                    recent,
                     recent_ids,
                 },
             )
@@ -419,9 +401,7 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_bytes_never_panic(tail in prop::collection::vec(any::<u8>(), 0..64)) {
-            let mut bytes = vec![TAG, VERSION];
-            bytes.extend(tail);
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
             let _ = decode(&bytes);
         }
     }

@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// The embedded log's source name (its offset key in the store).
+pub const SOURCE: &str = "log";
+
 const MAGIC: &[u8; 8] = b"ATLOG\x001\n";
 /// Offset of the first record.
 pub const FIRST_OFFSET: u64 = MAGIC.len() as u64;
@@ -320,9 +323,10 @@ fn appender(file: File, mut pos: u64, rx: Receiver<AppendReq>, shared: Arc<End>)
                 // Roll back a partial write so the next append starts at a record boundary.
                 let _ = file.set_len(pos);
                 let _ = file.seek(SeekFrom::Start(pos));
-                let msg = e.to_string();
+                // Every waiting request gets the same cause.
+                let cause = Arc::new(e);
                 for r in reqs {
-                    (r.done)(Err(Error::Log(msg.clone())));
+                    (r.done)(Err(Error::Append(cause.clone())));
                 }
             }
         }

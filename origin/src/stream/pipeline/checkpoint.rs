@@ -1,0 +1,204 @@
+//! The pipeline's checkpoint: everything applied since the previous one, committed in one
+//! redb write transaction (user states, pending publishes, shared keys, forgets, model
+//! changes, dead letters, counters, watermarks, the log offset and dedup keys), then the
+//! memory bound enforced.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use redb::{ReadableTable, WriteTransaction};
+
+use super::warm::{WARM_AHEAD, warm};
+use super::{Pipeline, SinceCheckpoint};
+use crate::error::Result;
+use crate::store::{
+    DLQ, FORGOTTEN, META, OUTBOX, PENDING, PENDING_KEY, USERS, encode_user_row, enqueue_shared,
+    keys, pack_pending,
+};
+use crate::stream::live::{self, Live, UserKey};
+
+/// What a checkpoint writes from [`Live`], encoded while holding its lock.
+#[derive(Debug, Default)]
+struct EncodedUsers {
+    /// Users and the span of their encoded row in `bytes`, in key order.
+    users: Vec<(UserKey, std::ops::Range<usize>)>,
+    bytes: Vec<u8>,
+    /// The packed `PENDING` row.
+    pending: Vec<u8>,
+    /// Shared keys waiting: (key, version, accepted).
+    shared: Vec<(String, u64, u64)>,
+    /// Forgotten users whose erased events can no longer be replayed.
+    forgotten_done: Vec<Box<str>>,
+}
+
+impl Pipeline {
+    /// Commits everything applied since the last checkpoint in one write transaction; returns
+    /// 1 if it committed one, 0 if there was nothing to write.
+    pub fn checkpoint(&mut self) -> Result<u64> {
+        self.check_poisoned()?;
+        if !self.has_unsaved() {
+            self.last_checkpoint = Instant::now();
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let r = self.write_checkpoint();
+        if r.is_err() {
+            self.poisoned = true;
+        }
+        r?;
+        self.checkpointed = self.offset;
+        self.since = SinceCheckpoint::default();
+        self.last_checkpoint = Instant::now();
+        self.evict();
+        self.progress
+            .checkpointed
+            .store(self.checkpointed, Ordering::Release);
+        self.progress.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .checkpoint_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(1)
+    }
+
+    fn write_checkpoint(&mut self) -> Result<()> {
+        let tx = self.store.db.begin_write()?;
+        {
+            // Encode under the live lock, write after releasing it: the publisher reads live
+            // while the B-tree inserts and the fsync run. Nothing can change the state in
+            // between: the pipeline is this thread, and forget, catalog and full-publish
+            // writes wait for this write transaction.
+            let encoded = self.encode_users()?;
+            self.write_users(&tx, &encoded)?;
+            let model_arc = self.model.clone();
+            let mut model = model_arc.lock().unwrap_or_else(|e| e.into_inner());
+            let mut meta = tx.open_table(META)?;
+            meta.insert(keys::MODEL_SEQ, model.seq())?;
+            model.persist(&tx)?;
+            drop(model);
+            if !self.since.dead.is_empty() {
+                let mut dlq = tx.open_table(DLQ)?;
+                for d in &self.since.dead {
+                    dlq.insert(d.seq, serde_json::to_vec(d)?.as_slice())?;
+                }
+                meta.insert(keys::DLQ_SEQ, self.dlq_seq)?;
+            }
+            let c = self.since.counts;
+            for (k, add) in [
+                (keys::RECEIVED, c.received),
+                (keys::APPLIED, c.applied),
+                (keys::DUPLICATES, c.duplicates),
+                (keys::DLQ, c.dlq),
+                (keys::LATE, c.late),
+            ] {
+                if add > 0 {
+                    let v = meta.get(k)?.map(|v| v.value()).unwrap_or(0);
+                    meta.insert(k, v + add)?;
+                }
+            }
+            self.watermarks.checkpoint(&mut meta)?;
+            meta.insert(keys::offset(&self.source).as_str(), self.offset)?;
+            self.dedup.checkpoint(&tx, &mut meta)?;
+        }
+        self.dedup.prune(&tx, self.watermarks.min())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Encodes what the checkpoint writes from [`Live`]: every user changed since the last
+    /// checkpoint (in user order, so the transaction's writes are deterministic), the waiting
+    /// user publishes, the waiting shared keys, and the forgets a replay can no longer reach.
+    fn encode_users(&mut self) -> Result<EncodedUsers> {
+        let mut out = EncodedUsers::default();
+        let live_arc = self.live.clone();
+        let mut live = live::lock(&live_arc);
+        let Live {
+            users,
+            unpublished,
+            shared,
+            forgotten,
+            stored,
+        } = &mut *live;
+        let mut rows: Vec<(UserKey, std::ops::Range<usize>)> =
+            Vec::with_capacity(self.since.unsaved.len());
+        let keys = &self.since.unsaved;
+        // Room for typical rows up front (pages are only touched as they are written): growing
+        // from empty copied the buffer again at every doubling, at every checkpoint.
+        out.bytes.reserve(keys.len() * 256);
+        for chunk in keys.chunks(WARM_AHEAD) {
+            warm(users, None, chunk.iter());
+            for key in chunk {
+                // Absent: forgotten since it changed.
+                let Some(c) = users.get_mut(key) else {
+                    continue;
+                };
+                // Counted as stored before the write: a key too many (a failed commit) only
+                // costs a lookup that finds nothing; a key missing would start a stored user
+                // afresh.
+                stored.insert(*key);
+                c.unsaved = false;
+                let start = out.bytes.len();
+                encode_user_row(&c.user, &c.state, &mut out.bytes);
+                rows.push((*key, start..out.bytes.len()));
+            }
+        }
+        // B-tree order: the inserts then walk its leaves once.
+        rows.sort_unstable_by_key(|r| r.0);
+        out.users = rows;
+        pack_pending(
+            unpublished.values().map(|(u, p)| (&**u, p.version)),
+            &mut out.pending,
+        );
+        if self.since.shared {
+            out.shared = shared
+                .iter()
+                .map(|(k, u)| (k.clone(), u.version, u.accepted_ms))
+                .collect();
+        }
+        out.forgotten_done = forgotten
+            .iter()
+            .filter(|(_, until)| **until <= self.offset)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for u in &out.forgotten_done {
+            forgotten.remove(u);
+        }
+        Ok(out)
+    }
+
+    fn write_users(&mut self, tx: &WriteTransaction, e: &EncodedUsers) -> Result<()> {
+        let mut users = tx.open_table(USERS)?;
+        for (key, span) in &e.users {
+            users.insert(*key, &e.bytes[span.clone()])?;
+        }
+        tx.open_table(PENDING)?
+            .insert(PENDING_KEY, e.pending.as_slice())?;
+        if !e.shared.is_empty() {
+            let mut outbox = tx.open_table(OUTBOX)?;
+            for (key, version, accepted) in &e.shared {
+                enqueue_shared(&mut outbox, [key.clone()], *version, *accepted)?;
+            }
+        }
+        if !e.forgotten_done.is_empty() {
+            let mut t = tx.open_table(FORGOTTEN)?;
+            for u in &e.forgotten_done {
+                t.remove(&**u)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps memory within its capacity: drops the least recently used quarter of the clean
+    /// user states (states changed since the checkpoint stay).
+    fn evict(&mut self) {
+        let mut live = live::lock(&self.live);
+        if live.users.len() <= self.cache_cap {
+            return;
+        }
+        let keep = self.cache_cap - self.cache_cap / 4;
+        let mut used: Vec<u64> = live.users.values().map(|c| c.used).collect();
+        let drop_n = used.len() - keep;
+        let (_, nth, _) = used.select_nth_unstable(drop_n);
+        let threshold = *nth;
+        live.users.retain(|_, c| c.unsaved || c.used >= threshold);
+    }
+}

@@ -1,0 +1,556 @@
+//! The stream pipeline: validate (core) → dedup (`event_id`, persistent, horizon-bounded) →
+//! per-source event-time watermark with allowed lateness → `Profile::apply` (core) and the
+//! model.
+//!
+//! It works like a checkpointing stream processor (Flink's q17 reference included):
+//! - **micro-batches** are applied in memory: user states in [`Live`], the model, dedup keys,
+//!   watermarks, counters and dead letters. What they change is handed to the publisher at
+//!   once (through [`Live`]), so freshness does not wait for the store;
+//! - a **checkpoint** commits everything changed since the previous one in **one redb write
+//!   transaction**: user states, dedup keys, the log offset, watermarks, counters, model
+//!   changes, dead letters and pending publishes. It runs when the pipeline catches up with the
+//!   log, every `checkpoint_interval_ms` under load, when `checkpoint_max_unsaved` users have
+//!   changed, and on shutdown;
+//! - after a crash the pipeline restarts from the checkpoint and replays the durable log from
+//!   its offset. Applying is deterministic (no wall clock: the core's decay works on event
+//!   time), so the replay recomputes the same states and versions: nothing is lost, nothing
+//!   is applied twice, and the publisher never rewrites a version KV already holds.
+//!
+//! Writing each changed user once per checkpoint rather than once per micro-batch is what
+//! makes the throughput: a busy user changes many times between two checkpoints.
+//!
+//! If a micro-batch or checkpoint fails after it changed memory, the pipeline refuses further
+//! work: the caller must reopen the node, which reloads the checkpoint and replays the log.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use attune_core::Event;
+use attune_core::event::{EventError, EventKind, parse_event};
+use attune_core::model::keys as kv;
+use attune_core::profile::ProfileConfig;
+use redb::ReadableDatabase;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::log::{Record, Source};
+use crate::metrics::{Metrics, labels};
+use crate::model::Model;
+use crate::store::{DlqRecord, META, Store, USERS, UserState, decode_user_row, keys};
+mod checkpoint;
+mod outcome;
+mod warm;
+
+pub use outcome::{BatchOutcome, Progress};
+use warm::{WARM_AHEAD, warm};
+
+use super::dedup::{self, Dedup};
+use super::live::{self, Cached, Live, SharedLive, Unpublished, UserKey, user_key};
+use super::watermark::Watermarks;
+use foldhash::HashMap as FoldHashMap;
+
+/// Changes since the last checkpoint that are not user states.
+#[derive(Debug, Default)]
+struct SinceCheckpoint {
+    counts: BatchOutcome,
+    dead: Vec<DlqRecord>,
+    /// Users changed (each once).
+    unsaved: Vec<UserKey>,
+    /// Shared keys queued (written to `OUTBOX` by the checkpoint).
+    shared: bool,
+}
+
+pub struct Pipeline {
+    store: Store,
+    model: Arc<Mutex<Model>>,
+    live: SharedLive,
+    metrics: Arc<Metrics>,
+    profile_cfg: ProfileConfig,
+    source: String,
+    /// Log offset applied in memory, and the checkpoint's.
+    offset: u64,
+    checkpointed: u64,
+    watermarks: Watermarks,
+    dedup: Dedup,
+    dlq_seq: u64,
+    since: SinceCheckpoint,
+    last_checkpoint: Instant,
+    checkpoint_every: Duration,
+    max_unsaved: usize,
+    cache_cap: usize,
+    batch_no: u64,
+    /// Reused per micro-batch: (event, accepted, the user's key).
+    events: Vec<(Event, u64, UserKey)>,
+    poisoned: bool,
+    /// Adaptive micro-batch size (0 until the first one).
+    limit: usize,
+    progress: Arc<Progress>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("source", &self.source)
+            .field("offset", &self.offset)
+            .field("checkpointed", &self.checkpointed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Time one micro-batch should take (see [`Pipeline::batch_limit`]): it holds the [`Live`]
+/// lock the publisher also takes, and its changes reach the publisher when it ends.
+const BATCH_TARGET: Duration = Duration::from_millis(50);
+/// The adaptive limit never goes below this (a micro-batch has a small fixed cost).
+const MIN_BATCH: usize = 1024;
+
+impl Pipeline {
+    pub fn new(
+        cfg: &Config,
+        store: Store,
+        model: Arc<Mutex<Model>>,
+        live: SharedLive,
+        metrics: Arc<Metrics>,
+        source: &str,
+    ) -> Result<Self> {
+        let offset = store.meta(&keys::offset(source))?;
+        let (watermarks, dedup, dlq_seq) = {
+            let tx = store.db.begin_read()?;
+            let watermarks = Watermarks::load(&tx, cfg.pipeline.allowed_lateness_ms)?;
+            let dedup = Dedup::load(&tx, cfg.pipeline.dedup_horizon_ms, watermarks.min())?;
+            let dlq_seq = tx
+                .open_table(META)?
+                .get(keys::DLQ_SEQ)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            (watermarks, dedup, dlq_seq)
+        };
+        // Whatever memory held beyond the checkpoint is replayed from the log. The map is sized
+        // for its capacity once (growing it rehashes every user state it holds).
+        {
+            let mut l = live::lock(&live);
+            l.users = FoldHashMap::with_capacity_and_hasher(
+                cfg.pipeline.profile_cache.min(1 << 20),
+                Default::default(),
+            );
+        }
+        Ok(Pipeline {
+            store,
+            model,
+            live,
+            metrics,
+            profile_cfg: attune_core::rules::Config::default().profile,
+            source: source.to_string(),
+            offset,
+            checkpointed: offset,
+            watermarks,
+            dedup,
+            dlq_seq,
+            since: SinceCheckpoint::default(),
+            last_checkpoint: Instant::now(),
+            checkpoint_every: Duration::from_millis(cfg.pipeline.checkpoint_interval_ms),
+            max_unsaved: cfg.pipeline.checkpoint_max_unsaved.max(1),
+            cache_cap: cfg.pipeline.profile_cache.max(1),
+            batch_no: 0,
+            events: Vec::new(),
+            poisoned: false,
+            limit: 0,
+            progress: Arc::new(Progress {
+                offset: AtomicU64::new(offset),
+                checkpointed: AtomicU64::new(offset),
+                batches: AtomicU64::new(0),
+                checkpoints: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Offset applied in memory (0 = nothing applied yet; the source's start applies then).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Offset of the last checkpoint.
+    pub fn checkpointed(&self) -> u64 {
+        self.checkpointed
+    }
+
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
+    /// How many records the next micro-batch should take, at most `batch_max`: sized from the
+    /// measured rate so one takes about [`BATCH_TARGET`].
+    pub fn batch_limit(&self, batch_max: usize) -> usize {
+        if self.limit == 0 {
+            MIN_BATCH.min(batch_max.max(1))
+        } else {
+            self.limit.clamp(1, batch_max.max(1))
+        }
+    }
+
+    fn adapt(&mut self, n: usize, took: Duration) {
+        let rate = n as f64 / took.as_secs_f64().max(1e-6);
+        let want = (rate * BATCH_TARGET.as_secs_f64()) as usize;
+        let grow = self.limit.max(n).saturating_mul(4);
+        self.limit = want.clamp(MIN_BATCH, grow.max(MIN_BATCH));
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        if self.poisoned {
+            return Err(Error::PipelineStopped);
+        }
+        Ok(())
+    }
+
+    /// Applies one micro-batch, then checkpoints if one is due.
+    pub fn process(&mut self, records: &[Record]) -> Result<BatchOutcome> {
+        self.check_poisoned()?;
+        if records.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
+        let started = Instant::now();
+        let r = self.apply_batch(records);
+        if r.is_err() {
+            self.poisoned = true;
+        }
+        self.adapt(records.len(), started.elapsed());
+        let mut out = r?;
+        if self.checkpoint_due() {
+            let t = Instant::now();
+            out.checkpoints += self.checkpoint()?;
+            out.checkpoint_us += t.elapsed().as_micros() as u64;
+        }
+        Ok(out)
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.last_checkpoint.elapsed() >= self.checkpoint_every
+            || self.since.unsaved.len() >= self.max_unsaved
+    }
+
+    /// Whether anything was applied since the last checkpoint.
+    pub fn has_unsaved(&self) -> bool {
+        self.offset != self.checkpointed
+            || !self.since.unsaved.is_empty()
+            || !self.since.dead.is_empty()
+    }
+
+    /// One micro-batch, in named steps, under the model and live locks (lock order everywhere:
+    /// redb write transaction → model → live).
+    fn apply_batch(&mut self, records: &[Record]) -> Result<BatchOutcome> {
+        let started = Instant::now();
+        let mut out = BatchOutcome {
+            batches: 1,
+            ..BatchOutcome::default()
+        };
+        self.batch_no += 1;
+        let model_arc = self.model.clone();
+        let mut model = model_arc.lock().unwrap_or_else(|e| e.into_inner());
+        let live_arc = self.live.clone();
+        let mut live = live::lock(&live_arc);
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        self.admit(records, &live, &mut events, &mut out);
+        self.load_users(&mut live, &events)?;
+        let trend_changed = self.apply_events(&mut model, &mut live, &events, &mut out)?;
+        self.queue_shared(&mut model, &mut live, &events, trend_changed);
+        drop(live);
+        drop(model);
+        events.clear();
+        self.events = events;
+        self.finish_batch(records, &out, started);
+        Ok(out)
+    }
+
+    /// Validates, deduplicates and watermarks the records in log order; what passes (and is
+    /// not a forgotten user's) goes into `events`, the rest is counted or dead-lettered.
+    fn admit(
+        &mut self,
+        records: &[Record],
+        live: &Live,
+        events: &mut Vec<(Event, u64, UserKey)>,
+        out: &mut BatchOutcome,
+    ) {
+        // A chunk at a time: parsed first, then its dedup keys looked up together (their
+        // misses in the large dedup map overlap, see `warm`), then checked in log order.
+        let mut parsed: Vec<Result<(Event, u128), EventError>> = Vec::with_capacity(WARM_AHEAD);
+        for chunk in records.chunks(WARM_AHEAD) {
+            parsed.extend(chunk.iter().map(|rec| {
+                parse_event(&rec.payload, rec.accepted_ms).map(|e| {
+                    let h = dedup::digest(&e.event_id);
+                    (e, h)
+                })
+            }));
+            self.dedup.warm(
+                parsed
+                    .iter()
+                    .filter_map(|p| p.as_ref().ok())
+                    .map(|(_, h)| h),
+            );
+            for (rec, parsed) in chunk.iter().zip(parsed.drain(..)) {
+                out.received += 1;
+                let (event, h) = match parsed {
+                    Ok(e) => e,
+                    Err(e) => {
+                        self.metrics
+                            .events_invalid
+                            .get_or_create(&labels(&[("reason", e.code())]))
+                            .inc();
+                        self.dlq_seq += 1;
+                        let d = dead_letter(self.dlq_seq, rec, e.code(), &e.to_string());
+                        self.since.dead.push(d);
+                        out.dlq += 1;
+                        continue;
+                    }
+                };
+                if self.dedup.seen(&h) {
+                    out.duplicates += 1;
+                    continue;
+                }
+                if let Err(late) = self.watermarks.admit(&rec.source, event.ts) {
+                    self.metrics
+                        .events_invalid
+                        .get_or_create(&labels(&[("reason", "late")]))
+                        .inc();
+                    self.dlq_seq += 1;
+                    let d = dead_letter(self.dlq_seq, rec, "late", &late.to_string());
+                    self.since.dead.push(d);
+                    out.dlq += 1;
+                    out.late += 1;
+                    continue;
+                }
+                self.dedup.record(h, event.ts);
+                // A forgotten user's events from before the forget are erased, not applied (also
+                // when a restart replays them).
+                if !live.forgotten.is_empty()
+                    && live
+                        .forgotten
+                        .get(event.user.as_str())
+                        .is_some_and(|until| rec.offset < *until)
+                {
+                    out.applied += 1;
+                    continue;
+                }
+                let key = user_key(&event.user);
+                events.push((event, rec.accepted_ms, key));
+            }
+        }
+    }
+
+    /// Brings in the users memory lacks: new ones start empty, stored ones are read in key
+    /// order (the B-tree's order, so the reads walk its leaves once).
+    fn load_users(&mut self, live: &mut Live, events: &[(Event, u64, UserKey)]) -> Result<()> {
+        let batch_no = self.batch_no;
+        {
+            let mut missing: Vec<(UserKey, &str)> = events
+                .iter()
+                .filter(|(e, _, _)| e.kind != EventKind::Impression)
+                .filter(|(_, _, k)| !live.users.contains_key(k))
+                .map(|(e, _, k)| (*k, e.user.as_str()))
+                .collect();
+            if !missing.is_empty() {
+                missing.sort_unstable_by_key(|m| m.0);
+                missing.dedup_by_key(|m| m.0);
+                let mut to_read: Vec<(UserKey, &str)> = Vec::new();
+                for (key, user) in missing {
+                    if live.stored.contains(&key) {
+                        to_read.push((key, user));
+                    } else {
+                        live.users.insert(
+                            key,
+                            Cached::new(Arc::from(user), UserState::default(), batch_no),
+                        );
+                    }
+                }
+                if !to_read.is_empty() {
+                    // Already in key order: the B-tree's.
+                    let tx = self.store.db.begin_read()?;
+                    let rows = tx.open_table(USERS)?;
+                    for (key, user) in to_read {
+                        let state = match rows.get(key)? {
+                            Some(v) => decode_user_row(user, v.value())?,
+                            None => UserState::default(),
+                        };
+                        live.users
+                            .insert(key, Cached::new(Arc::from(user), state, batch_no));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the events in log order to the users' profiles and the model, and hands each
+    /// changed user to the publisher. Returns whether trending changed.
+    fn apply_events(
+        &mut self,
+        model: &mut Model,
+        live: &mut Live,
+        events: &[(Event, u64, UserKey)],
+        out: &mut BatchOutcome,
+    ) -> Result<bool> {
+        let batch_no = self.batch_no;
+        let mut trend_changed = false;
+        let Live {
+            users, unpublished, ..
+        } = &mut *live;
+        for (i, (event, accepted_ms, key)) in events.iter().enumerate() {
+            if i % WARM_AHEAD == 0 {
+                let next = &events[i..events.len().min(i + WARM_AHEAD)];
+                warm(users, Some(unpublished), next.iter().map(|e| &e.2));
+            }
+            // Impressions record what the edge showed: they count exposures and leave the
+            // visitor's state alone (no profile version, no KV write for a mere page view).
+            if event.kind == EventKind::Impression {
+                if let (Some(exp), Some(arm)) =
+                    (event.prop_str("experiment"), event.prop_str("arm"))
+                {
+                    self.metrics.count_exposure(exp, arm);
+                }
+                out.applied += 1;
+                continue;
+            }
+            let Some(entry) = users.get_mut(key) else {
+                return Err(Error::Corrupt(format!("user {} not loaded", event.user)));
+            };
+            entry.used = batch_no;
+            let category = event.item.as_deref().and_then(|i| model.category(i));
+            entry
+                .state
+                .profile
+                .apply(event, category, &self.profile_cfg);
+            let weight = self.profile_cfg.weight(event.kind).weight;
+            model.observe(event, weight, &mut entry.state);
+            trend_changed |= weight > 0.0 && event.item.is_some();
+            // Hand the change to the publisher.
+            let version = entry.state.profile.version;
+            if entry.dirty_in != batch_no {
+                entry.dirty_in = batch_no;
+                if !entry.unsaved {
+                    entry.unsaved = true;
+                    self.since.unsaved.push(*key);
+                }
+                unpublished
+                    .entry(*key)
+                    .and_modify(|(_, u)| u.merge(version, *accepted_ms))
+                    .or_insert_with(|| {
+                        (
+                            entry.user.clone(),
+                            Unpublished {
+                                version,
+                                accepted_ms: *accepted_ms,
+                            },
+                        )
+                    });
+            } else if let Some((_, u)) = unpublished.get_mut(key) {
+                u.merge(version, *accepted_ms);
+            }
+            out.applied += 1;
+        }
+        Ok(trend_changed)
+    }
+
+    /// Queues the shared keys the micro-batch changed (neighbour shards, trending) at a new
+    /// model version.
+    fn queue_shared(
+        &mut self,
+        model: &mut Model,
+        live: &mut Live,
+        events: &[(Event, u64, UserKey)],
+        trend_changed: bool,
+    ) {
+        model.settle();
+        let shards = model.take_touched_shards();
+        if !shards.is_empty() || trend_changed {
+            let seq = model.next_seq();
+            let first_accept = events.iter().map(|e| e.1).min().unwrap_or_else(now_ms);
+            let mut shared: Vec<String> = shards.into_iter().map(kv::neighbours).collect();
+            if trend_changed {
+                shared.push(kv::TRENDING.to_string());
+            }
+            for key in shared {
+                live.shared
+                    .entry(key)
+                    .and_modify(|u| u.merge(seq, first_accept))
+                    .or_insert(Unpublished {
+                        version: seq,
+                        accepted_ms: first_accept,
+                    });
+            }
+            self.since.shared = true;
+        }
+    }
+
+    /// Moves the offset and the counters on, and records the micro-batch's metrics.
+    fn finish_batch(&mut self, records: &[Record], out: &BatchOutcome, started: Instant) {
+        self.offset = records.last().map(|r| r.next).unwrap_or(self.offset);
+        self.since.counts.add(out);
+        self.progress.offset.store(self.offset, Ordering::Release);
+        self.progress.batches.fetch_add(1, Ordering::Relaxed);
+        let m = &self.metrics;
+        m.events_received.inc_by(out.received);
+        m.events_valid.inc_by(out.received - (out.dlq - out.late));
+        m.events_duplicate.inc_by(out.duplicates);
+        m.events_late.inc_by(out.late);
+        m.events_applied.inc_by(out.applied);
+        m.applied_offset_bytes.set(self.offset as i64);
+        m.batch_apply_seconds
+            .observe(started.elapsed().as_secs_f64());
+        m.batch_size.observe(records.len() as f64);
+    }
+
+    /// Consumes `source` until `stop` answers true and everything durable has been applied
+    /// and checkpointed.
+    pub fn run(
+        &mut self,
+        source: &mut dyn Source,
+        batch_max: usize,
+        stop: &dyn Fn() -> bool,
+        on_batch: &dyn Fn(&BatchOutcome),
+    ) -> Result<()> {
+        let mut buf = Vec::new();
+        loop {
+            let from = self.offset.max(source.start());
+            buf.clear();
+            let limit = self.batch_limit(batch_max);
+            source.read(from, limit, Duration::from_millis(50), &mut buf)?;
+            let end = source.end();
+            self.metrics.log_end_bytes.set(end as i64);
+            self.metrics
+                .log_lag_bytes
+                .set(end.saturating_sub(from) as i64);
+            if buf.is_empty() {
+                // Caught up: make it durable now (cheap when idle, and it keeps the replay
+                // after a crash short).
+                self.checkpoint()?;
+                if stop() && from >= end {
+                    return Ok(());
+                }
+                continue;
+            }
+            let outcome = self.process(&buf)?;
+            on_batch(&outcome);
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::now_ms()
+}
+
+fn dead_letter(seq: u64, rec: &Record, reason: &str, detail: &str) -> DlqRecord {
+    let cut = rec.payload.len().min(2048);
+    DlqRecord {
+        seq,
+        source: rec.source.clone(),
+        offset: rec.offset,
+        accepted_ms: rec.accepted_ms,
+        reason: reason.to_string(),
+        detail: detail.chars().take(300).collect(),
+        len: rec.payload.len(),
+        raw: String::from_utf8_lossy(&rec.payload[..cut]).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,78 @@
+//! The watermark operator: per source, the newest event time applied. An event older than its
+//! source's watermark minus the allowed lateness is late (a dead letter). Its part of a
+//! checkpoint is one `wm:<source>` counter per source.
+
+use std::collections::HashMap;
+
+use redb::{ReadTransaction, Table};
+
+use crate::error::Result;
+use crate::store::{META, keys};
+
+#[derive(Debug, Default)]
+pub(super) struct Watermarks {
+    by_source: HashMap<String, u64>,
+    lateness: u64,
+}
+
+/// Why an event was refused: its event time, the watermark and the allowed lateness.
+#[derive(Debug)]
+pub(super) struct Late {
+    pub(super) ts: u64,
+    pub(super) watermark: u64,
+    pub(super) lateness: u64,
+}
+
+impl std::fmt::Display for Late {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "event time {} is older than watermark {} minus allowed lateness {} ms",
+            self.ts, self.watermark, self.lateness
+        )
+    }
+}
+
+impl Watermarks {
+    pub(super) fn load(tx: &ReadTransaction, lateness: u64) -> Result<Self> {
+        let mut by_source = HashMap::new();
+        for row in tx.open_table(META)?.range("wm:".."wm;")? {
+            let (k, v) = row?;
+            by_source.insert(k.value()["wm:".len()..].to_string(), v.value());
+        }
+        Ok(Watermarks {
+            by_source,
+            lateness,
+        })
+    }
+
+    /// Admits an event of `source` at event time `ts` (moving the watermark), or says why it
+    /// is late.
+    pub(super) fn admit(&mut self, source: &str, ts: u64) -> std::result::Result<(), Late> {
+        let wm = match self.by_source.get_mut(source) {
+            Some(wm) => wm,
+            None => self.by_source.entry(source.to_string()).or_insert(0),
+        };
+        if ts.saturating_add(self.lateness) < *wm {
+            return Err(Late {
+                ts,
+                watermark: *wm,
+                lateness: self.lateness,
+            });
+        }
+        *wm = (*wm).max(ts);
+        Ok(())
+    }
+
+    /// The slowest source's watermark (sources that applied nothing yet do not count).
+    pub(super) fn min(&self) -> Option<u64> {
+        self.by_source.values().copied().filter(|w| *w > 0).min()
+    }
+
+    pub(super) fn checkpoint(&self, meta: &mut Table<&str, u64>) -> Result<()> {
+        for (source, wm) in &self.by_source {
+            meta.insert(keys::watermark(source).as_str(), *wm)?;
+        }
+        Ok(())
+    }
+}
