@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{CatalogView, IdKey, NeighbourView, Trending};
 use crate::profile::{Profile, ProfileConfig, ScoreAt};
-use crate::session::Session;
+use crate::session::{MAX_RECENT, Session};
 use crate::table::{Table, hash_str, same};
 use crate::{HOUR_MS, Millis};
 
@@ -89,12 +89,66 @@ impl Reason {
     }
 }
 
+impl Reason {
+    /// The [`ScoreParts`] field a contribution with this reason adds to.
+    fn part(self) -> usize {
+        match self {
+            Reason::SessionNeighbour => PART_SESSION,
+            Reason::ProfileNeighbour => PART_PROFILE,
+            Reason::CategoryAffinity => PART_CATEGORY,
+            Reason::Trending => PART_TREND,
+            Reason::SimilarToPage | Reason::RecentlyViewed | Reason::CategoryTop => PART_SLOT,
+        }
+    }
+}
+
+const PART_SESSION: usize = 0;
+const PART_PROFILE: usize = 1;
+const PART_SLOT: usize = 2;
+const PART_CATEGORY: usize = 3;
+const PART_TREND: usize = 4;
+const PARTS: usize = 5;
+
+/// What a pick's score is made of (the debug view shows it). The parts add up to the score,
+/// up to the rounding of the order they are summed in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScoreParts {
+    /// Similarity to this session's items (recency-weighted, normalized over the session).
+    pub session: f64,
+    /// Similarity to the profile's top items.
+    pub profile: f64,
+    /// The slot's own signal: similar to the page's item, recently viewed, category top.
+    pub slot: f64,
+    /// The visitor's affinity to the item's category.
+    pub category: f64,
+    /// Popularity: the trending seed and the trend prior.
+    pub trend: f64,
+}
+
+impl ScoreParts {
+    fn from_array(a: [f64; PARTS]) -> Self {
+        ScoreParts {
+            session: a[PART_SESSION],
+            profile: a[PART_PROFILE],
+            slot: a[PART_SLOT],
+            category: a[PART_CATEGORY],
+            trend: a[PART_TREND],
+        }
+    }
+
+    pub fn total(&self) -> f64 {
+        self.session + self.profile + self.slot + self.category + self.trend
+    }
+}
+
 /// One ranked item.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pick {
     pub item: String,
     pub score: f64,
     pub reason: Reason,
+    #[serde(default)]
+    pub parts: ScoreParts,
 }
 
 /// Ranking weights and limits. Part of the published [`crate::rules::Config`].
@@ -107,7 +161,13 @@ pub struct RankParams {
     pub trend_weight: f64,
     /// Half-life of a session item's pull on its neighbours.
     pub session_half_life_ms: Millis,
-    /// Session items and profile top items whose neighbours become candidates.
+    /// Session items whose neighbours become candidates, most recent first.
+    pub session_items: usize,
+    /// Weight of a session item relative to the next more recent one (position recency:
+    /// the `p`-th most recent item weighs `session_position_decay^p`), so the last click leads
+    /// even when every item was seen at the same time.
+    pub session_position_decay: f64,
+    /// Profile top items whose neighbours become candidates.
     pub seed_items: usize,
     /// Strongest categories whose top items become candidates.
     pub seed_categories: usize,
@@ -124,11 +184,19 @@ pub struct RankParams {
 impl Default for RankParams {
     fn default() -> Self {
         RankParams {
+            // The session term is a weighted mean similarity (at most 1); the profile and
+            // category terms are kept on that scale. The category term stays small: it is what
+            // loosens the score bound of the bounded walk (`Scoring::choose_bounded`), and the
+            // validation split shows no gain from more.
             session_weight: 1.0,
-            profile_weight: 0.6,
-            category_weight: 0.3,
-            trend_weight: 0.1,
+            profile_weight: 0.1,
+            category_weight: 0.01,
+            // Small: the session signal leads and popularity orders what it leaves open
+            // (chosen on the validation split of the sample, `attune-lab eval --validation`).
+            trend_weight: 0.02,
             session_half_life_ms: HOUR_MS,
+            session_items: MAX_RECENT,
+            session_position_decay: 0.95,
             seed_items: 5,
             seed_categories: 3,
             per_category: 10,
@@ -155,6 +223,9 @@ pub struct RankInput<'a> {
     pub trending: &'a Trending,
     pub params: &'a RankParams,
     pub now: Millis,
+    /// Items the slot must not show: the picks of the page's earlier slots, so a page never
+    /// shows an item twice.
+    pub exclude: &'a [String],
 }
 
 impl core::fmt::Debug for RankInput<'_> {
@@ -165,6 +236,7 @@ impl core::fmt::Debug for RankInput<'_> {
             .field("page_item", &self.page_item)
             .field("category", &self.category)
             .field("now", &self.now)
+            .field("exclude", &self.exclude)
             .finish_non_exhaustive()
     }
 }
@@ -177,6 +249,8 @@ struct Candidate {
     /// Trend prior, when the item trends (filled in once the pool is complete).
     prior: Option<f64>,
     excluded: bool,
+    /// `score` by [`ScoreParts`] field.
+    parts: [f64; PARTS],
 }
 
 /// The candidates gathered so far, in first-seen order, with a hash index over their ids.
@@ -238,6 +312,7 @@ impl<'a> Pool<'a> {
                     reason_weight: 0.0,
                     prior: None,
                     excluded: false,
+                    parts: [0.0; PARTS],
                 });
                 let keys = &self.keys;
                 self.index
@@ -247,6 +322,7 @@ impl<'a> Pool<'a> {
         };
         let c = &mut self.candidates[i];
         c.score += amount;
+        c.parts[reason.part()] += amount;
         if amount > c.reason_weight {
             c.reason = reason;
             c.reason_weight = amount;
@@ -342,6 +418,7 @@ fn mark_exclusions(input: &RankInput<'_>, pool: &mut Pool<'_>, hide_seen: bool) 
         }
     };
     input.page_item.into_iter().for_each(&mut mark);
+    input.exclude.iter().for_each(|x| mark(x));
     if let Some(p) = input.profile {
         p.purchased.iter().for_each(|x| mark(&x.item));
         p.cart_items().for_each(&mut mark);
@@ -355,7 +432,7 @@ fn mark_exclusions(input: &RankInput<'_>, pool: &mut Pool<'_>, hide_seen: bool) 
 /// debug builds).
 #[cfg(debug_assertions)]
 fn excluded(input: &RankInput<'_>, item: &str, hide_seen: bool) -> bool {
-    if input.page_item == Some(item) {
+    if input.page_item == Some(item) || input.exclude.iter().any(|x| x == item) {
         return true;
     }
     if let Some(p) = input.profile
@@ -383,6 +460,7 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
             .max_candidates
             .saturating_add(params.trending_candidates)
             .saturating_add(params.seed_categories.saturating_mul(params.per_category))
+            .saturating_add(params.session_items.min(MAX_RECENT).saturating_mul(16))
             .min(4096),
         _ => 64,
     });
@@ -485,18 +563,36 @@ pub fn rank(input: &RankInput<'_>) -> Vec<Pick> {
     };
     let chosen = match scoring.choose_bounded(&pool) {
         Some(chosen) => {
+            // Category numbers are first-seen order, which differs between the two passes:
+            // the picks are compared without them.
             #[cfg(debug_assertions)]
-            debug_assert_eq!(chosen, scoring.choose_all(&pool, hide_seen));
+            {
+                let key = |v: &[Scored]| -> Vec<(u64, u32, Reason)> {
+                    v.iter()
+                        .map(|s| (s.score.to_bits(), s.candidate, s.reason))
+                        .collect()
+                };
+                debug_assert_eq!(key(&chosen), key(&scoring.choose_all(&pool, hide_seen)));
+            }
             chosen
         }
         None => scoring.choose_all(&pool, hide_seen),
     };
     chosen
         .into_iter()
-        .map(|s| Pick {
-            item: pool.ids[s.candidate as usize].into(),
-            score: s.score,
-            reason: s.reason,
+        .map(|s| {
+            let c = &pool.candidates[s.candidate as usize];
+            let mut parts = c.parts;
+            if s.affinity > 0.0 {
+                parts[PART_CATEGORY] += params.category_weight * s.affinity;
+            }
+            parts[PART_TREND] += params.trend_weight * c.prior.unwrap_or(0.0);
+            Pick {
+                item: pool.ids[s.candidate as usize].into(),
+                score: s.score,
+                reason: s.reason,
+                parts: ScoreParts::from_array(parts),
+            }
         })
         .collect()
 }
@@ -547,11 +643,13 @@ impl<'a> Scoring<'_, 'a> {
         let (item, key, c) = (pool.ids[i], &pool.keys[i], &pool.candidates[i]);
         let category = self.input.catalog.category_keyed(item, key)?;
         let category = categories.number(category, |name| self.affinity(name));
+        let affinity = categories.affinity[category];
         Some(Scored {
-            score: self.score(c, categories.affinity[category]),
+            score: self.score(c, affinity),
             candidate: i as u32,
             category: category as u32,
             reason: c.reason,
+            affinity,
         })
     }
 
@@ -720,23 +818,40 @@ struct Scored {
     candidate: u32,
     category: u32,
     reason: Reason,
+    /// The category's affinity term (before its weight).
+    affinity: f64,
 }
 
-/// Candidates from the visitor's own history: neighbours of this session's items (by recency),
-/// neighbours of the profile's top items, and the top items of the strongest categories.
+/// Candidates from the visitor's own history: neighbours of this session's items, neighbours
+/// of the profile's top items, and the top items of the strongest categories.
+///
+/// Every session item up to `session_items` votes for its neighbours with its similarity,
+/// weighted by recency in position and in time (as item-based session neighbourhoods do,
+/// Ludewig & Jannach 2018; STAN, Garg et al. 2019), and the votes are divided by the sum of
+/// the weights: a candidate similar to the whole session scores its similarity whatever the
+/// session's length, so the session term stays on the scale the trend prior is weighed
+/// against, and a weak session signal gives way to what sells.
 fn gather_personal<'a>(input: &RankInput<'a>, pool: &mut Pool<'a>) {
     let params = input.params;
     if let Some(session) = input.session {
-        for r in session.recent.iter().take(params.seed_items) {
-            let age = input.now.saturating_sub(r.ts) as f64;
-            let recency = libm::exp2(-age / params.session_half_life_ms.max(1) as f64);
-            for (n, key) in input.neighbours.neighbour_list(&r.item).iter() {
-                pool.add_keyed(
-                    &n.item,
-                    key,
-                    params.session_weight * f64::from(n.sim) * recency,
-                    Reason::SessionNeighbour,
-                );
+        let items = &session.recent[..session.recent.len().min(params.session_items)];
+        let mut position = 1.0;
+        let weights: Vec<f64> = items
+            .iter()
+            .map(|r| {
+                let age = input.now.saturating_sub(r.ts) as f64;
+                let w = position * libm::exp2(-age / params.session_half_life_ms.max(1) as f64);
+                position *= params.session_position_decay;
+                w
+            })
+            .collect();
+        let total: f64 = weights.iter().sum();
+        if total > 0.0 && total.is_finite() {
+            for (r, weight) in items.iter().zip(&weights) {
+                let w = params.session_weight * weight / total;
+                for (n, key) in input.neighbours.neighbour_list(&r.item).iter() {
+                    pool.add_keyed(&n.item, key, w * f64::from(n.sim), Reason::SessionNeighbour);
+                }
             }
         }
     }
@@ -886,6 +1001,7 @@ mod tests {
             trending: &data.2,
             params,
             now: NOW,
+            exclude: &[],
         }
     }
 
@@ -921,6 +1037,97 @@ mod tests {
         assert!(
             picks.iter().all(|p| p.item != "i01"),
             "seen items are not recommended again"
+        );
+    }
+
+    #[test]
+    fn every_session_item_votes_and_the_more_recent_weigh_more() {
+        let data = fixture();
+        let (params, cfg) = (RankParams::default(), ProfileConfig::default());
+        let mut session = Session::fresh(NOW);
+        // i10 is the sixth most recent item; the five after it have no neighbours.
+        for id in ["i10", "i05", "i06", "i07", "i08", "i09"] {
+            session.record_item(id, NOW);
+        }
+        let picks = rank(&input(
+            Strategy::ForYou,
+            &data,
+            None,
+            Some(&session),
+            &params,
+            &cfg,
+        ));
+        assert_eq!(picks[0].item, "i11");
+        assert_eq!(picks[0].reason, Reason::SessionNeighbour);
+        // Two items seen at the same time: the later one's neighbours lead.
+        let mut session = Session::fresh(NOW);
+        session.record_item("i10", NOW);
+        session.record_item("i01", NOW);
+        let picks = rank(&input(
+            Strategy::ForYou,
+            &data,
+            None,
+            Some(&session),
+            &params,
+            &cfg,
+        ));
+        let ids: Vec<&str> = picks.iter().map(|p| p.item.as_str()).collect();
+        assert_eq!(&ids[..3], ["i02", "i00", "i11"]);
+    }
+
+    #[test]
+    fn the_exclusion_keeps_earlier_picks_off_the_slot() {
+        let data = fixture();
+        let (params, cfg) = (RankParams::default(), ProfileConfig::default());
+        let earlier: Vec<String> = vec!["i19".into(), "i09".into()];
+        let mut i = input(Strategy::Trending, &data, None, None, &params, &cfg);
+        i.exclude = &earlier;
+        let ids: Vec<String> = rank(&i).into_iter().map(|p| p.item).collect();
+        assert_eq!(ids, ["i18", "i17", "i08", "i07"]);
+    }
+
+    #[test]
+    fn score_parts_add_up_to_the_score() {
+        let data = fixture();
+        let (params, cfg) = (RankParams::default(), ProfileConfig::default());
+        let mut profile = Profile::default();
+        let e = Event {
+            v: SCHEMA_VERSION,
+            event_id: "e".into(),
+            user: "u".into(),
+            ts: NOW - 1_000,
+            kind: EventKind::Purchase,
+            item: Some("i12".into()),
+            props: Default::default(),
+        };
+        profile.apply(&e, Some("Bags"), &cfg);
+        let mut session = Session::fresh(NOW);
+        session.record_item("i01", NOW - 60_000);
+        let picks = rank(&input(
+            Strategy::ForYou,
+            &data,
+            Some(&profile),
+            Some(&session),
+            &params,
+            &cfg,
+        ));
+        assert_eq!(picks.len(), 4);
+        for p in &picks {
+            assert!(
+                (p.parts.total() - p.score).abs() <= 1e-12 * p.score.abs().max(1.0),
+                "{p:?}"
+            );
+            assert!(p.parts.trend > 0.0, "{p:?}");
+        }
+        assert!(
+            picks
+                .iter()
+                .any(|p| p.parts.session > 0.0 && p.parts.profile == 0.0)
+        );
+        assert!(
+            picks
+                .iter()
+                .any(|p| p.parts.profile > 0.0 && p.parts.category > 0.0)
         );
     }
 

@@ -333,9 +333,9 @@ fn profile_config() -> impl Strategy<Value = ProfileConfig> {
 
 fn rank_params() -> impl Strategy<Value = RankParams> {
     (
-        prop::array::uniform4(float64()),
+        prop::array::uniform5(float64()),
         any::<u64>(),
-        prop::array::uniform6(any::<usize>()),
+        prop::array::uniform7(any::<usize>()),
     )
         .prop_map(|(w, half_life, n)| RankParams {
             session_weight: w[0],
@@ -343,6 +343,8 @@ fn rank_params() -> impl Strategy<Value = RankParams> {
             category_weight: w[2],
             trend_weight: w[3],
             session_half_life_ms: half_life,
+            session_items: n[6],
+            session_position_decay: w[4],
             seed_items: n[0],
             seed_categories: n[1],
             per_category: n[2],
@@ -804,6 +806,7 @@ fn run(w: &World) -> Vec<attune_core::Pick> {
         trending: &w.trending,
         params: &w.params,
         now: w.now,
+        exclude: &[],
     })
 }
 
@@ -872,6 +875,7 @@ fn run_indexed(w: &World) -> Vec<attune_core::Pick> {
         trending: &w.trending,
         params: &w.params,
         now: w.now,
+        exclude: &[],
     })
 }
 

@@ -172,6 +172,7 @@ fn rank_outputs(v: &RankVectors, apply: &[ApplyCase], case: &RankCase) -> Vec<Pi
         trending: &v.trending,
         params: &params,
         now: case.now,
+        exclude: &[],
     };
     rank(&input)
         .into_iter()

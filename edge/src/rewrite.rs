@@ -50,6 +50,9 @@ pub enum SlotKind {
         picks: Vec<Pick>,
         /// Items actually written into the page (what impressions record).
         rendered: Vec<String>,
+        /// The exclusion this slot was ranked with: the items the page's earlier slots picked.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        excluded: Vec<String>,
     },
     Variant {
         chosen: String,
@@ -88,6 +91,8 @@ struct State {
     slot: Option<usize>,
     items_seen: usize,
     item: Option<CatalogItem>,
+    /// Every item picked by the page's slots so far, in page order: later slots exclude them.
+    picked: Vec<String>,
 }
 
 impl State {
@@ -143,7 +148,10 @@ impl State {
                 trending: &model.trending,
                 params: &cfg.rank,
                 now: self.inputs.now,
+                exclude: &self.picked,
             });
+            let excluded = self.picked.clone();
+            self.picked.extend(picks.iter().map(|p| p.item.clone()));
             SlotReport {
                 slot: name.clone(),
                 name,
@@ -151,6 +159,7 @@ impl State {
                     strategy: choice.value.as_str().into(),
                     picks,
                     rendered: Vec::new(),
+                    excluded,
                 },
                 via: choice.via,
                 exposure: choice.exposure,
@@ -294,6 +303,7 @@ impl PageRewriter {
             slot: None,
             items_seen: 0,
             item: None,
+            picked: Vec::new(),
         }));
         let out = Rc::new(RefCell::new(Vec::new()));
         let (s0, s1, s2, s3, s4, s5, s6) = (

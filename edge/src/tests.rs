@@ -497,3 +497,49 @@ fn control_and_bidi_characters_in_catalog_text_are_removed() {
         );
     }
 }
+
+/// Slots are ranked in page order and a later slot never repeats an earlier slot's picks; its
+/// report carries the exclusion it was ranked with.
+#[test]
+fn a_page_never_shows_an_item_twice() {
+    let m = model(vec![
+        item("A1", "Alpha mug", "Mugs"),
+        item("B2", "Beta bag", "Bags"),
+        item("C3", "Gamma mug", "Mugs"),
+        item("D4", "Delta bag", "Bags"),
+        item("E5", "Epsilon mug", "Mugs"),
+        item("F6", "Zeta bag", "Bags"),
+    ]);
+    let slot = |name: &str, strategy: &str| {
+        format!(
+            r#"<section data-attune-slot="{name}" data-attune-strategy="{strategy}" data-attune-count="2"><article data-attune-item><span data-attune-field="title">x</span></article><article data-attune-item><span data-attune-field="title">y</span></article></section>"#
+        )
+    };
+    let page = format!(
+        "<html><body>{}{}{}</body></html>",
+        slot("first", "for-you"),
+        slot("second", "trending"),
+        slot("third", "trending")
+    );
+    let (_, report) = rewrite_all(inputs(Some(m)), page.as_bytes(), 64);
+    let mut shown: Vec<String> = Vec::new();
+    for r in &report.slots {
+        let SlotKind::Recs {
+            picks, excluded, ..
+        } = &r.kind
+        else {
+            panic!("{r:?}");
+        };
+        assert_eq!(
+            excluded, &shown,
+            "slot {} ranked without the earlier picks",
+            r.slot
+        );
+        assert_eq!(picks.len(), 2, "slot {}", r.slot);
+        for p in picks {
+            assert!(!shown.contains(&p.item), "{} shown twice", p.item);
+            shown.push(p.item.clone());
+        }
+    }
+    assert_eq!(shown.len(), 6);
+}

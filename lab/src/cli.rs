@@ -28,7 +28,7 @@ pub struct Cli {
 pub enum Command {
     /// Turn the Online Retail CSV into events and a catalog, and load them.
     ImportRetail(ImportArgs),
-    /// Offline leave-last-out evaluation on the Online Retail sample.
+    /// Offline ranking quality on the Online Retail sample (time-split or leave-last-out).
     Eval(EvalArgs),
     /// Pipeline throughput, freshness and memory benchmark.
     Bench(crate::bench::BenchArgs),
@@ -63,6 +63,20 @@ pub struct ImportArgs {
 pub struct EvalArgs {
     #[arg(long, default_value = "data/online-retail/online_retail_sample.csv")]
     pub csv: PathBuf,
+    #[arg(long, value_enum, default_value = "time-split")]
+    pub protocol: crate::eval::Protocol,
+    /// Test on the last 20% of the training period instead (where parameters are chosen).
+    #[arg(long)]
+    pub validation: bool,
+    /// Print the report as JSON instead of markdown.
+    #[arg(long)]
+    pub json: bool,
+    /// Ranking parameters as JSON (`RankParams` fields; the rest keep their defaults).
+    #[arg(long)]
+    pub rank_params: Option<String>,
+    /// Model parameters as JSON (`ModelConfig` fields; the rest keep their defaults).
+    #[arg(long)]
+    pub model_config: Option<String>,
 }
 
 /// Runs a command (the binary's whole `main`, minus logging setup).
@@ -74,8 +88,23 @@ pub async fn run(cli: Cli) -> Result<()> {
             import_retail(cfg, a, token).await
         }
         Command::Eval(a) => {
-            let report = crate::eval::run(&a.csv)?;
-            println!("{}", report.table());
+            let mut opts = crate::eval::Options {
+                protocol: a.protocol,
+                validation: a.validation,
+                ..crate::eval::Options::default()
+            };
+            if let Some(json) = &a.rank_params {
+                opts.rank = serde_json::from_str(json)?;
+            }
+            if let Some(json) = &a.model_config {
+                opts.model = crate::eval::eval_model_config(serde_json::from_str(json)?);
+            }
+            let report = crate::eval::run(&a.csv, &opts)?;
+            if a.json {
+                print_json(&serde_json::to_value(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
             Ok(())
         }
         Command::Bench(a) => crate::bench::run(a).await,

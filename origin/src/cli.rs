@@ -106,10 +106,14 @@ pub enum Command {
     /// Recreate the store from the event log (with the service stopped).
     ///
     /// The old file is moved aside (`store.redb.replaced-<ms>`), the log is replayed from its
-    /// first record and checkpointed. The catalog and forgets are carried over when the old file reads. For a
+    /// first record and checkpointed. The catalog and forgets come back from the log. For a
     /// damaged store (the service rebuilds one it finds damaged at start by itself) or one in
     /// doubt.
     Rebuild,
+    /// Copy every valid record of a damaged event log into a new one (the node must be
+    /// stopped). Each damaged range becomes a gap record of the same length, so the store's
+    /// checkpoint still points at the same records; the damaged file is kept next to it.
+    Salvage,
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +247,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             running.serve_until_signal().await
         }
         Command::Replay(a) => replay(cfg, a, token).await,
+        Command::Salvage => {
+            let report = crate::log::salvage(&cfg.log_path())?;
+            print_json(&json!(report));
+            Ok(())
+        }
         Command::Inspect(Inspect::User { id, remote }) => {
             if let Some(url) = remote.url {
                 let v = Client::new(&url, token)?
@@ -293,6 +302,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 let node = Node::open(&cfg)?;
                 let existed = node.forget(&id)?;
+                // The forget is a log record: apply it (and what precedes it) now.
+                node.drain()?;
                 flush_offline(&node).await?;
                 print_json(&json!({ "forgotten": existed }));
             }

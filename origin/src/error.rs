@@ -30,6 +30,17 @@ pub enum Error {
     },
     #[error("event log: {0}")]
     Log(String),
+    /// A record the log acknowledged does not read back: nothing is cut, the service stops.
+    #[error(
+        "event log {}: damaged record at offset {offset} ({detail}). Nothing was cut. Stop the \
+         service and run `attune-origin salvage` to copy every valid record into a new log",
+        path.display()
+    )]
+    LogDamaged {
+        path: PathBuf,
+        offset: u64,
+        detail: String,
+    },
     /// Writing or syncing a group of appends failed (each request of the group shares it).
     #[error("event log append: {0}")]
     Append(#[source] std::sync::Arc<io::Error>),

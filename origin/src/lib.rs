@@ -34,7 +34,7 @@ mod stream;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use log::{FIRST_OFFSET, Log, Record, Source};
+pub use log::{FIRST_OFFSET, Log, Record, RecordKind, SalvageReport, Source, salvage};
 pub use metrics::Metrics;
 pub use model::Model;
 pub use node::Node;

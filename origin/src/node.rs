@@ -11,12 +11,12 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::log::Log;
+use crate::log::{Log, RecordKind};
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::store::{
-    FORGOTTEN, META, OUTBOX, Op, OutboxEntry, PENDING, PENDING_KEY, PUBLISHED, Store, USERS,
-    enqueue_shared, keys, outbox_put, unpack_pending,
+    META, OUTBOX, Op, OutboxEntry, PENDING, PENDING_KEY, PUBLISHED, Store, USERS, enqueue_shared,
+    keys, outbox_put, unpack_pending,
 };
 use crate::stream::Pipeline;
 use crate::stream::live::{self, Live, SharedLive, Unpublished};
@@ -106,24 +106,33 @@ impl Node {
         Ok(())
     }
 
-    /// Adds or replaces catalog entries and queues their shards for publishing.
+    /// Adds or replaces catalog entries: a record in the log, durable when this returns. The
+    /// pipeline applies it at its position (events after it see the new categories, before it
+    /// the old ones, in every replay) and queues the changed shards for publishing.
     pub fn put_catalog(&self, items: Vec<CatalogItem>) -> Result<usize> {
         let n = items.len();
-        let tx = self.store.db.begin_write()?;
-        {
-            let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
-            let shards = model.put_catalog(&tx, items)?;
-            let mut meta = tx.open_table(META)?;
-            let seq = model.next_seq();
-            meta.insert(keys::MODEL_SEQ, seq)?;
-            let mut outbox = tx.open_table(OUTBOX)?;
-            let now = crate::now_ms();
-            let mut shared: Vec<String> = shards.iter().map(|s| kv::catalog(*s)).collect();
-            // Categories feed `Trending.by_category`.
-            shared.push(kv::TRENDING.into());
-            enqueue_shared(&mut outbox, shared, seq, now)?;
+        // Records well under the log's limit: a large catalog takes several, in order.
+        const RECORD_BYTES: usize = 1 << 20;
+        let mut chunk: Vec<CatalogItem> = Vec::new();
+        let mut bytes = 0;
+        for item in items {
+            let size = item.id.len()
+                + item.title.len()
+                + item.url.len()
+                + item.image.len()
+                + item.price.len()
+                + item.category.len()
+                + 64;
+            if !chunk.is_empty() && bytes + size > RECORD_BYTES {
+                let payload = rmp_serde::to_vec_named(&std::mem::take(&mut chunk))?;
+                self.log.append_admin(RecordKind::Catalog, payload)?;
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(item);
         }
-        tx.commit()?;
+        let payload = rmp_serde::to_vec_named(&chunk)?;
+        self.log.append_admin(RecordKind::Catalog, payload)?;
         Ok(n)
     }
 
@@ -136,38 +145,14 @@ impl Node {
         self.store.user(user)
     }
 
-    /// Privacy delete: removes the user's profile from the store and from memory, queues the
-    /// KV delete, and records the log end so the pipeline drops the user's events written
-    /// before now (also when it replays them after a crash).
+    /// Privacy delete: a forget record in the log, durable when this returns. The pipeline
+    /// applies it at its position: the user's state leaves memory, then the store and KV at
+    /// the next checkpoint; their later events start a new profile. Answers whether the user
+    /// had a state when the record was written.
     pub fn forget(&self, user: &str) -> Result<bool> {
-        let key = profile_key(self.cfg.profile_key.as_bytes(), user);
-        let until = self.log.end();
-        // Lock order: redb write transaction → live (as the pipeline's checkpoint).
-        let tx = self.store.db.begin_write()?;
-        let existed;
-        {
-            let mut live = live::lock(&self.live);
-            let mut users = tx.open_table(USERS)?;
-            let held = live::user_key(user);
-            existed = users.remove(held)?.is_some() | live.users.remove(&held).is_some();
-            live.stored.remove(&held);
-            live.unpublished.remove(&held);
-            live.forgotten.insert(user.into(), until);
-            tx.open_table(FORGOTTEN)?.insert(user, until)?;
-            let mut outbox = tx.open_table(OUTBOX)?;
-            outbox.insert(
-                key.as_str(),
-                OutboxEntry {
-                    op: Op::Delete,
-                    version: 0,
-                    accepted_ms: crate::now_ms(),
-                    user: None,
-                }
-                .encode()?
-                .as_slice(),
-            )?;
-        }
-        tx.commit()?;
+        let existed = self.user(user)?.is_some();
+        self.log
+            .append_admin(RecordKind::Forget, user.as_bytes().to_vec())?;
         Ok(existed)
     }
 
@@ -314,7 +299,7 @@ impl Node {
     }
 }
 
-/// The publishes and forgets the last checkpoint left waiting.
+/// The publishes the last checkpoint left waiting, and which users the store holds.
 fn load_live(store: &Store) -> Result<Live> {
     let mut live = Live::default();
     let tx = store.db.begin_read()?;
@@ -335,10 +320,6 @@ fn load_live(store: &Store) -> Result<Live> {
                 ),
             );
         }
-    }
-    for row in tx.open_table(FORGOTTEN)?.iter()? {
-        let (k, v) = row?;
-        live.forgotten.insert(k.value().into(), v.value());
     }
     let users = tx.open_table(USERS)?;
     live.stored.reserve(users.len()? as usize);
@@ -379,6 +360,7 @@ mod tests {
             for _ in 0..5 {
                 node.put_catalog(Vec::new()).unwrap();
             }
+            node.drain().unwrap();
             node.enqueue_full().unwrap();
             assert_eq!(queued_version(&node, kv::CONFIG), Some(1));
             assert_eq!(queued_version(&node, kv::TRENDING), Some(6));
@@ -453,7 +435,7 @@ mod tests {
     }
 
     /// A store of another format version is moved aside and rebuilt from the log: the same
-    /// profiles, the catalog and the forget carried over (the forgotten user stays gone).
+    /// profiles, the catalog and the forget replayed (the forgotten user stays gone).
     #[test]
     fn a_store_of_another_format_is_rebuilt_from_the_log() {
         let dir = tempfile::tempdir().unwrap();
@@ -463,7 +445,8 @@ mod tests {
         assert_eq!(moved_aside(dir.path()).len(), 1);
         assert!(node.store.profiles().unwrap().is_empty(), "a fresh store");
         let o = node.drain().unwrap();
-        assert_eq!(o.applied, 4);
+        // `c`'s event was erased from the log when its forget was checkpointed.
+        assert_eq!(o.applied, 3);
         assert_eq!(node.store.profiles().unwrap(), profiles);
         assert!(node.user("c").unwrap().is_none());
         assert_eq!(node.store.catalog().unwrap().len(), 2);
@@ -475,7 +458,8 @@ mod tests {
         assert_eq!(node.store.profiles().unwrap(), profiles);
     }
 
-    /// A file redb refuses (here: not a database at all) is rebuilt from the log too.
+    /// A file redb refuses (here: not a database at all) is rebuilt from the log too, with
+    /// the catalog and the forget: both are records in the log.
     #[test]
     fn a_foreign_file_is_rebuilt_from_the_log() {
         let dir = tempfile::tempdir().unwrap();
@@ -484,26 +468,10 @@ mod tests {
         let node = Node::open(&cfg).unwrap();
         assert_eq!(moved_aside(dir.path()).len(), 1);
         node.drain().unwrap();
-        // The forget cannot be carried over from an unreadable file: `c` is back, as the
-        // warning says.
-        let names: Vec<String> = node
-            .store
-            .profiles()
-            .unwrap()
-            .into_iter()
-            .map(|p| p.0)
-            .collect();
-        assert_eq!(names, ["a", "b", "c"]);
-        // Nor the catalog: the events are applied again without categories.
-        assert!(node.store.catalog().unwrap().is_empty());
-        for (user, before) in &profiles {
-            let after = node.user(user).unwrap().unwrap().profile;
-            assert_eq!(
-                (after.version, &after.items, &after.visits),
-                (before.version, &before.items, &before.visits)
-            );
-            assert!(after.categories.is_empty() && !before.categories.is_empty());
-        }
+        assert_eq!(node.store.profiles().unwrap(), profiles);
+        assert!(node.user("c").unwrap().is_none());
+        assert_eq!(node.store.catalog().unwrap().len(), 2);
+        assert!(profiles.iter().all(|(_, p)| !p.categories.is_empty()));
     }
 
     /// Without a log that holds what the store held, nothing is touched and the error names

@@ -304,7 +304,7 @@ read_struct!(ProfileConfig: Default {
 });
 read_struct!(RankParams: Default {
     session_weight, profile_weight, category_weight, trend_weight, session_half_life_ms,
-    seed_items, seed_categories, per_category, trending_candidates, diversity_cap,
+    session_items, session_position_decay, seed_items, seed_categories, per_category, trending_candidates, diversity_cap,
     max_candidates,
 });
 

@@ -232,9 +232,13 @@ pub fn manifest() -> Manifest {
     }
 }
 
-/// The ranking benchmark's world: a 10,000-item catalog, 50 neighbours per item, 200
-/// trending items, a profile with a couple of weeks of history and a five-item session:
-/// about 500 distinct candidates for `for-you`.
+/// Neighbours per item in the ranking benchmark: as many as the origin publishes (its
+/// `ModelConfig::top_k`).
+pub const NEIGHBOURS: u32 = 30;
+
+/// The ranking benchmark's world: a 10,000-item catalog, [`NEIGHBOURS`] neighbours per item,
+/// 200 trending items, a profile with a couple of weeks of history and a full session
+/// ([`attune_core::session::MAX_RECENT`] items): about 800 distinct candidates for `for-you`.
 #[derive(Debug)]
 pub struct RankScenario {
     pub catalog: CatalogShard,
@@ -271,11 +275,18 @@ impl RankScenario {
         RankScenario {
             catalog_index: CatalogIndex::new(catalog.clone()),
             catalog,
-            neighbour_index: NeighbourIndex::new(neighbours(N, 50)),
-            neighbours: neighbours(N, 50),
+            neighbour_index: NeighbourIndex::new(neighbours(N, NEIGHBOURS)),
+            neighbours: neighbours(N, NEIGHBOURS),
             trending: trending(N, 200, 50),
             profile: profile_from(&events, &config),
-            session: session(T0, &[4_321, 777, 9_001, 1_234, 5_678]),
+            // A full session: as many items as the cookie keeps, every one of them a seed.
+            session: session(
+                T0,
+                &[
+                    4_321, 777, 9_001, 1_234, 5_678, 31, 2_718, 3_141, 8_080, 6_502, 1_618, 4_040,
+                    7_007, 2_222, 9_999, 5_050, 6_060, 101, 3_333, 8_765,
+                ],
+            ),
             config,
             params: attune_core::RankParams::default(),
             now: T0,
@@ -296,6 +307,7 @@ impl RankScenario {
             trending: &self.trending,
             params: &self.params,
             now: self.now,
+            exclude: &[],
         }
     }
 
@@ -303,7 +315,7 @@ impl RankScenario {
     pub fn candidate_count(&self) -> usize {
         use attune_core::model::NeighbourView;
         let mut ids: std::collections::BTreeSet<&str> = Default::default();
-        for r in self.session.recent.iter().take(self.params.seed_items) {
+        for r in self.session.recent.iter().take(self.params.session_items) {
             ids.extend(
                 self.neighbours
                     .neighbours(&r.item)

@@ -76,6 +76,8 @@ pub struct Model {
     log_next: u64,
     /// Version of the last change to the shared keys (`MODEL_SEQ` once checkpointed).
     seq: u64,
+    /// Catalog entries changed since the last persist.
+    dirty_catalog: BTreeSet<String>,
 }
 
 /// One co-occurrence count, in both items' rows. The epoch marks it changed since the last
@@ -251,24 +253,17 @@ impl Model {
         self.catalog.len()
     }
 
-    /// Replaces or adds catalog entries; returns the shards that changed.
-    pub fn put_catalog(
-        &mut self,
-        tx: &WriteTransaction,
-        items: Vec<CatalogItem>,
-    ) -> Result<BTreeSet<u32>> {
+    /// Replaces or adds catalog entries in memory (the pipeline, at the catalog record's
+    /// position in the log; the next checkpoint writes them); returns the shards that changed.
+    pub fn put_catalog(&mut self, items: Vec<CatalogItem>) -> BTreeSet<u32> {
         let mut shards = BTreeSet::new();
-        {
-            let mut t = tx.open_table(CATALOG)?;
-            for item in items {
-                t.insert(item.id.as_str(), rmp_serde::to_vec_named(&item)?.as_slice())?;
-                shards.insert(shard_of(&item.id, self.cfg.shards));
-                self.intern(&item.id);
-                self.catalog.insert(item.id.clone(), item);
-            }
+        for item in items {
+            shards.insert(shard_of(&item.id, self.cfg.shards));
+            self.intern(&item.id);
+            self.dirty_catalog.insert(item.id.clone());
+            self.catalog.insert(item.id.clone(), item);
         }
-        self.persist(tx)?;
-        Ok(shards)
+        shards
     }
 
     /// Adds catalog entries in memory only (offline evaluation).
@@ -303,8 +298,17 @@ impl Model {
     }
 
     /// Feeds one applied event; the shards it changes are collected for
-    /// [`Model::take_touched_shards`].
-    pub fn observe(&mut self, event: &Event, weight: f32, user: &mut UserState) {
+    /// [`Model::take_touched_shards`]. `previous_seen` is the user's latest event time before
+    /// this one (`Profile::last_seen` before the event was applied; 0 for a new user): an event
+    /// more than `session_gap_ms` after it starts a new session, and co-occurrence is counted
+    /// within a session only.
+    pub fn observe(
+        &mut self,
+        event: &Event,
+        weight: f32,
+        previous_seen: u64,
+        user: &mut UserState,
+    ) {
         let Some(item) = event.item.as_deref() else {
             return;
         };
@@ -332,7 +336,10 @@ impl Model {
                 self.dirty_trend.push(id);
             }
         }
-        // Co-occurrence with the user's recent distinct items.
+        // Co-occurrence with the recent distinct items of the user's current session.
+        if event.ts.saturating_sub(previous_seen) > self.cfg.session_gap_ms {
+            user.recent_ids.clear();
+        }
         if let Some(pos) = user.recent_ids.iter().position(|r| *r == id) {
             user.recent_ids[..=pos].rotate_right(1);
             return;
@@ -421,6 +428,14 @@ impl Model {
     /// Writes everything changed since the last call into `tx`.
     pub fn persist(&mut self, tx: &WriteTransaction) -> Result<()> {
         self.settle();
+        if !self.dirty_catalog.is_empty() {
+            let mut t = tx.open_table(CATALOG)?;
+            for id in std::mem::take(&mut self.dirty_catalog) {
+                if let Some(item) = self.catalog.get(&id) {
+                    t.insert(id.as_str(), rmp_serde::to_vec_named(item)?.as_slice())?;
+                }
+            }
+        }
         if (self.persisted_names as usize) < self.names.len() {
             let mut t = tx.open_table(ITEMS)?;
             for id in self.persisted_names as usize..self.names.len() {
@@ -507,7 +522,8 @@ impl Model {
         Ok(())
     }
 
-    /// Top-K neighbours of `item` by cosine similarity, most similar first, ties by id.
+    /// Top-K neighbours of `item` by similarity (`count(i, j) / (count(i)^a · count(j)^(1-a))`,
+    /// `a` = `similarity_alpha`), most similar first, ties by id.
     pub fn neighbours(&self, item: &str) -> Vec<Neighbour> {
         debug_assert!(self.pending_pairs.is_empty(), "Model::settle first");
         let Some(&id) = self.ids.get(item) else {
@@ -517,13 +533,14 @@ impl Model {
         if row.is_empty() {
             return Vec::new();
         }
-        let ni = self.counts[id as usize].max(1) as f64;
+        let alpha = self.cfg.similarity_alpha;
+        let ni = (self.counts[id as usize].max(1) as f64).powf(alpha);
         let mut out: Vec<(f64, &str)> = row
             .iter()
             .map(|(j, c)| {
-                let nj = self.counts[*j as usize].max(1) as f64;
+                let nj = (self.counts[*j as usize].max(1) as f64).powf(1.0 - alpha);
                 (
-                    (f64::from(c.count) / (ni * nj).sqrt()).min(1.0),
+                    (f64::from(c.count) / (ni * nj)).min(1.0),
                     &*self.names[*j as usize],
                 )
             })

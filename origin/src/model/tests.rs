@@ -44,9 +44,9 @@ fn settling_a_batch_at_once_equals_settling_each_event() {
             // Few items, so pairs repeat within a batch and in both orders.
             let item = format!("i{}", (n * n + round) % 17);
             let e = event(n, &format!("u{u}"), &item);
-            each.observe(&e, 1.0, &mut each_users[u]);
+            each.observe(&e, 1.0, e.ts, &mut each_users[u]);
             each.settle();
-            batch.observe(&e, 1.0, &mut batch_users[u]);
+            batch.observe(&e, 1.0, e.ts, &mut batch_users[u]);
         }
         batch.settle();
         // What the counters mean, checked against the cells themselves: every cell is in
@@ -98,7 +98,8 @@ fn persisted_pairs_reload_exactly() {
             n += 1;
             let u = (n * 7919 % 7) as usize;
             let item = format!("i{}", (n * n + batch) % 23);
-            m.observe(&event(n, &format!("u{u}"), &item), 1.0, &mut users[u]);
+            let e = event(n, &format!("u{u}"), &item);
+            m.observe(&e, 1.0, e.ts, &mut users[u]);
         }
         let before = m.log_bytes;
         let tx = store.db.begin_write().unwrap();
@@ -118,4 +119,27 @@ fn persisted_pairs_reload_exactly() {
         assert_eq!(m.live_pairs, loaded.live_pairs);
     }
     assert!(compacted, "the pair log was never compacted");
+}
+
+/// Items co-occur within a session only: an item seen after a gap longer than
+/// `session_gap_ms` is not counted with the items before the gap.
+#[test]
+fn co_occurrence_stays_within_a_session() {
+    let cfg = ModelConfig::default();
+    let gap = cfg.session_gap_ms;
+    let mut m = Model::new(cfg);
+    let mut user = UserState::default();
+    let mut previous = 0;
+    for (n, item, ts) in [(1, "a", 0), (2, "b", 60_000), (3, "c", 60_000 + gap + 1)] {
+        let mut e = event(n, "u", item);
+        e.ts = 1_700_000_000_000 + ts;
+        m.observe(&e, 1.0, previous, &mut user);
+        previous = e.ts;
+    }
+    m.settle();
+    let names =
+        |item: &str| -> Vec<String> { m.neighbours(item).into_iter().map(|n| n.item).collect() };
+    assert_eq!(names("a"), ["b"]);
+    assert_eq!(names("b"), ["a"]);
+    assert!(names("c").is_empty());
 }

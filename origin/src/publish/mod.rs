@@ -257,6 +257,15 @@ impl Publisher {
                     if users.len() >= MAX_PUTS_PER_FLUSH {
                         break;
                     }
+                    // A forgotten user who came back: the new profile waits until the delete
+                    // of the old one has gone out, or the delete would remove it from KV.
+                    if (!live.forgetting.is_empty() || !deletes.is_empty()) && {
+                        let key = profile_key(&self.profile_secret, user);
+                        live.forgetting.contains(&key) || deletes.contains(&key)
+                    } {
+                        outcome.deferred += 1;
+                        continue;
+                    }
                     if self
                         .last_write_user
                         .get(user)
@@ -491,7 +500,9 @@ impl Publisher {
                 match user {
                     Some(user) => live.ack_user(user, version),
                     None if !delete => live.ack_shared(key, version),
-                    None => {}
+                    None => {
+                        live.forgetting.remove(key);
+                    }
                 }
             }
         }

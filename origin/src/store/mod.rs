@@ -107,9 +107,10 @@ pub fn unpack_pending(mut bytes: &[u8]) -> Option<Vec<(String, u64)>> {
     }
     Some(out)
 }
-/// Forgotten user → log offset before which the pipeline drops their events (kept until a
-/// checkpoint passes that offset, so a replay cannot bring them back).
-pub const FORGOTTEN: TableDefinition<&str, u64> = TableDefinition::new("forgotten");
+/// Forgotten user → offset of the forget record: the user's records before it are still to be
+/// erased from the log (the pipeline does it once its checkpoint has passed that offset, then
+/// removes the row). Kept in the checkpoint so a crash between the two cannot skip it.
+pub const ERASE: TableDefinition<&str, u64> = TableDefinition::new("erase");
 /// KV key → version KV acknowledged.
 pub const PUBLISHED: TableDefinition<&str, u64> = TableDefinition::new("published");
 /// sequence → [`DlqRecord`] (JSON).
@@ -246,8 +247,8 @@ fn verify(db: &mut Database, path: &Path) -> std::result::Result<(), String> {
 /// What [`Store::carry_over`] copied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CarriedOver {
-    pub catalog_items: u64,
-    pub forgotten: u64,
+    /// Version lines of shared keys (model sequence, rules version).
+    pub versions: u64,
 }
 
 /// The format version an opened database records, and its checkpoint's log offset (each
@@ -322,39 +323,28 @@ impl Store {
         tx.open_table(OUTBOX)?;
         tx.open_table(PUBLISHED)?;
         tx.open_table(PENDING)?;
-        tx.open_table(FORGOTTEN)?;
         tx.open_table(DLQ)?;
+        tx.open_table(ERASE)?;
         tx.commit()?;
         Ok(Store { db: Arc::new(db) })
     }
 
-    /// Copies from the store file at `old` what its event log does not hold: the catalog,
-    /// the forgets (so a rebuild does not bring back a forgotten user's events) and the
-    /// version lines of shared keys (so KV never sees a version go back). For a store being
-    /// rebuilt from the log; fails if `old` is not a readable store of this layout.
+    /// Copies from the store file at `old` what its event log does not hold: the version lines
+    /// of shared keys (so KV never sees a version go back). The catalog and the forgets are
+    /// records in the log, replayed in order. For a store being rebuilt from the log; fails if
+    /// `old` is not a readable store of this layout.
     pub fn carry_over(&self, old: &Path) -> Result<CarriedOver> {
         let old = Database::open(old)?;
         let from = old.begin_read()?;
         let tx = self.db.begin_write()?;
         let mut carried = CarriedOver::default();
         {
-            let mut catalog = tx.open_table(CATALOG)?;
-            for row in from.open_table(CATALOG)?.iter()? {
-                let (k, v) = row?;
-                catalog.insert(k.value(), v.value())?;
-                carried.catalog_items += 1;
-            }
-            let mut forgotten = tx.open_table(FORGOTTEN)?;
-            for row in from.open_table(FORGOTTEN)?.iter()? {
-                let (k, v) = row?;
-                forgotten.insert(k.value(), v.value())?;
-                carried.forgotten += 1;
-            }
             let old_meta = from.open_table(META)?;
             let mut meta = tx.open_table(META)?;
             for key in [keys::MODEL_SEQ, keys::CFG_VERSION] {
                 if let Some(v) = old_meta.get(key)? {
                     meta.insert(key, v.value())?;
+                    carried.versions += 1;
                 }
             }
         }
@@ -461,6 +451,67 @@ pub fn outbox_put(
     };
     table.insert(key, merged.encode()?.as_slice())?;
     Ok(())
+}
+
+/// Queues the KV delete of a forgotten user's profile (replacing anything waiting for the key).
+pub fn queue_delete(outbox: &mut redb::Table<&str, &[u8]>, key: &str, now: u64) -> Result<()> {
+    let entry = OutboxEntry {
+        op: Op::Delete,
+        version: 0,
+        accepted_ms: now,
+        user: None,
+    };
+    outbox.insert(key, entry.encode()?.as_slice())?;
+    Ok(())
+}
+
+/// Deletes the dead letters accepted before `cutoff`, oldest first (sequence order is
+/// acceptance order), at most `max` of them.
+pub fn expire_dead_letters(tx: &redb::WriteTransaction, cutoff: u64, max: usize) -> Result<u64> {
+    let mut dlq = tx.open_table(DLQ)?;
+    let mut expired = Vec::new();
+    for row in dlq.iter()?.take(max) {
+        let (seq, v) = row?;
+        let d: DlqRecord = serde_json::from_slice(v.value())?;
+        if d.accepted_ms >= cutoff {
+            break;
+        }
+        expired.push(seq.value());
+    }
+    for seq in &expired {
+        dlq.remove(seq)?;
+    }
+    Ok(expired.len() as u64)
+}
+
+impl Store {
+    /// The forgotten users whose forget record lies before `before`, with its offset: their
+    /// records are to be erased from the log ([`ERASE`]).
+    pub fn erase_due(&self, before: u64) -> Result<std::collections::HashMap<String, u64>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(ERASE)?;
+        let mut due = std::collections::HashMap::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            if v.value() < before {
+                due.insert(k.value().to_string(), v.value());
+            }
+        }
+        Ok(due)
+    }
+
+    /// Drops the [`ERASE`] rows of users whose records are erased.
+    pub fn erase_done<'a>(&self, users: impl IntoIterator<Item = &'a String>) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(ERASE)?;
+            for user in users {
+                t.remove(user.as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
 }
 
 /// Queues shared keys (model shards, trending, config) for publishing at `version`; returns how

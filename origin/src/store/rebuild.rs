@@ -8,8 +8,9 @@ use crate::store::Store;
 
 /// Opens the store at `path`. A store this build does not read (another format version,
 /// a file redb refuses) is moved aside and rebuilt: the event log is the source of truth, so a
-/// fresh store replays it from its first record. What the log does not hold (catalog, forgets,
-/// shared-key versions) is carried over when the old file can be read. Refuses, naming both
+/// fresh store replays it from its first record (catalog changes and forgets included: they are
+/// records in the log). The shared keys' version lines are carried over when the old file can
+/// be read. Refuses, naming both
 /// files, when the log cannot rebuild what the store held.
 pub fn open_or_rebuild(path: &Path, log: &Path) -> Result<Store> {
     let path = path.to_path_buf();
@@ -38,8 +39,8 @@ pub fn open_or_rebuild(path: &Path, log: &Path) -> Result<Store> {
 
 /// `attune-origin rebuild`: moves the store at `path` aside (when there is one) and creates an
 /// empty one that the pipeline fills by replaying the log at `log` from its first record.
-/// The catalog, the forgets and the shared-key versions are carried over when the old file can
-/// be read. Refuses, changing nothing, when the log holds no events. Returns the new store and
+/// The catalog and the forgets come back from the log; the shared-key versions are carried
+/// over when the old file can be read. Refuses, changing nothing, when the log holds no events. Returns the new store and
 /// where the old file went.
 pub fn rebuild(path: &Path, log: &Path) -> Result<(Store, Option<PathBuf>)> {
     let why = Unusable::Damaged("a rebuild was asked for".into());
@@ -77,19 +78,14 @@ fn replace(path: &Path, carry: bool) -> Result<(Store, Option<PathBuf>)> {
         _ => None,
     };
     match carried {
-        Some(Ok(c)) => tracing::info!(
-            catalog_items = c.catalog_items,
-            forgotten = c.forgotten,
-            "carried over from the old store"
-        ),
+        Some(Ok(c)) => tracing::info!(versions = c.versions, "carried over from the old store"),
         Some(Err(e)) => tracing::warn!(
             error = %e,
-            "nothing carried over from the old store: load the catalog again, and forget again \
-             users forgotten before"
+            "nothing carried over from the old store: run `publish --full` once the rebuild \
+             has caught up"
         ),
         None if aside.is_some() => tracing::warn!(
-            "the old store cannot be read: load the catalog again, and forget again users \
-             forgotten before"
+            "the old store cannot be read: run `publish --full` once the rebuild has caught up"
         ),
         None => {}
     }

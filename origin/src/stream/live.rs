@@ -11,9 +11,9 @@
 //! - a crash loses nothing: the log is durable and the pipeline replays it from the
 //!   checkpointed offset, deterministically, so the replay recomputes the same user states and
 //!   versions (KV may already hold some of them; the publisher never rewrites a version KV has);
-//! - `forget` removes the user here as well as from the store, and records the log end at that
-//!   moment: the pipeline drops the user's events before that offset, also when it replays
-//!   them after a crash.
+//! - a forget is a record in the log: the pipeline applies it at its position (removes the
+//!   user here, and from the store and KV at the next checkpoint), so a replay does exactly
+//!   what the first run did.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -79,8 +79,12 @@ pub struct Live {
     /// Shared keys (neighbour shards, trending) changed by micro-batches and not yet
     /// acknowledged by KV.
     pub shared: HashMap<String, Unpublished>,
-    /// Forgotten users → the log offset before which their events are dropped.
-    pub forgotten: FoldHashMap<Box<str>, u64>,
+    /// `p:` keys of users forgotten whose KV delete has not gone out yet (the publisher removes
+    /// a key when KV acknowledges its delete): the publisher holds back a new profile of theirs
+    /// until then, since a put first would be deleted, or skipped as older than the old
+    /// profile's version. Not persisted: after a restart the outbox's delete, or the replayed
+    /// forget, does the same.
+    pub forgetting: std::collections::HashSet<String>,
     /// Every user the store holds a state for (loaded at open, kept by checkpoints and
     /// forgets): a user not in it is new, and the pipeline starts it without a B-tree lookup
     /// (first visits are common; the lookup of a missing key was a measurable share of them).

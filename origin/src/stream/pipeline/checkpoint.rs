@@ -12,10 +12,13 @@ use super::warm::{WARM_AHEAD, warm};
 use super::{Pipeline, SinceCheckpoint};
 use crate::error::Result;
 use crate::store::{
-    DLQ, FORGOTTEN, META, OUTBOX, PENDING, PENDING_KEY, USERS, encode_user_row, enqueue_shared,
-    keys, pack_pending,
+    DLQ, ERASE, META, OUTBOX, PENDING, PENDING_KEY, USERS, encode_user_row, enqueue_shared,
+    expire_dead_letters, keys, pack_pending, queue_delete,
 };
 use crate::stream::live::{self, Live, UserKey};
+
+/// Most dead letters one checkpoint deletes (the rest go at the next ones).
+const EXPIRE_PER_CHECKPOINT: usize = 10_000;
 
 /// What a checkpoint writes from [`Live`], encoded while holding its lock.
 #[derive(Debug, Default)]
@@ -27,8 +30,20 @@ struct EncodedUsers {
     pending: Vec<u8>,
     /// Shared keys waiting: (key, version, accepted).
     shared: Vec<(String, u64, u64)>,
-    /// Forgotten users whose erased events can no longer be replayed.
-    forgotten_done: Vec<Box<str>>,
+    /// Users forgotten since the last checkpoint.
+    forgotten: Vec<Forgotten>,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Forgotten {
+    key: UserKey,
+    user: std::sync::Arc<str>,
+    /// Offset of the forget record.
+    at: u64,
+    /// The `p:` KV key.
+    kv_key: String,
+    /// Back since the forget (a new state replaces the old row).
+    back: bool,
 }
 
 impl Pipeline {
@@ -47,7 +62,11 @@ impl Pipeline {
         }
         r?;
         self.checkpointed = self.offset;
+        let forgot = !self.since.forgotten.is_empty();
         self.since = SinceCheckpoint::default();
+        if forgot {
+            self.erase_forgotten()?;
+        }
         self.last_checkpoint = Instant::now();
         self.evict();
         self.progress
@@ -82,6 +101,7 @@ impl Pipeline {
                 }
                 meta.insert(keys::DLQ_SEQ, self.dlq_seq)?;
             }
+            self.expire_dead_letters(&tx)?;
             let c = self.since.counts;
             for (k, add) in [
                 (keys::RECEIVED, c.received),
@@ -115,8 +135,8 @@ impl Pipeline {
             users,
             unpublished,
             shared,
-            forgotten,
             stored,
+            ..
         } = &mut *live;
         let mut rows: Vec<(UserKey, std::ops::Range<usize>)> =
             Vec::with_capacity(self.since.unsaved.len());
@@ -154,14 +174,20 @@ impl Pipeline {
                 .map(|(k, u)| (k.clone(), u.version, u.accepted_ms))
                 .collect();
         }
-        out.forgotten_done = forgotten
+        // A user back since the forget has a new state, written above over the old row.
+        out.forgotten = self
+            .since
+            .forgotten
             .iter()
-            .filter(|(_, until)| **until <= self.offset)
-            .map(|(u, _)| u.clone())
+            .map(|(key, (user, at))| Forgotten {
+                key: *key,
+                user: user.clone(),
+                at: *at,
+                kv_key: attune_core::hash::profile_key(self.profile_secret.as_bytes(), user),
+                back: users.contains_key(key),
+            })
             .collect();
-        for u in &out.forgotten_done {
-            forgotten.remove(u);
-        }
+        out.forgotten.sort_unstable();
         Ok(out)
     }
 
@@ -178,12 +204,48 @@ impl Pipeline {
                 enqueue_shared(&mut outbox, [key.clone()], *version, *accepted)?;
             }
         }
-        if !e.forgotten_done.is_empty() {
-            let mut t = tx.open_table(FORGOTTEN)?;
-            for u in &e.forgotten_done {
-                t.remove(&**u)?;
+        if !e.forgotten.is_empty() {
+            let mut outbox = tx.open_table(OUTBOX)?;
+            let mut erase = tx.open_table(ERASE)?;
+            for f in &e.forgotten {
+                if !f.back {
+                    users.remove(f.key)?;
+                }
+                if self.log_path.is_some() {
+                    erase.insert(&*f.user, f.at)?;
+                }
+                queue_delete(&mut outbox, &f.kv_key, crate::now_ms())?;
             }
         }
+        Ok(())
+    }
+
+    /// Deletes the dead letters older than the retention, at most [`EXPIRE_PER_CHECKPOINT`]
+    /// per checkpoint.
+    fn expire_dead_letters(&self, tx: &WriteTransaction) -> Result<()> {
+        let cutoff = crate::now_ms().saturating_sub(self.dlq_retention_ms);
+        expire_dead_letters(tx, cutoff, EXPIRE_PER_CHECKPOINT)?;
+        Ok(())
+    }
+
+    /// Erases from the log the records of users forgotten before the checkpoint (see
+    /// [`ERASE`]), then drops their rows. Also runs when the pipeline opens, for what a crash
+    /// left to do.
+    pub(super) fn erase_forgotten(&mut self) -> Result<()> {
+        let Some(path) = &self.log_path else {
+            return Ok(());
+        };
+        let users = self.store.erase_due(self.checkpointed)?;
+        if users.is_empty() {
+            return Ok(());
+        }
+        let erased = crate::log::erase_users(path, &users, self.checkpointed)?;
+        tracing::info!(
+            users = users.len(),
+            records = erased,
+            "erased forgotten users' records from the log"
+        );
+        self.store.erase_done(users.keys())?;
         Ok(())
     }
 

@@ -34,7 +34,7 @@ use redb::ReadableDatabase;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::log::{Record, Source};
+use crate::log::{Record, RecordKind, Source};
 use crate::metrics::{Metrics, labels};
 use crate::model::Model;
 use crate::store::{DlqRecord, META, Store, USERS, UserState, decode_user_row, keys};
@@ -59,6 +59,9 @@ struct SinceCheckpoint {
     unsaved: Vec<UserKey>,
     /// Shared keys queued (written to `OUTBOX` by the checkpoint).
     shared: bool,
+    /// Users forgotten since the last checkpoint → (user, offset of the forget record); the
+    /// checkpoint queues their KV deletes and their erasure from the log.
+    forgotten: FoldHashMap<UserKey, (Arc<str>, u64)>,
 }
 
 pub struct Pipeline {
@@ -68,6 +71,11 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     profile_cfg: ProfileConfig,
     source: String,
+    /// Keyed-hash secret of the `p:` keys (a forget queues the KV delete).
+    profile_secret: String,
+    /// The embedded log's file, when it is the source: forgotten users' records are erased
+    /// from it.
+    log_path: Option<std::path::PathBuf>,
     /// Log offset applied in memory, and the checkpoint's.
     offset: u64,
     checkpointed: u64,
@@ -77,6 +85,7 @@ pub struct Pipeline {
     since: SinceCheckpoint,
     last_checkpoint: Instant,
     checkpoint_every: Duration,
+    dlq_retention_ms: u64,
     max_unsaved: usize,
     cache_cap: usize,
     batch_no: u64,
@@ -134,13 +143,15 @@ impl Pipeline {
                 Default::default(),
             );
         }
-        Ok(Pipeline {
+        let mut pipeline = Pipeline {
             store,
             model,
             live,
             metrics,
             profile_cfg: attune_core::rules::Config::default().profile,
             source: source.to_string(),
+            profile_secret: cfg.profile_key.clone(),
+            log_path: (source == crate::log::SOURCE).then(|| cfg.log_path()),
             offset,
             checkpointed: offset,
             watermarks,
@@ -149,6 +160,7 @@ impl Pipeline {
             since: SinceCheckpoint::default(),
             last_checkpoint: Instant::now(),
             checkpoint_every: Duration::from_millis(cfg.pipeline.checkpoint_interval_ms),
+            dlq_retention_ms: cfg.pipeline.dlq_retention_ms,
             max_unsaved: cfg.pipeline.checkpoint_max_unsaved.max(1),
             cache_cap: cfg.pipeline.profile_cache.max(1),
             batch_no: 0,
@@ -161,7 +173,9 @@ impl Pipeline {
                 batches: AtomicU64::new(0),
                 checkpoints: AtomicU64::new(0),
             }),
-        })
+        };
+        pipeline.erase_forgotten()?;
+        Ok(pipeline)
     }
 
     /// Offset applied in memory (0 = nothing applied yet; the source's start applies then).
@@ -209,7 +223,7 @@ impl Pipeline {
             return Ok(BatchOutcome::default());
         }
         let started = Instant::now();
-        let r = self.apply_batch(records);
+        let r = self.apply_records(records);
         if r.is_err() {
             self.poisoned = true;
         }
@@ -232,7 +246,85 @@ impl Pipeline {
     pub fn has_unsaved(&self) -> bool {
         self.offset != self.checkpointed
             || !self.since.unsaved.is_empty()
+            || !self.since.forgotten.is_empty()
             || !self.since.dead.is_empty()
+    }
+
+    /// Applies records in log order: runs of events as micro-batches, and each admin record
+    /// (forget, catalog) at its position between them.
+    fn apply_records(&mut self, records: &[Record]) -> Result<BatchOutcome> {
+        let mut out = BatchOutcome::default();
+        let mut rest = records;
+        while !rest.is_empty() {
+            let events = rest
+                .iter()
+                .position(|r| r.kind != RecordKind::Event)
+                .unwrap_or(rest.len());
+            if events > 0 {
+                out.add(&self.apply_batch(&rest[..events])?);
+                rest = &rest[events..];
+                continue;
+            }
+            self.apply_admin(&rest[0])?;
+            rest = &rest[1..];
+        }
+        Ok(out)
+    }
+
+    /// One admin record, applied at its position in the log.
+    fn apply_admin(&mut self, rec: &Record) -> Result<()> {
+        match rec.kind {
+            RecordKind::Event | RecordKind::Gap => {}
+            RecordKind::Forget => {
+                let user = std::str::from_utf8(&rec.payload).map_err(|_| {
+                    Error::Corrupt(format!("forget record at {} names no user", rec.offset))
+                })?;
+                self.forget(user, rec.offset);
+            }
+            RecordKind::Catalog => {
+                let items: Vec<attune_core::CatalogItem> = rmp_serde::from_slice(&rec.payload)?;
+                let model_arc = self.model.clone();
+                let mut model = model_arc.lock().unwrap_or_else(|e| e.into_inner());
+                let shards = model.put_catalog(items);
+                let seq = model.next_seq();
+                drop(model);
+                let mut shared: Vec<String> = shards.iter().map(|s| kv::catalog(*s)).collect();
+                // Categories feed `Trending.by_category`.
+                shared.push(kv::TRENDING.into());
+                let mut live = live::lock(&self.live);
+                for key in shared {
+                    live.shared
+                        .entry(key)
+                        .and_modify(|u| u.merge(seq, rec.accepted_ms))
+                        .or_insert(Unpublished {
+                            version: seq,
+                            accepted_ms: rec.accepted_ms,
+                        });
+                }
+                self.since.shared = true;
+            }
+        }
+        self.offset = rec.next;
+        self.progress.offset.store(self.offset, Ordering::Release);
+        Ok(())
+    }
+
+    /// Privacy delete at this point of the log: the user's state leaves memory now, the store
+    /// and KV at the next checkpoint; events after it start a new profile at version 1 (the
+    /// publisher puts it once KV's delete of the old one is done, see [`Live::forgetting`]).
+    /// The user's earlier events stay counted in the model's aggregates, which hold no user
+    /// ids; every run of the same log counts the same ones.
+    fn forget(&mut self, user: &str, at: u64) {
+        let key = user_key(user);
+        let mut live = live::lock(&self.live);
+        live.users.remove(&key);
+        live.stored.remove(&key);
+        live.unpublished.remove(&key);
+        live.forgetting.insert(attune_core::hash::profile_key(
+            self.profile_secret.as_bytes(),
+            user,
+        ));
+        self.since.forgotten.insert(key, (Arc::from(user), at));
     }
 
     /// One micro-batch, in named steps, under the model and live locks (lock order everywhere:
@@ -250,7 +342,7 @@ impl Pipeline {
         let mut live = live::lock(&live_arc);
         let mut events = std::mem::take(&mut self.events);
         events.clear();
-        self.admit(records, &live, &mut events, &mut out);
+        self.admit(records, &mut events, &mut out);
         self.load_users(&mut live, &events)?;
         let trend_changed = self.apply_events(&mut model, &mut live, &events, &mut out)?;
         self.queue_shared(&mut model, &mut live, &events, trend_changed);
@@ -262,12 +354,11 @@ impl Pipeline {
         Ok(out)
     }
 
-    /// Validates, deduplicates and watermarks the records in log order; what passes (and is
-    /// not a forgotten user's) goes into `events`, the rest is counted or dead-lettered.
+    /// Validates, deduplicates and watermarks the records in log order; what passes goes into
+    /// `events`, the rest is counted or dead-lettered.
     fn admit(
         &mut self,
         records: &[Record],
-        live: &Live,
         events: &mut Vec<(Event, u64, UserKey)>,
         out: &mut BatchOutcome,
     ) {
@@ -320,17 +411,6 @@ impl Pipeline {
                     continue;
                 }
                 self.dedup.record(h, event.ts);
-                // A forgotten user's events from before the forget are erased, not applied (also
-                // when a restart replays them).
-                if !live.forgotten.is_empty()
-                    && live
-                        .forgotten
-                        .get(event.user.as_str())
-                        .is_some_and(|until| rec.offset < *until)
-                {
-                    out.applied += 1;
-                    continue;
-                }
                 let key = user_key(&event.user);
                 events.push((event, rec.accepted_ms, key));
             }
@@ -415,12 +495,14 @@ impl Pipeline {
             };
             entry.used = batch_no;
             let category = event.item.as_deref().and_then(|i| model.category(i));
+            // Read before the event moves it: the model counts co-occurrence within a session.
+            let previous_seen = entry.state.profile.last_seen;
             entry
                 .state
                 .profile
                 .apply(event, category, &self.profile_cfg);
             let weight = self.profile_cfg.weight(event.kind).weight;
-            model.observe(event, weight, &mut entry.state);
+            model.observe(event, weight, previous_seen, &mut entry.state);
             trend_changed |= weight > 0.0 && event.item.is_some();
             // Hand the change to the publisher.
             let version = entry.state.profile.version;
