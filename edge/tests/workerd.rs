@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use attune_core::event::{Event, EventKind, SCHEMA_VERSION};
 use attune_core::model::{
