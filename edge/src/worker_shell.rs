@@ -12,10 +12,9 @@ use std::time::Duration;
 use attune_core::{Manifest, Profile};
 use futures_channel::oneshot;
 use futures_util::future::{Either, join, join_all, select};
-use futures_util::{StreamExt, stream};
 use worker::{
-    ByteStream, Cache, Context, Date, Delay, Env, Error, Fetch, Headers, KvStore, Method, Request,
-    Response, Result, console_error, event, wasm_bindgen::JsValue, web_sys,
+    Cache, Context, Date, Delay, Env, Error, Fetch, Headers, KvStore, Method, Request, Response,
+    ResponseBody, Result, console_error, event, wasm_bindgen::JsValue, web_sys,
 };
 
 use crate::cache::{self, CacheRequest, CacheResponse, Store};
@@ -30,6 +29,7 @@ use crate::policy::Bypass;
 use crate::rewrite::{PageRewriter, Report};
 use crate::{cookies, events, urls};
 
+mod body;
 mod routes;
 
 thread_local! {
@@ -430,33 +430,34 @@ async fn page(
 
     // The first chunk goes through before the headers: it names the page's item (meta tag in
     // <head>), which joins the session cookie sent with these headers.
-    let mut resp = resp;
     let headers = copy_headers(resp.headers(), STRIP_ON_REWRITE)?;
     let status = resp.status_code();
-    let mut body = resp.stream().ok();
+    let upstream_body = match resp.body() {
+        ResponseBody::Stream(stream) => Some(stream.clone()),
+        _ => None,
+    };
     let mut first = Vec::new();
-    let mut finished = body.is_none();
-    if let Some(b) = body.as_mut() {
-        match b.next().await {
-            Some(Ok(chunk)) => first = rewriter.write(&chunk),
-            Some(Err(e)) => {
-                console_error!("attune: upstream body: {e}");
-                finished = true;
+    // The body, when there is more of it after the first chunk.
+    let mut rest = None;
+    if let Some(b) = &upstream_body {
+        let reader = body::Reader::new(b)?;
+        match reader.next().await {
+            Ok(Some(chunk)) => {
+                first = rewriter.write(&chunk);
+                if explain {
+                    while let Ok(Some(chunk)) = reader.next().await {
+                        rewriter.write(&chunk);
+                    }
+                } else {
+                    rest = Some(b);
+                }
             }
-            None => finished = true,
+            Ok(None) => {}
+            Err(e) => console_error!("attune: upstream body: {e}"),
         }
     }
 
     if explain {
-        let mut rest = if finished { None } else { body };
-        while let Some(b) = rest.as_mut() {
-            match b.next().await {
-                Some(Ok(chunk)) => {
-                    rewriter.write(&chunk);
-                }
-                _ => rest = None,
-            }
-        }
         let (_, report) = rewriter.end();
         return json_response(200, page.debug_json(&report));
     }
@@ -488,60 +489,22 @@ async fn page(
         });
     }
 
-    let state = StreamState {
-        first: Some(first),
-        upstream: if finished { None } else { body },
-        rewriter: Some(rewriter),
-        report_tx: Some(report_tx),
-    };
-    let out = stream::unfold(state, next_chunk);
-    Ok(Response::from_stream(out)?
-        .with_status(status)
-        .with_headers(headers))
-}
-
-struct StreamState {
-    first: Option<Vec<u8>>,
-    upstream: Option<ByteStream>,
-    rewriter: Option<PageRewriter>,
-    report_tx: Option<oneshot::Sender<Report>>,
-}
-
-/// One step of the response body: the next non-empty rewritten chunk, or the end.
-async fn next_chunk(mut st: StreamState) -> Option<(Result<Vec<u8>>, StreamState)> {
-    if let Some(first) = st.first.take()
-        && !first.is_empty()
-    {
-        return Some((Ok(first), st));
-    }
-    loop {
-        let rw = st.rewriter.as_mut()?;
-        let next = match st.upstream.as_mut() {
-            Some(b) => b.next().await,
-            None => None,
-        };
-        match next {
-            Some(Ok(chunk)) => {
-                let out = rw.write(&chunk);
-                if !out.is_empty() {
-                    return Some((Ok(out), st));
-                }
-            }
-            other => {
-                if let Some(Err(e)) = other {
-                    console_error!("attune: upstream body: {e}");
-                }
-                st.upstream = None;
-                let rw = st.rewriter.take()?;
-                let (rest, report) = rw.end();
-                if let Some(tx) = st.report_tx.take() {
-                    let _ = tx.send(report);
-                }
-                if rest.is_empty() {
-                    return None;
-                }
-                return Some((Ok(rest), st));
-            }
+    let resp = match rest {
+        Some(b) => {
+            let out = body::Output::new()?;
+            let readable = out.readable.clone();
+            wait_until(
+                ctx,
+                body::rewrite(b.clone(), out, first, rewriter, report_tx),
+            );
+            Response::from_body(ResponseBody::Stream(readable))?
         }
-    }
+        None => {
+            let (tail, report) = rewriter.end();
+            let _ = report_tx.send(report);
+            first.extend_from_slice(&tail);
+            Response::from_bytes(first)?
+        }
+    };
+    Ok(resp.with_status(status).with_headers(headers))
 }

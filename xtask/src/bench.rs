@@ -13,7 +13,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{build_edge, util};
+use crate::{bench_edge, build_edge, util};
 
 const FILE: &str = "BENCHMARKS.md";
 
@@ -68,6 +68,11 @@ const SECTIONS: &[Section] = &[
         name: "publish",
         title: "KV publisher: API requests, KV writes and freshness at steady event rates",
         run: publish,
+    },
+    Section {
+        name: "edge",
+        title: "Edge: Attune against workerd's own HTMLRewriter (wrangler dev)",
+        run: edge,
     },
     Section {
         name: "quality",
@@ -401,6 +406,11 @@ fn publish(opts: &Options) -> Result<Measured> {
         commands: vec![command],
         body: output,
     })
+}
+
+fn edge(opts: &Options) -> Result<Measured> {
+    let (commands, body) = bench_edge::run(opts.quick)?;
+    Ok(Measured { commands, body })
 }
 
 fn quality(_: &Options) -> Result<Measured> {

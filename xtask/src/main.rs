@@ -5,6 +5,7 @@
 //! fresh machine, before any tool is installed.
 
 mod bench;
+mod bench_edge;
 mod bootstrap;
 mod build_edge;
 mod demo;
@@ -26,7 +27,7 @@ commands:
   test [options]            the full check suite: fmt, clippy, no_std, edge wasm, native + wasm tests
   demo [--keep-state]       run the local demo: origin + wrangler dev + the shop, fed with the sample
   bench [section…] [--quick] run the benchmarks and write BENCHMARKS.md
-                            (sections: core wasm size pipeline quality; default: all)
+                            (sections: core wasm size pipeline edge quality; default: all)
   kafka [--port N] [--dir D] [--partitions N] [--short-group-timeouts]
                             run a local Apache Kafka broker (KRaft) on 127.0.0.1 until Ctrl-C
 
