@@ -141,6 +141,9 @@ struct Row {
     samples: usize,
 }
 
+/// The bench's own ingest token: `serve` refuses to run without one.
+const INGEST_TOKEN: &str = "bench-ingest-token";
+
 async fn one_rate(rate: u64, secs: u64) -> Result<Row> {
     let dir = tempfile::tempdir()?;
     let seen: Shared = Arc::default();
@@ -149,6 +152,7 @@ async fn one_rate(rate: u64, secs: u64) -> Result<Row> {
         data_dir: dir.path().join("d"),
         listen: "127.0.0.1:0".into(),
         profile_key: "bench-profile-key".into(),
+        ingest_token: Some(INGEST_TOKEN.into()),
         ..Config::default()
     };
     cfg.publish.target = TargetKind::Cloudflare;
@@ -158,7 +162,10 @@ async fn one_rate(rate: u64, secs: u64) -> Result<Row> {
     cfg.publish.token = Some("bench".into());
     let secret = cfg.profile_key.clone();
     let running = attune_origin::server::start(cfg).await?;
-    let client = attune_origin::client::Client::new(&format!("http://{}", running.addr), None)?;
+    let client = attune_origin::client::Client::new(
+        &format!("http://{}", running.addr),
+        Some(INGEST_TOKEN.to_owned()),
+    )?;
     let users = (rate * 10).max(100);
     let per_tick = (rate / 10).max(1);
     let start = Instant::now();
