@@ -6,15 +6,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use redb::{ReadableTable, WriteTransaction};
-
 use super::warm::{WARM_AHEAD, warm};
 use super::{Pipeline, SinceCheckpoint};
 use crate::error::Result;
-use crate::store::{
-    DLQ, ERASE, META, OUTBOX, PENDING, PENDING_KEY, USERS, encode_user_row, enqueue_shared,
-    expire_dead_letters, keys, pack_pending, queue_delete,
-};
+use crate::store::{CheckpointWriter, Forget, encode_user_row, keys, pack_pending};
 use crate::stream::live::{self, Live, UserKey};
 
 /// Most dead letters one checkpoint deletes (the rest go at the next ones).
@@ -26,7 +21,7 @@ struct EncodedUsers {
     /// Users and the span of their encoded row in `bytes`, in key order.
     users: Vec<(UserKey, std::ops::Range<usize>)>,
     bytes: Vec<u8>,
-    /// The packed `PENDING` row.
+    /// The packed pending-publishes row.
     pending: Vec<u8>,
     /// Shared keys waiting: (key, version, accepted).
     shared: Vec<(String, u64, u64)>,
@@ -79,49 +74,35 @@ impl Pipeline {
         Ok(1)
     }
 
+    /// Each operator writes its part of the checkpoint; this only orders them and commits.
     fn write_checkpoint(&mut self) -> Result<()> {
-        let tx = self.store.db.begin_write()?;
-        {
-            // Encode under the live lock, write after releasing it: the publisher reads live
-            // while the B-tree inserts and the fsync run. Nothing can change the state in
-            // between: the pipeline is this thread, and forget, catalog and full-publish
-            // writes wait for this write transaction.
-            let encoded = self.encode_users()?;
-            self.write_users(&tx, &encoded)?;
-            let model_arc = self.model.clone();
-            let mut model = model_arc.lock().unwrap_or_else(|e| e.into_inner());
-            let mut meta = tx.open_table(META)?;
-            meta.insert(keys::MODEL_SEQ, model.seq())?;
-            model.persist(&tx)?;
-            drop(model);
-            if !self.since.dead.is_empty() {
-                let mut dlq = tx.open_table(DLQ)?;
-                for d in &self.since.dead {
-                    dlq.insert(d.seq, serde_json::to_vec(d)?.as_slice())?;
-                }
-                meta.insert(keys::DLQ_SEQ, self.dlq_seq)?;
-            }
-            self.expire_dead_letters(&tx)?;
-            let c = self.since.counts;
-            for (k, add) in [
-                (keys::RECEIVED, c.received),
-                (keys::APPLIED, c.applied),
-                (keys::DUPLICATES, c.duplicates),
-                (keys::DLQ, c.dlq),
-                (keys::LATE, c.late),
-            ] {
-                if add > 0 {
-                    let v = meta.get(k)?.map(|v| v.value()).unwrap_or(0);
-                    meta.insert(k, v + add)?;
-                }
-            }
-            self.watermarks.checkpoint(&mut meta)?;
-            meta.insert(keys::offset(&self.source).as_str(), self.offset)?;
-            self.dedup.checkpoint(&tx, &mut meta)?;
-        }
+        let tx = self.store.begin_checkpoint()?;
+        // Encode under the live lock, write after releasing it: the publisher reads live
+        // while the B-tree inserts and the fsync run. Nothing can change the state in
+        // between: the pipeline is this thread, and forget, catalog and full-publish
+        // writes wait for this write transaction.
+        let encoded = self.encode_users()?;
+        self.write_users(&tx, &encoded)?;
+        self.model
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .persist(&tx)?;
+        tx.put_dead_letters(&self.since.dead, self.dlq_seq)?;
+        let cutoff = crate::now_ms().saturating_sub(self.dlq_retention_ms);
+        tx.expire_dead_letters(cutoff, EXPIRE_PER_CHECKPOINT)?;
+        let c = self.since.counts;
+        tx.add_counters(&[
+            (keys::RECEIVED, c.received),
+            (keys::APPLIED, c.applied),
+            (keys::DUPLICATES, c.duplicates),
+            (keys::DLQ, c.dlq),
+            (keys::LATE, c.late),
+        ])?;
+        self.watermarks.checkpoint(&tx)?;
+        tx.put_offset(&self.source, self.offset)?;
+        self.dedup.checkpoint(&tx)?;
         self.dedup.prune(&tx, self.watermarks.min())?;
-        tx.commit()?;
-        Ok(())
+        tx.commit()
     }
 
     /// Encodes what the checkpoint writes from [`Live`]: every user changed since the last
@@ -191,45 +172,32 @@ impl Pipeline {
         Ok(out)
     }
 
-    fn write_users(&mut self, tx: &WriteTransaction, e: &EncodedUsers) -> Result<()> {
-        let mut users = tx.open_table(USERS)?;
-        for (key, span) in &e.users {
-            users.insert(*key, &e.bytes[span.clone()])?;
-        }
-        tx.open_table(PENDING)?
-            .insert(PENDING_KEY, e.pending.as_slice())?;
+    fn write_users(&mut self, tx: &CheckpointWriter, e: &EncodedUsers) -> Result<()> {
+        tx.put_users(
+            e.users
+                .iter()
+                .map(|(key, span)| (*key, &e.bytes[span.clone()])),
+        )?;
+        tx.put_pending(&e.pending)?;
         if !e.shared.is_empty() {
-            let mut outbox = tx.open_table(OUTBOX)?;
-            for (key, version, accepted) in &e.shared {
-                enqueue_shared(&mut outbox, [key.clone()], *version, *accepted)?;
-            }
+            tx.enqueue_shared_versions(e.shared.iter().map(|(k, v, a)| (k.as_str(), *v, *a)))?;
         }
-        if !e.forgotten.is_empty() {
-            let mut outbox = tx.open_table(OUTBOX)?;
-            let mut erase = tx.open_table(ERASE)?;
-            for f in &e.forgotten {
-                if !f.back {
-                    users.remove(f.key)?;
-                }
-                if self.log_path.is_some() {
-                    erase.insert(&*f.user, f.at)?;
-                }
-                queue_delete(&mut outbox, &f.kv_key, crate::now_ms())?;
-            }
+        for f in &e.forgotten {
+            let forget = Forget {
+                key: f.key,
+                user: &f.user,
+                at: f.at,
+                kv_key: &f.kv_key,
+                back: f.back,
+                erase: self.log_path.is_some(),
+            };
+            tx.put_forget(forget, crate::now_ms())?;
         }
-        Ok(())
-    }
-
-    /// Deletes the dead letters older than the retention, at most [`EXPIRE_PER_CHECKPOINT`]
-    /// per checkpoint.
-    fn expire_dead_letters(&self, tx: &WriteTransaction) -> Result<()> {
-        let cutoff = crate::now_ms().saturating_sub(self.dlq_retention_ms);
-        expire_dead_letters(tx, cutoff, EXPIRE_PER_CHECKPOINT)?;
         Ok(())
     }
 
     /// Erases from the log the records of users forgotten before the checkpoint (see
-    /// [`ERASE`]), then drops their rows. Also runs when the pipeline opens, for what a crash
+    /// [`crate::store::Store::erase_due`]), then drops their rows. Also runs when the pipeline opens, for what a crash
     /// left to do.
     pub(super) fn erase_forgotten(&mut self) -> Result<()> {
         let Some(path) = &self.log_path else {

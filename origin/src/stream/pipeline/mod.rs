@@ -30,14 +30,13 @@ use attune_core::Event;
 use attune_core::event::{EventError, EventKind, parse_event};
 use attune_core::model::keys as kv;
 use attune_core::profile::ProfileConfig;
-use redb::ReadableDatabase;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::log::{Record, RecordKind, Source};
 use crate::metrics::{Metrics, labels};
 use crate::model::Model;
-use crate::store::{DlqRecord, META, Store, USERS, UserState, decode_user_row, keys};
+use crate::store::{DlqRecord, Store, UserState, keys};
 mod checkpoint;
 mod outcome;
 mod warm;
@@ -57,7 +56,7 @@ struct SinceCheckpoint {
     dead: Vec<DlqRecord>,
     /// Users changed (each once).
     unsaved: Vec<UserKey>,
-    /// Shared keys queued (written to `OUTBOX` by the checkpoint).
+    /// Shared keys queued (written to the outbox by the checkpoint).
     shared: bool,
     /// Users forgotten since the last checkpoint → (user, offset of the forget record); the
     /// checkpoint queues their KV deletes and their erasure from the log.
@@ -124,14 +123,10 @@ impl Pipeline {
     ) -> Result<Self> {
         let offset = store.meta(&keys::offset(source))?;
         let (watermarks, dedup, dlq_seq) = {
-            let tx = store.db.begin_read()?;
+            let tx = store.read_checkpoint()?;
             let watermarks = Watermarks::load(&tx, cfg.pipeline.allowed_lateness_ms)?;
             let dedup = Dedup::load(&tx, cfg.pipeline.dedup_horizon_ms, watermarks.min())?;
-            let dlq_seq = tx
-                .open_table(META)?
-                .get(keys::DLQ_SEQ)?
-                .map(|v| v.value())
-                .unwrap_or(0);
+            let dlq_seq = tx.counter(keys::DLQ_SEQ)?;
             (watermarks, dedup, dlq_seq)
         };
         // Whatever memory held beyond the checkpoint is replayed from the log. The map is sized
@@ -444,16 +439,13 @@ impl Pipeline {
                 }
                 if !to_read.is_empty() {
                     // Already in key order: the B-tree's.
-                    let tx = self.store.db.begin_read()?;
-                    let rows = tx.open_table(USERS)?;
-                    for (key, user) in to_read {
-                        let state = match rows.get(key)? {
-                            Some(v) => decode_user_row(user, v.value())?,
-                            None => UserState::default(),
-                        };
-                        live.users
-                            .insert(key, Cached::new(Arc::from(user), state, batch_no));
-                    }
+                    self.store
+                        .read_checkpoint()?
+                        .users(to_read, |key, user, state| {
+                            let state = state.unwrap_or_default();
+                            live.users
+                                .insert(key, Cached::new(Arc::from(user), state, batch_no));
+                        })?;
                 }
             }
         }
