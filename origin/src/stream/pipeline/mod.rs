@@ -39,28 +39,23 @@ use crate::model::Model;
 use crate::store::{DlqRecord, Store, UserState, keys};
 mod checkpoint;
 mod outcome;
-mod warm;
 
 pub use outcome::{BatchOutcome, Progress};
-use warm::{WARM_AHEAD, warm};
 
 use super::dedup::{self, Dedup};
 use super::live::{self, Cached, Live, SharedLive, Unpublished, UserKey, user_key};
+use super::users::UserStates;
+use super::warm::{WARM_AHEAD, warm};
 use super::watermark::Watermarks;
 use foldhash::HashMap as FoldHashMap;
 
-/// Changes since the last checkpoint that are not user states.
+/// Changes since the last checkpoint that no operator owns.
 #[derive(Debug, Default)]
 struct SinceCheckpoint {
     counts: BatchOutcome,
     dead: Vec<DlqRecord>,
-    /// Users changed (each once).
-    unsaved: Vec<UserKey>,
     /// Shared keys queued (written to the outbox by the checkpoint).
     shared: bool,
-    /// Users forgotten since the last checkpoint → (user, offset of the forget record); the
-    /// checkpoint queues their KV deletes and their erasure from the log.
-    forgotten: FoldHashMap<UserKey, (Arc<str>, u64)>,
 }
 
 pub struct Pipeline {
@@ -70,8 +65,6 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     profile_cfg: ProfileConfig,
     source: String,
-    /// Keyed-hash secret of the `p:` keys (a forget queues the KV delete).
-    profile_secret: String,
     /// The embedded log's file, when it is the source: forgotten users' records are erased
     /// from it.
     log_path: Option<std::path::PathBuf>,
@@ -80,13 +73,13 @@ pub struct Pipeline {
     checkpointed: u64,
     watermarks: Watermarks,
     dedup: Dedup,
+    users: UserStates,
     dlq_seq: u64,
     since: SinceCheckpoint,
     last_checkpoint: Instant,
     checkpoint_every: Duration,
     dlq_retention_ms: u64,
     max_unsaved: usize,
-    cache_cap: usize,
     batch_no: u64,
     /// Reused per micro-batch: (event, accepted, the user's key).
     events: Vec<(Event, u64, UserKey)>,
@@ -138,6 +131,13 @@ impl Pipeline {
                 Default::default(),
             );
         }
+        let log_path = (source == crate::log::SOURCE).then(|| cfg.log_path());
+        let users = UserStates::new(
+            live.clone(),
+            cfg.profile_key.clone(),
+            log_path.is_some(),
+            cfg.pipeline.profile_cache,
+        );
         let mut pipeline = Pipeline {
             store,
             model,
@@ -145,19 +145,18 @@ impl Pipeline {
             metrics,
             profile_cfg: attune_core::rules::Config::default().profile,
             source: source.to_string(),
-            profile_secret: cfg.profile_key.clone(),
-            log_path: (source == crate::log::SOURCE).then(|| cfg.log_path()),
+            log_path,
             offset,
             checkpointed: offset,
             watermarks,
             dedup,
+            users,
             dlq_seq,
             since: SinceCheckpoint::default(),
             last_checkpoint: Instant::now(),
             checkpoint_every: Duration::from_millis(cfg.pipeline.checkpoint_interval_ms),
             dlq_retention_ms: cfg.pipeline.dlq_retention_ms,
             max_unsaved: cfg.pipeline.checkpoint_max_unsaved.max(1),
-            cache_cap: cfg.pipeline.profile_cache.max(1),
             batch_no: 0,
             events: Vec::new(),
             poisoned: false,
@@ -234,15 +233,12 @@ impl Pipeline {
 
     fn checkpoint_due(&self) -> bool {
         self.last_checkpoint.elapsed() >= self.checkpoint_every
-            || self.since.unsaved.len() >= self.max_unsaved
+            || self.users.unsaved_len() >= self.max_unsaved
     }
 
     /// Whether anything was applied since the last checkpoint.
     pub fn has_unsaved(&self) -> bool {
-        self.offset != self.checkpointed
-            || !self.since.unsaved.is_empty()
-            || !self.since.forgotten.is_empty()
-            || !self.since.dead.is_empty()
+        self.offset != self.checkpointed || self.users.has_unsaved() || !self.since.dead.is_empty()
     }
 
     /// Applies records in log order: runs of events as micro-batches, and each admin record
@@ -310,16 +306,7 @@ impl Pipeline {
     /// The user's earlier events stay counted in the model's aggregates, which hold no user
     /// ids; every run of the same log counts the same ones.
     fn forget(&mut self, user: &str, at: u64) {
-        let key = user_key(user);
-        let mut live = live::lock(&self.live);
-        live.users.remove(&key);
-        live.stored.remove(&key);
-        live.unpublished.remove(&key);
-        live.forgetting.insert(attune_core::hash::profile_key(
-            self.profile_secret.as_bytes(),
-            user,
-        ));
-        self.since.forgotten.insert(key, (Arc::from(user), at));
+        self.users.forget(user, at);
     }
 
     /// One micro-batch, in named steps, under the model and live locks (lock order everywhere:
@@ -502,7 +489,7 @@ impl Pipeline {
                 entry.dirty_in = batch_no;
                 if !entry.unsaved {
                     entry.unsaved = true;
-                    self.since.unsaved.push(*key);
+                    self.users.changed(*key);
                 }
                 unpublished
                     .entry(*key)
