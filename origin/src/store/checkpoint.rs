@@ -353,3 +353,99 @@ fn outbox_put(table: &mut redb::Table<&str, &[u8]>, key: &str, entry: OutboxEntr
     table.insert(key, merged.encode()?.as_slice())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        (dir, store)
+    }
+
+    /// What operators write is read back by the reader only once committed, and a writer
+    /// dropped without committing leaves nothing.
+    #[test]
+    fn parts_are_visible_only_once_committed() {
+        let (_dir, store) = store();
+        let tx = store.begin_checkpoint().unwrap();
+        tx.put_watermarks([("a", 7), ("b", 9)]).unwrap();
+        tx.put_dedup(100, 0, &[1; 24]).unwrap();
+        tx.put_offset("a", 42).unwrap();
+        drop(tx);
+        let r = store.read_checkpoint().unwrap();
+        assert!(r.watermarks().unwrap().is_empty());
+        assert_eq!(r.counter(&keys::offset("a")).unwrap(), 0);
+        drop(r);
+
+        let tx = store.begin_checkpoint().unwrap();
+        tx.put_watermarks([("a", 7), ("b", 9)]).unwrap();
+        tx.put_dedup(100, 0, &[1; 24]).unwrap();
+        tx.put_dedup(300, 1, &[2; 24]).unwrap();
+        tx.put_offset("a", 42).unwrap();
+        tx.add_counters(&[(keys::APPLIED, 3), (keys::LATE, 0)])
+            .unwrap();
+        tx.add_counters(&[(keys::APPLIED, 2)]).unwrap();
+        tx.commit().unwrap();
+        let r = store.read_checkpoint().unwrap();
+        let mut wm = r.watermarks().unwrap();
+        wm.sort();
+        assert_eq!(wm, vec![("a".to_string(), 7), ("b".to_string(), 9)]);
+        assert_eq!(r.counter(&keys::offset("a")).unwrap(), 42);
+        assert_eq!(r.counter(keys::APPLIED).unwrap(), 5);
+        assert_eq!(r.counter(keys::DEDUP_ROW).unwrap(), 2);
+        let mut rows = Vec::new();
+        r.dedup_rows(0, |row| rows.push(row[0])).unwrap();
+        assert_eq!(rows, vec![1, 2]);
+        drop(r);
+
+        // Pruning drops the rows whose newest key is behind the cutoff, only those.
+        let tx = store.begin_checkpoint().unwrap();
+        tx.prune_dedup(200).unwrap();
+        tx.commit().unwrap();
+        let mut rows = Vec::new();
+        store
+            .read_checkpoint()
+            .unwrap()
+            .dedup_rows(0, |row| rows.push(row[0]))
+            .unwrap();
+        assert_eq!(rows, vec![2]);
+    }
+
+    /// Shared keys merge in the outbox: the newest version, the earliest acceptance; a forget
+    /// replaces whatever waits for its key with a delete and removes the user's row.
+    #[test]
+    fn outbox_merges_and_forgets_replace() {
+        let (_dir, store) = store();
+        let mut row = Vec::new();
+        super::super::encode_user_row("u", &super::super::UserState::default(), &mut row);
+        let key = super::super::user_key("u");
+        let tx = store.begin_checkpoint().unwrap();
+        tx.put_users([(key, row.as_slice())]).unwrap();
+        tx.enqueue_shared(["t".to_string()], 1, 50).unwrap();
+        tx.enqueue_shared_versions([("t", 2, 80), ("p:u", 3, 10)])
+            .unwrap();
+        tx.commit().unwrap();
+        let t = store.queued("t").unwrap().unwrap();
+        assert_eq!((t.op, t.version, t.accepted_ms), (Op::Put, 2, 50));
+        assert!(store.user("u").unwrap().is_some());
+
+        let tx = store.begin_checkpoint().unwrap();
+        let forget = Forget {
+            key,
+            user: "u",
+            at: 5,
+            kv_key: "p:u",
+            back: false,
+            erase: true,
+        };
+        tx.put_forget(forget, 99).unwrap();
+        tx.commit().unwrap();
+        let p = store.queued("p:u").unwrap().unwrap();
+        assert_eq!((p.op, p.accepted_ms), (Op::Delete, 99));
+        assert!(store.user("u").unwrap().is_none());
+        assert_eq!(store.erase_due(6).unwrap().get("u"), Some(&5));
+        assert!(store.erase_due(5).unwrap().is_empty());
+    }
+}
