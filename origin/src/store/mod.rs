@@ -152,7 +152,7 @@ pub mod keys {
 /// The opened database, shared by the pipeline, the publisher and the admin API.
 #[derive(Clone)]
 pub struct Store {
-    pub db: Arc<Database>,
+    pub(crate) db: Arc<Database>,
 }
 
 /// redb page cache size.
