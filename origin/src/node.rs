@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use attune_core::CatalogItem;
 use attune_core::hash::profile_key;
 use attune_core::model::keys as kv;
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde_json::json;
 
 use crate::config::Config;
@@ -14,10 +13,7 @@ use crate::error::Result;
 use crate::log::{Log, RecordKind};
 use crate::metrics::Metrics;
 use crate::model::Model;
-use crate::store::{
-    META, OUTBOX, Op, OutboxEntry, PENDING, PENDING_KEY, PUBLISHED, Store, USERS, enqueue_shared,
-    keys, outbox_put, unpack_pending,
-};
+use crate::store::{Store, keys};
 use crate::stream::Pipeline;
 use crate::stream::live::{self, Live, SharedLive, Unpublished};
 
@@ -82,28 +78,16 @@ impl Node {
     fn ensure_config_enqueued(&self) -> Result<()> {
         let content = serde_json::to_vec(&self.cfg.rules).unwrap_or_default();
         let hash = u64::from(crc32fast::hash(&content)) | (content.len() as u64) << 32;
-        let tx = self.store.db.begin_write()?;
-        {
-            let published = tx.open_table(PUBLISHED)?;
-            let mut outbox = tx.open_table(OUTBOX)?;
-            let mut meta = tx.open_table(META)?;
-            let queued_hash = meta.get(keys::CFG_HASH)?.map(|v| v.value());
-            let never_queued =
-                published.get(kv::CONFIG)?.is_none() && outbox.get(kv::CONFIG)?.is_none();
-            if never_queued || queued_hash != Some(hash) {
-                let version = meta.get(keys::CFG_VERSION)?.map_or(0, |v| v.value()) + 1;
-                meta.insert(keys::CFG_VERSION, version)?;
-                meta.insert(keys::CFG_HASH, hash)?;
-                enqueue_shared(
-                    &mut outbox,
-                    [kv::CONFIG.to_string()],
-                    version,
-                    crate::now_ms(),
-                )?;
-            }
+        let tx = self.store.begin_checkpoint()?;
+        let queued_hash = tx.counter(keys::CFG_HASH)?;
+        let never_queued = !tx.published_or_queued(kv::CONFIG)?;
+        if never_queued || queued_hash != Some(hash) {
+            let version = tx.counter(keys::CFG_VERSION)?.unwrap_or(0) + 1;
+            tx.put_counter(keys::CFG_VERSION, version)?;
+            tx.put_counter(keys::CFG_HASH, hash)?;
+            tx.enqueue_shared([kv::CONFIG.to_string()], version, crate::now_ms())?;
         }
-        tx.commit()?;
-        Ok(())
+        tx.commit()
     }
 
     /// Adds or replaces catalog entries: a record in the log, durable when this returns. The
@@ -158,52 +142,29 @@ impl Node {
 
     /// Queues every profile and shared key for publishing again (`publish --full`).
     pub fn enqueue_full(&self) -> Result<usize> {
-        let tx = self.store.db.begin_write()?;
-        let mut n = 0;
-        {
-            let users = tx.open_table(USERS)?;
-            let mut outbox = tx.open_table(OUTBOX)?;
-            let mut published = tx.open_table(PUBLISHED)?;
-            let mut meta = tx.open_table(META)?;
-            let now = crate::now_ms();
-            for row in users.iter()? {
-                let (_, v) = row?;
-                let (user, state) = crate::store::user_row_id(v.value())?;
-                let state = crate::store::UserState::decode(state)?;
-                let key = profile_key(self.cfg.profile_key.as_bytes(), user);
-                published.remove(key.as_str())?;
-                outbox_put(
-                    &mut outbox,
-                    &key,
-                    OutboxEntry {
-                        op: Op::Put,
-                        version: state.profile.version,
-                        accepted_ms: now,
-                        user: Some(user.to_string()),
-                    },
-                )?;
-                n += 1;
-            }
-            let seq = self
-                .model
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .next_seq();
-            meta.insert(keys::MODEL_SEQ, seq)?;
-            let shards = self.cfg.model.shards;
-            let mut shared = vec![kv::TRENDING.to_string()];
-            for s in 0..shards {
-                shared.push(kv::catalog(s));
-                shared.push(kv::neighbours(s));
-            }
-            n += enqueue_shared(&mut outbox, shared, seq, now)?;
-            // `cfg` has its own version line (see `ensure_config_enqueued`): re-send the current
-            // rules at their own version. Giving them the model's sequence number would let a
-            // later rules change (a smaller version) look older than KV and never be sent.
-            let cfg_version = meta.get(keys::CFG_VERSION)?.map_or(1, |v| v.value());
-            published.remove(kv::CONFIG)?;
-            n += enqueue_shared(&mut outbox, [kv::CONFIG.to_string()], cfg_version, now)?;
+        let tx = self.store.begin_checkpoint()?;
+        let now = crate::now_ms();
+        let secret = self.cfg.profile_key.as_bytes();
+        let mut n = tx.requeue_users(|user| profile_key(secret, user), now)?;
+        let seq = self
+            .model
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_seq();
+        tx.put_counter(keys::MODEL_SEQ, seq)?;
+        let shards = self.cfg.model.shards;
+        let mut shared = vec![kv::TRENDING.to_string()];
+        for s in 0..shards {
+            shared.push(kv::catalog(s));
+            shared.push(kv::neighbours(s));
         }
+        n += tx.enqueue_shared(shared, seq, now)?;
+        // `cfg` has its own version line (see `ensure_config_enqueued`): re-send the current
+        // rules at their own version. Giving them the model's sequence number would let a
+        // later rules change (a smaller version) look older than KV and never be sent.
+        let cfg_version = tx.counter(keys::CFG_VERSION)?.unwrap_or(1);
+        tx.unpublish(kv::CONFIG)?;
+        n += tx.enqueue_shared([kv::CONFIG.to_string()], cfg_version, now)?;
         tx.commit()?;
         Ok(n)
     }
@@ -302,31 +263,23 @@ impl Node {
 /// The publishes the last checkpoint left waiting, and which users the store holds.
 fn load_live(store: &Store) -> Result<Live> {
     let mut live = Live::default();
-    let tx = store.db.begin_read()?;
+    let tx = store.read_checkpoint()?;
     let now = crate::now_ms();
-    if let Some(row) = tx.open_table(PENDING)?.get(PENDING_KEY)? {
-        let users = unpack_pending(row.value()).ok_or_else(|| {
-            crate::Error::Corrupt("the pending publishes row is malformed".into())
-        })?;
-        for (user, version) in users {
-            live.unpublished.insert(
-                live::user_key(&user),
-                (
-                    user.into(),
-                    Unpublished {
-                        version,
-                        accepted_ms: now,
-                    },
-                ),
-            );
-        }
+    for (user, version) in tx.pending()? {
+        live.unpublished.insert(
+            live::user_key(&user),
+            (
+                user.into(),
+                Unpublished {
+                    version,
+                    accepted_ms: now,
+                },
+            ),
+        );
     }
-    let users = tx.open_table(USERS)?;
-    live.stored.reserve(users.len()? as usize);
-    for row in users.iter()? {
-        let (k, _) = row?;
-        live.stored.insert(k.value());
-    }
+    let keys = tx.user_keys()?;
+    live.stored.reserve(keys.len());
+    live.stored.extend(keys);
     Ok(live)
 }
 
@@ -335,13 +288,10 @@ mod tests {
     use super::*;
     use crate::Error;
     use crate::config::TargetKind;
-    use crate::store::{FORMAT_VERSION, OutboxEntry};
+    use crate::store::FORMAT_VERSION;
 
     fn queued_version(node: &Node, key: &str) -> Option<u64> {
-        let tx = node.store.db.begin_read().ok()?;
-        let outbox = tx.open_table(OUTBOX).ok()?;
-        let row = outbox.get(key).ok()??;
-        OutboxEntry::decode(row.value()).ok().map(|e| e.version)
+        node.store.queued(key).unwrap().map(|e| e.version)
     }
 
     /// `cfg` keeps its own version line: a full publish re-sends the current rules at their
@@ -417,13 +367,7 @@ mod tests {
     }
 
     fn set_format(path: &std::path::Path, version: u64) {
-        let db = redb::Database::open(path).unwrap();
-        let tx = db.begin_write().unwrap();
-        tx.open_table(META)
-            .unwrap()
-            .insert(keys::FORMAT, version)
-            .unwrap();
-        tx.commit().unwrap();
+        crate::store::write_format(path, version).unwrap();
     }
 
     fn moved_aside(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -3,29 +3,25 @@
 //! trending with exponential decay (overall and per category), and the catalog. Lives in
 //! memory; every change a batch makes is written in that batch's transaction.
 //!
-//! Items are interned to dense `u32` ids (`ITEMS` persists the id → name table), so the hot
+//! Items are interned to dense `u32` ids (the store persists the id → name table), so the hot
 //! path hashes integers, not strings. Co-occurrence counts are persisted as a log of
-//! absolute values (`PAIR_LOG`): each batch appends one record with the new count of every pair
+//! absolute values (the pair log): each batch appends one record with the new count of every pair
 //! it changed, and when the log grows past twice the live state it is compacted into a full
 //! snapshot inside the same transaction. Loading replays the log in order (later values
 //! overwrite earlier ones), which reproduces exactly the committed counts.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::store::{CheckpointWriter, ModelDelta, Store, UserState};
 use attune_core::model::{TrendEntry, shard_of};
 use attune_core::{
     CatalogItem, CatalogShard, Event, EventKind, Neighbour, NeighbourShard, Trending,
 };
-use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
-
-use crate::config::ModelConfig;
-use crate::error::Result;
-use crate::store::{
-    CATALOG, ITEM_COUNTS, ITEMS, META, PAIR_LOG, PUBLISHED, Store, TREND, UserState,
-};
 use foldhash::HashMap as FoldHashMap;
 
-/// Entries per `PAIR_LOG` record (16 bytes each: 4 MiB records).
+/// Entries per pair log record (16 bytes each: 4 MiB records).
 const PAIR_RECORD_ENTRIES: usize = 1 << 18;
 /// Queued co-occurrence increments that make [`Model::observe`] settle by itself (16 MiB); the
 /// pipeline settles every micro-batch long before.
@@ -49,7 +45,7 @@ pub struct Model {
     trend: Vec<Option<(f64, u64)>>,
     catalog: BTreeMap<String, CatalogItem>,
     by_shard: Vec<BTreeSet<String>>,
-    /// Ids below this are in `ITEMS`.
+    /// Ids below this are in the store.
     persisted_names: u32,
     dirty_counts: Vec<u32>,
     dirty_trend: Vec<u32>,
@@ -71,7 +67,7 @@ pub struct Model {
     pending_pairs: Vec<u64>,
     /// `settle`'s buffer for the second half of each cell (kept for its capacity).
     mirrored_cells: Vec<(u64, PairCell)>,
-    /// Bytes in `PAIR_LOG` and the key its next record gets.
+    /// Bytes in the stored pair log and the sequence its next record gets.
     log_bytes: u64,
     log_next: u64,
     /// Version of the last change to the shared keys (`MODEL_SEQ` once checkpointed).
@@ -123,65 +119,51 @@ impl Model {
     /// Loads the persisted state.
     pub fn load(cfg: ModelConfig, store: &Store) -> Result<Self> {
         let mut m = Model::new(cfg);
-        let tx = store.db.begin_read()?;
-        for row in tx.open_table(ITEMS)?.iter()? {
-            let (k, v) = row?;
-            let id = m.intern(v.value());
-            if id != k.value() {
+        let tx = store.read_checkpoint()?;
+        tx.item_names(|id, name| {
+            if m.intern(name) != id {
                 return Err(crate::Error::Corrupt(format!(
-                    "item table out of order at id {} ({})",
-                    k.value(),
-                    v.value()
+                    "item table out of order at id {id} ({name})"
                 )));
             }
-        }
+            Ok(())
+        })?;
         m.persisted_names = m.names.len() as u32;
-        for row in tx.open_table(ITEM_COUNTS)?.iter()? {
-            let (k, v) = row?;
-            let id = m.intern(k.value()) as usize;
-            m.counts[id] = v.value();
-        }
-        for row in tx.open_table(PAIR_LOG)?.iter()? {
-            let (k, v) = row?;
-            let bytes = v.value();
+        tx.item_counts(|item, n| {
+            let id = m.intern(item) as usize;
+            m.counts[id] = n;
+        })?;
+        tx.pair_records(|seq, bytes| {
             m.log_bytes += bytes.len() as u64;
-            m.log_next = k.value() + 1;
+            m.log_next = seq + 1;
             for (a, b, c) in pair_entries(bytes) {
                 if a as usize >= m.names.len() || b as usize >= m.names.len() {
                     return Err(crate::Error::Corrupt(format!(
-                        "pair log record {} names an unknown item id",
-                        k.value()
+                        "pair log record {seq} names an unknown item id"
                     )));
                 }
                 m.set_pair(a, b, c);
             }
-        }
-        for row in tx.open_table(TREND)?.iter()? {
-            let (k, v) = row?;
-            let id = m.intern(k.value()) as usize;
-            m.trend[id] = Some(v.value());
-        }
-        for row in tx.open_table(CATALOG)?.iter()? {
-            let (k, v) = row?;
-            let item: CatalogItem = rmp_serde::from_slice(v.value())?;
-            m.intern(k.value());
-            m.catalog.insert(k.value().to_string(), item);
-        }
+            Ok(())
+        })?;
+        tx.trends(|item, trend| {
+            let id = m.intern(item) as usize;
+            m.trend[id] = Some(trend);
+        })?;
+        tx.catalog(|id, item| {
+            m.intern(id);
+            m.catalog.insert(id.to_string(), item);
+        })?;
         // Start above every shared version KV may hold: changes after the last checkpoint may
         // have been published before a crash, and the replay numbers its changes anew.
-        let seq = tx
-            .open_table(META)?
-            .get(crate::store::keys::MODEL_SEQ)?
-            .map_or(0, |v| v.value());
+        let seq = tx.counter(crate::store::keys::MODEL_SEQ)?;
         let mut published = 0;
-        for row in tx.open_table(PUBLISHED)?.iter()? {
-            let (k, v) = row?;
-            let k = k.value();
+        tx.published(|k, v| {
             if k.starts_with("n:") || k.starts_with("c:") || k == attune_core::model::keys::TRENDING
             {
-                published = published.max(v.value());
+                published = published.max(v);
             }
-        }
+        })?;
         m.seq = seq.max(published);
         m.live_pairs = m.adj.iter().map(|r| r.len() as u64).sum::<u64>() / 2;
         m.touched.iter_mut().for_each(|t| *t = false);
@@ -425,52 +407,57 @@ impl Model {
             .collect()
     }
 
-    /// Writes everything changed since the last call into `tx`.
-    pub fn persist(&mut self, tx: &WriteTransaction) -> Result<()> {
+    /// Writes everything changed since the last call into the checkpoint: the model's part.
+    pub fn persist(&mut self, tx: &CheckpointWriter) -> Result<()> {
+        let delta = tx.model();
+        delta.put_seq(self.seq)?;
         self.settle();
         if !self.dirty_catalog.is_empty() {
-            let mut t = tx.open_table(CATALOG)?;
-            for id in std::mem::take(&mut self.dirty_catalog) {
-                if let Some(item) = self.catalog.get(&id) {
-                    t.insert(id.as_str(), rmp_serde::to_vec_named(item)?.as_slice())?;
-                }
-            }
+            let dirty = std::mem::take(&mut self.dirty_catalog);
+            delta.put_catalog(
+                dirty
+                    .iter()
+                    .filter_map(|id| self.catalog.get(id).map(|item| (id.as_str(), item))),
+            )?;
         }
         if (self.persisted_names as usize) < self.names.len() {
-            let mut t = tx.open_table(ITEMS)?;
-            for id in self.persisted_names as usize..self.names.len() {
-                t.insert(id as u32, &*self.names[id])?;
-            }
+            let first = self.persisted_names;
+            delta.put_item_names(first, self.names[first as usize..].iter().map(|n| &**n))?;
             self.persisted_names = self.names.len() as u32;
         }
         if !self.dirty_counts.is_empty() {
-            let mut t = tx.open_table(ITEM_COUNTS)?;
-            self.dirty_counts
-                .sort_unstable_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
-            for id in self.dirty_counts.drain(..) {
-                self.dirty_flags[id as usize] &= !1;
-                t.insert(&*self.names[id as usize], self.counts[id as usize])?;
+            let mut ids = std::mem::take(&mut self.dirty_counts);
+            ids.sort_unstable_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
+            for id in &ids {
+                self.dirty_flags[*id as usize] &= !1;
             }
+            delta.put_item_counts(
+                ids.iter()
+                    .map(|id| (&*self.names[*id as usize], self.counts[*id as usize])),
+            )?;
+            // Keep the allocation for the next batch.
+            ids.clear();
+            self.dirty_counts = ids;
         }
         if !self.dirty_trend.is_empty() {
-            let mut t = tx.open_table(TREND)?;
-            self.dirty_trend
-                .sort_unstable_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
-            for id in self.dirty_trend.drain(..) {
-                self.dirty_flags[id as usize] &= !2;
-                if let Some(v) = self.trend[id as usize] {
-                    t.insert(&*self.names[id as usize], v)?;
-                }
+            let mut ids = std::mem::take(&mut self.dirty_trend);
+            ids.sort_unstable_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
+            for id in &ids {
+                self.dirty_flags[*id as usize] &= !2;
             }
+            delta.put_trends(ids.iter().filter_map(|id| {
+                self.trend[*id as usize].map(|v| (&*self.names[*id as usize], v))
+            }))?;
+            ids.clear();
+            self.dirty_trend = ids;
         }
         if self.dirty_pairs > 0 {
             let live_bytes = self.live_pairs * 16;
             let delta_bytes = self.dirty_pairs * 16;
             let compact = self.log_bytes + delta_bytes > 2 * live_bytes + PAIR_LOG_SLACK_BYTES;
-            let mut t = tx.open_table(PAIR_LOG)?;
             let rows: Vec<u32> = if compact {
                 // The whole state replaces the log.
-                t.retain(|_, _| false)?;
+                delta.clear_pair_log()?;
                 self.log_bytes = 0;
                 (0..self.adj.len() as u32).collect()
             } else {
@@ -493,12 +480,12 @@ impl Model {
                 for (b, c) in &pairs {
                     push_pair(&mut buf, a, *b, u64::from(*c));
                     if buf.len() >= PAIR_RECORD_ENTRIES * 16 {
-                        self.append_pair_record(&mut t, &mut buf)?;
+                        self.append_pair_record(&delta, &mut buf)?;
                     }
                 }
             }
             if !buf.is_empty() {
-                self.append_pair_record(&mut t, &mut buf)?;
+                self.append_pair_record(&delta, &mut buf)?;
             }
         }
         for id in self.dirty_rows.drain(..) {
@@ -510,13 +497,9 @@ impl Model {
         Ok(())
     }
 
-    fn append_pair_record(
-        &mut self,
-        t: &mut redb::Table<u64, &[u8]>,
-        buf: &mut Vec<u8>,
-    ) -> Result<()> {
+    fn append_pair_record(&mut self, delta: &ModelDelta<'_>, buf: &mut Vec<u8>) -> Result<()> {
         self.log_bytes += buf.len() as u64;
-        t.insert(self.log_next, buf.as_slice())?;
+        delta.put_pair_record(self.log_next, buf)?;
         self.log_next += 1;
         buf.clear();
         Ok(())

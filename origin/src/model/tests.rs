@@ -69,7 +69,7 @@ fn settling_a_batch_at_once_equals_settling_each_event() {
         // Persist every few rounds, so cells carry changes from earlier epochs too.
         if round % 3 == 2 {
             for (m, store) in [(&mut each, &each_store), (&mut batch, &batch_store)] {
-                let tx = store.db.begin_write().unwrap();
+                let tx = store.begin_checkpoint().unwrap();
                 m.persist(&tx).unwrap();
                 tx.commit().unwrap();
             }
@@ -102,7 +102,7 @@ fn persisted_pairs_reload_exactly() {
             m.observe(&e, 1.0, e.ts, &mut users[u]);
         }
         let before = m.log_bytes;
-        let tx = store.db.begin_write().unwrap();
+        let tx = store.begin_checkpoint().unwrap();
         m.persist(&tx).unwrap();
         tx.commit().unwrap();
         compacted |= m.log_bytes < before;

@@ -7,21 +7,24 @@ use std::path::Path;
 use std::sync::Arc;
 
 use attune_core::{CatalogItem, Profile};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, Unusable};
 
+mod checkpoint;
 pub mod format;
+mod read;
 mod rebuild;
+mod tables;
 
+pub use checkpoint::{CheckpointWriter, Forget, ModelDelta};
 pub use format::UserState;
+pub use read::CheckpointReader;
 pub use rebuild::{open_or_rebuild, rebuild};
-
-/// [`user_key`] of the user → a user row: the user's id, then its [`UserState`]
-/// ([`encode_user_row`]). Keyed by hash rather than by name: a checkpoint writes up to 100k
-/// rows, and fixed 16-byte keys sort and compare much faster than names in the B-tree.
-pub const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
+// The publisher (`publish/`) still opens these tables itself.
+use tables::*;
+pub(crate) use tables::{OUTBOX, PUBLISHED, USERS};
 
 /// What the pipeline and the store key users by: xxh3-128 of the id (a collision is as
 /// likely as a random 128-bit match; [`decode_user_row`] would still catch one, since a row
@@ -56,33 +59,6 @@ pub fn decode_user_row(user: &str, row: &[u8]) -> Result<UserState> {
     }
     UserState::decode(state)
 }
-/// The dedup keys a batch added, one row per batch: (newest event time in the row, the
-/// batch's end offset) → packed `[xxh3-128 of event_id: u128 LE][event time: u64 LE]`.
-/// A row is deleted once its newest event time falls behind the horizon.
-pub const DEDUP_LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dedup_log");
-/// Named counters, offsets (`offset:<source>`) and watermarks (`wm:<source>`).
-pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// item → [`CatalogItem`] (MessagePack).
-pub const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("catalog");
-/// item → number of user histories it entered.
-pub const ITEM_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("item_counts");
-/// Interned item id → item (ids are dense, assigned in order).
-pub const ITEMS: TableDefinition<u32, &str> = TableDefinition::new("items");
-/// Co-occurrence counts as a log of absolute values: sequence → packed
-/// `[a: u32 LE][b: u32 LE][count: u64 LE]` (item ids, a < b). Replayed in order at load;
-/// compacted into a snapshot when it outgrows the live state (see `model.rs`).
-pub const PAIR_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("pair_log");
-/// item → (decayed trend score, reference time of the score).
-pub const TREND: TableDefinition<&str, (f64, u64)> = TableDefinition::new("trend");
-/// KV key → [`OutboxEntry`] (MessagePack): what still has to be published.
-pub const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
-/// The user publishes waiting for KV at the last checkpoint, as one packed row
-/// ([`PENDING_KEY`] → repeated `[user length: u16 LE][user][version: u64 LE]`), rewritten whole
-/// by every checkpoint: a few bytes per waiting user instead of a B-tree row each. Entries KV
-/// acknowledged after the checkpoint are dropped when read (the publisher checks `PUBLISHED`).
-pub const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_users");
-pub const PENDING_KEY: &str = "users";
-
 /// Packs `(user, version)` pairs for [`PENDING`].
 pub fn pack_pending<'a>(users: impl Iterator<Item = (&'a str, u64)>, buf: &mut Vec<u8>) {
     buf.clear();
@@ -107,15 +83,6 @@ pub fn unpack_pending(mut bytes: &[u8]) -> Option<Vec<(String, u64)>> {
     }
     Some(out)
 }
-/// Forgotten user → offset of the forget record: the user's records before it are still to be
-/// erased from the log (the pipeline does it once its checkpoint has passed that offset, then
-/// removes the row). Kept in the checkpoint so a crash between the two cannot skip it.
-pub const ERASE: TableDefinition<&str, u64> = TableDefinition::new("erase");
-/// KV key → version KV acknowledged.
-pub const PUBLISHED: TableDefinition<&str, u64> = TableDefinition::new("published");
-/// sequence → [`DlqRecord`] (JSON).
-pub const DLQ: TableDefinition<u64, &[u8]> = TableDefinition::new("dlq");
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Put,
@@ -185,7 +152,7 @@ pub mod keys {
 /// The opened database, shared by the pipeline, the publisher and the admin API.
 #[derive(Clone)]
 pub struct Store {
-    pub db: Arc<Database>,
+    pub(crate) db: Arc<Database>,
 }
 
 /// redb page cache size.
@@ -433,57 +400,6 @@ impl Store {
     }
 }
 
-/// Merges a pending publish into the outbox inside a write transaction.
-pub fn outbox_put(
-    table: &mut redb::Table<&str, &[u8]>,
-    key: &str,
-    entry: OutboxEntry,
-) -> Result<()> {
-    let merged = match table.get(key)? {
-        Some(old) => {
-            let old = OutboxEntry::decode(old.value())?;
-            OutboxEntry {
-                accepted_ms: old.accepted_ms.min(entry.accepted_ms),
-                ..entry
-            }
-        }
-        None => entry,
-    };
-    table.insert(key, merged.encode()?.as_slice())?;
-    Ok(())
-}
-
-/// Queues the KV delete of a forgotten user's profile (replacing anything waiting for the key).
-pub fn queue_delete(outbox: &mut redb::Table<&str, &[u8]>, key: &str, now: u64) -> Result<()> {
-    let entry = OutboxEntry {
-        op: Op::Delete,
-        version: 0,
-        accepted_ms: now,
-        user: None,
-    };
-    outbox.insert(key, entry.encode()?.as_slice())?;
-    Ok(())
-}
-
-/// Deletes the dead letters accepted before `cutoff`, oldest first (sequence order is
-/// acceptance order), at most `max` of them.
-pub fn expire_dead_letters(tx: &redb::WriteTransaction, cutoff: u64, max: usize) -> Result<u64> {
-    let mut dlq = tx.open_table(DLQ)?;
-    let mut expired = Vec::new();
-    for row in dlq.iter()?.take(max) {
-        let (seq, v) = row?;
-        let d: DlqRecord = serde_json::from_slice(v.value())?;
-        if d.accepted_ms >= cutoff {
-            break;
-        }
-        expired.push(seq.value());
-    }
-    for seq in &expired {
-        dlq.remove(seq)?;
-    }
-    Ok(expired.len() as u64)
-}
-
 impl Store {
     /// The forgotten users whose forget record lies before `before`, with its offset: their
     /// records are to be erased from the log ([`ERASE`]).
@@ -512,31 +428,25 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+
+    /// What is waiting in the outbox for `key`.
+    pub fn queued(&self, key: &str) -> Result<Option<OutboxEntry>> {
+        let tx = self.db.begin_read()?;
+        match tx.open_table(OUTBOX)?.get(key)? {
+            Some(row) => Ok(Some(OutboxEntry::decode(row.value())?)),
+            None => Ok(None),
+        }
+    }
 }
 
-/// Queues shared keys (model shards, trending, config) for publishing at `version`; returns how
-/// many were queued.
-pub fn enqueue_shared(
-    outbox: &mut redb::Table<&str, &[u8]>,
-    keys: impl IntoIterator<Item = String>,
-    version: u64,
-    now: u64,
-) -> Result<usize> {
-    let mut n = 0;
-    for key in keys {
-        outbox_put(
-            outbox,
-            &key,
-            OutboxEntry {
-                op: Op::Put,
-                version,
-                accepted_ms: now,
-                user: None,
-            },
-        )?;
-        n += 1;
-    }
-    Ok(n)
+/// Records `version` as the format of the store file at `path` (tests of foreign stores).
+#[cfg(test)]
+pub(crate) fn write_format(path: &Path, version: u64) -> Result<()> {
+    let db = Database::open(path)?;
+    let tx = db.begin_write()?;
+    tx.open_table(META)?.insert(keys::FORMAT, version)?;
+    tx.commit()?;
+    Ok(())
 }
 
 #[cfg(test)]

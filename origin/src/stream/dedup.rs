@@ -1,14 +1,12 @@
 //! The dedup operator: `event_id`s seen within the horizon, with their event times. Its part
-//! of a checkpoint is one `DEDUP_LOG` row with the keys added since the previous one; rows
+//! of a checkpoint is one dedup row with the keys added since the previous one; rows
 //! behind the horizon are deleted as the slowest watermark moves.
 
-use foldhash::HashMap as FoldHashMap;
-use redb::{ReadTransaction, Table, WriteTransaction};
-
 use crate::error::Result;
-use crate::store::{DEDUP_LOG, META, keys};
+use crate::store::{CheckpointReader, CheckpointWriter, keys};
+use foldhash::HashMap as FoldHashMap;
 
-/// Bytes per packed entry in a `DEDUP_LOG` row: `[xxh3-128 of event_id: u128 LE][event time:
+/// Bytes per packed entry in a dedup row: `[xxh3-128 of event_id: u128 LE][event time:
 /// u64 LE]`.
 const ENTRY: usize = 24;
 
@@ -34,7 +32,7 @@ pub(super) fn digest(event_id: &str) -> u128 {
 impl Dedup {
     /// Loads the keys of the last checkpoint not behind `min_watermark - horizon`.
     pub(super) fn load(
-        tx: &ReadTransaction,
+        tx: &CheckpointReader,
         horizon: u64,
         min_watermark: Option<u64>,
     ) -> Result<Self> {
@@ -42,24 +40,19 @@ impl Dedup {
             horizon,
             ..Dedup::default()
         };
-        dedup.next_row = tx
-            .open_table(META)?
-            .get(keys::DEDUP_ROW)?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        dedup.next_row = tx.counter(keys::DEDUP_ROW)?;
         // Keys already behind the horizon can only belong to late events: skip them.
         let cutoff = min_watermark
             .map(|w| w.saturating_sub(horizon))
             .unwrap_or(0);
-        for row in tx.open_table(DEDUP_LOG)?.range((cutoff, 0)..)? {
-            let (_, v) = row?;
-            for e in v.value().chunks_exact(ENTRY) {
+        tx.dedup_rows(cutoff, |row| {
+            for e in row.chunks_exact(ENTRY) {
                 let (h, ts) = unpack(e);
                 if ts >= cutoff {
                     dedup.seen.insert(h, ts);
                 }
             }
-        }
+        })?;
         Ok(dedup)
     }
 
@@ -80,11 +73,7 @@ impl Dedup {
     }
 
     /// Writes the keys added since the last checkpoint as one row.
-    pub(super) fn checkpoint(
-        &mut self,
-        tx: &WriteTransaction,
-        meta: &mut Table<&str, u64>,
-    ) -> Result<()> {
+    pub(super) fn checkpoint(&mut self, tx: &CheckpointWriter) -> Result<()> {
         if self.added.is_empty() {
             return Ok(());
         }
@@ -97,17 +86,14 @@ impl Dedup {
         }
         let row = self.next_row;
         self.next_row += 1;
-        tx.open_table(DEDUP_LOG)?
-            .insert((newest, row), self.buf.as_slice())?;
-        meta.insert(keys::DEDUP_ROW, self.next_row)?;
-        Ok(())
+        tx.put_dedup(newest, row, &self.buf)
     }
 
     /// Forgets `event_id`s older than the horizon behind the slowest watermark, when the
     /// cutoff has moved by an hour or more.
     pub(super) fn prune(
         &mut self,
-        tx: &WriteTransaction,
+        tx: &CheckpointWriter,
         min_watermark: Option<u64>,
     ) -> Result<()> {
         let Some(min_wm) = min_watermark else {
@@ -120,8 +106,7 @@ impl Dedup {
         self.seen.retain(|_, ts| *ts >= cutoff);
         // A row goes once its newest key is behind the cutoff; a row straddling the cutoff
         // stays (its old keys are skipped when loading).
-        tx.open_table(DEDUP_LOG)?
-            .retain_in(..(cutoff, 0), |_, _| false)?;
+        tx.prune_dedup(cutoff)?;
         self.pruned_to = cutoff;
         Ok(())
     }

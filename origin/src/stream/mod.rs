@@ -5,6 +5,8 @@
 mod dedup;
 pub mod live;
 mod pipeline;
+mod users;
+mod warm;
 mod watermark;
 
 pub use pipeline::{BatchOutcome, Pipeline, Progress};

@@ -4,10 +4,8 @@
 
 use std::collections::HashMap;
 
-use redb::{ReadTransaction, Table};
-
 use crate::error::Result;
-use crate::store::{META, keys};
+use crate::store::{CheckpointReader, CheckpointWriter};
 
 #[derive(Debug, Default)]
 pub(super) struct Watermarks {
@@ -34,14 +32,9 @@ impl std::fmt::Display for Late {
 }
 
 impl Watermarks {
-    pub(super) fn load(tx: &ReadTransaction, lateness: u64) -> Result<Self> {
-        let mut by_source = HashMap::new();
-        for row in tx.open_table(META)?.range("wm:".."wm;")? {
-            let (k, v) = row?;
-            by_source.insert(k.value()["wm:".len()..].to_string(), v.value());
-        }
+    pub(super) fn load(tx: &CheckpointReader, lateness: u64) -> Result<Self> {
         Ok(Watermarks {
-            by_source,
+            by_source: tx.watermarks()?.into_iter().collect(),
             lateness,
         })
     }
@@ -69,10 +62,7 @@ impl Watermarks {
         self.by_source.values().copied().filter(|w| *w > 0).min()
     }
 
-    pub(super) fn checkpoint(&self, meta: &mut Table<&str, u64>) -> Result<()> {
-        for (source, wm) in &self.by_source {
-            meta.insert(keys::watermark(source).as_str(), *wm)?;
-        }
-        Ok(())
+    pub(super) fn checkpoint(&self, tx: &CheckpointWriter) -> Result<()> {
+        tx.put_watermarks(self.by_source.iter().map(|(s, wm)| (s.as_str(), *wm)))
     }
 }

@@ -30,38 +30,32 @@ use attune_core::Event;
 use attune_core::event::{EventError, EventKind, parse_event};
 use attune_core::model::keys as kv;
 use attune_core::profile::ProfileConfig;
-use redb::ReadableDatabase;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::log::{Record, RecordKind, Source};
 use crate::metrics::{Metrics, labels};
 use crate::model::Model;
-use crate::store::{DlqRecord, META, Store, USERS, UserState, decode_user_row, keys};
+use crate::store::{DlqRecord, Store, UserState, keys};
 mod checkpoint;
 mod outcome;
-mod warm;
 
 pub use outcome::{BatchOutcome, Progress};
-use warm::{WARM_AHEAD, warm};
 
 use super::dedup::{self, Dedup};
 use super::live::{self, Cached, Live, SharedLive, Unpublished, UserKey, user_key};
+use super::users::UserStates;
+use super::warm::{WARM_AHEAD, warm};
 use super::watermark::Watermarks;
 use foldhash::HashMap as FoldHashMap;
 
-/// Changes since the last checkpoint that are not user states.
+/// Changes since the last checkpoint that no operator owns.
 #[derive(Debug, Default)]
 struct SinceCheckpoint {
     counts: BatchOutcome,
     dead: Vec<DlqRecord>,
-    /// Users changed (each once).
-    unsaved: Vec<UserKey>,
-    /// Shared keys queued (written to `OUTBOX` by the checkpoint).
+    /// Shared keys queued (written to the outbox by the checkpoint).
     shared: bool,
-    /// Users forgotten since the last checkpoint → (user, offset of the forget record); the
-    /// checkpoint queues their KV deletes and their erasure from the log.
-    forgotten: FoldHashMap<UserKey, (Arc<str>, u64)>,
 }
 
 pub struct Pipeline {
@@ -71,8 +65,6 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     profile_cfg: ProfileConfig,
     source: String,
-    /// Keyed-hash secret of the `p:` keys (a forget queues the KV delete).
-    profile_secret: String,
     /// The embedded log's file, when it is the source: forgotten users' records are erased
     /// from it.
     log_path: Option<std::path::PathBuf>,
@@ -81,13 +73,13 @@ pub struct Pipeline {
     checkpointed: u64,
     watermarks: Watermarks,
     dedup: Dedup,
+    users: UserStates,
     dlq_seq: u64,
     since: SinceCheckpoint,
     last_checkpoint: Instant,
     checkpoint_every: Duration,
     dlq_retention_ms: u64,
     max_unsaved: usize,
-    cache_cap: usize,
     batch_no: u64,
     /// Reused per micro-batch: (event, accepted, the user's key).
     events: Vec<(Event, u64, UserKey)>,
@@ -124,14 +116,10 @@ impl Pipeline {
     ) -> Result<Self> {
         let offset = store.meta(&keys::offset(source))?;
         let (watermarks, dedup, dlq_seq) = {
-            let tx = store.db.begin_read()?;
+            let tx = store.read_checkpoint()?;
             let watermarks = Watermarks::load(&tx, cfg.pipeline.allowed_lateness_ms)?;
             let dedup = Dedup::load(&tx, cfg.pipeline.dedup_horizon_ms, watermarks.min())?;
-            let dlq_seq = tx
-                .open_table(META)?
-                .get(keys::DLQ_SEQ)?
-                .map(|v| v.value())
-                .unwrap_or(0);
+            let dlq_seq = tx.counter(keys::DLQ_SEQ)?;
             (watermarks, dedup, dlq_seq)
         };
         // Whatever memory held beyond the checkpoint is replayed from the log. The map is sized
@@ -143,6 +131,13 @@ impl Pipeline {
                 Default::default(),
             );
         }
+        let log_path = (source == crate::log::SOURCE).then(|| cfg.log_path());
+        let users = UserStates::new(
+            live.clone(),
+            cfg.profile_key.clone(),
+            log_path.is_some(),
+            cfg.pipeline.profile_cache,
+        );
         let mut pipeline = Pipeline {
             store,
             model,
@@ -150,19 +145,18 @@ impl Pipeline {
             metrics,
             profile_cfg: attune_core::rules::Config::default().profile,
             source: source.to_string(),
-            profile_secret: cfg.profile_key.clone(),
-            log_path: (source == crate::log::SOURCE).then(|| cfg.log_path()),
+            log_path,
             offset,
             checkpointed: offset,
             watermarks,
             dedup,
+            users,
             dlq_seq,
             since: SinceCheckpoint::default(),
             last_checkpoint: Instant::now(),
             checkpoint_every: Duration::from_millis(cfg.pipeline.checkpoint_interval_ms),
             dlq_retention_ms: cfg.pipeline.dlq_retention_ms,
             max_unsaved: cfg.pipeline.checkpoint_max_unsaved.max(1),
-            cache_cap: cfg.pipeline.profile_cache.max(1),
             batch_no: 0,
             events: Vec::new(),
             poisoned: false,
@@ -239,15 +233,12 @@ impl Pipeline {
 
     fn checkpoint_due(&self) -> bool {
         self.last_checkpoint.elapsed() >= self.checkpoint_every
-            || self.since.unsaved.len() >= self.max_unsaved
+            || self.users.unsaved_len() >= self.max_unsaved
     }
 
     /// Whether anything was applied since the last checkpoint.
     pub fn has_unsaved(&self) -> bool {
-        self.offset != self.checkpointed
-            || !self.since.unsaved.is_empty()
-            || !self.since.forgotten.is_empty()
-            || !self.since.dead.is_empty()
+        self.offset != self.checkpointed || self.users.has_unsaved() || !self.since.dead.is_empty()
     }
 
     /// Applies records in log order: runs of events as micro-batches, and each admin record
@@ -315,16 +306,7 @@ impl Pipeline {
     /// The user's earlier events stay counted in the model's aggregates, which hold no user
     /// ids; every run of the same log counts the same ones.
     fn forget(&mut self, user: &str, at: u64) {
-        let key = user_key(user);
-        let mut live = live::lock(&self.live);
-        live.users.remove(&key);
-        live.stored.remove(&key);
-        live.unpublished.remove(&key);
-        live.forgetting.insert(attune_core::hash::profile_key(
-            self.profile_secret.as_bytes(),
-            user,
-        ));
-        self.since.forgotten.insert(key, (Arc::from(user), at));
+        self.users.forget(user, at);
     }
 
     /// One micro-batch, in named steps, under the model and live locks (lock order everywhere:
@@ -444,16 +426,13 @@ impl Pipeline {
                 }
                 if !to_read.is_empty() {
                     // Already in key order: the B-tree's.
-                    let tx = self.store.db.begin_read()?;
-                    let rows = tx.open_table(USERS)?;
-                    for (key, user) in to_read {
-                        let state = match rows.get(key)? {
-                            Some(v) => decode_user_row(user, v.value())?,
-                            None => UserState::default(),
-                        };
-                        live.users
-                            .insert(key, Cached::new(Arc::from(user), state, batch_no));
-                    }
+                    self.store
+                        .read_checkpoint()?
+                        .users(to_read, |key, user, state| {
+                            let state = state.unwrap_or_default();
+                            live.users
+                                .insert(key, Cached::new(Arc::from(user), state, batch_no));
+                        })?;
                 }
             }
         }
@@ -510,7 +489,7 @@ impl Pipeline {
                 entry.dirty_in = batch_no;
                 if !entry.unsaved {
                     entry.unsaved = true;
-                    self.since.unsaved.push(*key);
+                    self.users.changed(*key);
                 }
                 unpublished
                     .entry(*key)

@@ -186,7 +186,7 @@ mod checkpoints {
             node.log.append_blocking(crate::now_ms(), "t", few).unwrap();
             apply_all(&node, &mut p);
             // 3 changed among 60 in memory.
-            assert!(p.since.unsaved.len() * 4 < node.live.lock().unwrap().users.len());
+            assert!(p.users.unsaved_len() * 4 < node.live.lock().unwrap().users.len());
             assert_eq!(p.checkpoint().unwrap(), 1);
         }
         let node = Node::open(&cfg).unwrap();

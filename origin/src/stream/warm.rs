@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use foldhash::HashMap as FoldHashMap;
 
-use crate::stream::live::{self, Cached, UserKey};
+use super::live::{self, Cached, UserKey};
 
 /// How many users' states [`warm`] brings into cache ahead of applying events to them or
 /// encoding them (a chunk's heads stay well within L2).
