@@ -24,7 +24,7 @@ pub use read::CheckpointReader;
 pub use rebuild::{open_or_rebuild, rebuild};
 // The publisher (`publish/`) still opens these tables itself.
 use tables::*;
-pub(crate) use tables::{OUTBOX, PUBLISHED, USERS};
+pub(crate) use tables::{OUTBOX, PENDING, PENDING_KEY, PUBLISHED, USERS};
 
 /// What the pipeline and the store key users by: xxh3-128 of the id (a collision is as
 /// likely as a random 128-bit match; [`decode_user_row`] would still catch one, since a row
