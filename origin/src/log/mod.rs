@@ -10,10 +10,10 @@
 //! ```
 //!
 //! The CRC covers `len` and the body, so a damaged length is caught like a damaged body. The
-//! sync marker lets a reader find the next record after damage ([`salvage`]). A record's offset
+//! sync marker lets a reader find the next record after damage ([`salvage()`]). A record's offset
 //! is its byte position. [`RecordKind`] says what the payload is: an event (ingest), a forget
 //! or catalog change (admin operations, applied by the pipeline at their position in the log),
-//! or a gap (bytes [`salvage`] could not read, kept so every other offset stays the same).
+//! or a gap (bytes [`salvage()`] could not read, kept so every other offset stays the same).
 //!
 //! # Durability and damage
 //!
@@ -30,7 +30,7 @@
 //! **at or past** the acknowledged end is a write torn by a crash: the tail from it on was
 //! never acknowledged and is cut. A bad record **before** it is damage to acknowledged events:
 //! the log refuses to open ([`Error::LogDamaged`] names the file and the offset) and nothing is
-//! cut. `attune-origin salvage` ([`salvage`]) then copies every valid record into a new log,
+//! cut. `attune-origin salvage` ([`salvage()`]) then copies every valid record into a new log,
 //! replacing each damaged range by a gap record of the same length (so every offset the store
 //! holds still points at the same record), moves the damaged file aside and reports the
 //! records kept and the bytes skipped. Records before the committed offset were checked when
