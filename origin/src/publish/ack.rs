@@ -22,6 +22,17 @@ const RECENT_WRITES: TableDefinition<u64, &[u8]> = TableDefinition::new("publish
 pub(super) const SHARED_HASHES: TableDefinition<&str, u64> =
     TableDefinition::new("publish_shared_hashes");
 
+/// What a write acknowledges besides the KV key: the user of a `p:` key, so its waiting
+/// publish can be dropped (the next checkpoint's `PENDING` row no longer lists it).
+#[derive(Clone, Debug)]
+pub(super) struct Ack {
+    pub(super) key: String,
+    pub(super) version: u64,
+    pub(super) user: Option<Arc<str>>,
+    /// KV was written at `version` (false: the entry was stale and is only dropped).
+    pub(super) written: bool,
+}
+
 impl Ack {
     /// A waiting entry that needs no write (KV holds that version or newer, or the state is
     /// gone): it is only dropped.
@@ -33,17 +44,6 @@ impl Ack {
             written: false,
         }
     }
-}
-
-/// What a write acknowledges besides the KV key: the user of a `p:` key, so its waiting
-/// publish can be dropped (the next checkpoint's `PENDING` row no longer lists it).
-#[derive(Clone, Debug)]
-pub(super) struct Ack {
-    pub(super) key: String,
-    pub(super) version: u64,
-    pub(super) user: Option<Arc<str>>,
-    /// KV was written at `version` (false: the entry was stale and is only dropped).
-    pub(super) written: bool,
 }
 
 impl Publisher {
