@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{Decoded, FIRST_OFFSET, MIN_RECORD, RecordKind, encode_record, read_record_at};
+use super::record::{Decoded, FIRST_OFFSET, MIN_RECORD, RecordKind, encode_record, read_record_at};
 use crate::error::{Error, Result};
 
 #[derive(serde::Deserialize)]

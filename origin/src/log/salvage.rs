@@ -6,10 +6,10 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{
+use super::record::{
     Decoded, HEADER, MAGIC, MAX_BODY, MIN_RECORD, RecordKind, SYNC, encode_record, read_record_at,
-    write_acked,
 };
+use super::writer::{open_acked_file, write_acked};
 use crate::error::{Error, Result};
 
 /// What [`salvage`] did.
@@ -99,7 +99,7 @@ pub fn salvage(path: &Path) -> Result<SalvageReport> {
     std::fs::rename(path, &report.damaged_file)?;
     std::fs::rename(&tmp, path)?;
     let new_len = std::fs::metadata(path)?.len();
-    let side = super::open_acked_file(path)?;
+    let side = open_acked_file(path)?;
     write_acked(&side, new_len, true)?;
     if let Some(dir) = path.parent() {
         File::open(dir).and_then(|d| d.sync_all()).ok();

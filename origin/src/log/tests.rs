@@ -2,7 +2,12 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
+use std::path::Path;
+
+use super::record::{Decoded, HEADER, MAX_BODY, MAX_RECORD_BYTES, MIN_RECORD, decode_record};
+use super::writer::acked_path;
 use super::*;
+use crate::error::Error;
 
 fn read_all(log: &Log) -> Vec<Record> {
     let mut r = log.reader().unwrap();

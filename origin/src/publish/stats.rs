@@ -6,6 +6,17 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use crate::error::Result;
 use crate::store::Store;
 
+/// The publisher's part of a status report: projected KV writes per day by key class.
+pub fn status_json(store: &Store) -> serde_json::Value {
+    let per_day = writes_per_day(store, crate::now_ms()).unwrap_or_default();
+    let total: u64 = per_day.iter().map(|(_, n)| n).sum();
+    let mut by_class = serde_json::Map::new();
+    for (class, n) in per_day {
+        by_class.insert(class.into(), n.into());
+    }
+    serde_json::json!({ "kv_writes_per_day": total, "kv_writes_per_day_by_class": by_class })
+}
+
 /// Minute (wall ms / 60,000) → writes per [`KeyClass`] in that minute (u64 LE each).
 const WRITE_COUNTS: TableDefinition<u64, &[u8]> = TableDefinition::new("publish_write_counts");
 
