@@ -258,7 +258,9 @@ async fn kv_stand_in() -> Result<(String, Received)> {
         .route(
             "/bulk/delete",
             post(|| async { axum::Json(serde_json::json!({"success": true})) }),
-        );
+        )
+        // The bulk API takes up to 100 MB per request, and the publisher fills batches to it.
+        .layer(axum::extract::DefaultBodyLimit::max(100 * 1024 * 1024));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move {
