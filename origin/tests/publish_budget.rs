@@ -1,0 +1,592 @@
+//! The publisher against a strict stand-in of Cloudflare's KV bulk API: a request budget per
+//! window (a 429 blocks the whole window), `Ratelimit` headers, `unsuccessful_keys`, 401/403.
+//! At steady event rates the origin stays under the budget with no 429, every key ends at its
+//! latest version, and each key is written at most once per second, across a restart.
+
+use attune_origin::config::{Config, TargetKind};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, put};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod kv_stand_in;
+use kv_stand_in::{event, ok};
+
+/// A strict stand-in of Cloudflare's KV bulk API: a request budget per sliding window (a
+/// request over it blocks every request for a whole window with 429), `Ratelimit` headers,
+/// `unsuccessful_keys`, 403 on demand, and the per-key limit of one write per second checked
+/// on every key it receives.
+struct Cf {
+    limit: usize,
+    window: Duration,
+    sent: std::collections::VecDeque<Instant>,
+    blocked_until: Option<Instant>,
+    /// Send the `ratelimit` header.
+    headers: bool,
+    /// Every this many accepted put requests, the first key is listed as unsuccessful.
+    reject_every: u64,
+    refuse_auth: bool,
+    requests: u64,
+    puts: u64,
+    too_many: u64,
+    refused: u64,
+    rejected: u64,
+    applied: BTreeMap<String, Vec<u64>>,
+    last_write: std::collections::HashMap<String, Instant>,
+    /// (key, time received) of every write and delete.
+    writes: Vec<(String, Instant)>,
+    violations: Vec<String>,
+}
+
+type Shared = Arc<Mutex<Cf>>;
+
+impl Cf {
+    fn new(limit: usize, window: Duration) -> Shared {
+        Arc::new(Mutex::new(Cf {
+            limit,
+            window,
+            sent: Default::default(),
+            blocked_until: None,
+            headers: true,
+            reject_every: 0,
+            refuse_auth: false,
+            requests: 0,
+            puts: 0,
+            too_many: 0,
+            refused: 0,
+            rejected: 0,
+            applied: BTreeMap::new(),
+            last_write: Default::default(),
+            writes: Vec::new(),
+            violations: Vec::new(),
+        }))
+    }
+
+    /// The budget and auth checks every API call goes through; `Ok` carries the headers.
+    #[allow(clippy::result_large_err)]
+    fn admit(&mut self, now: Instant) -> Result<Vec<(String, String)>, Response> {
+        self.requests += 1;
+        if self.refuse_auth {
+            self.refused += 1;
+            return Err((
+                StatusCode::FORBIDDEN,
+                axum::Json(serde_json::json!({"success": false,
+                    "errors": [{"code": 10000, "message": "Authentication error"}]})),
+            )
+                .into_response());
+        }
+        while self
+            .sent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
+            self.sent.pop_front();
+        }
+        if self.blocked_until.is_some_and(|b| now < b) || self.sent.len() >= self.limit {
+            self.too_many += 1;
+            let until = *self.blocked_until.get_or_insert(now + self.window);
+            let secs = until.duration_since(now).as_secs_f64().ceil() as u64;
+            return Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", secs.to_string())],
+                "rate limited",
+            )
+                .into_response());
+        }
+        self.blocked_until = None;
+        self.sent.push_back(now);
+        let mut h = Vec::new();
+        if self.headers {
+            let reset = self
+                .sent
+                .front()
+                .map(|t| (self.window - now.duration_since(*t)).as_secs_f64().ceil() as u64)
+                .unwrap_or(0);
+            h.push((
+                "ratelimit".into(),
+                format!("\"default\";r={};t={reset}", self.limit - self.sent.len()),
+            ));
+        }
+        Ok(h)
+    }
+
+    fn wrote(&mut self, key: &str, now: Instant) {
+        if let Some(last) = self.last_write.get(key)
+            && now.duration_since(*last) < Duration::from_secs(1)
+        {
+            self.violations.push(format!(
+                "{key}: written again after {:?}",
+                now.duration_since(*last)
+            ));
+        }
+        self.last_write.insert(key.to_string(), now);
+        self.writes.push((key.to_string(), now));
+    }
+}
+
+fn answer(headers: Vec<(String, String)>, body: serde_json::Value) -> Response {
+    let mut r = axum::Json(body).into_response();
+    for (k, v) in headers {
+        r.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    r
+}
+
+async fn cf_bulk(State(s): State<Shared>, body: Bytes) -> Response {
+    let now = Instant::now();
+    let mut cf = s.lock().unwrap();
+    let headers = match cf.admit(now) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let items: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+    if items.is_empty() || items.len() > 10_000 || body.len() > 100_000_000 {
+        cf.violations.push(format!("bad bulk size {}", items.len()));
+    }
+    cf.puts += 1;
+    let reject = (cf.reject_every > 0 && cf.puts % cf.reject_every == 0)
+        .then(|| items[0]["key"].as_str().unwrap().to_string());
+    for it in &items {
+        let key = it["key"].as_str().unwrap().to_string();
+        if reject.as_deref() == Some(key.as_str()) {
+            cf.rejected += 1;
+            continue;
+        }
+        let v = it["metadata"]["v"].as_u64().unwrap();
+        let last = cf.applied.get(&key).and_then(|l| l.last().copied());
+        if key != "m" && last.is_some_and(|last| last >= v) {
+            cf.violations
+                .push(format!("{key}: version {v} after {last:?}"));
+        }
+        cf.wrote(&key, now);
+        cf.applied.entry(key).or_default().push(v);
+    }
+    let unsuccessful: Vec<String> = reject.into_iter().collect();
+    answer(
+        headers,
+        serde_json::json!({"success": true, "errors": [], "messages": [],
+            "result": {"successful_key_count": items.len() - unsuccessful.len(),
+                       "unsuccessful_keys": unsuccessful}}),
+    )
+}
+
+async fn cf_delete(State(s): State<Shared>, body: Bytes) -> Response {
+    let now = Instant::now();
+    let mut cf = s.lock().unwrap();
+    let headers = match cf.admit(now) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let keys: Vec<String> = serde_json::from_slice(&body).unwrap();
+    for k in &keys {
+        cf.wrote(k, now);
+        cf.applied.remove(k);
+    }
+    answer(
+        headers,
+        serde_json::json!({"success": true, "errors": [], "messages": [],
+            "result": {"successful_key_count": keys.len(), "unsuccessful_keys": []}}),
+    )
+}
+
+async fn start_cf(cf: Shared) -> std::net::SocketAddr {
+    let base = "/client/v4/accounts/acc/storage/kv/namespaces/ns";
+    let app = Router::new()
+        .route(&format!("{base}/bulk"), put(cf_bulk))
+        .route(&format!("{base}/bulk/delete"), post(cf_delete))
+        .with_state(cf);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    addr
+}
+
+/// An origin publishing to the stand-in, with the API budget scaled down to a 5 s window.
+fn cf_config(data_dir: &std::path::Path, cf: std::net::SocketAddr) -> Config {
+    let mut cfg = Config {
+        data_dir: data_dir.to_path_buf(),
+        listen: "127.0.0.1:0".into(),
+        ingest_token: Some("itok".into()),
+        profile_key: "pk".into(),
+        ..Config::default()
+    };
+    cfg.publish.target = TargetKind::Cloudflare;
+    cfg.publish.cloudflare_api = format!("http://{cf}/client/v4");
+    cfg.publish.cloudflare_account_id = Some("acc".into());
+    cfg.publish.cloudflare_namespace_id = Some("ns".into());
+    cfg.publish.token = Some("cf-token".into());
+    cfg.publish.request_timeout_ms = 2_000;
+    cfg.publish.backoff_base_ms = 50;
+    cfg.publish.backoff_max_ms = 400;
+    cfg.publish.flush_interval_ms = 500;
+    cfg.publish.shared_interval_ms = Some(1_500);
+    // 8 per 5 s with a burst of 3: never more than 11 in any 5 s (the stand-in allows 12).
+    cfg.publish.budget_requests = 8;
+    cfg.publish.budget_window_ms = 5_000;
+    cfg.publish.budget_burst = 3;
+    cfg.shutdown_deadline_ms = 15_000;
+    cfg
+}
+
+/// Sends `rate` events/s for `secs` seconds over `users` users, in 10 requests a second.
+async fn feed_steady(url: &str, rate: usize, secs: u64, users: usize, tag: &str) -> usize {
+    let http = reqwest::Client::new();
+    let per_tick = (rate / 10).max(1);
+    let ticks = secs * 10;
+    let mut sent = 0;
+    let start = Instant::now();
+    for tick in 0..ticks {
+        let body: String = (0..per_tick)
+            .map(|i| {
+                let n = sent + i;
+                event(
+                    &format!("{tag}-{n}"),
+                    &format!("user{}", n % users),
+                    &format!("i{}", n % 7),
+                    "view",
+                ) + "\n"
+            })
+            .collect();
+        let r = http
+            .post(format!("{url}/v1/events"))
+            .bearer_auth("itok")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        sent += per_tick;
+        tokio::time::sleep_until((start + Duration::from_millis(100 * (tick + 1))).into()).await;
+    }
+    sent
+}
+
+async fn put_catalog(url: &str) {
+    let catalog: Vec<serde_json::Value> = (0..7)
+        .map(|i| serde_json::json!({"id": format!("i{i}"), "title": "T", "url": format!("/p/{i}"),
+            "image": "/img/a.svg", "price": "£1.00", "category": if i % 2 == 0 {"Mugs"} else {"Bags"}}))
+        .collect();
+    let r = reqwest::Client::new()
+        .put(format!("{url}/v1/catalog"))
+        .bearer_auth("itok")
+        .json(&catalog)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Every stored profile is in KV at its version.
+fn assert_latest(cf: &Cf, node: &attune_origin::node::Node) {
+    let profiles = node.store.profiles().unwrap();
+    assert!(!profiles.is_empty());
+    for (user, profile) in profiles {
+        let key = attune_core::hash::profile_key(b"pk", &user);
+        let versions = cf
+            .applied
+            .get(&key)
+            .unwrap_or_else(|| panic!("{user} not in KV"));
+        assert_eq!(*versions.last().unwrap(), profile.version, "{user}");
+    }
+}
+
+async fn steady_rate(rate: usize, users: usize) {
+    let cf = Cf::new(12, Duration::from_secs(5));
+    cf.lock().unwrap().reject_every = 4;
+    let cf_addr = start_cf(cf.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cf_config(&dir.path().join("d"), cf_addr);
+
+    // Two runs over one data directory: the restart must keep one write per key per second.
+    let mut sent = 0;
+    for run in 0..2 {
+        let running = attune_origin::server::start(cfg.clone()).await.unwrap();
+        let url = format!("http://{}", running.addr);
+        // The same catalog again after the restart: new versions of the `c:` shards, same
+        // content, so no write.
+        put_catalog(&url).await;
+        sent += feed_steady(&url, rate, 3, users, &format!("r{run}")).await;
+        let status: serde_json::Value = reqwest::get(format!("{url}/v1/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            status["kv_writes_per_day_by_class"]["profile"]
+                .as_u64()
+                .is_some_and(|n| n > 0),
+            "{status}"
+        );
+        let node = running.node.clone();
+        running.shutdown().await.unwrap();
+        let cf = cf.lock().unwrap();
+        assert_eq!(
+            cf.too_many, 0,
+            "{rate}/s: the origin went over the API budget"
+        );
+        assert!(cf.violations.is_empty(), "{rate}/s: {:?}", cf.violations);
+        assert_latest(&cf, &node);
+        assert!(cf.rejected > 0, "the stand-in listed unsuccessful keys");
+        let status = node.status_json(0);
+        assert_eq!(status["unpublished"], 0, "{status}");
+        assert_eq!(status["outbox"], 0, "{status}");
+        for k in ["t", "cfg", "m"] {
+            assert!(cf.applied.contains_key(k), "{k} missing");
+        }
+        drop(cf);
+        // What `inspect status` reads after a drained shutdown: nothing waits.
+        drop(node);
+        let reopened = attune_origin::node::Node::open(&cfg).unwrap();
+        let status = reopened.status_json(0);
+        assert_eq!(status["unpublished"], 0, "reopened: {status}");
+        assert_eq!(status["outbox"], 0, "reopened: {status}");
+    }
+    let cf = cf.lock().unwrap();
+    let last_shared = cf
+        .writes
+        .iter()
+        .rev()
+        .find(|(k, _)| !k.starts_with("p:"))
+        .map(|(k, _)| k.as_str());
+    assert_eq!(last_shared, Some("m"), "manifest last");
+    let catalog_writes: BTreeMap<&str, usize> = cf
+        .writes
+        .iter()
+        .filter(|(k, _)| k.starts_with("c:"))
+        .fold(BTreeMap::new(), |mut m, (k, _)| {
+            *m.entry(k.as_str()).or_default() += 1;
+            m
+        });
+    assert!(!catalog_writes.is_empty());
+    assert!(
+        catalog_writes.values().all(|n| *n == 1),
+        "unchanged catalog shards written again: {catalog_writes:?}"
+    );
+    eprintln!(
+        "{rate} events/s: {sent} events, {} requests, {} key writes",
+        cf.requests,
+        cf.writes.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stays_under_the_api_budget_at_10_events_per_second() {
+    steady_rate(10, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stays_under_the_api_budget_at_100_events_per_second() {
+    steady_rate(100, 100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stays_under_the_api_budget_at_1000_events_per_second() {
+    steady_rate(1000, 500).await;
+}
+
+/// With a budget far above the account's limit, the `Ratelimit` headers alone keep the
+/// publisher from a 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ratelimit_headers_slow_it_down_before_a_429() {
+    let cf = Cf::new(6, Duration::from_secs(3));
+    let cf_addr = start_cf(cf.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cf_config(&dir.path().join("d"), cf_addr);
+    cfg.publish.budget_requests = 1_000;
+    cfg.publish.budget_burst = 100;
+    cfg.publish.flush_interval_ms = 100;
+    cfg.publish.shared_interval_ms = Some(300);
+    let running = attune_origin::server::start(cfg).await.unwrap();
+    let url = format!("http://{}", running.addr);
+    put_catalog(&url).await;
+    feed_steady(&url, 100, 4, 50, "h").await;
+    let node = running.node.clone();
+    running.shutdown().await.unwrap();
+    let cf = cf.lock().unwrap();
+    assert_eq!(cf.too_many, 0, "a 429 despite the headers");
+    assert!(cf.violations.is_empty(), "{:?}", cf.violations);
+    assert_latest(&cf, &node);
+}
+
+/// A refused token (403): `/readyz` says not ready and why, retries back off, and readiness
+/// comes back once the API accepts the token again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_makes_the_node_not_ready() {
+    let cf = Cf::new(1_000, Duration::from_secs(5));
+    cf.lock().unwrap().refuse_auth = true;
+    let cf_addr = start_cf(cf.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cf_config(&dir.path().join("d"), cf_addr);
+    cfg.publish.budget_requests = 1_000;
+    cfg.publish.budget_burst = 100;
+    cfg.publish.backoff_max_ms = 1_000;
+    let running = attune_origin::server::start(cfg).await.unwrap();
+    let url = format!("http://{}", running.addr);
+    let http = reqwest::Client::new();
+    put_catalog(&url).await;
+    feed_steady(&url, 10, 1, 5, "a").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http.get(format!("{url}/readyz")).send().await.unwrap();
+        if r.status() == 503 {
+            let body = r.text().await.unwrap();
+            assert!(body.contains("publisher"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz stayed ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let refused = cf.lock().unwrap().refused;
+    // Backing off to 1 s between attempts: a handful in ~3 s, not one per flush.
+    assert!(refused <= 8, "{refused} refused requests");
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("attune_publish_failures_total{reason=\"auth\"}"),
+        "{metrics}"
+    );
+    // The outage shows: the waiting publishes are counted while nothing gets through.
+    let waiting = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("attune_waiting_user_publishes "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert_eq!(waiting, Some(5), "{metrics}");
+    cf.lock().unwrap().refuse_auth = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http.get(format!("{url}/readyz")).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.shutdown().await.unwrap();
+}
+
+/// `serve` refuses a Cloudflare target without a token or with the built-in profile key,
+/// unless told it is a dev set-up.
+#[tokio::test]
+async fn a_cloudflare_target_needs_a_token_and_a_real_profile_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut cfg = cf_config(&dir.path().join("d"), addr);
+    cfg.publish.token = None;
+    let e = attune_origin::server::start(cfg.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("token"), "{e}");
+    cfg.publish.token = Some("cf-token".into());
+    cfg.profile_key = attune_origin::config::DEV_PROFILE_KEY.into();
+    let e = attune_origin::server::start(cfg.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("profile key"), "{e}");
+    cfg.publish.allow_dev_secrets = true;
+    let running = attune_origin::server::start(cfg).await.unwrap();
+    running.shutdown().await.unwrap();
+}
+
+/// Requests as the KV API saw them: (time, `delete` or `put`, keys in body order).
+type Seen = Arc<Mutex<Vec<(Instant, &'static str, Vec<String>)>>>;
+
+async fn seen_put(State(s): State<Seen>, body: Bytes) -> Response {
+    let items: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+    let keys = items
+        .iter()
+        .map(|i| i["key"].as_str().unwrap().to_string())
+        .collect();
+    s.lock().unwrap().push((Instant::now(), "put", keys));
+    ok(items.len())
+}
+
+async fn seen_delete(State(s): State<Seen>, body: Bytes) -> Response {
+    let keys: Vec<String> = serde_json::from_slice(&body).unwrap();
+    let n = keys.len();
+    s.lock().unwrap().push((Instant::now(), "delete", keys));
+    ok(n)
+}
+
+/// Within one flush the requests go in priority order: deletes (privacy), then profiles, then
+/// shared keys, then the manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_sends_deletes_then_profiles_then_shared_keys_then_the_manifest() {
+    let seen: Seen = Arc::default();
+    let base = "/client/v4/accounts/acc/storage/kv/namespaces/ns";
+    let app = Router::new()
+        .route(&format!("{base}/bulk"), put(seen_put))
+        .route(&format!("{base}/bulk/delete"), post(seen_delete))
+        .with_state(seen.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cf_config(&dir.path().join("d"), addr);
+    cfg.publish.budget_requests = 1_000;
+    cfg.publish.budget_burst = 100;
+    cfg.publish.flush_interval_ms = 1_500;
+    cfg.publish.shared_interval_ms = Some(0);
+    let running = attune_origin::server::start(cfg).await.unwrap();
+    let url = format!("http://{}", running.addr);
+    let http = reqwest::Client::new();
+    put_catalog(&url).await;
+    feed_steady(&url, 10, 1, 5, "a").await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    // One flush then carries a forget, profile changes and shared-key changes.
+    let r = http
+        .delete(format!("{url}/v1/users/user1"))
+        .bearer_auth("itok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    feed_steady(&url, 10, 1, 5, "b").await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    running.shutdown().await.unwrap();
+
+    let seen = seen.lock().unwrap();
+    // Flushes are 1.5 s apart; a flush's requests follow each other within milliseconds.
+    let mut flushes: Vec<Vec<(&'static str, Vec<String>)>> = Vec::new();
+    let mut last: Option<Instant> = None;
+    for (at, kind, keys) in seen.iter() {
+        if last.is_none_or(|l| at.duration_since(l) > Duration::from_millis(700)) {
+            flushes.push(Vec::new());
+        }
+        last = Some(*at);
+        flushes.last_mut().unwrap().push((*kind, keys.clone()));
+    }
+    let mut with_delete = 0;
+    for f in &flushes {
+        let order: Vec<u8> = f
+            .iter()
+            .flat_map(|(kind, keys)| {
+                keys.iter().map(move |k| match (*kind, k.as_str()) {
+                    ("delete", _) => 0,
+                    (_, k) if k.starts_with("p:") => 1,
+                    (_, "m") => 3,
+                    _ => 2,
+                })
+            })
+            .collect();
+        assert!(order.is_sorted(), "out of priority order: {f:?}");
+        if order.first() == Some(&0) && order.len() > 1 {
+            with_delete += 1;
+        }
+    }
+    assert!(
+        with_delete > 0,
+        "no flush carried a delete with other keys: {flushes:?}"
+    );
+}
