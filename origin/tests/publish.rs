@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use attune_origin::config::{Config, TargetKind};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -16,7 +15,7 @@ use axum::routing::{post, put};
 use base64::Engine;
 
 mod kv_stand_in;
-use kv_stand_in::{event, ok};
+use kv_stand_in::{cloudflare_config, event, ok};
 
 #[derive(Default)]
 struct Kv {
@@ -148,21 +147,8 @@ async fn publishes_exactly_once_per_version_through_faults() {
     tokio::spawn(async move { axum::serve(l, app).await });
 
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config {
-        data_dir: dir.path().join("d"),
-        listen: "127.0.0.1:0".into(),
-        ingest_token: Some("itok".into()),
-        profile_key: "pk".into(),
-        ..Config::default()
-    };
-    cfg.publish.target = TargetKind::Cloudflare;
-    cfg.publish.cloudflare_api = format!("http://{kv_addr}/client/v4");
-    cfg.publish.cloudflare_account_id = Some("acc".into());
-    cfg.publish.cloudflare_namespace_id = Some("ns".into());
-    cfg.publish.token = Some("cf-token".into());
+    let mut cfg = cloudflare_config(&dir.path().join("d"), kv_addr);
     cfg.publish.request_timeout_ms = 500;
-    cfg.publish.backoff_base_ms = 50;
-    cfg.publish.backoff_max_ms = 400;
     cfg.publish.flush_interval_ms = 50;
     cfg.publish.max_pairs = 7; // force several bulk requests
     cfg.publish.shared_interval_ms = Some(300);

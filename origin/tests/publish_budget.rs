@@ -3,7 +3,7 @@
 //! At steady event rates the origin stays under the budget with no 429, every key ends at its
 //! latest version, and each key is written at most once per second, across a restart.
 
-use attune_origin::config::{Config, TargetKind};
+use attune_origin::config::Config;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod kv_stand_in;
-use kv_stand_in::{event, ok};
+use kv_stand_in::{cloudflare_config, event, ok};
 
 /// A strict stand-in of Cloudflare's KV bulk API: a request budget per sliding window (a
 /// request over it blocks every request for a whole window with 429), `Ratelimit` headers,
@@ -211,21 +211,8 @@ async fn start_cf(cf: Shared) -> std::net::SocketAddr {
 
 /// An origin publishing to the stand-in, with the API budget scaled down to a 5 s window.
 fn cf_config(data_dir: &std::path::Path, cf: std::net::SocketAddr) -> Config {
-    let mut cfg = Config {
-        data_dir: data_dir.to_path_buf(),
-        listen: "127.0.0.1:0".into(),
-        ingest_token: Some("itok".into()),
-        profile_key: "pk".into(),
-        ..Config::default()
-    };
-    cfg.publish.target = TargetKind::Cloudflare;
-    cfg.publish.cloudflare_api = format!("http://{cf}/client/v4");
-    cfg.publish.cloudflare_account_id = Some("acc".into());
-    cfg.publish.cloudflare_namespace_id = Some("ns".into());
-    cfg.publish.token = Some("cf-token".into());
+    let mut cfg = cloudflare_config(data_dir, cf);
     cfg.publish.request_timeout_ms = 2_000;
-    cfg.publish.backoff_base_ms = 50;
-    cfg.publish.backoff_max_ms = 400;
     cfg.publish.flush_interval_ms = 500;
     cfg.publish.shared_interval_ms = Some(1_500);
     // 8 per 5 s with a burst of 3: never more than 11 in any 5 s (the stand-in allows 12).
