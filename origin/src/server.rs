@@ -163,7 +163,6 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
     let publish_now = Arc::new(Notify::new());
     let publisher = Publisher::new(&node, target);
     let state = AppState {
-        publish_health: publisher.health(),
         node: node.clone(),
         progress: pipeline.progress(),
         publish_now: publish_now.clone(),

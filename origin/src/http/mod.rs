@@ -37,8 +37,6 @@ pub struct AppState {
     pub publish_now: Arc<tokio::sync::Notify>,
     /// Ready (accepting events) while [`Phase::Serving`].
     pub phase: tokio::sync::watch::Receiver<Phase>,
-    /// Not ready while the publisher cannot publish at all (the KV API refuses the token).
-    pub publish_health: crate::publish::Health,
 }
 
 pub fn router(state: AppState) -> Router {

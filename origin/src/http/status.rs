@@ -34,13 +34,8 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
 
 /// Readiness: 200 while accepting events; 503 with the reasons when shutting down or a part
 /// failed.
-/// A publisher refused by KV (401/403) makes the node not ready, but not unhealthy: events are
-/// still taken and kept, and a restart would not mend a token.
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
-    let mut failing = state.node.health.failing();
-    if let Some(reason) = state.publish_health.not_ready_reason() {
-        failing.insert("publisher-auth", reason);
-    }
+    let failing = state.node.health.not_ready();
     let phase = *state.phase.borrow();
     if failing.is_empty() && phase == Phase::Serving {
         axum::Json(json!({ "status": "ready" })).into_response()

@@ -42,7 +42,6 @@ use crate::stream::live::{self, SharedLive};
 mod ack;
 mod budget;
 mod flush;
-mod health;
 mod run;
 mod send;
 mod stats;
@@ -51,7 +50,6 @@ mod target;
 use budget::Budget;
 
 pub use flush::FlushOutcome;
-pub use health::Health;
 pub use run::run;
 pub use stats::status_json;
 pub use target::{Target, check_start, overridden};
@@ -74,7 +72,7 @@ pub struct Publisher {
     cfg: PublishConfig,
     profile_secret: Vec<u8>,
     budget: Arc<Budget>,
-    health: Health,
+    health: crate::lifecycle::Health,
     /// While set, waits (for a token, between retries) end when the phase reaches
     /// [`Phase::StopPublishing`]; a request already sent is never cancelled, so nothing KV
     /// acknowledged is sent again by the final flush.
@@ -124,7 +122,7 @@ impl Publisher {
             cfg: p.clone(),
             profile_secret: cfg.profile_key.as_bytes().to_vec(),
             budget,
-            health: Health::default(),
+            health: node.health.clone(),
             stop: None,
             last_write: HashMap::new(),
             last_write_user: HashMap::new(),
@@ -139,11 +137,6 @@ impl Publisher {
         publisher.restore_recent_writes();
         publisher.restore_shared_hashes();
         publisher
-    }
-
-    /// The readiness view of this publisher.
-    pub fn health(&self) -> Health {
-        self.health.clone()
     }
 
     /// Waits end at [`Phase::StopPublishing`] (see `stop`); `None` lets them run to the

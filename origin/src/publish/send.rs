@@ -16,6 +16,7 @@ use super::stats::{self, KeyClass};
 use super::target::{SendError, Sent};
 use super::{Pair, Publisher};
 use crate::error::{Error, Result};
+use crate::lifecycle::PUBLISHER_AUTH;
 use crate::lifecycle::Phase;
 use crate::metrics::labels;
 
@@ -98,7 +99,7 @@ impl Publisher {
                     self.metrics
                         .last_publish_success_seconds
                         .set((crate::now_ms() / 1000) as i64);
-                    if self.health.set(None) || self.failing_since > 0 {
+                    if self.health.restore_readiness(PUBLISHER_AUTH) || self.failing_since > 0 {
                         tracing::info!(
                             op,
                             failed_attempts = self.failing_since,
@@ -146,7 +147,7 @@ impl Publisher {
                             "the KV API refuses the publish token ({}); nothing is published",
                             e.message
                         );
-                        if self.health.set(Some(reason)) {
+                        if self.health.withhold_readiness(PUBLISHER_AUTH, reason) {
                             tracing::error!(op, error = %e.message, ?wait,
                                 "KV API refuses the token (401/403): check publish.token / \
                                  CLOUDFLARE_API_TOKEN and its KV write permission");
