@@ -7,6 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -18,6 +19,9 @@ use crate::http::{http_get, port_is_free};
 
 /// How often a wait looks again.
 const POLL: Duration = Duration::from_millis(50);
+/// How long an exited process's output readers get to reach the end of its pipes: a
+/// grandchild that kept them open must not hold up the error.
+const DRAIN: Duration = Duration::from_secs(2);
 /// How much of a log file an error message quotes.
 const LOG_TAIL_LINES: usize = 30;
 
@@ -178,6 +182,8 @@ pub struct Service {
     group: Group,
     watchdog: Watchdog,
     output: Output,
+    /// The threads reading the pipes of a captured service.
+    readers: Vec<JoinHandle<()>>,
     on_drop: OnDrop,
 }
 
@@ -188,13 +194,16 @@ impl Service {
         let name = name.into();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let mut child = start(&name, cmd, Stdio::piped(), Stdio::piped())?;
+        let mut readers = Vec::new();
         if let Some(out) = child.stdout().take() {
-            collect(out, Arc::clone(&lines));
+            readers.push(collect(out, Arc::clone(&lines)));
         }
         if let Some(err) = child.stderr().take() {
-            collect(err, Arc::clone(&lines));
+            readers.push(collect(err, Arc::clone(&lines)));
         }
-        Service::new(name, child, Output::Captured(lines))
+        let mut service = Service::new(name, child, Output::Captured(lines))?;
+        service.readers = readers;
+        Ok(service)
     }
 
     /// Starts `cmd` with its stdout and stderr written to `log` (created, or truncated); stdin
@@ -231,6 +240,7 @@ impl Service {
             group,
             watchdog,
             output,
+            readers: Vec::new(),
             on_drop: OnDrop::Kill,
         })
     }
@@ -278,12 +288,24 @@ impl Service {
     pub fn check(&mut self) -> Result<(), Error> {
         match self.try_wait()? {
             None => Ok(()),
-            Some(status) => Err(Error::Exited {
-                name: self.name.clone(),
-                status,
-                output: self.output(),
-            }),
+            Some(status) => {
+                // The leader's last lines may still be in its pipes when its exit is seen.
+                self.drain_readers();
+                Err(Error::Exited {
+                    name: self.name.clone(),
+                    status,
+                    output: self.output(),
+                })
+            }
         }
+    }
+
+    fn drain_readers(&mut self) {
+        let deadline = Instant::now() + DRAIN;
+        while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.readers.retain(|r| !r.is_finished());
     }
 
     /// Polls `ready` until it returns `Some`; fails when the process exits first or `timeout`
@@ -406,12 +428,12 @@ fn start(
 }
 
 /// Reads `stream` line by line into `sink` on a thread of its own (it ends with the stream).
-fn collect(stream: impl Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>) {
+fn collect(stream: impl Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>) -> JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             if let Ok(mut lines) = sink.lock() {
                 lines.push(line);
             }
         }
-    });
+    })
 }
