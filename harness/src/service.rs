@@ -321,7 +321,10 @@ impl Service {
             if let Some(value) = ready() {
                 return Ok(value);
             }
-            self.check()?;
+            if let Err(exited) = self.check() {
+                // What it printed before exiting counts: the readers have drained by now.
+                return ready().ok_or(exited);
+            }
             if Instant::now() > deadline {
                 return Err(Error::Timeout {
                     name: self.name.clone(),
