@@ -140,12 +140,22 @@ pub enum Command {
     /// The old file is moved aside (`store.redb.replaced-<ms>`), the log is replayed from its
     /// first record and checkpointed. The catalog and forgets come back from the log. For a
     /// damaged store (the service rebuilds one it finds damaged at start by itself) or one in
-    /// doubt.
-    Rebuild,
+    /// doubt. When retention has retired the log's first segments it refuses unless
+    /// `--accept-retired` says that losing what they held is accepted; the output then says
+    /// `"complete": false` and the offset the replay started from.
+    Rebuild(RebuildArgs),
     /// Copy every valid record of a damaged event log into a new one (the node must be
     /// stopped). Each damaged range becomes a gap record of the same length, so the store's
     /// checkpoint still points at the same records; the damaged file is kept next to it.
     Salvage,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// Rebuild even though retention retired the log's first segments: profiles, model
+    /// counts and catalog changes from their records are not restored.
+    #[arg(long)]
+    pub accept_retired: bool,
 }
 
 #[derive(Debug, Args)]
@@ -291,7 +301,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Replay(a) => replay(cfg, a, token).await,
         Command::Salvage => {
-            let report = crate::log::salvage(&cfg.log_path())?;
+            let report = crate::log::salvage(&cfg.log_dir())?;
             print_json(&json!(report));
             Ok(())
         }
@@ -359,14 +369,18 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Rebuild => {
-            let (store, moved_aside) = crate::store::rebuild(&cfg.store_path(), &cfg.log_path())?;
+        Command::Rebuild(a) => {
+            let (store, moved_aside) =
+                crate::store::rebuild(&cfg.store_path(), &cfg.log_dir(), a.accept_retired)?;
             // redb opens a file once per process: the node below opens it again.
             drop(store);
             let node = Node::open(&cfg)?;
             let o = node.drain()?;
+            let start = node.log.start();
             print_json(&json!({
                 "store": cfg.store_path(), "moved_aside": moved_aside,
+                "complete": start == crate::log::FIRST_OFFSET,
+                "replayed_from_offset": start,
                 "received": o.received, "applied": o.applied, "duplicates": o.duplicates,
                 "dlq": o.dlq, "late": o.late,
             }));

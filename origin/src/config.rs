@@ -41,6 +41,7 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub model: ModelConfig,
     pub publish: PublishConfig,
+    pub log: LogConfig,
     /// JSON file with the segment, variant and experiment rules published under `cfg`
     /// (`attune_core::rules::Config`). Absent: the built-in defaults.
     pub rules_file: Option<PathBuf>,
@@ -183,6 +184,7 @@ impl Default for Config {
             pipeline: PipelineConfig::default(),
             model: ModelConfig::default(),
             publish: PublishConfig::default(),
+            log: LogConfig::default(),
             rules_file: None,
             rules: attune_core::rules::Config::default(),
         }
@@ -381,8 +383,35 @@ impl Config {
         self.data_dir.join("store.redb")
     }
 
-    pub fn log_path(&self) -> PathBuf {
-        self.data_dir.join("events.log")
+    /// The embedded event log's directory (its segment files).
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("log")
+    }
+}
+
+/// The embedded event log's segments and their retention.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A segment is closed and the next one started once the next write would take it past
+    /// this size (a single group commit may go over it).
+    pub segment_bytes: u64,
+    /// Closed segments whose last write is older than this go, once the checkpoint is past
+    /// their end. 0 keeps them. Off by default: the log is what a damaged store is rebuilt
+    /// from, and a rebuild after retention cannot bring back what the retired segments held.
+    pub retention_ms: u64,
+    /// Closed segments go, oldest first and only once the checkpoint is past their end, while
+    /// the log is larger than this. 0: no size limit.
+    pub retention_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 64 << 20,
+            retention_ms: 0,
+            retention_bytes: 0,
+        }
     }
 }
 

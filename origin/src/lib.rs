@@ -34,7 +34,13 @@ mod stream;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use log::{FIRST_OFFSET, Log, Record, RecordKind, SalvageReport, Source, salvage};
+/// Fault points of the event log for crash tests.
+#[doc(hidden)]
+pub use log::fault as log_fault;
+pub use log::{
+    FIRST_OFFSET, Log, LogUsage, Record, RecordKind, Retired, SalvageReport, Source, salvage,
+    segment_path,
+};
 pub use metrics::Metrics;
 pub use model::Model;
 pub use node::Node;

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub checkpoint_seconds: Histogram,
     pub freshness_seconds: Histogram,
     pub log_end_bytes: Gauge,
+    pub log_segments: Gauge,
+    pub log_bytes: Gauge,
+    pub log_segments_retired: Counter,
     pub applied_offset_bytes: Gauge,
     pub log_lag_bytes: Gauge,
     pub store_bytes: Gauge,
@@ -72,6 +75,9 @@ impl Metrics {
             checkpoint_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             freshness_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             log_end_bytes: Gauge::default(),
+            log_segments: Gauge::default(),
+            log_bytes: Gauge::default(),
+            log_segments_retired: Counter::default(),
             applied_offset_bytes: Gauge::default(),
             log_lag_bytes: Gauge::default(),
             store_bytes: Gauge::default(),
@@ -151,6 +157,21 @@ impl Metrics {
             "attune_log_end_bytes",
             "Durable end of the event log",
             m.log_end_bytes.clone(),
+        );
+        r.register(
+            "attune_log_segments",
+            "Segment files of the event log",
+            m.log_segments.clone(),
+        );
+        r.register(
+            "attune_log_bytes",
+            "Bytes of the event log's segment files",
+            m.log_bytes.clone(),
+        );
+        r.register(
+            "attune_log_segments_retired",
+            "Log segments deleted by retention",
+            m.log_segments_retired.clone(),
         );
         r.register(
             "attune_applied_offset_bytes",

@@ -43,9 +43,14 @@ impl Node {
     pub fn open(cfg: &Config) -> Result<Node> {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let store = crate::store::open_or_rebuild(&cfg.store_path(), &cfg.log_path())?;
+        let store = crate::store::open_or_rebuild(&cfg.store_path(), &cfg.log_dir())?;
         let committed = store.meta(&keys::offset(LOG_SOURCE))?;
-        let log = Log::open(&cfg.log_path(), committed, cfg.ingest.queue_capacity)?;
+        let log = Log::open(
+            &cfg.log_dir(),
+            committed,
+            cfg.ingest.queue_capacity,
+            cfg.log.segment_bytes,
+        )?;
         let model = Model::load(cfg.model.clone(), &store)?;
         let live = load_live(&store)?;
         let node = Node {
@@ -62,14 +67,16 @@ impl Node {
     }
 
     pub fn pipeline(&self) -> Result<Pipeline> {
-        Pipeline::new(
+        let mut pipeline = Pipeline::new(
             &self.cfg,
             self.store.clone(),
             self.model.clone(),
             self.live.clone(),
             self.metrics.clone(),
             LOG_SOURCE,
-        )
+        )?;
+        pipeline.maintain_log(self.log.clone())?;
+        Ok(pipeline)
     }
 
     /// Makes sure the current rules are (or will be) in KV under `cfg`: a new version whenever
@@ -244,8 +251,12 @@ impl Node {
         let m = |k: &str| s.meta(k).unwrap_or(0);
         use crate::store::keys;
         let unpublished = crate::stream::live::lock(&node.live).unpublished_len();
+        let log = node.log.usage();
         json!({
             "log_end": node.log.end(),
+            "log_start": log.start,
+            "log_segments": log.segments,
+            "log_bytes": log.bytes,
             "applied_offset": applied_offset,
             "checkpointed_offset": m(&keys::offset(crate::node::LOG_SOURCE)),
             "unpublished": unpublished,
@@ -425,21 +436,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cfg, _) = populated(dir.path());
         set_format(&cfg.store_path(), FORMAT_VERSION + 1);
-        let log = std::fs::read(cfg.log_path()).unwrap();
+        let segment = crate::log::segment_path(&cfg.log_dir(), crate::log::FIRST_OFFSET);
+        let log = std::fs::read(&segment).unwrap();
         // A log cut short of the store's checkpoint.
-        std::fs::write(cfg.log_path(), &log[..log.len() / 2]).unwrap();
+        std::fs::write(&segment, &log[..log.len() / 2]).unwrap();
         let err = Node::open(&cfg).unwrap_err();
         assert!(matches!(err, Error::CannotRebuild { .. }), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains(&*cfg.store_path().to_string_lossy()), "{msg}");
-        assert!(msg.contains(&*cfg.log_path().to_string_lossy()), "{msg}");
+        assert!(msg.contains(&*cfg.log_dir().to_string_lossy()), "{msg}");
         assert!(msg.contains("before the store's checkpoint"), "{msg}");
         assert!(msg.contains("move the store away"), "{msg}");
         // No log at all, and a store whose content is unknown.
-        std::fs::remove_file(cfg.log_path()).unwrap();
+        std::fs::remove_dir_all(cfg.log_dir()).unwrap();
         std::fs::write(cfg.store_path(), b"garbage").unwrap();
         let msg = Node::open(&cfg).unwrap_err().to_string();
-        assert!(msg.contains("does not exist"), "{msg}");
+        assert!(msg.contains("holds no segments"), "{msg}");
         assert_eq!(std::fs::read(cfg.store_path()).unwrap(), b"garbage");
         assert!(moved_aside(dir.path()).is_empty());
     }

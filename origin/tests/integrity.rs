@@ -27,6 +27,8 @@ fn config(dir: &Path) -> Config {
     cfg.publish.dir = Some(dir.join("kv"));
     // No checkpoint but the ones a test asks for (and the drains').
     cfg.pipeline.checkpoint_interval_ms = 3_600_000;
+    // Small segments, so every test here crosses several.
+    cfg.log.segment_bytes = 256 << 10;
     cfg
 }
 
@@ -103,6 +105,27 @@ fn derived(node: &Node) -> Derived {
     }
 }
 
+/// The segment file of the log in `dir` holding `offset`, and the offset's position in it.
+fn segment_of(dir: &Path, offset: u64) -> (std::path::PathBuf, u64) {
+    let mut bases: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".seg")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    bases.sort_unstable();
+    let base = *bases.iter().rfind(|b| **b <= offset).unwrap();
+    (
+        attune_origin::segment_path(dir, base),
+        offset - base + attune_origin::FIRST_OFFSET,
+    )
+}
+
 fn flip(path: &Path, at: u64) {
     let f = OpenOptions::new()
         .read(true)
@@ -136,9 +159,9 @@ fn damage_to_acknowledged_records_stops_the_node_and_salvage_keeps_the_rest() {
                 .unwrap();
         }
     }
-    let log = cfg.log_path();
+    let (log, at) = segment_of(&cfg.log_dir(), checkpointed);
     let len = std::fs::metadata(&log).unwrap().len();
-    flip(&log, checkpointed + 20);
+    flip(&log, at + 20);
     let err = Node::open(&cfg).unwrap_err();
     assert!(
         matches!(&err, Error::LogDamaged { offset, .. } if *offset == checkpointed),
@@ -155,7 +178,9 @@ fn damage_to_acknowledged_records_stops_the_node_and_salvage_keeps_the_rest() {
         "nothing was cut"
     );
 
-    let report = attune_origin::salvage(&log).unwrap();
+    let report = attune_origin::salvage(&cfg.log_dir()).unwrap();
+    assert!(report.segments > 1, "{report:?}");
+    assert_eq!(report.damaged_files.len(), 1);
     assert_eq!(report.records_kept, 10_999);
     assert_eq!(report.damaged.len(), 1);
     assert_eq!(report.damaged[0].0, checkpointed);
@@ -382,8 +407,14 @@ fn a_forgotten_users_events_do_not_come_back_from_the_log() {
         node.drain().unwrap();
         assert!(node.user("u7").unwrap().is_none());
     }
-    let bytes = std::fs::read(cfg.log_path()).unwrap();
-    let left = bytes.windows(marker.len()).filter(|w| *w == marker).count();
+    let mut segments = 0;
+    let mut left = 0;
+    for entry in std::fs::read_dir(cfg.log_dir()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        segments += 1;
+        left += bytes.windows(marker.len()).filter(|w| *w == marker).count();
+    }
+    assert!(segments > 2, "the user's events span several segments");
     // Rebuild: a store redb refuses is moved aside and replayed from the log.
     std::fs::write(cfg.store_path(), b"not a store").unwrap();
     let node = Node::open(&cfg).unwrap();

@@ -63,6 +63,9 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let m = &state.node.metrics;
     m.store_bytes
         .set(crate::store::Store::size_bytes(&state.node.cfg.store_path()) as i64);
+    let log = state.node.log.usage();
+    m.log_segments.set(log.segments as i64);
+    m.log_bytes.set(log.bytes as i64);
     (
         [(
             header::CONTENT_TYPE,

@@ -3,9 +3,11 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-pub(super) const MAGIC: &[u8; 8] = b"ATLOG\x002\n";
-/// Offset of the first record.
-pub const FIRST_OFFSET: u64 = MAGIC.len() as u64;
+/// The start of every segment file (format 3: segments).
+pub(super) const MAGIC: &[u8; 8] = b"ATLOG\x003\n";
+/// Offset of the first record of a log (the first segment's header is before it, so in that
+/// segment a record's offset is its position in the file).
+pub const FIRST_OFFSET: u64 = super::segment::SEGMENT_HEADER;
 /// Largest record body accepted (an oversize event is still logged so it reaches the DLQ).
 pub const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
 /// Marks the start of every record.
@@ -159,10 +161,12 @@ pub(super) fn decode_record(buf: &[u8], offset: u64) -> Decoded {
     )
 }
 
-/// Reads the record at `pos` from `file` (of length `len`): `Ok(None)` when it runs past `len`.
+/// Reads the record at file position `pos` from `file` (of length `len`), giving it the
+/// log offset `offset`.
 pub(super) fn read_record_at(
     file: &File,
     pos: u64,
+    offset: u64,
     len: u64,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<Decoded> {
@@ -180,5 +184,5 @@ pub(super) fn read_record_at(
     }
     buf.resize(total, 0);
     file.read_exact_at(&mut buf[HEADER..], pos + HEADER as u64)?;
-    Ok(decode_record(buf, pos))
+    Ok(decode_record(buf, offset))
 }

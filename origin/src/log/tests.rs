@@ -9,6 +9,14 @@ use super::writer::acked_path;
 use super::*;
 use crate::error::Error;
 
+/// Large enough that these tests stay in one segment.
+const ONE_SEGMENT: u64 = 64 << 20;
+
+/// The first segment: a record's offset is its position in this file.
+fn first_segment(dir: &Path) -> std::path::PathBuf {
+    segment_path(dir, FIRST_OFFSET)
+}
+
 fn read_all(log: &Log) -> Vec<Record> {
     let mut r = log.reader().unwrap();
     let mut out = Vec::new();
@@ -31,8 +39,8 @@ fn flip(path: &Path, at: u64) {
 #[test]
 fn appends_read_back_and_unacknowledged_torn_tails_are_cut() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l");
-    let log = Log::open(&path, 0, 8).unwrap();
+    let path = dir.path().join("log");
+    let log = Log::open(&path, 0, 8, ONE_SEGMENT).unwrap();
     let end = log
         .append_blocking(7, "http", vec![b"a".to_vec(), b"bc".to_vec()])
         .unwrap();
@@ -44,17 +52,20 @@ fn appends_read_back_and_unacknowledged_torn_tails_are_cut() {
     assert_eq!(out[0].kind, RecordKind::Event);
     drop(log);
     // A torn write past the acknowledged end: a marker and half a header.
-    let f = OpenOptions::new().append(true).open(&path).unwrap();
+    let f = OpenOptions::new()
+        .append(true)
+        .open(first_segment(&path))
+        .unwrap();
     f.write_at(&[0xA7, b'~', b'L', b'R', 9, 0], end).unwrap();
-    let log = Log::open(&path, out[1].offset, 8).unwrap();
+    let log = Log::open(&path, out[1].offset, 8, ONE_SEGMENT).unwrap();
     assert_eq!(log.end(), end);
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), end);
+    assert_eq!(std::fs::metadata(first_segment(&path)).unwrap().len(), end);
 }
 
 #[test]
 fn admin_records_keep_their_kind() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(&dir.path().join("l"), 0, 8).unwrap();
+    let log = Log::open(&dir.path().join("log"), 0, 8, ONE_SEGMENT).unwrap();
     log.append_admin(RecordKind::Forget, b"u1".to_vec())
         .unwrap();
     let out = read_all(&log);
@@ -68,36 +79,38 @@ fn admin_records_keep_their_kind() {
 #[test]
 fn damage_before_the_acknowledged_end_refuses_and_salvage_keeps_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("events.log");
-    let log = Log::open(&path, 0, 8).unwrap();
+    let path = dir.path().join("log");
+    let log = Log::open(&path, 0, 8, ONE_SEGMENT).unwrap();
     let payloads: Vec<Vec<u8>> = (0..100)
         .map(|i| format!("event {i}").into_bytes())
         .collect();
     log.append_blocking(1, "http", payloads).unwrap();
     let before = read_all(&log);
     drop(log);
-    let len = std::fs::metadata(&path).unwrap().len();
+    let seg = first_segment(&path);
+    let len = std::fs::metadata(&seg).unwrap().len();
     // The 11th record's body.
     let hit = &before[10];
-    flip(&path, hit.offset + HEADER as u64 + 3);
-    let err = Log::open(&path, before[5].offset, 8).unwrap_err();
+    flip(&seg, hit.offset + HEADER as u64 + 3);
+    let err = Log::open(&path, before[5].offset, 8, ONE_SEGMENT).unwrap_err();
     let msg = err.to_string();
     assert!(
         matches!(err, Error::LogDamaged { offset, .. } if offset == hit.offset),
         "{msg}"
     );
     assert!(
-        msg.contains("events.log") && msg.contains("salvage"),
+        msg.contains(&*seg.to_string_lossy()) && msg.contains("salvage"),
         "{msg}"
     );
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "nothing cut");
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), len, "nothing cut");
 
     let report = salvage(&path).unwrap();
     assert_eq!(report.records_kept, 99);
     assert_eq!(report.damaged, vec![(hit.offset, hit.next - hit.offset)]);
     assert_eq!(report.bytes_skipped, hit.next - hit.offset);
-    assert!(report.damaged_file.exists());
-    let log = Log::open(&path, before[5].offset, 8).unwrap();
+    assert_eq!(report.damaged_files.len(), 1);
+    assert!(report.damaged_files[0].exists());
+    let log = Log::open(&path, before[5].offset, 8, ONE_SEGMENT).unwrap();
     let after = read_all(&log);
     assert_eq!(after.len(), 100);
     assert_eq!(after[10].kind, RecordKind::Gap);
@@ -114,20 +127,20 @@ fn damage_before_the_acknowledged_end_refuses_and_salvage_keeps_the_rest() {
 #[test]
 fn a_damaged_length_is_found_and_skipped() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l");
-    let log = Log::open(&path, 0, 8).unwrap();
+    let path = dir.path().join("log");
+    let log = Log::open(&path, 0, 8, ONE_SEGMENT).unwrap();
     log.append_blocking(1, "s", (0..5).map(|i| vec![b'x'; 100 + i]).collect())
         .unwrap();
     let before = read_all(&log);
     drop(log);
-    flip(&path, before[2].offset + 5);
+    flip(&first_segment(&path), before[2].offset + 5);
     assert!(matches!(
-        Log::open(&path, 0, 8),
+        Log::open(&path, 0, 8, ONE_SEGMENT),
         Err(Error::LogDamaged { offset, .. }) if offset == before[2].offset
     ));
     let report = salvage(&path).unwrap();
     assert_eq!(report.records_kept, 4);
-    let log = Log::open(&path, 0, 8).unwrap();
+    let log = Log::open(&path, 0, 8, ONE_SEGMENT).unwrap();
     let after = read_all(&log);
     assert_eq!(after[3], before[3]);
     assert_eq!(after[2].kind, RecordKind::Gap);
@@ -161,8 +174,8 @@ fn gap_records_fill_any_length() {
 #[test]
 fn an_oversized_record_is_refused_and_the_log_stays_readable() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l");
-    let log = Log::open(&path, 0, 8).unwrap();
+    let path = dir.path().join("log");
+    let log = Log::open(&path, 0, 8, ONE_SEGMENT).unwrap();
     let err = log
         .append_blocking(1, "s", vec![vec![b'x'; MAX_RECORD_BYTES + 1]])
         .unwrap_err();
@@ -170,23 +183,23 @@ fn an_oversized_record_is_refused_and_the_log_stays_readable() {
     log.append_blocking(1, "s", vec![b"ok".to_vec()]).unwrap();
     assert_eq!(read_all(&log).len(), 1);
     drop(log);
-    Log::open(&path, 0, 8).unwrap();
+    Log::open(&path, 0, 8, ONE_SEGMENT).unwrap();
 }
 
 /// Without its sidecar every record counts as acknowledged: damage refuses, nothing is cut.
 #[test]
 fn without_the_sidecar_damage_refuses() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l");
-    let log = Log::open(&path, 0, 8).unwrap();
+    let path = dir.path().join("log");
+    let log = Log::open(&path, 0, 8, ONE_SEGMENT).unwrap();
     log.append_blocking(1, "s", vec![b"a".to_vec(), b"b".to_vec()])
         .unwrap();
     let recs = read_all(&log);
     drop(log);
     std::fs::remove_file(acked_path(&path)).unwrap();
-    flip(&path, recs[1].offset + HEADER as u64);
+    flip(&first_segment(&path), recs[1].offset + HEADER as u64);
     assert!(matches!(
-        Log::open(&path, 0, 8),
+        Log::open(&path, 0, 8, ONE_SEGMENT),
         Err(Error::LogDamaged { offset, .. }) if offset == recs[1].offset
     ));
 }

@@ -1,25 +1,18 @@
-//! The writer: the [`Log`] handle, the appender thread that group-commits, and the
-//! acknowledged-end sidecar.
+//! The writer: the [`Log`] handle, the appender thread that group-commits and rolls segments,
+//! and the acknowledged-end sidecar.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Condvar, Mutex};
 
 use super::ADMIN_SOURCE;
 use super::reader::LogReader;
-use super::record::{MAX_RECORD_BYTES, RecordKind, encode_record};
+use super::record::{FIRST_OFFSET, MAX_RECORD_BYTES, RecordKind, encode_record};
+use super::segment::{self, SEGMENT_HEADER, Segments};
 use crate::error::{Error, Result};
-
-/// Shared durable-end marker.
-#[derive(Debug, Default)]
-pub(super) struct End {
-    pub(super) end: Mutex<u64>,
-    pub(super) cv: Condvar,
-    pub(super) records: Mutex<u64>,
-}
 
 pub(super) struct AppendReq {
     kind: RecordKind,
@@ -29,17 +22,26 @@ pub(super) struct AppendReq {
     done: Box<dyn FnOnce(Result<u64>) + Send>,
 }
 
+/// What the appender thread is asked to do.
+pub(super) enum Request {
+    Append(AppendReq),
+    /// Close the segment being appended to (when it holds records) and start the next; the
+    /// sender gets the outcome. Erase asks for it: it rewrites closed segments only.
+    Roll(std::sync::mpsc::Sender<Result<()>>),
+}
+
 /// Handle to the log: cheap to clone; appends go through the appender thread.
 #[derive(Clone)]
 pub struct Log {
-    pub(super) shared: Arc<End>,
-    pub(super) tx: SyncSender<AppendReq>,
-    pub(super) path: Arc<PathBuf>,
+    pub(super) shared: Arc<Segments>,
+    pub(super) tx: SyncSender<Request>,
 }
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Log").field("path", &self.path).finish()
+        f.debug_struct("Log")
+            .field("dir", &self.shared.dir)
+            .finish()
     }
 }
 
@@ -50,11 +52,9 @@ pub enum AppendRefused {
     Closed,
 }
 
-/// The sidecar file holding the acknowledged end of the log at `path`.
-pub fn acked_path(path: &Path) -> PathBuf {
-    let mut p = path.to_path_buf().into_os_string();
-    p.push(".acked");
-    PathBuf::from(p)
+/// The sidecar file holding the acknowledged end of the log in `dir`.
+pub fn acked_path(dir: &Path) -> PathBuf {
+    dir.join("acked")
 }
 
 fn encode_acked(end: u64) -> [u8; 12] {
@@ -66,8 +66,8 @@ fn encode_acked(end: u64) -> [u8; 12] {
 }
 
 /// Reads the acknowledged end recorded next to the log at `path` (`None`: no sidecar).
-pub(super) fn read_acked(path: &Path) -> Result<Option<u64>> {
-    let side = acked_path(path);
+pub(super) fn read_acked(dir: &Path) -> Result<Option<u64>> {
+    let side = acked_path(dir);
     let bytes = match std::fs::read(&side) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -95,8 +95,8 @@ pub(super) fn write_acked(file: &File, end: u64, sync: bool) -> std::io::Result<
     Ok(())
 }
 
-pub(super) fn open_acked_file(path: &Path) -> Result<File> {
-    let side = acked_path(path);
+pub(super) fn open_acked_file(dir: &Path) -> Result<File> {
+    let side = acked_path(dir);
     OpenOptions::new()
         .write(true)
         .create(true)
@@ -106,9 +106,34 @@ pub(super) fn open_acked_file(path: &Path) -> Result<File> {
 }
 
 impl Log {
-    /// The log's file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The segments' count and bytes (headers included), from the files as they are now.
+    pub fn usage(&self) -> LogUsage {
+        let bases = self.shared.list().bases.clone();
+        let bytes = bases
+            .iter()
+            .filter_map(|b| std::fs::metadata(self.shared.path(*b)).ok())
+            .map(|m| m.len())
+            .sum();
+        LogUsage {
+            segments: bases.len() as u64,
+            bytes,
+            start: bases.first().copied().unwrap_or(FIRST_OFFSET),
+        }
+    }
+
+    /// Closes the segment being appended to, when it holds records, and starts the next.
+    pub fn roll(&self) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.tx
+            .send(Request::Roll(tx))
+            .map_err(|_| Error::Log("appender stopped".into()))?;
+        rx.recv()
+            .map_err(|_| Error::Log("appender stopped".into()))?
     }
 
     /// Queues an append of events; `done` runs on the appender thread with the new durable
@@ -127,7 +152,7 @@ impl Log {
             payloads,
             done: Box::new(done),
         };
-        self.tx.try_send(req).map_err(|e| match e {
+        self.tx.try_send(Request::Append(req)).map_err(|e| match e {
             TrySendError::Full(_) => AppendRefused::QueueFull,
             TrySendError::Disconnected(_) => AppendRefused::Closed,
         })
@@ -167,7 +192,7 @@ impl Log {
             }),
         };
         self.tx
-            .send(req)
+            .send(Request::Append(req))
             .map_err(|_| Error::Log("appender stopped".into()))?;
         rx.recv()
             .map_err(|_| Error::Log("appender stopped".into()))?
@@ -175,96 +200,220 @@ impl Log {
 
     /// Offset just past the last durable record.
     pub fn end(&self) -> u64 {
-        *self.shared.end.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.end()
     }
 
-    /// A reader positioned anywhere (its own file handle).
+    /// The first offset still in the log (later than [`FIRST_OFFSET`] once retention retired
+    /// segments).
+    pub fn start(&self) -> u64 {
+        self.shared.list().bases[0]
+    }
+
+    /// A reader positioned anywhere (its own file handles).
     pub fn reader(&self) -> Result<LogReader> {
-        Ok(LogReader {
-            file: File::open(&*self.path)?,
-            path: self.path.clone(),
-            shared: self.shared.clone(),
-            buf: Vec::new(),
+        Ok(LogReader::new(self.shared.clone()))
+    }
+}
+
+/// How much disk the log takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LogUsage {
+    pub segments: u64,
+    pub bytes: u64,
+    /// The first offset still in the log.
+    pub start: u64,
+}
+
+/// The segment being appended to.
+pub(super) struct Active {
+    file: File,
+    base: u64,
+    /// The log offset just past its last record (where the next append goes).
+    pos: u64,
+    segment_bytes: u64,
+    /// Set when the files may no longer be appended to in this process (a roll that could not
+    /// be completed nor undone, or an injected crash): the appender stops, and the next open
+    /// checks the files.
+    halted: bool,
+}
+
+impl Active {
+    pub(super) fn new(mut file: File, base: u64, pos: u64, segment_bytes: u64) -> Result<Active> {
+        file.seek(SeekFrom::Start(pos - base + SEGMENT_HEADER))?;
+        Ok(Active {
+            file,
+            base,
+            pos,
+            segment_bytes: segment_bytes.max(1),
+            halted: false,
         })
+    }
+
+    fn holds_records(&self) -> bool {
+        self.pos > self.base
+    }
+
+    /// Starts the next segment at the current end: created and synced (with its directory
+    /// entry) before anything is appended to it, the acknowledged end synced too, so a closed
+    /// segment is never mistaken for a torn tail.
+    fn roll(&mut self, acked: &File, shared: &Segments) -> Result<()> {
+        let file = segment::create(&shared.dir, self.pos)?;
+        if let Err(e) = super::fault::hit_in(&shared.dir, super::fault::Point::AfterRollCreate) {
+            self.halted = true;
+            return Err(e.into());
+        }
+        if let Err(e) = write_acked(acked, self.pos, true) {
+            // Without the new segment the log is as it was, and appends go on into this one;
+            // if it cannot be removed, nothing more may be appended here.
+            let path = shared.path(self.pos);
+            if std::fs::remove_file(&path)
+                .and_then(|()| segment::sync_dir(&shared.dir))
+                .is_err()
+            {
+                self.halted = true;
+            }
+            return Err(e.into());
+        }
+        self.file = file;
+        self.base = self.pos;
+        shared.list().bases.push(self.base);
+        tracing::debug!(base = self.base, "started a new log segment");
+        Ok(())
     }
 }
 
 pub(super) fn appender(
-    file: File,
+    mut active: Active,
     acked: File,
-    path: PathBuf,
-    mut pos: u64,
-    rx: Receiver<AppendReq>,
-    shared: Arc<End>,
+    rx: Receiver<Request>,
+    shared: Arc<Segments>,
 ) {
-    let mut file = file;
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     while let Ok(first) = rx.recv() {
-        let mut reqs = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            reqs.push(more);
-            if reqs.len() >= 1024 {
+        let mut reqs = Vec::new();
+        let mut next = Some(first);
+        while let Some(req) = next.take() {
+            match req {
+                Request::Append(r) => reqs.push(r),
+                Request::Roll(done) => {
+                    // Appends queued before the roll go first.
+                    write_group(
+                        &mut active,
+                        &acked,
+                        &shared,
+                        std::mem::take(&mut reqs),
+                        &mut buf,
+                    );
+                    let r = if active.holds_records() {
+                        active.roll(&acked, &shared)
+                    } else {
+                        Ok(())
+                    };
+                    let _ = done.send(r);
+                }
+            }
+            if reqs.len() >= 1024 || active.halted {
                 break;
             }
+            next = rx.try_recv().ok();
         }
-        // A record the reader would refuse as impossibly long is never written.
-        reqs.retain_mut(|r| {
-            let Some(big) = r
-                .payloads
-                .iter()
-                .map(Vec::len)
-                .find(|n| *n > MAX_RECORD_BYTES)
-            else {
-                return true;
-            };
-            let done = std::mem::replace(&mut r.done, Box::new(|_| {}));
-            done(Err(Error::Log(format!(
-                "a record of {big} bytes is over the limit of {MAX_RECORD_BYTES}"
-            ))));
-            false
-        });
-        if reqs.is_empty() {
-            continue;
-        }
-        buf.clear();
-        let mut n = 0u64;
-        for r in &reqs {
-            for p in &r.payloads {
-                encode_record(&mut buf, r.kind, r.accepted_ms, &r.source, p);
-                n += 1;
-            }
-        }
-        let res = file.write_all(&buf).and_then(|_| file.sync_data());
-        match res {
-            Ok(()) => {
-                pos += buf.len() as u64;
-                // Before the acknowledgements: a record a client was told is durable is never
-                // past the recorded end (unless the OS loses this unsynced write).
-                if let Err(e) = write_acked(&acked, pos, false) {
-                    tracing::warn!(log = %path.display(), error = %e, "cannot record the acknowledged end");
-                }
-                {
-                    let mut end = shared.end.lock().unwrap_or_else(|e| e.into_inner());
-                    *end = pos;
-                    *shared.records.lock().unwrap_or_else(|e| e.into_inner()) += n;
-                }
-                shared.cv.notify_all();
-                for r in reqs {
-                    (r.done)(Ok(pos));
-                }
-            }
-            Err(e) => {
-                // Roll back a partial write so the next append starts at a record boundary.
-                let _ = file.set_len(pos);
-                let _ = file.seek(SeekFrom::Start(pos));
-                // Every waiting request gets the same cause.
-                let cause = Arc::new(e);
-                for r in reqs {
-                    (r.done)(Err(Error::Append(cause.clone())));
-                }
-            }
+        write_group(&mut active, &acked, &shared, reqs, &mut buf);
+        if active.halted {
+            tracing::error!(log = %shared.dir.display(), "the event log stopped taking appends");
+            return;
         }
     }
     // Closing: make the recorded end durable.
-    let _ = write_acked(&acked, pos, true);
+    let _ = write_acked(&acked, active.pos, true);
+}
+
+/// Writes a group of appends with one sync, then acknowledges them all.
+fn write_group(
+    active: &mut Active,
+    acked: &File,
+    shared: &Segments,
+    mut reqs: Vec<AppendReq>,
+    buf: &mut Vec<u8>,
+) {
+    // A record the reader would refuse as impossibly long is never written.
+    reqs.retain_mut(|r| {
+        let Some(big) = r
+            .payloads
+            .iter()
+            .map(Vec::len)
+            .find(|n| *n > MAX_RECORD_BYTES)
+        else {
+            return true;
+        };
+        let done = std::mem::replace(&mut r.done, Box::new(|_| {}));
+        done(Err(Error::Log(format!(
+            "a record of {big} bytes is over the limit of {MAX_RECORD_BYTES}"
+        ))));
+        false
+    });
+    if reqs.is_empty() {
+        return;
+    }
+    if active.halted {
+        let cause = Arc::new(std::io::Error::other(
+            "the event log stopped taking appends",
+        ));
+        for r in reqs {
+            (r.done)(Err(Error::Append(cause.clone())));
+        }
+        return;
+    }
+    buf.clear();
+    let mut n = 0u64;
+    for r in &reqs {
+        for p in &r.payloads {
+            encode_record(buf, r.kind, r.accepted_ms, &r.source, p);
+            n += 1;
+        }
+    }
+    let mut res = Ok(());
+    if active.holds_records() && active.pos - active.base + buf.len() as u64 > active.segment_bytes
+    {
+        res = active.roll(acked, shared);
+    }
+    let res = res.and_then(|()| {
+        active
+            .file
+            .write_all(buf)
+            .and_then(|_| active.file.sync_data())
+            .map_err(|e| Error::Append(Arc::new(e)))
+    });
+    match res {
+        Ok(()) => {
+            active.pos += buf.len() as u64;
+            // Before the acknowledgements: a record a client was told is durable is never
+            // past the recorded end (unless the OS loses this unsynced write).
+            if let Err(e) = write_acked(acked, active.pos, false) {
+                tracing::warn!(log = %shared.dir.display(), error = %e, "cannot record the acknowledged end");
+            }
+            {
+                let mut end = shared.end.lock().unwrap_or_else(|e| e.into_inner());
+                *end = active.pos;
+                *shared.records.lock().unwrap_or_else(|e| e.into_inner()) += n;
+            }
+            shared.cv.notify_all();
+            for r in reqs {
+                (r.done)(Ok(active.pos));
+            }
+        }
+        Err(e) => {
+            // Roll back a partial write so the next append starts at a record boundary.
+            let at = active.pos - active.base + SEGMENT_HEADER;
+            let _ = active.file.set_len(at);
+            let _ = active.file.seek(SeekFrom::Start(at));
+            // Every waiting request gets the same cause.
+            let cause = match e {
+                Error::Append(io) => io,
+                other => Arc::new(std::io::Error::other(other.to_string())),
+            };
+            for r in reqs {
+                (r.done)(Err(Error::Append(cause.clone())));
+            }
+        }
+    }
 }

@@ -19,7 +19,7 @@ pub fn open_or_rebuild(path: &Path, log: &Path) -> Result<Store> {
         opened => return opened,
     };
     let log = log.to_path_buf();
-    if let Some(log_problem) = log_cannot_rebuild(&log, &why) {
+    if let Some(log_problem) = log_cannot_rebuild(&log, &why, false) {
         return Err(Error::CannotRebuild {
             store: path,
             log,
@@ -38,13 +38,15 @@ pub fn open_or_rebuild(path: &Path, log: &Path) -> Result<Store> {
 }
 
 /// `attune-origin rebuild`: moves the store at `path` aside (when there is one) and creates an
-/// empty one that the pipeline fills by replaying the log at `log` from its first record.
+/// empty one that the pipeline fills by replaying the log in `log` from its first record.
 /// The catalog and the forgets come back from the log; the shared-key versions are carried
-/// over when the old file can be read. Refuses, changing nothing, when the log holds no events. Returns the new store and
-/// where the old file went.
-pub fn rebuild(path: &Path, log: &Path) -> Result<(Store, Option<PathBuf>)> {
+/// over when the old file can be read. Refuses, changing nothing, when the log holds no
+/// events, or when retention retired its first segments and `accept_retired` is not set (the
+/// rebuilt store would lack every profile, model count and catalog change they held). Returns
+/// the new store and where the old file went.
+pub fn rebuild(path: &Path, log: &Path, accept_retired: bool) -> Result<(Store, Option<PathBuf>)> {
     let why = Unusable::Damaged("a rebuild was asked for".into());
-    if let Some(log_problem) = log_cannot_rebuild(log, &why) {
+    if let Some(log_problem) = log_cannot_rebuild(log, &why, accept_retired) {
         return Err(Error::CannotRebuild {
             store: path.to_path_buf(),
             log: log.to_path_buf(),
@@ -92,27 +94,33 @@ fn replace(path: &Path, carry: bool) -> Result<(Store, Option<PathBuf>)> {
     Ok((store, aside))
 }
 
-/// Why the log at `log` cannot rebuild a store that is unusable for `why` (`None`: it can).
-fn log_cannot_rebuild(log: &Path, why: &Unusable) -> Option<String> {
-    let len = match std::fs::metadata(log) {
-        Ok(m) => m.len(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Some("it does not exist".into());
-        }
+/// Why the log in `log` cannot rebuild a store that is unusable for `why` (`None`: it can).
+/// A log whose first segments were retired can only when `accept_retired`.
+fn log_cannot_rebuild(log: &Path, why: &Unusable, accept_retired: bool) -> Option<String> {
+    let span = match crate::log::extent(log) {
+        Ok(Some(span)) => span,
+        Ok(None) => return Some("it holds no segments".into()),
         Err(e) => return Some(format!("it cannot be read ({e})")),
     };
+    if span.start > crate::log::FIRST_OFFSET && !accept_retired {
+        return Some(format!(
+            "retention retired its segments before offset {}, so the profiles, model counts and              catalog changes of the records in them cannot be restored; `attune-origin rebuild              --accept-retired` rebuilds from the segments that are left, accepting that loss",
+            span.start
+        ));
+    }
     match why {
         Unusable::Format {
             committed: Some(committed),
             ..
-        } if len < *committed => Some(format!(
-            "it ends at byte {len}, before the store's checkpoint at byte {committed}"
+        } if span.end < *committed => Some(format!(
+            "it ends at offset {}, before the store's checkpoint at offset {committed}",
+            span.end
         )),
         Unusable::Format {
             committed: Some(_), ..
         } => None,
         // What the store held is unknown: only a log with events can stand in for it.
-        _ if len <= crate::log::FIRST_OFFSET => Some("it holds no events".into()),
+        _ if span.end <= span.start => Some("it holds no events".into()),
         _ => None,
     }
 }

@@ -34,6 +34,7 @@ impl Pipeline {
         if forgot {
             self.erase_forgotten()?;
         }
+        self.retire_segments()?;
         self.last_checkpoint = Instant::now();
         self.users.evict();
         self.progress
@@ -74,24 +75,48 @@ impl Pipeline {
         tx.commit()
     }
 
+    /// Gives the pipeline the embedded log it reads: after each checkpoint it erases forgotten
+    /// users' records from it and retires the segments retention lets go. Does both at once,
+    /// for what a crash left to do.
+    pub fn maintain_log(&mut self, log: crate::log::Log) -> Result<()> {
+        self.log = Some(log);
+        self.erase_forgotten()?;
+        self.retire_segments()
+    }
+
     /// Erases from the log the records of users forgotten before the checkpoint (see
-    /// [`crate::store::Store::erase_due`]), then drops their rows. Also runs when the pipeline
-    /// opens, for what a crash left to do.
-    pub(super) fn erase_forgotten(&mut self) -> Result<()> {
-        let Some(path) = &self.log_path else {
+    /// [`crate::store::Store::erase_due`]), then drops their rows.
+    fn erase_forgotten(&mut self) -> Result<()> {
+        let Some(log) = &self.log else {
             return Ok(());
         };
         let users = self.store.erase_due(self.checkpointed)?;
         if users.is_empty() {
             return Ok(());
         }
-        let erased = crate::log::erase_users(path, &users, self.checkpointed)?;
+        let erased = log.erase_users(&users, self.checkpointed)?;
         tracing::info!(
             users = users.len(),
             records = erased,
             "erased forgotten users' records from the log"
         );
         self.store.erase_done(users.keys())?;
+        Ok(())
+    }
+
+    /// Deletes the log segments retention lets go (only ever before the checkpoint).
+    fn retire_segments(&mut self) -> Result<()> {
+        let Some(log) = &self.log else {
+            return Ok(());
+        };
+        let retired = log.retire(
+            self.checkpointed,
+            &self.log_cfg,
+            std::time::SystemTime::now(),
+        )?;
+        if retired.segments > 0 {
+            self.metrics.log_segments_retired.inc_by(retired.segments);
+        }
         Ok(())
     }
 }

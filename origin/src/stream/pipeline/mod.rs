@@ -65,9 +65,10 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     profile_cfg: ProfileConfig,
     source: String,
-    /// The embedded log's file, when it is the source: forgotten users' records are erased
-    /// from it.
-    log_path: Option<std::path::PathBuf>,
+    /// The embedded log, when it is the source ([`Pipeline::maintain_log`]): forgotten users'
+    /// records are erased from it and old segments retired after each checkpoint.
+    log: Option<crate::log::Log>,
+    log_cfg: crate::config::LogConfig,
     /// Log offset applied in memory, and the checkpoint's.
     offset: u64,
     checkpointed: u64,
@@ -131,21 +132,21 @@ impl Pipeline {
                 Default::default(),
             );
         }
-        let log_path = (source == crate::log::SOURCE).then(|| cfg.log_path());
         let users = UserStates::new(
             live.clone(),
             cfg.profile_key.clone(),
-            log_path.is_some(),
+            source == crate::log::SOURCE,
             cfg.pipeline.profile_cache,
         );
-        let mut pipeline = Pipeline {
+        let pipeline = Pipeline {
             store,
             model,
             live,
             metrics,
             profile_cfg: attune_core::rules::Config::default().profile,
             source: source.to_string(),
-            log_path,
+            log: None,
+            log_cfg: cfg.log.clone(),
             offset,
             checkpointed: offset,
             watermarks,
@@ -168,7 +169,6 @@ impl Pipeline {
                 checkpoints: AtomicU64::new(0),
             }),
         };
-        pipeline.erase_forgotten()?;
         Ok(pipeline)
     }
 
