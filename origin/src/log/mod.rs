@@ -98,4 +98,6 @@ pub trait Source: Send {
 }
 
 #[cfg(test)]
+mod segment_tests;
+#[cfg(test)]
 mod tests;

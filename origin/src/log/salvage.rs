@@ -136,8 +136,13 @@ fn salvage_segment(
             .open(&tmp)?,
     );
     out.write_all(&header(base))?;
-    // What the file holds of this segment's offsets.
+    // What the file holds of this segment's offsets; bytes past them would overlap the next
+    // segment's.
     let readable = len.min(seg_end - base + SEGMENT_HEADER);
+    if len > readable {
+        tracing::warn!(segment = %path.display(), bytes = len - readable, "dropping bytes past the segment's end");
+        report.bytes_skipped += len - readable;
+    }
     let mut pos = base;
     let mut new_end = base;
     let mut buf = Vec::new();
