@@ -436,9 +436,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cfg, _) = populated(dir.path());
         set_format(&cfg.store_path(), FORMAT_VERSION + 1);
+        // A log cut short of the store's checkpoint: its first segment, half of it.
         let segment = crate::log::segment_path(&cfg.log_dir(), crate::log::FIRST_OFFSET);
         let log = std::fs::read(&segment).unwrap();
-        // A log cut short of the store's checkpoint.
+        std::fs::remove_dir_all(cfg.log_dir()).unwrap();
+        std::fs::create_dir(cfg.log_dir()).unwrap();
         std::fs::write(&segment, &log[..log.len() / 2]).unwrap();
         let err = Node::open(&cfg).unwrap_err();
         assert!(matches!(err, Error::CannotRebuild { .. }), "{err:?}");
