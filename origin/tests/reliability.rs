@@ -30,12 +30,12 @@ fn row(fault: &str, sent: u64, acked: u64, applied: u64, dlq: u64, lost: u64, no
     println!("RELIABILITY|{fault}|{sent}|{acked}|{applied}|{dlq}|{lost}|{notes}");
 }
 
-fn write_config(dir: &Path) -> PathBuf {
+fn write_config(dir: &Path, segment_bytes: u64) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("origin.toml");
     std::fs::write(
         &path,
-        format!("failure_exit_delay_ms = 500\n[log]\nsegment_bytes = {SEGMENT_BYTES}\n"),
+        format!("failure_exit_delay_ms = 500\n[log]\nsegment_bytes = {segment_bytes}\n"),
     )
     .unwrap();
     path
@@ -70,7 +70,7 @@ fn event(n: u64, rng: &mut impl Rng, t0: u64) -> String {
     format!(
         r#"{{"v":1,"event_id":"r{n}","user":"u{}","ts":{},"kind":"{kind}","item":"i{}"}}"#,
         rng.random_range(0..300),
-        t0 + n * 100,
+        t0 + n * 10,
         rng.random_range(0..80)
     )
 }
@@ -136,7 +136,7 @@ fn sigkill_at_random_points() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
+    let config = write_config(dir.path(), SEGMENT_BYTES);
 
     let reference = dir.path().join("reference");
     let (origin, url) = start(&reference, &config, None);
@@ -459,7 +459,8 @@ fn byte_flips_in_the_store() {
 fn disk_full_at_random_sizes() {
     let runs = count("ATTUNE_RELIABILITY_FULL_DISKS", 5);
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
+    // The file-size limit applies per file: segments larger than it, so the log reaches it.
+    let config = write_config(dir.path(), 64 << 20);
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

@@ -10,6 +10,7 @@ mod bootstrap;
 mod build_edge;
 mod demo;
 mod kafka;
+mod reliability;
 mod test;
 mod util;
 
@@ -28,6 +29,10 @@ commands:
   demo [--keep-state]       run the local demo: origin + wrangler dev + the shop, fed with the sample
   bench [section…] [--quick] run the benchmarks and write BENCHMARKS.md
                             (sections: core wasm size pipeline edge quality; default: all)
+  reliability [--kills N] [--flips N] [--full-disks N]
+                            the long reliability suite (the origin's ignored tests): SIGKILLs, bit
+                            flips in the log and the store, full disks; prints a table of counts
+                            (defaults: 100 kills, 100 flips of each, 5 full disks)
   kafka [--port N] [--dir D] [--partitions N] [--short-group-timeouts]
                             run a local Apache Kafka broker (KRaft) on 127.0.0.1 until Ctrl-C
 
@@ -60,6 +65,7 @@ fn run() -> Result<()> {
         "demo" => demo::cmd(&rest),
         "bench" => bench::cmd(&rest),
         "kafka" => kafka::cmd(&rest),
+        "reliability" => reliability::cmd(&rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
