@@ -189,10 +189,12 @@ fn damage_to_acknowledged_records_stops_the_node_and_salvage_keeps_the_rest() {
     assert_eq!((o.received, o.applied, o.dlq), (9_999, 9_999, 0), "{o:?}");
     eprintln!(
         "log damage: sent 11000, acknowledged 11000, applied {}, dead-lettered {}, lost 1 \
-         (the damaged record), bytes skipped {}",
+         (the damaged record), bytes skipped {}, {} of {} segments rewritten",
         1_000 + o.applied,
         o.dlq,
-        report.bytes_skipped
+        report.bytes_skipped,
+        report.damaged_files.len(),
+        report.segments
     );
 }
 
@@ -410,8 +412,9 @@ fn a_forgotten_users_events_do_not_come_back_from_the_log() {
     let mut segments = 0;
     let mut left = 0;
     for entry in std::fs::read_dir(cfg.log_dir()).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        segments += 1;
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        segments += usize::from(path.extension().is_some_and(|e| e == "seg"));
         left += bytes.windows(marker.len()).filter(|w| *w == marker).count();
     }
     assert!(segments > 2, "the user's events span several segments");
@@ -420,8 +423,8 @@ fn a_forgotten_users_events_do_not_come_back_from_the_log() {
     let node = Node::open(&cfg).unwrap();
     let o = node.drain().unwrap();
     eprintln!(
-        "forget then rebuild: {of_u7} events of the user before the forget, {left} left in the log, \
-         {} records replayed, user back: {}",
+        "forget then rebuild: {of_u7} events of the user before the forget, {left} left in the \
+         log's {segments} segment files, {} records replayed, user back: {}",
         o.received,
         node.user("u7").unwrap().is_some()
     );

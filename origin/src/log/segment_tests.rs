@@ -424,6 +424,10 @@ fn a_crash_in_the_middle_of_a_roll_loses_nothing() {
     assert!(failed);
     let acked = read_from(&log, FIRST_OFFSET);
     assert!(log.append_blocking(1, "t", vec![event(999, "u1")]).is_err());
+    eprintln!(
+        "crash mid-roll: {} records acknowledged before the roll's append failed",
+        acked.len()
+    );
     drop(log);
     assert_eq!(list(&path).unwrap().len(), segments + 1);
     let log = Log::open(&path, end, 8, SMALL).unwrap();
