@@ -319,6 +319,11 @@ impl Config {
                 "publish.budget_requests and publish.budget_window_ms must be at least 1".into(),
             ));
         }
+        if self.log.segment_bytes < 4096 {
+            return Err(Error::Config(
+                "log.segment_bytes must be at least 4096".into(),
+            ));
+        }
         if self.model.shards == 0 {
             return Err(Error::Config("model.shards must be at least 1".into()));
         }

@@ -122,26 +122,98 @@ fn u(v: &serde_json::Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
+/// The kill run's requests: 50-event batches where every 40 batches one user `f<k>` has its
+/// events and is then forgotten (`Some(k)` after its last batch).
+fn kill_run_requests(n: u64) -> Vec<(String, Option<u64>)> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let t0 = attune_origin::now_ms() - 3_600_000;
+    let all: Vec<String> = (0..n).map(|i| event(i, &mut rng, t0)).collect();
+    all.chunks(50)
+        .enumerate()
+        .map(|(b, chunk)| {
+            let k = b as u64 / 40;
+            let mut chunk = chunk.to_vec();
+            let mut first: serde_json::Value = serde_json::from_str(&chunk[0]).unwrap();
+            first["user"] = format!("f{k}").into();
+            chunk[0] = first.to_string();
+            let forget = (b % 40 == 39).then_some(k);
+            (chunk.join("\n"), forget)
+        })
+        .collect()
+}
+
+/// Sends one request of the kill run: the batch, then the forget it ends with (`None`: no
+/// answer, the process is gone). A forget repeated after a kill forgets nothing more.
+fn send(http: &reqwest::blocking::Client, url: &str, req: &(String, Option<u64>)) -> Option<u16> {
+    let status = post(http, url, &req.0)?;
+    if status != 202 {
+        return Some(status);
+    }
+    if let Some(k) = req.1 {
+        let r = http.delete(format!("{url}/v1/users/f{k}")).send().ok()?;
+        assert!(r.status().is_success(), "forget: {}", r.status());
+    }
+    Some(202)
+}
+
+/// The log's segment files in `data`: how many, and their bytes.
+fn segment_files(data: &Path) -> (u64, u64) {
+    let mut n = (0, 0);
+    for e in std::fs::read_dir(data.join("log")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|e| e == "seg") {
+            n.0 += 1;
+            n.1 += std::fs::metadata(p).unwrap().len();
+        }
+    }
+    n
+}
+
+/// Forgotten users (`f<k>`) whose events are still in the log's segment files.
+fn forgotten_in_log(data: &Path, forgotten: u64) -> u64 {
+    let mut bytes = Vec::new();
+    for e in std::fs::read_dir(data.join("log")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|e| e == "seg") {
+            bytes.extend(std::fs::read(p).unwrap());
+        }
+    }
+    (0..forgotten)
+        .filter(|k| {
+            let marker = format!("\"user\":\"f{k}\"");
+            bytes.windows(marker.len()).any(|w| w == marker.as_bytes())
+        })
+        .count() as u64
+}
+
 /// SIGKILL at random points (during ingest, during the replay right after a start, around
-/// segment rolls); every batch not acknowledged is sent again, as a client would. The final
-/// profiles must equal an uninterrupted run's.
+/// segment rolls, forgets' erases and retention) in a service with small segments and size
+/// retention; every request not answered is sent again, as a client would. The final profiles
+/// must equal an uninterrupted run's and no forgotten user's event may be left in the log.
 #[test]
 #[ignore = "long: cargo xtask reliability"]
 fn sigkill_at_random_points() {
     let kills = count("ATTUNE_RELIABILITY_KILLS", 100);
     let n = 20_000u64;
-    let batches = batches(n, 50, 11);
+    let requests = kill_run_requests(n);
+    let forgotten = requests.iter().filter(|r| r.1.is_some()).count() as u64;
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), SEGMENT_BYTES);
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config).unwrap()
+            + &format!("retention_bytes = {}\n", 8 * SEGMENT_BYTES),
+    )
+    .unwrap();
 
     let reference = dir.path().join("reference");
     let (origin, url) = start(&reference, &config, None);
-    for b in &batches {
-        assert_eq!(post(&http, &url, b), Some(202));
+    for r in &requests {
+        assert_eq!(send(&http, &url, r), Some(202));
     }
     caught_up(&http, &url);
     stop(origin);
@@ -166,8 +238,8 @@ fn sigkill_at_random_points() {
             std::thread::sleep(after);
             let _ = group.kill();
         });
-        while next < batches.len() && t.elapsed() < after + Duration::from_millis(50) {
-            match post(&http, &url, &batches[next]) {
+        while next < requests.len() && t.elapsed() < after + Duration::from_millis(50) {
+            match send(&http, &url, &requests[next]) {
                 Some(202) => next += 1,
                 Some(429) => std::thread::sleep(Duration::from_millis(5)),
                 Some(s) => panic!("unexpected status {s}"),
@@ -181,16 +253,17 @@ fn sigkill_at_random_points() {
         let _ = origin.kill();
     }
     let (origin, url) = start(&data, &config, None);
-    while next < batches.len() {
-        assert_eq!(post(&http, &url, &batches[next]), Some(202));
+    while next < requests.len() {
+        assert_eq!(send(&http, &url, &requests[next]), Some(202));
         next += 1;
     }
     let status = caught_up(&http, &url);
-    let segments = status["log_segments"].clone();
     stop(origin);
     let got = profiles(&data);
     let differ = expected.iter().zip(&got).filter(|(a, b)| a != b).count()
         + expected.len().abs_diff(got.len());
+    let left = forgotten_in_log(&data, forgotten) + forgotten_in_log(&reference, forgotten);
+    let (segments, bytes) = segment_files(&data);
     let applied = u(&status["applied"]);
     row(
         &format!("{kills} SIGKILLs at random points"),
@@ -201,14 +274,19 @@ fn sigkill_at_random_points() {
         n.saturating_sub(applied),
         &format!(
             "{unanswered} requests cut by a kill and sent again, {} duplicates dropped, {differ} \
-             of {} profiles differ from an uninterrupted run, {segments} segments, {:.0} s",
+             of {} profiles differ from an uninterrupted run, {forgotten} users forgotten and \
+             {left} of them with events left in the log, {segments} segment files of {bytes} \
+             bytes left (retention: {} bytes), {:.0} s",
             status["duplicates"],
             expected.len(),
+            8 * SEGMENT_BYTES,
             started.elapsed().as_secs_f64()
         ),
     );
     assert_eq!(differ, 0);
+    assert_eq!(left, 0);
     assert_eq!(applied, n);
+    assert!(bytes <= 9 * SEGMENT_BYTES, "retention kept {bytes} bytes");
 }
 
 fn in_process_config(data: &Path) -> Config {
