@@ -95,7 +95,6 @@ impl Log {
                 detail: format!("the log ends before the acknowledged end {acked}"),
             });
         }
-        let mut records = 0u64;
         let mut pos = committed;
         for (i, seg) in found.iter().enumerate() {
             if seg.end() <= pos && i < last {
@@ -103,9 +102,7 @@ impl Log {
             }
             // In a closed segment every record was synced before the next segment was made.
             let acked_here = if i == last { acked } else { seg.end() };
-            let (stop, n) = scan(seg, dir, pos, acked_here)?;
-            records += n;
-            pos = stop;
+            pos = scan(seg, dir, pos, acked_here)?;
         }
         let active = found.pop().expect("at least one segment");
         let bases: Vec<u64> = found.iter().map(|f| f.base).chain([active.base]).collect();
@@ -125,7 +122,7 @@ impl Log {
         let acked_file = open_acked_file(dir)?;
         write_acked(&acked_file, pos, true)?;
         segment::sync_dir(dir).ok();
-        let shared = Arc::new(Segments::new(dir.to_path_buf(), bases, pos, records));
+        let shared = Arc::new(Segments::new(dir.to_path_buf(), bases, pos));
         let (tx, rx) = sync_channel::<Request>(queue_capacity.max(1));
         let s = shared.clone();
         let active = Active::new(active.file, active.base, pos, segment_bytes)?;
@@ -189,11 +186,10 @@ fn find_segments(dir: &Path, acked: Option<u64>) -> Result<Vec<Found>> {
 }
 
 /// Checks the records of `seg` from offset `from` (a record boundary) to its end; returns the
-/// end of the last valid record and how many there were. A bad record before `acked` is an
-/// error; at or past it, the scan stops there (a torn tail).
-fn scan(seg: &Found, dir: &Path, from: u64, acked: u64) -> Result<(u64, u64)> {
+/// end of the last valid record. A bad record before `acked` is an error; at or past it, the
+/// scan stops there (a torn tail).
+fn scan(seg: &Found, dir: &Path, from: u64, acked: u64) -> Result<u64> {
     let mut pos = from;
-    let mut records = 0u64;
     let mut buf = Vec::new();
     let end = seg.end();
     while pos < end {
@@ -201,7 +197,6 @@ fn scan(seg: &Found, dir: &Path, from: u64, acked: u64) -> Result<(u64, u64)> {
         let why = match read_record_at(&seg.file, at, pos, seg.len, &mut buf)? {
             Decoded::Record(_, n) => {
                 pos += n as u64;
-                records += 1;
                 continue;
             }
             Decoded::Incomplete { .. } => "the record runs past the end of the segment",
@@ -216,5 +211,5 @@ fn scan(seg: &Found, dir: &Path, from: u64, acked: u64) -> Result<(u64, u64)> {
         }
         break;
     }
-    Ok((pos, records))
+    Ok(pos)
 }

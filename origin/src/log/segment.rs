@@ -164,8 +164,6 @@ pub(super) struct Segments {
     /// The durable end of the log (just past the last record synced).
     pub(super) end: Mutex<u64>,
     pub(super) cv: Condvar,
-    /// Records checked at open plus records appended since.
-    pub(super) records: Mutex<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -184,7 +182,7 @@ impl SegmentList {
 }
 
 impl Segments {
-    pub(super) fn new(dir: PathBuf, bases: Vec<u64>, end: u64, records: u64) -> Segments {
+    pub(super) fn new(dir: PathBuf, bases: Vec<u64>, end: u64) -> Segments {
         Segments {
             dir,
             inner: Mutex::new(SegmentList {
@@ -193,7 +191,6 @@ impl Segments {
             }),
             end: Mutex::new(end),
             cv: Condvar::new(),
-            records: Mutex::new(records),
         }
     }
 

@@ -364,11 +364,9 @@ fn write_group(
         return;
     }
     buf.clear();
-    let mut n = 0u64;
     for r in &reqs {
         for p in &r.payloads {
             encode_record(buf, r.kind, r.accepted_ms, &r.source, p);
-            n += 1;
         }
     }
     let mut res = Ok(());
@@ -391,11 +389,7 @@ fn write_group(
             if let Err(e) = write_acked(acked, active.pos, false) {
                 tracing::warn!(log = %shared.dir.display(), error = %e, "cannot record the acknowledged end");
             }
-            {
-                let mut end = shared.end.lock().unwrap_or_else(|e| e.into_inner());
-                *end = active.pos;
-                *shared.records.lock().unwrap_or_else(|e| e.into_inner()) += n;
-            }
+            *shared.end.lock().unwrap_or_else(|e| e.into_inner()) = active.pos;
             shared.cv.notify_all();
             for r in reqs {
                 (r.done)(Ok(active.pos));
