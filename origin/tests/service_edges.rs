@@ -269,6 +269,13 @@ async fn exposure_labels_stay_bounded() {
         text.len()
     );
     println!("/metrics: {} → {} bytes", before.len(), text.len());
+    // The log's size is there too (one segment: 3,010 events are far from 64 MiB).
+    assert!(text.contains("\nattune_log_segments 1\n"), "{text}");
+    let log_bytes = text
+        .lines()
+        .find_map(|l| l.strip_prefix("attune_log_bytes "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(log_bytes.is_some_and(|b| b > 3010 * 50), "{log_bytes:?}");
     running.shutdown().await.unwrap();
 }
 
