@@ -54,6 +54,15 @@ pub fn rebuild(path: &Path, log: &Path, accept_retired: bool) -> Result<(Store, 
             log_problem,
         });
     }
+    if let Ok(Some(span)) = crate::log::extent(log)
+        && span.start > crate::log::FIRST_OFFSET
+    {
+        tracing::warn!(
+            from_offset = span.start,
+            "rebuilding from the segments retention left: profiles, model counts and catalog \
+             changes from the records before this offset are not restored"
+        );
+    }
     tracing::info!(store = %path.display(), log = %log.display(), "rebuilding the store from the event log");
     replace(path, path.exists())
 }
