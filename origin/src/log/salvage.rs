@@ -189,7 +189,9 @@ fn salvage_segment(
     let mut aside = path.to_path_buf().into_os_string();
     aside.push(format!(".damaged-{}", crate::now_ms()));
     let aside = PathBuf::from(aside);
-    std::fs::rename(path, &aside)?;
+    // The damaged file gets its second name before the new one takes the first, so a crash
+    // in between never leaves the segment missing.
+    std::fs::hard_link(path, &aside)?;
     std::fs::rename(&tmp, path)?;
     report.damaged_files.push(aside);
     Ok(new_end)
