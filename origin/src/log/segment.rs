@@ -210,6 +210,7 @@ impl Segments {
 /// The offsets the segment files in `dir` cover, read from their names and sizes without
 /// checking their records (`None`: no segments).
 pub fn extent(dir: &Path) -> Result<Option<std::ops::Range<u64>>> {
+    refuse_single_file_log(dir)?;
     let bases = list(dir)?;
     let (Some(&first), Some(&last)) = (bases.first(), bases.last()) else {
         return Ok(None);
