@@ -194,3 +194,36 @@ fn old_segments_go_after_a_checkpoint_past_them() {
         attune_origin::segment_path(&cfg.log_dir(), checkpointed)
     );
 }
+
+/// What a forget costs when the user's events are in every segment: each segment holding one
+/// is rewritten whole. Prints the time (`cargo test -p attune-origin --release --test
+/// log_segments erase_cost -- --ignored --nocapture`); ignored in the normal run.
+#[test]
+#[ignore = "a measurement"]
+fn erase_cost_when_the_user_is_in_every_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.log.segment_bytes = 64 << 20;
+    let node = Node::open(&cfg).unwrap();
+    let now = attune_origin::now_ms();
+    let mut n = 0u64;
+    while node.log.usage().segments < 5 {
+        node.log
+            .append_blocking(now, "t", events(n, 50_000))
+            .unwrap();
+        n += 50_000;
+    }
+    node.drain().unwrap();
+    let usage = node.log.usage();
+    let t = std::time::Instant::now();
+    node.forget("u7").unwrap();
+    node.drain().unwrap();
+    eprintln!(
+        "forget of a user in every segment: {} events, {} segments, {} bytes; forget + erase \
+         in {:?}",
+        n,
+        usage.segments,
+        usage.bytes,
+        t.elapsed()
+    );
+}

@@ -468,3 +468,38 @@ fn a_single_file_log_of_the_earlier_format_is_refused_with_what_to_do() {
     );
     assert!(salvage(&dir.path().join("log")).is_err());
 }
+
+/// Events are read without parsing unless they may name a forgotten user; a user written with
+/// JSON escapes is still found.
+#[test]
+fn erase_finds_a_user_written_with_escapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let log = Log::open(&path, 0, 8, SMALL).unwrap();
+    let escaped = br#"{"v":1,"event_id":"x","user":"\u0075\u0039","kind":"view","item":"i1"}"#;
+    log.append_blocking(
+        1,
+        "t",
+        vec![escaped.to_vec(), event(1, "u9"), event(2, "u99")],
+    )
+    .unwrap();
+    let forget_end = log
+        .append_admin(RecordKind::Forget, b"u9".to_vec())
+        .unwrap();
+    let forget = read_from(&log, FIRST_OFFSET).pop().unwrap();
+    let users = HashMap::from([("u9".to_string(), forget.offset)]);
+    assert_eq!(log.erase_users(&users, forget_end).unwrap(), 3);
+    let kinds: Vec<RecordKind> = read_from(&log, FIRST_OFFSET)
+        .iter()
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            RecordKind::Gap,
+            RecordKind::Gap,
+            RecordKind::Event,
+            RecordKind::Gap
+        ]
+    );
+}
