@@ -94,7 +94,9 @@ pub struct PipelineConfig {
 pub struct ModelConfig {
     /// Neighbours kept per item.
     pub top_k: usize,
-    /// Distinct recent items of the user's current session that a new item co-occurs with.
+    /// Distinct recent items of the user's current session that a new item co-occurs with; the
+    /// `d`-th most recent adds `1/d` of a co-occurrence, so a wider window reaches further
+    /// without drowning what was seen next to each other.
     pub history: usize,
     /// Inactivity that ends a session for co-occurrence: an item co-occurs only with the items
     /// of the same visit (a basket, a browsing session), not with last month's.
