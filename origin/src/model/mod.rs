@@ -5,11 +5,12 @@
 //! memory; every change a batch makes is written in that batch's transaction.
 //!
 //! Items are interned to dense `u32` ids (the store persists the id → name table), so the hot
-//! path hashes integers, not strings. Co-occurrence counts are persisted as a log of
-//! absolute values (the pair log): each batch appends one record with the new count of every pair
-//! it changed, and when the log grows past twice the live state it is compacted into a full
-//! snapshot inside the same transaction. Loading replays the log in order (later values
-//! overwrite earlier ones), which reproduces exactly the committed counts.
+//! path hashes integers, not strings. Co-occurrence weights (integers, in units of
+//! `1 / PAIR_WEIGHT_SCALE`) are persisted as a log of absolute values (the pair log): each
+//! batch appends one record with the new weight of every pair it changed, and when the log
+//! grows past twice the live state it is compacted into a full snapshot inside the same
+//! transaction (`persist.rs`). Loading replays the log in order (later values overwrite
+//! earlier ones), which reproduces exactly the committed weights.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -92,7 +93,7 @@ pub struct Model {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct PairCell {
     /// Saturating (u32: half the memory of u64 rows).
-    count: u32,
+    weight: u32,
     epoch: u32,
 }
 
@@ -176,7 +177,7 @@ impl Model {
 
     fn set_pair(&mut self, a: u32, b: u32, c: u64) {
         let cell = PairCell {
-            count: u32::try_from(c).unwrap_or(u32::MAX),
+            weight: u32::try_from(c).unwrap_or(u32::MAX),
             // Loaded state is persisted state: not dirty.
             epoch: self.epoch.wrapping_sub(1),
         };
@@ -376,14 +377,14 @@ impl Model {
             let (a, b) = ((run[0].0 >> 32) as u32, run[0].0 as u32);
             let weight: u64 = run.iter().map(|p| u64::from(p.1)).sum();
             let c = self.adj[a as usize].entry(b).or_default();
-            if c.count == 0 {
+            if c.weight == 0 {
                 self.live_pairs += 1;
             }
-            if c.epoch != epoch || c.count == 0 {
+            if c.epoch != epoch || c.weight == 0 {
                 self.dirty_pairs += 1;
             }
-            c.count = c
-                .count
+            c.weight = c
+                .weight
                 .saturating_add(u32::try_from(weight).unwrap_or(u32::MAX));
             c.epoch = epoch;
             mirrored.push((u64::from(b) << 32 | u64::from(a), *c));
@@ -432,9 +433,9 @@ impl Model {
             .iter()
             .map(|(j, c)| {
                 let nj = (self.counts[*j as usize].max(1) as f64).powf(1.0 - alpha);
-                let support = f64::from(c.count) / f64::from(PAIR_WEIGHT_SCALE);
+                let support = f64::from(c.weight) / f64::from(PAIR_WEIGHT_SCALE);
                 (
-                    (f64::from(c.count) / (ni * nj)).min(1.0) * support / (support + shrinkage),
+                    (f64::from(c.weight) / (ni * nj)).min(1.0) * support / (support + shrinkage),
                     &*self.names[*j as usize],
                 )
             })

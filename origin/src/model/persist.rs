@@ -8,7 +8,7 @@ use crate::store::{CheckpointWriter, ModelDelta};
 /// Entries per pair log record (16 bytes each: 4 MiB records).
 const PAIR_RECORD_ENTRIES: usize = 1 << 18;
 
-/// Appends one pair-log entry: `[a: u32 LE][b: u32 LE][count: u64 LE]`.
+/// Appends one pair-log entry: `[a: u32 LE][b: u32 LE][weight: u64 LE]`.
 fn push_pair(buf: &mut Vec<u8>, a: u32, b: u32, c: u64) {
     buf.extend_from_slice(&a.to_le_bytes());
     buf.extend_from_slice(&b.to_le_bytes());
@@ -83,7 +83,7 @@ impl Model {
                     self.adj[a as usize]
                         .iter()
                         .filter(|(b, c)| a < **b && (compact || c.epoch == epoch))
-                        .map(|(b, c)| (*b, c.count)),
+                        .map(|(b, c)| (*b, c.weight)),
                 );
                 pairs.sort_unstable();
                 for (b, c) in &pairs {
