@@ -1,33 +1,44 @@
 //! The shared recommendation model, kept incrementally by the pipeline: item-to-item
-//! co-occurrence over each user's recent distinct items (cosine-normalized, top-K per item),
+//! co-occurrence over each user's recent distinct items, weighted by their distance in the
+//! session (asymmetric-cosine-normalized, top-K per item),
 //! trending with exponential decay (overall and per category), and the catalog. Lives in
 //! memory; every change a batch makes is written in that batch's transaction.
 //!
 //! Items are interned to dense `u32` ids (the store persists the id → name table), so the hot
-//! path hashes integers, not strings. Co-occurrence counts are persisted as a log of
-//! absolute values (the pair log): each batch appends one record with the new count of every pair
-//! it changed, and when the log grows past twice the live state it is compacted into a full
-//! snapshot inside the same transaction. Loading replays the log in order (later values
-//! overwrite earlier ones), which reproduces exactly the committed counts.
+//! path hashes integers, not strings. Co-occurrence weights (integers, in units of
+//! `1 / PAIR_WEIGHT_SCALE`) are persisted as a log of absolute values (the pair log): each
+//! batch appends one record with the new weight of every pair it changed, and when the log
+//! grows past twice the live state it is compacted into a full snapshot inside the same
+//! transaction (`persist.rs`). Loading replays the log in order (later values overwrite
+//! earlier ones), which reproduces exactly the committed weights.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::store::{CheckpointWriter, ModelDelta, Store, UserState};
+use crate::store::{Store, UserState};
 use attune_core::model::{TrendEntry, shard_of};
 use attune_core::{
     CatalogItem, CatalogShard, Event, EventKind, Neighbour, NeighbourShard, Trending,
 };
 use foldhash::HashMap as FoldHashMap;
 
-/// Entries per pair log record (16 bytes each: 4 MiB records).
-const PAIR_RECORD_ENTRIES: usize = 1 << 18;
-/// Queued co-occurrence increments that make [`Model::observe`] settle by itself (16 MiB); the
+/// Queued co-occurrence increments that make [`Model::observe`] settle by itself (32 MiB); the
 /// pipeline settles every micro-batch long before.
 const MAX_PENDING_PAIRS: usize = 1 << 21;
 /// The pair log is compacted once it holds this much more than twice the live state.
 const PAIR_LOG_SLACK_BYTES: u64 = if cfg!(test) { 0 } else { 32 << 20 };
+
+/// Co-occurrence weight of two items next to each other in a session; items `d` apart add
+/// `PAIR_WEIGHT_SCALE / d` (sequential rules' `1/d`, Ludewig & Jannach 2018), so what was
+/// seen together weighs more the closer together it was seen. Divisible by 1 to 6, so the
+/// usual windows round nothing; the similarity divides it out again.
+pub const PAIR_WEIGHT_SCALE: u32 = 60;
+
+/// The co-occurrence weight of two items `distance` (≥ 1) apart in a session.
+fn pair_weight(distance: usize) -> u32 {
+    PAIR_WEIGHT_SCALE / u32::try_from(distance.max(1)).unwrap_or(u32::MAX)
+}
 
 #[derive(Debug, Default)]
 pub struct Model {
@@ -39,7 +50,7 @@ pub struct Model {
     shard: Vec<u32>,
     /// id → number of user histories it entered.
     counts: Vec<u64>,
-    /// id → (other id → co-occurrence count); symmetric.
+    /// id → (other id → co-occurrence weight, in units of `1 / PAIR_WEIGHT_SCALE`); symmetric.
     adj: Vec<FoldHashMap<u32, PairCell>>,
     /// id → (decayed score, reference time).
     trend: Vec<Option<(f64, u64)>>,
@@ -62,9 +73,9 @@ pub struct Model {
     touched_any: bool,
     /// Distinct unordered pairs with a count.
     live_pairs: u64,
-    /// Co-occurrence increments not yet in `adj`, as `a << 32 | b` with `a < b`
-    /// ([`Model::settle`]).
-    pending_pairs: Vec<u64>,
+    /// Co-occurrence increments not yet in `adj`: the pair as `a << 32 | b` with `a < b`, and
+    /// the weight it adds ([`Model::settle`]).
+    pending_pairs: Vec<(u64, u32)>,
     /// `settle`'s buffer for the second half of each cell (kept for its capacity).
     mirrored_cells: Vec<(u64, PairCell)>,
     /// Bytes in the stored pair log and the sequence its next record gets.
@@ -76,21 +87,14 @@ pub struct Model {
     dirty_catalog: BTreeSet<String>,
 }
 
-/// One co-occurrence count, in both items' rows. The epoch marks it changed since the last
+/// One co-occurrence weight, in both items' rows. The epoch marks it changed since the last
 /// persist, in the cache line the update touches anyway (a separate dirty set cost a random
 /// memory access per update).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct PairCell {
     /// Saturating (u32: half the memory of u64 rows).
-    count: u32,
+    weight: u32,
     epoch: u32,
-}
-
-/// Appends one pair-log entry: `[a: u32 LE][b: u32 LE][count: u64 LE]`.
-fn push_pair(buf: &mut Vec<u8>, a: u32, b: u32, c: u64) {
-    buf.extend_from_slice(&a.to_le_bytes());
-    buf.extend_from_slice(&b.to_le_bytes());
-    buf.extend_from_slice(&c.to_le_bytes());
 }
 
 /// The entries of one pair-log record (a trailing partial entry is ignored).
@@ -173,7 +177,7 @@ impl Model {
 
     fn set_pair(&mut self, a: u32, b: u32, c: u64) {
         let cell = PairCell {
-            count: u32::try_from(c).unwrap_or(u32::MAX),
+            weight: u32::try_from(c).unwrap_or(u32::MAX),
             // Loaded state is persisted state: not dirty.
             epoch: self.epoch.wrapping_sub(1),
         };
@@ -334,10 +338,11 @@ impl Model {
         }
         self.touch(id);
         let mut changed_rows = false;
-        for &o in user.recent_ids.iter().take(self.cfg.history) {
+        for (before, &o) in user.recent_ids.iter().take(self.cfg.history).enumerate() {
             // Queued by unordered pair (see `settle`); the rows are marked now.
             let (a, b) = (id.min(o), id.max(o));
-            self.pending_pairs.push(u64::from(a) << 32 | u64::from(b));
+            self.pending_pairs
+                .push((u64::from(a) << 32 | u64::from(b), pair_weight(before + 1)));
             self.mark_row(o);
             changed_rows = true;
             self.touch(o);
@@ -355,7 +360,7 @@ impl Model {
 
     /// Applies the co-occurrence increments [`Model::observe`] queued. They are applied sorted
     /// by row, so each row's table is updated while it is in cache, instead of two cache misses
-    /// per increment at random; equal pairs are added up first. The result is the state that
+    /// per increment at random; the weights of equal pairs are added up first. The result is the state that
     /// applying them one by one would give (counts, change epochs, `live_pairs`,
     /// `dirty_pairs`): a cell is the same in both rows, and its first increment in an epoch is
     /// what counts a change. The pipeline settles at the end of every micro-batch, before the
@@ -368,18 +373,19 @@ impl Model {
         let mut mirrored = std::mem::take(&mut self.mirrored_cells);
         pending.sort_unstable();
         let epoch = self.epoch;
-        for run in pending.chunk_by(|x, y| x == y) {
-            let (a, b) = ((run[0] >> 32) as u32, run[0] as u32);
+        for run in pending.chunk_by(|x, y| x.0 == y.0) {
+            let (a, b) = ((run[0].0 >> 32) as u32, run[0].0 as u32);
+            let weight: u64 = run.iter().map(|p| u64::from(p.1)).sum();
             let c = self.adj[a as usize].entry(b).or_default();
-            if c.count == 0 {
+            if c.weight == 0 {
                 self.live_pairs += 1;
             }
-            if c.epoch != epoch || c.count == 0 {
+            if c.epoch != epoch || c.weight == 0 {
                 self.dirty_pairs += 1;
             }
-            c.count = c
-                .count
-                .saturating_add(u32::try_from(run.len()).unwrap_or(u32::MAX));
+            c.weight = c
+                .weight
+                .saturating_add(u32::try_from(weight).unwrap_or(u32::MAX));
             c.epoch = epoch;
             mirrored.push((u64::from(b) << 32 | u64::from(a), *c));
         }
@@ -407,106 +413,9 @@ impl Model {
             .collect()
     }
 
-    /// Writes everything changed since the last call into the checkpoint: the model's part.
-    pub fn persist(&mut self, tx: &CheckpointWriter) -> Result<()> {
-        let delta = tx.model();
-        delta.put_seq(self.seq)?;
-        self.settle();
-        if !self.dirty_catalog.is_empty() {
-            let dirty = std::mem::take(&mut self.dirty_catalog);
-            delta.put_catalog(
-                dirty
-                    .iter()
-                    .filter_map(|id| self.catalog.get(id).map(|item| (id.as_str(), item))),
-            )?;
-        }
-        if (self.persisted_names as usize) < self.names.len() {
-            let first = self.persisted_names;
-            delta.put_item_names(first, self.names[first as usize..].iter().map(|n| &**n))?;
-            self.persisted_names = self.names.len() as u32;
-        }
-        if !self.dirty_counts.is_empty() {
-            let mut ids = std::mem::take(&mut self.dirty_counts);
-            ids.sort_unstable_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
-            for id in &ids {
-                self.dirty_flags[*id as usize] &= !1;
-            }
-            delta.put_item_counts(
-                ids.iter()
-                    .map(|id| (&*self.names[*id as usize], self.counts[*id as usize])),
-            )?;
-            // Keep the allocation for the next batch.
-            ids.clear();
-            self.dirty_counts = ids;
-        }
-        if !self.dirty_trend.is_empty() {
-            let mut ids = std::mem::take(&mut self.dirty_trend);
-            ids.sort_unstable_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
-            for id in &ids {
-                self.dirty_flags[*id as usize] &= !2;
-            }
-            delta.put_trends(ids.iter().filter_map(|id| {
-                self.trend[*id as usize].map(|v| (&*self.names[*id as usize], v))
-            }))?;
-            ids.clear();
-            self.dirty_trend = ids;
-        }
-        if self.dirty_pairs > 0 {
-            let live_bytes = self.live_pairs * 16;
-            let delta_bytes = self.dirty_pairs * 16;
-            let compact = self.log_bytes + delta_bytes > 2 * live_bytes + PAIR_LOG_SLACK_BYTES;
-            let rows: Vec<u32> = if compact {
-                // The whole state replaces the log.
-                delta.clear_pair_log()?;
-                self.log_bytes = 0;
-                (0..self.adj.len() as u32).collect()
-            } else {
-                let mut rows = self.dirty_rows.clone();
-                rows.sort_unstable();
-                rows
-            };
-            let epoch = self.epoch;
-            let mut buf = Vec::with_capacity(PAIR_RECORD_ENTRIES * 16);
-            let mut pairs: Vec<(u32, u32)> = Vec::new();
-            for a in rows {
-                pairs.clear();
-                pairs.extend(
-                    self.adj[a as usize]
-                        .iter()
-                        .filter(|(b, c)| a < **b && (compact || c.epoch == epoch))
-                        .map(|(b, c)| (*b, c.count)),
-                );
-                pairs.sort_unstable();
-                for (b, c) in &pairs {
-                    push_pair(&mut buf, a, *b, u64::from(*c));
-                    if buf.len() >= PAIR_RECORD_ENTRIES * 16 {
-                        self.append_pair_record(&delta, &mut buf)?;
-                    }
-                }
-            }
-            if !buf.is_empty() {
-                self.append_pair_record(&delta, &mut buf)?;
-            }
-        }
-        for id in self.dirty_rows.drain(..) {
-            self.dirty_flags[id as usize] &= !4;
-        }
-        self.dirty_pairs = 0;
-        // Cells marked with the old epoch are now persisted.
-        self.epoch = self.epoch.wrapping_add(1);
-        Ok(())
-    }
-
-    fn append_pair_record(&mut self, delta: &ModelDelta<'_>, buf: &mut Vec<u8>) -> Result<()> {
-        self.log_bytes += buf.len() as u64;
-        delta.put_pair_record(self.log_next, buf)?;
-        self.log_next += 1;
-        buf.clear();
-        Ok(())
-    }
-
-    /// Top-K neighbours of `item` by similarity (`count(i, j) / (count(i)^a · count(j)^(1-a))`,
-    /// `a` = `similarity_alpha`), most similar first, ties by id.
+    /// Top-K neighbours of `item` by similarity (`w(i, j) / (count(i)^a · count(j)^(1-a))`, `w`
+    /// the distance-weighted co-occurrence, `a` = `similarity_alpha`), most similar first, ties
+    /// by id.
     pub fn neighbours(&self, item: &str) -> Vec<Neighbour> {
         debug_assert!(self.pending_pairs.is_empty(), "Model::settle first");
         let Some(&id) = self.ids.get(item) else {
@@ -517,13 +426,16 @@ impl Model {
             return Vec::new();
         }
         let alpha = self.cfg.similarity_alpha;
-        let ni = (self.counts[id as usize].max(1) as f64).powf(alpha);
+        let shrinkage = self.cfg.similarity_shrinkage.max(0.0);
+        let ni =
+            f64::from(PAIR_WEIGHT_SCALE) * (self.counts[id as usize].max(1) as f64).powf(alpha);
         let mut out: Vec<(f64, &str)> = row
             .iter()
             .map(|(j, c)| {
                 let nj = (self.counts[*j as usize].max(1) as f64).powf(1.0 - alpha);
+                let support = f64::from(c.weight) / f64::from(PAIR_WEIGHT_SCALE);
                 (
-                    (f64::from(c.count) / (ni * nj)).min(1.0),
+                    (f64::from(c.weight) / (ni * nj)).min(1.0) * support / (support + shrinkage),
                     &*self.names[*j as usize],
                 )
             })
@@ -602,5 +514,6 @@ impl Model {
     }
 }
 
+mod persist;
 #[cfg(test)]
 mod tests;

@@ -143,3 +143,54 @@ fn co_occurrence_stays_within_a_session() {
     assert_eq!(names("b"), ["a"]);
     assert!(names("c").is_empty());
 }
+
+/// Feeds `items` as one user's session, a minute apart, and settles.
+fn session(m: &mut Model, user: &str, first: u64, items: &[&str]) {
+    let mut state = UserState::default();
+    let mut previous = 0;
+    for (n, item) in items.iter().enumerate() {
+        let mut e = event(first + n as u64, user, item);
+        e.ts = 1_700_000_000_000 + (first + n as u64) * 60_000;
+        m.observe(&e, 1.0, previous, &mut state);
+        previous = e.ts;
+    }
+    m.settle();
+}
+
+/// Within the window, items seen closer together in a session are the stronger neighbours:
+/// co-occurrence weighs `1 / distance`.
+#[test]
+fn closer_items_in_a_session_are_stronger_neighbours() {
+    let cfg = ModelConfig {
+        history: 3,
+        ..ModelConfig::default()
+    };
+    let mut m = Model::new(cfg);
+    session(&mut m, "u", 0, &["a", "b", "c", "d"]);
+    let d = m.neighbours("d");
+    let names: Vec<&str> = d.iter().map(|n| n.item.as_str()).collect();
+    assert_eq!(names, ["c", "b", "a"]);
+    assert!(d[0].sim > d[1].sim && d[1].sim > d[2].sim, "{d:?}");
+    // Out of the window of 3: `a` and `e` never co-occur.
+    session(&mut m, "v", 10, &["a", "b", "c", "d", "e"]);
+    assert!(m.neighbours("e").iter().all(|n| n.item != "a"));
+}
+
+/// The shrinkage makes a pair seen together once weaker than one seen together twice, even
+/// when both items of each pair were never seen apart (the raw similarity is 1 for both).
+#[test]
+fn a_pair_seen_once_is_a_weaker_neighbour_than_one_seen_twice() {
+    let sims = |shrinkage: f64| {
+        let mut m = Model::new(ModelConfig {
+            similarity_shrinkage: shrinkage,
+            ..ModelConfig::default()
+        });
+        session(&mut m, "u1", 0, &["once", "with-once"]);
+        session(&mut m, "u2", 10, &["twice", "with-twice"]);
+        session(&mut m, "u3", 20, &["twice", "with-twice"]);
+        (m.neighbours("once")[0].sim, m.neighbours("twice")[0].sim)
+    };
+    let (once, twice) = sims(ModelConfig::default().similarity_shrinkage);
+    assert!(once < twice, "{once} vs {twice}");
+    assert_eq!(sims(0.0), (1.0, 1.0));
+}

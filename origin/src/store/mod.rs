@@ -160,8 +160,9 @@ const STORE_CACHE_BYTES: usize = 256 << 20;
 
 /// The layout of the store's tables and rows ([`crate::store::format`]), kept in [`META`] under
 /// [`keys::FORMAT`]. A store of any other format is not read: the node rebuilds it from the
-/// event log, the source of truth (`Node::open`).
-pub const FORMAT_VERSION: u64 = 1;
+/// event log, the source of truth (`Node::open`). Bumped whenever what a table holds changes
+/// meaning, not only layout (the pair log's weights, for one).
+pub const FORMAT_VERSION: u64 = 2;
 
 /// Whether redb refuses a file for what it holds (another redb file format, not a redb
 /// file, damaged) rather than for how it was reached (in use, permissions, I/O).

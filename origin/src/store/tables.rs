@@ -21,9 +21,10 @@ pub(crate) const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("c
 pub(crate) const ITEM_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("item_counts");
 /// Interned item id → item (ids are dense, assigned in order).
 pub(crate) const ITEMS: TableDefinition<u32, &str> = TableDefinition::new("items");
-/// Co-occurrence counts as a log of absolute values: sequence → packed
-/// `[a: u32 LE][b: u32 LE][count: u64 LE]` (item ids, a < b). Replayed in order at load;
-/// compacted into a snapshot when it outgrows the live state (see `model.rs`).
+/// Co-occurrence weights as a log of absolute values: sequence → packed
+/// `[a: u32 LE][b: u32 LE][weight: u64 LE]` (item ids, a < b; the weight in units of
+/// `model::PAIR_WEIGHT_SCALE`ths). Replayed in order at load; compacted into a snapshot when it
+/// outgrows the live state (see `model/persist.rs`).
 pub(crate) const PAIR_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("pair_log");
 /// item → (decayed trend score, reference time of the score).
 pub(crate) const TREND: TableDefinition<&str, (f64, u64)> = TableDefinition::new("trend");
