@@ -26,10 +26,11 @@ use crate::page::{
     Settings, UpstreamHead,
 };
 use crate::policy::Bypass;
-use crate::rewrite::{PageRewriter, Report};
+use crate::rewrite::{Fill, Report};
 use crate::{cookies, events, urls};
 
 mod body;
+mod html;
 mod routes;
 
 thread_local! {
@@ -426,54 +427,116 @@ async fn page(
         .await;
         page.on_profile(read);
     }
-    let mut rewriter = PageRewriter::new(page.rewrite(now_ms()));
-
-    // The first chunk goes through before the headers: it names the page's item (meta tag in
-    // <head>), which joins the session cookie sent with these headers.
+    let fill: html::Shared = Rc::new(RefCell::new(Fill::new(page.rewrite(now_ms()))));
+    let (report_tx, report_rx) = oneshot::channel::<Report>();
     let headers = copy_headers(resp.headers(), STRIP_ON_REWRITE)?;
     let status = resp.status_code();
     let upstream_body = match resp.body() {
         ResponseBody::Stream(stream) => Some(stream.clone()),
         _ => None,
     };
-    let mut first = Vec::new();
-    // The body, when there is more of it after the first chunk.
-    let mut rest = None;
-    if let Some(b) = &upstream_body {
-        let reader = body::Reader::new(b)?;
-        match reader.next().await {
-            Ok(Some(chunk)) => {
-                first = rewriter.write(&chunk);
-                if explain {
-                    while let Ok(Some(chunk)) = reader.next().await {
-                        rewriter.write(&chunk);
-                    }
-                } else {
-                    rest = Some(b);
+    // The rewriter's input: the upstream's body, its first chunk read here (below).
+    let rewritten = body::Output::new()
+        .map_err(|e| JsValue::from(e.to_string()))
+        .and_then(|input| {
+            let rw = html::rewriter(&fill, report_tx)?;
+            let init = web_sys::ResponseInit::new();
+            let body = web_sys::Response::new_with_opt_readable_stream_and_init(
+                Some(&input.readable),
+                &init,
+            )?;
+            Ok((input, rw.transform(&body)?))
+        });
+    let (input, rewritten) = match rewritten {
+        Ok(rewritten) => rewritten,
+        Err(e) => {
+            // Not seen in workerd; the upstream's body is untouched, so it goes as it came.
+            console_error!("attune: HTMLRewriter: {e:?}");
+            return pass_through(resp, Outcome::Default("rewriter"), started);
+        }
+    };
+
+    // The first chunk is read before the headers: it names the page's item (meta tag in
+    // <head>), which joins the session cookie sent with these headers.
+    let mut first = None;
+    // What the first chunk holds (the page's item; its slots, for the debug header).
+    let mut probed = None;
+    match &upstream_body {
+        Some(b) => {
+            let reader = match body::Reader::new(b) {
+                Ok(reader) => Some(reader),
+                Err(e) => {
+                    console_error!("attune: upstream body: {e}");
+                    None
+                }
+            };
+            if let Some(reader) = &reader {
+                match reader.next().await {
+                    Ok(chunk) => first = chunk,
+                    Err(e) => console_error!("attune: upstream body: {e}"),
                 }
             }
-            Ok(None) => {}
-            Err(e) => console_error!("attune: upstream body: {e}"),
+            if let Some(chunk) = &first {
+                // With the debug header, a fill of its own (the page's fill reports the
+                // page's slots once); otherwise only the page's item is read, into the
+                // page's fill, whose own rewriter reads the same later.
+                let target = match page.debug() {
+                    true => html::with(&fill, |s| Some(s.inputs().clone()))
+                        .map(|inputs| Rc::new(RefCell::new(Fill::new(inputs)))),
+                    false => Some(fill.clone()),
+                };
+                if let Some(target) = target {
+                    match html::probe(chunk, &target, page.debug()).await {
+                        Ok(()) => probed = Some(target),
+                        Err(e) => console_error!("attune: first chunk: {e:?}"),
+                    }
+                }
+            }
+            wait_until(ctx, body::forward(first.take(), reader, b.clone(), input));
         }
+        None => input.close(),
     }
+    let Some(page_body) = rewritten.body() else {
+        return upstream_failed(
+            &Error::JsError("no rewritten body".into()),
+            started,
+            explain,
+        );
+    };
 
     if explain {
-        let (_, report) = rewriter.end();
+        if let Ok(reader) = body::Reader::new(&page_body) {
+            while let Ok(Some(_)) = reader.next().await {}
+        }
+        let report = match report_rx.await {
+            Ok(report) => report,
+            Err(_) => {
+                let mut report = html::with(&fill, |s| s.report().clone());
+                report.error = Some("the page did not end".into());
+                report
+            }
+        };
         return json_response(200, page.debug_json(&report));
     }
 
-    let report = if page.debug() {
-        rewriter.report()
-    } else {
-        Report::default()
+    let (page_item, report) = match &probed {
+        Some(probed) => html::with(probed, |s| {
+            let report = if page.debug() {
+                s.report().clone()
+            } else {
+                Report::default()
+            };
+            (s.page_item().map(str::to_owned), report)
+        }),
+        None => (None, Report::default()),
     };
     apply_headers(
         &headers,
-        page.response_headers(rewriter.page_item().as_deref(), &report, now_ms()),
+        page.response_headers(page_item.as_deref(), &report, now_ms()),
     )?;
 
-    // Impressions of what was rendered, once the stream has ended (waitUntil).
-    let (report_tx, report_rx) = oneshot::channel::<Report>();
+    // Impressions of what was rendered, once the page has been rewritten to its end
+    // (waitUntil); a page the visitor left records none.
     if page.forwards_impressions() {
         let (url, token) = (s.ingest_url.clone(), s.ingest_token.clone());
         let user = page.identity().id.clone();
@@ -489,22 +552,7 @@ async fn page(
         });
     }
 
-    let resp = match rest {
-        Some(b) => {
-            let out = body::Output::new()?;
-            let readable = out.readable.clone();
-            wait_until(
-                ctx,
-                body::rewrite(b.clone(), out, first, rewriter, report_tx),
-            );
-            Response::from_body(ResponseBody::Stream(readable))?
-        }
-        None => {
-            let (tail, report) = rewriter.end();
-            let _ = report_tx.send(report);
-            first.extend_from_slice(&tail);
-            Response::from_bytes(first)?
-        }
-    };
-    Ok(resp.with_status(status).with_headers(headers))
+    Ok(Response::from_body(ResponseBody::Stream(page_body))?
+        .with_status(status)
+        .with_headers(headers))
 }
