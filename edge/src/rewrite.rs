@@ -263,8 +263,10 @@ impl Fill {
         el.can_have_content()
     }
 
+    // The item is checked before the attribute is read: each read is a call into workerd.
     fn field(&mut self, el: &mut impl SlotElement) {
-        if let (Some(item), Some(field)) = (&self.item, el.attr("data-attune-field"))
+        if let Some(item) = &self.item
+            && let Some(field) = el.attr("data-attune-field")
             && let Some(value) = field_value(item, field.trim())
         {
             el.set_inner_html(&escape::text_html(value, self.inputs.charset));
@@ -272,7 +274,9 @@ impl Fill {
     }
 
     fn attrs(&mut self, el: &mut impl SlotElement) {
-        if let (Some(item), Some(spec)) = (&self.item, el.attr("data-attune-attr")) {
+        if let Some(item) = &self.item
+            && let Some(spec) = el.attr("data-attune-attr")
+        {
             set_attrs(el, &spec, item, self.inputs.charset);
         }
     }

@@ -431,81 +431,29 @@ async fn page(
     let (report_tx, report_rx) = oneshot::channel::<Report>();
     let headers = copy_headers(resp.headers(), STRIP_ON_REWRITE)?;
     let status = resp.status_code();
-    let upstream_body = match resp.body() {
-        ResponseBody::Stream(stream) => Some(stream.clone()),
-        _ => None,
-    };
-    // The rewriter's input: the upstream's body, its first chunk read here (below).
-    let rewritten = body::Output::new()
-        .map_err(|e| JsValue::from(e.to_string()))
-        .and_then(|input| {
-            let rw = html::rewriter(&fill, report_tx)?;
-            let init = web_sys::ResponseInit::new();
-            let body = web_sys::Response::new_with_opt_readable_stream_and_init(
-                Some(&input.readable),
-                &init,
-            )?;
-            Ok((input, rw.transform(&body)?))
-        });
-    let (input, rewritten) = match rewritten {
-        Ok(rewritten) => rewritten,
+    let rewriter = match html::rewriter(&fill, report_tx) {
+        Ok(rw) => rw,
         Err(e) => {
             // Not seen in workerd; the upstream's body is untouched, so it goes as it came.
             console_error!("attune: HTMLRewriter: {e:?}");
             return pass_through(resp, Outcome::Default("rewriter"), started);
         }
     };
-
-    // The first chunk is read before the headers: it names the page's item (meta tag in
-    // <head>), which joins the session cookie sent with these headers.
-    let mut first = None;
-    // What the first chunk holds (the page's item; its slots, for the debug header).
-    let mut probed = None;
-    match &upstream_body {
-        Some(b) => {
-            let reader = match body::Reader::new(b) {
-                Ok(reader) => Some(reader),
-                Err(e) => {
-                    console_error!("attune: upstream body: {e}");
-                    None
-                }
-            };
-            if let Some(reader) = &reader {
-                match reader.next().await {
-                    Ok(chunk) => first = chunk,
-                    Err(e) => console_error!("attune: upstream body: {e}"),
-                }
-            }
-            if let Some(chunk) = &first {
-                // With the debug header, a fill of its own (the page's fill reports the
-                // page's slots once); otherwise only the page's item is read, into the
-                // page's fill, whose own rewriter reads the same later.
-                let target = match page.debug() {
-                    true => html::with(&fill, |s| Some(s.inputs().clone()))
-                        .map(|inputs| Rc::new(RefCell::new(Fill::new(inputs)))),
-                    false => Some(fill.clone()),
-                };
-                if let Some(target) = target {
-                    match html::probe(chunk, &target, page.debug()).await {
-                        Ok(()) => probed = Some(target),
-                        Err(e) => console_error!("attune: first chunk: {e:?}"),
-                    }
-                }
-            }
-            wait_until(ctx, body::forward(first.take(), reader, b.clone(), input));
+    let upstream_resp = web_sys::Response::from(resp);
+    let page_body = match rewriter.transform(&upstream_resp) {
+        Ok(rewritten) => rewritten.body(),
+        Err(e) => {
+            console_error!("attune: HTMLRewriter: {e:?}");
+            return pass_through(
+                Response::from(upstream_resp),
+                Outcome::Default("rewriter"),
+                started,
+            );
         }
-        None => input.close(),
-    }
-    let Some(page_body) = rewritten.body() else {
-        return upstream_failed(
-            &Error::JsError("no rewritten body".into()),
-            started,
-            explain,
-        );
     };
 
     if explain {
-        if let Ok(reader) = body::Reader::new(&page_body) {
+        if let Some(reader) = page_body.as_ref().and_then(|b| body::Reader::new(b).ok()) {
             while let Ok(Some(_)) = reader.next().await {}
         }
         let report = match report_rx.await {
@@ -519,17 +467,21 @@ async fn page(
         return json_response(200, page.debug_json(&report));
     }
 
-    let (page_item, report) = match &probed {
-        Some(probed) => html::with(probed, |s| {
-            let report = if page.debug() {
-                s.report().clone()
-            } else {
-                Report::default()
-            };
-            (s.page_item().map(str::to_owned), report)
-        }),
-        None => (None, Report::default()),
+    // The first chunk of the rewritten page is made before the headers: it names the page's
+    // item (meta tag in <head>), which joins the session cookie sent with these headers.
+    let page_body = match page_body {
+        Some(b) => Some(body::first_chunk_read(&b).await),
+        None => None,
     };
+
+    let (page_item, report) = html::with(&fill, |s| {
+        let report = if page.debug() {
+            s.report().clone()
+        } else {
+            Report::default()
+        };
+        (s.page_item().map(str::to_owned), report)
+    });
     apply_headers(
         &headers,
         page.response_headers(page_item.as_deref(), &report, now_ms()),
@@ -552,7 +504,9 @@ async fn page(
         });
     }
 
-    Ok(Response::from_body(ResponseBody::Stream(page_body))?
-        .with_status(status)
-        .with_headers(headers))
+    let resp = match page_body {
+        Some(b) => Response::from_body(ResponseBody::Stream(b))?,
+        None => Response::empty()?,
+    };
+    Ok(resp.with_status(status).with_headers(headers))
 }

@@ -1,18 +1,16 @@
-//! The page body, which never enters the wasm. The upstream's first chunk is read before the
-//! response headers are made (its `<meta name="attune:item">` joins the session cookie those
-//! headers carry: `html::probe`), so the rewriter's input is that chunk and then the
-//! rest of the upstream body: an `IdentityTransformStream` the chunk is written into and the
-//! rest piped into with `pipeTo`. Both streams are workerd's own, so workerd moves the bytes
-//! without calling into the Worker (each chunk that crosses into JS or wasm costs more CPU than
-//! rewriting it: measured with `cargo xtask bench edge`). workerd does not pipe one
-//! `TransformStream` into another, which is why the stitching is on the input side.
+//! The page body, which never enters the wasm. The rewritten page's first chunk is made before
+//! the response headers: producing it runs the handlers over the upstream's first chunk, whose
+//! `<meta name="attune:item">` joins the session cookie those headers carry. The rewritten body
+//! is teed for it, and the visitor reads the other branch, a stream of workerd's own that
+//! workerd sends without calling into the Worker (each chunk that crosses into JS or wasm costs
+//! more CPU than rewriting it: measured with `cargo xtask bench edge`). workerd does not
+//! `pipeTo` from one `TransformStream` into another, so the first chunk cannot be written ahead
+//! of the rest into a new stream.
 
-use worker::js_sys::{Array, Function, Reflect, Uint8Array};
+use worker::js_sys::{Reflect, Uint8Array};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
-use worker::web_sys::{
-    ReadableStream, ReadableStreamDefaultReader, StreamPipeOptions, TransformStream, WritableStream,
-};
+use worker::web_sys::{ReadableStream, ReadableStreamDefaultReader};
 use worker::{Error, Result, console_error};
 
 fn js_error(e: JsValue) -> Error {
@@ -59,63 +57,27 @@ impl Drop for Reader {
     }
 }
 
-/// The stream the visitor reads and its writable side.
-pub(super) struct Output {
-    pub readable: ReadableStream,
-    writable: WritableStream,
-}
-
-impl Output {
-    /// An `IdentityTransformStream` (workerd's native byte pipe).
-    pub(super) fn new() -> Result<Self> {
-        let ctor: Function = get(&worker::js_sys::global(), "IdentityTransformStream")?
-            .dyn_into()
-            .map_err(|_| Error::JsError("no IdentityTransformStream".into()))?;
-        let stream: TransformStream = Reflect::construct(&ctor, &Array::new())
-            .map_err(js_error)?
-            .unchecked_into();
-        Ok(Output {
-            readable: stream.readable(),
-            writable: stream.writable(),
-        })
-    }
-
-    /// Ends the stream with nothing written (a page without a body).
-    pub(super) fn close(self) {
-        let _ = self.writable.close();
-    }
-}
-
-/// Fills `out`, the page's rewriter's input: `first` (the upstream's first chunk, already
-/// read), then the rest of `body` (whose reader is `reader`), piped by workerd. Runs in
-/// `waitUntil` while workerd sends the rewritten page.
-pub(super) async fn forward(
-    first: Option<Uint8Array>,
-    reader: Option<Reader>,
-    body: ReadableStream,
-    out: Output,
-) {
-    let written = match (&first, out.writable.get_writer()) {
-        (None, _) => true,
-        (Some(first), Ok(writer)) => {
-            let written = JsFuture::from(writer.write_with_chunk(first)).await;
-            writer.release_lock();
-            written.is_ok()
-        }
-        (Some(_), Err(_)) => false,
+/// Makes `body`'s first chunk and answers the stream the visitor reads, which still starts
+/// with it. `body` is teed: one branch is read for that chunk and cancelled; the other, which
+/// holds it, goes to the visitor. Without the tee's second branch (or if reading fails) the
+/// body goes as it is.
+pub(super) async fn first_chunk_read(body: &ReadableStream) -> ReadableStream {
+    let branches = body.tee();
+    let (probe, page) = match (
+        branches.get(0).dyn_into::<ReadableStream>(),
+        branches.get(1).dyn_into::<ReadableStream>(),
+    ) {
+        (Ok(probe), Ok(page)) => (probe, page),
+        _ => return body.clone(),
     };
-    drop(reader);
-    if !written {
-        // The visitor went away: stop reading the upstream.
-        let _ = JsFuture::from(body.cancel()).await;
-        return;
+    match Reader::new(&probe) {
+        Ok(reader) => {
+            if let Err(e) = reader.next().await {
+                console_error!("attune: page body: {e}");
+            }
+        }
+        Err(e) => console_error!("attune: page body: {e}"),
     }
-    // pipeTo closes `out` at the end of the body and cancels the body if the visitor goes away.
-    // Where the body fails, the page ends there, as a complete response.
-    let options = StreamPipeOptions::new();
-    options.set_prevent_abort(true);
-    if let Err(e) = JsFuture::from(body.pipe_to_with_options(&out.writable, &options)).await {
-        console_error!("attune: upstream body: {}", js_error(e));
-        let _ = JsFuture::from(out.writable.close()).await;
-    }
+    let _ = probe.cancel();
+    page
 }

@@ -14,8 +14,7 @@ use std::rc::Rc;
 
 use futures_channel::oneshot;
 use wasm_bindgen::prelude::*;
-use worker::js_sys::{Function, Object, Reflect, Uint8Array};
-use worker::wasm_bindgen_futures::JsFuture;
+use worker::js_sys::{Function, Object, Reflect};
 use worker::web_sys;
 
 use crate::rewrite::{Fill, Hook, Report, SELECTORS, SlotElement};
@@ -186,22 +185,4 @@ pub(super) fn rewriter(
         }
     });
     rw.on_document(&object("end", &end.into_js_value())?)
-}
-
-/// Runs `probe` over `first`, the upstream's first chunk, with a rewriter of its own over just
-/// those bytes, before the response headers are made: the page's item (`<meta
-/// name="attune:item">`) joins the session cookie they carry, and the debug header reports the
-/// slots of the first chunk. `slots`: the slots too, not just the page's item. The page's own
-/// rewriter runs later, as the visitor reads the page, and decides the same from the same
-/// inputs.
-pub(super) async fn probe(first: &Uint8Array, probe: &Shared, slots: bool) -> Result<(), JsValue> {
-    let selectors = if slots {
-        &SELECTORS[..]
-    } else {
-        &SELECTORS[..1]
-    };
-    let rw = handlers(probe, selectors)?;
-    let out = rw.transform(&web_sys::Response::new_with_opt_buffer_source(Some(first))?)?;
-    JsFuture::from(out.array_buffer()?).await?;
-    Ok(())
 }
