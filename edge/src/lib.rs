@@ -22,7 +22,5 @@ pub mod urls;
 #[cfg(target_arch = "wasm32")]
 mod worker_shell;
 
-// The rewrite tests drive the slot fill with the lol_html crate, which only the native build
-// links.
-#[cfg(all(test, not(target_arch = "wasm32")))]
+#[cfg(test)]
 mod tests;

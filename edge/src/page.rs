@@ -477,7 +477,5 @@ pub fn identify(
     (vid, who)
 }
 
-// Some of these tests run the slot fill with the lol_html crate, which only the native build
-// links.
-#[cfg(all(test, not(target_arch = "wasm32")))]
+#[cfg(test)]
 mod tests;

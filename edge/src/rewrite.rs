@@ -2,12 +2,12 @@
 //! picks, keeps the chosen variant of variant slots, and reads the page's
 //! `<meta name="attune:item">`, as the elements stream past.
 //!
-//! The HTML itself is parsed by lol_html, but this module does not drive it: in the Worker it is
-//! workerd's own `HTMLRewriter` (lol_html compiled into workerd), so the page's bytes never enter
-//! the wasm and only the elements [`SELECTORS`] match call into it
-//! (`worker_shell/html.rs`); natively, for the tests, the lol_html crate ([`PageRewriter`]).
-//! Both see the elements through [`SlotElement`] and call the same [`Fill`] methods, so what
-//! goes into each slot is decided here once.
+//! [`Fill`] decides what goes into each slot and writes it through [`SlotElement`], the parts
+//! of lol_html's element API it uses; [`PageRewriter`] drives it with the lol_html crate over
+//! the page's chunks (`rewrite/lol.rs`). The Worker runs that inside the wasm: driving
+//! workerd's own `HTMLRewriter` from Rust instead (every matched element a call into the
+//! wasm, the page's bytes never in it) was measured to cost more CPU per request (see
+//! ARCHITECTURE.md, the edge).
 //!
 //! A slot's strategy, count and category are only known when its opening tag streams past, so
 //! ranking happens right there, inside the element handler: the data was loaded before the
@@ -24,9 +24,7 @@ use serde::Serialize;
 use crate::data::Model;
 use crate::escape::{self, Charset};
 
-#[cfg(not(target_arch = "wasm32"))]
 mod lol;
-#[cfg(not(target_arch = "wasm32"))]
 pub use lol::{PageRewriter, rewrite_all};
 
 /// Largest `data-attune-count` honoured.
@@ -34,7 +32,7 @@ pub const MAX_COUNT: usize = 24;
 const DEFAULT_COUNT: usize = 4;
 
 /// What the rewrite decides from.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Inputs {
     pub now: Millis,
     /// The identity experiments bucket on.
@@ -45,10 +43,9 @@ pub struct Inputs {
     pub model: Option<Rc<Model>>,
     pub country: Option<String>,
     pub device: DeviceClass,
-    /// What the response's `Content-Type` says of the page's charset. Without a UTF-8 one,
-    /// inserted text is ASCII with character references, which reads the same in any
-    /// ASCII-compatible charset (a `<meta>` in the page is not consulted: workerd's rewriter
-    /// gives no element's byte position, so the 1024-byte window browsers look in is unknown).
+    /// What the response's `Content-Type` says of the page's charset. A page without one that
+    /// declares UTF-8 in a `<meta>` within its first 1024 bytes (where browsers look) is
+    /// written as UTF-8 from there on.
     pub charset: Charset,
 }
 
@@ -118,8 +115,7 @@ pub enum Hook {
 }
 
 /// The selectors a driver registers, in this order (lol_html calls the handlers of one element
-/// in registration order: a slot opens before its own `data-attune-item`, say). The page's
-/// item comes first: a driver that only needs it registers `SELECTORS[..1]`.
+/// in registration order: a slot opens before its own `data-attune-item`, say).
 pub const SELECTORS: [(&str, Hook); 6] = [
     (r#"meta[name="attune:item"]"#, Hook::PageItem),
     ("[data-attune-slot]", Hook::Slot),
@@ -195,8 +191,9 @@ impl Fill {
         &self.report
     }
 
-    pub fn inputs(&self) -> &Inputs {
-        &self.inputs
+    /// The page declared itself UTF-8 (a `<meta>` where browsers look for one).
+    pub fn declared_utf8(&mut self) {
+        self.inputs.charset = Charset::Utf8;
     }
 
     pub fn into_report(self) -> Report {
@@ -442,4 +439,15 @@ fn field_value<'a>(item: &'a CatalogItem, field: &str) -> Option<&'a str> {
         "category" => &item.category,
         _ => return None,
     })
+}
+
+/// `<meta charset="utf-8">` or `<meta http-equiv="content-type" content="...; charset=utf-8">`.
+pub fn declares_utf8(el: &impl SlotElement) -> bool {
+    if let Some(charset) = el.attr("charset") {
+        return escape::is_utf8_label(&charset);
+    }
+    let content_type = el
+        .attr("http-equiv")
+        .is_some_and(|h| h.trim().eq_ignore_ascii_case("content-type"));
+    content_type && Charset::of_content_type(el.attr("content").as_deref()) == Charset::Utf8
 }

@@ -385,10 +385,9 @@ fn lol_html_stays_on_utf8_after_a_legacy_meta_charset() {
 const MULTIBYTE_ITEMS_AS_REFERENCES: &str = "<article data-attune-item=\"T1\"><a data-attune-attr=\"href:url title:title\" href=\"/p/T1.html\" title=\"Th&#233; vert &#10003; &#127861;\"><span data-attune-field=\"title\">Th&#233; vert &#10003; &#127861;</span></a></article>\n\
 <article data-attune-item=\"C2\"><span data-attune-field=\"title\">Cr&#232;me &lt;5&#8364;&gt; &amp; &#128512;</span></article>";
 
-/// No charset in the `Content-Type`: inserted text is ASCII with character references, which
-/// every ASCII-compatible charset reads the same, whatever a `<meta>` in the page says (workerd's
-/// rewriter does not tell where an element is, so whether a `<meta>` is within the 1024 bytes
-/// browsers look at is unknown); the page's own bytes are untouched.
+/// No charset in the `Content-Type` and a legacy one in the page: inserted text is ASCII with
+/// character references, which every ASCII-compatible charset reads the same; the page's own
+/// bytes are untouched.
 #[test]
 fn text_inserted_into_a_page_of_unknown_charset_is_ascii() {
     let (from, _) = MULTIBYTE_ITEMS;
@@ -396,8 +395,6 @@ fn text_inserted_into_a_page_of_unknown_charset_is_ascii() {
         "<meta charset=\"windows-1252\">",
         "<meta http-equiv=\"Content-Type\" content=\"text/html; charset=iso-8859-1\">",
         "",
-        "<meta charset=\"utf-8\">",
-        "<meta http-equiv=\"content-type\" content=\"text/html; charset=utf-8\">",
     ] {
         let page = replace_once(MULTIBYTE_PAGE, b"<meta charset=\"utf-8\">", meta.as_bytes());
         let expected = replace_once(&page, from, MULTIBYTE_ITEMS_AS_REFERENCES.as_bytes());
@@ -413,6 +410,36 @@ fn text_inserted_into_a_page_of_unknown_charset_is_ascii() {
             assert_eq!(out, expected, "{meta:?}, chunk {chunk}");
         }
     }
+}
+
+/// Without a charset in the `Content-Type`, a UTF-8 `<meta>` in the first 1024 bytes makes
+/// the page UTF-8 (as browsers decide); one further in does not.
+#[test]
+fn a_utf8_meta_in_the_prescan_window_makes_the_page_utf8() {
+    let (from, to) = MULTIBYTE_ITEMS;
+    for meta in [
+        "<meta charset=\"utf-8\">",
+        "<meta charset=UTF8>",
+        "<meta http-equiv=\"content-type\" content=\"text/html; charset=utf-8\">",
+    ] {
+        let page = replace_once(MULTIBYTE_PAGE, b"<meta charset=\"utf-8\">", meta.as_bytes());
+        let expected = replace_once(&page, from, to.as_bytes());
+        let m = multibyte_model();
+        let (out, _) = rewrite_all(inputs_in(Some(m), Charset::Unknown), &page, 2);
+        assert_eq!(out, expected, "{meta}");
+    }
+    let late = replace_once(
+        MULTIBYTE_PAGE,
+        b"<meta charset=\"utf-8\">",
+        format!("<!--{}--><meta charset=\"utf-8\">", "x".repeat(1100)).as_bytes(),
+    );
+    let expected = replace_once(&late, from, MULTIBYTE_ITEMS_AS_REFERENCES.as_bytes());
+    let (out, _) = rewrite_all(
+        inputs_in(Some(multibyte_model()), Charset::Unknown),
+        &late,
+        1 << 20,
+    );
+    assert_eq!(out, expected);
 }
 
 /// The case of issue 17: a Latin-1 page (its own "£" is the byte 0xA3) gets a catalog price

@@ -26,11 +26,10 @@ use crate::page::{
     Settings, UpstreamHead,
 };
 use crate::policy::Bypass;
-use crate::rewrite::{Fill, Report};
+use crate::rewrite::{PageRewriter, Report};
 use crate::{cookies, events, urls};
 
 mod body;
-mod html;
 mod routes;
 
 thread_local! {
@@ -427,68 +426,54 @@ async fn page(
         .await;
         page.on_profile(read);
     }
-    let fill: html::Shared = Rc::new(RefCell::new(Fill::new(page.rewrite(now_ms()))));
-    let (report_tx, report_rx) = oneshot::channel::<Report>();
+    let mut rewriter = PageRewriter::new(page.rewrite(now_ms()));
+
+    // The first chunk goes through before the headers: it names the page's item (meta tag in
+    // <head>), which joins the session cookie sent with these headers.
     let headers = copy_headers(resp.headers(), STRIP_ON_REWRITE)?;
     let status = resp.status_code();
-    let rewriter = match html::rewriter(&fill, report_tx) {
-        Ok(rw) => rw,
-        Err(e) => {
-            // Not seen in workerd; the upstream's body is untouched, so it goes as it came.
-            console_error!("attune: HTMLRewriter: {e:?}");
-            return pass_through(resp, Outcome::Default("rewriter"), started);
-        }
+    let upstream_body = match resp.body() {
+        ResponseBody::Stream(stream) => Some(stream.clone()),
+        _ => None,
     };
-    let upstream_resp = web_sys::Response::from(resp);
-    let page_body = match rewriter.transform(&upstream_resp) {
-        Ok(rewritten) => rewritten.body(),
-        Err(e) => {
-            console_error!("attune: HTMLRewriter: {e:?}");
-            return pass_through(
-                Response::from(upstream_resp),
-                Outcome::Default("rewriter"),
-                started,
-            );
+    let mut first = Vec::new();
+    // The body, when there is more of it after the first chunk.
+    let mut rest = None;
+    if let Some(b) = &upstream_body {
+        let reader = body::Reader::new(b)?;
+        match reader.next().await {
+            Ok(Some(chunk)) => {
+                first = rewriter.write(&chunk);
+                if explain {
+                    while let Ok(Some(chunk)) = reader.next().await {
+                        rewriter.write(&chunk);
+                    }
+                } else {
+                    rest = Some(b);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => console_error!("attune: upstream body: {e}"),
         }
-    };
+    }
 
     if explain {
-        if let Some(reader) = page_body.as_ref().and_then(|b| body::Reader::new(b).ok()) {
-            while let Ok(Some(_)) = reader.next().await {}
-        }
-        let report = match report_rx.await {
-            Ok(report) => report,
-            Err(_) => {
-                let mut report = html::with(&fill, |s| s.report().clone());
-                report.error = Some("the page did not end".into());
-                report
-            }
-        };
+        let (_, report) = rewriter.end();
         return json_response(200, page.debug_json(&report));
     }
 
-    // The first chunk of the rewritten page is made before the headers: it names the page's
-    // item (meta tag in <head>), which joins the session cookie sent with these headers.
-    let page_body = match page_body {
-        Some(b) => Some(body::first_chunk_read(&b).await),
-        None => None,
+    let report = if page.debug() {
+        rewriter.report()
+    } else {
+        Report::default()
     };
-
-    let (page_item, report) = html::with(&fill, |s| {
-        let report = if page.debug() {
-            s.report().clone()
-        } else {
-            Report::default()
-        };
-        (s.page_item().map(str::to_owned), report)
-    });
     apply_headers(
         &headers,
-        page.response_headers(page_item.as_deref(), &report, now_ms()),
+        page.response_headers(rewriter.page_item().as_deref(), &report, now_ms()),
     )?;
 
-    // Impressions of what was rendered, once the page has been rewritten to its end
-    // (waitUntil); a page the visitor left records none.
+    // Impressions of what was rendered, once the stream has ended (waitUntil).
+    let (report_tx, report_rx) = oneshot::channel::<Report>();
     if page.forwards_impressions() {
         let (url, token) = (s.ingest_url.clone(), s.ingest_token.clone());
         let user = page.identity().id.clone();
@@ -504,9 +489,22 @@ async fn page(
         });
     }
 
-    let resp = match page_body {
-        Some(b) => Response::from_body(ResponseBody::Stream(b))?,
-        None => Response::empty()?,
+    let resp = match rest {
+        Some(b) => {
+            let out = body::Output::new()?;
+            let readable = out.readable.clone();
+            wait_until(
+                ctx,
+                body::rewrite(b.clone(), out, first, rewriter, report_tx),
+            );
+            Response::from_body(ResponseBody::Stream(readable))?
+        }
+        None => {
+            let (tail, report) = rewriter.end();
+            let _ = report_tx.send(report);
+            first.extend_from_slice(&tail);
+            Response::from_bytes(first)?
+        }
     };
     Ok(resp.with_status(status).with_headers(headers))
 }

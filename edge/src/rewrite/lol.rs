@@ -1,14 +1,12 @@
-//! The slot fill driven by the lol_html crate: how the native tests run it, with the same
-//! selectors, handler order and element operations as workerd's `HTMLRewriter`, which is
-//! lol_html too. The Worker does not link it (`worker_shell/html.rs` drives workerd's).
+//! The slot fill driven by the lol_html crate, over the page's chunks as they arrive.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use lol_html::html_content::{ContentType, Element};
-use lol_html::{ElementContentHandlers, HtmlRewriter, OutputSink, Selector, Settings};
+use lol_html::{ElementContentHandlers, HtmlRewriter, OutputSink, Selector, Settings, element};
 
-use super::{Fill, Inputs, Report, SELECTORS, SlotElement};
+use super::{Fill, Inputs, Report, SELECTORS, SlotElement, declares_utf8};
 
 impl SlotElement for Element<'_, '_> {
     fn attr(&self, name: &str) -> Option<String> {
@@ -37,6 +35,10 @@ impl SlotElement for Element<'_, '_> {
 }
 
 type Shared = Rc<RefCell<Fill>>;
+
+/// How far into a page browsers look for a `<meta>` charset declaration (the HTML standard's
+/// prescan).
+const META_PRESCAN_BYTES: usize = 1024;
 
 /// Runs `f` on the fill unless it is (impossibly) borrowed already: never panics.
 fn with<R: Default>(fill: &Shared, f: impl FnOnce(&mut Fill) -> R) -> R {
@@ -75,7 +77,15 @@ impl PageRewriter {
     pub fn new(inputs: Inputs) -> Self {
         let fill: Shared = Rc::new(RefCell::new(Fill::new(inputs)));
         let out = Rc::new(RefCell::new(Vec::new()));
-        let mut settings = Settings::new().with_strict(false);
+        let charset = fill.clone();
+        let mut settings = Settings::new()
+            .with_strict(false)
+            .append_element_content_handler(element!("meta", move |el| {
+                if el.source_location().bytes().end <= META_PRESCAN_BYTES && declares_utf8(el) {
+                    with(&charset, Fill::declared_utf8);
+                }
+                Ok(())
+            }));
         for (selector, hook) in SELECTORS {
             let Ok(selector) = selector.parse::<Selector>() else {
                 continue; // the selectors are constants that parse (a test pins it)
