@@ -86,7 +86,7 @@ pub struct SlotReport {
 pub struct Report {
     pub page_item: Option<String>,
     pub slots: Vec<SlotReport>,
-    /// Set when the rewriter failed (natively: the rest of the page passed through raw).
+    /// Set when lol_html failed mid-stream (the rest of the page passed through raw).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -260,7 +260,6 @@ impl Fill {
         el.can_have_content()
     }
 
-    // The item is checked before the attribute is read: each read is a call into workerd.
     fn field(&mut self, el: &mut impl SlotElement) {
         if let Some(item) = &self.item
             && let Some(field) = el.attr("data-attune-field")
