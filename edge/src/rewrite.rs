@@ -196,10 +196,6 @@ impl Fill {
         self.inputs.charset = Charset::Utf8;
     }
 
-    pub fn into_report(self) -> Report {
-        self.report
-    }
-
     pub fn page_item(&self) -> Option<&str> {
         self.report.page_item.as_deref()
     }
