@@ -1,24 +1,31 @@
-//! The streaming rewrite (lol_html): fills `data-attune-item` fields and attributes of each
-//! slot from the core's picks, keeps the chosen variant of variant slots, and reads the page's
-//! `<meta name="attune:item">`, all in one pass over the chunks as they arrive.
+//! The slot fill: fills `data-attune-item` fields and attributes of each slot from the core's
+//! picks, keeps the chosen variant of variant slots, and reads the page's
+//! `<meta name="attune:item">`, as the elements stream past.
+//!
+//! [`Fill`] decides what goes into each slot and writes it through [`SlotElement`], the parts
+//! of lol_html's element API it uses; [`PageRewriter`] drives it with the lol_html crate over
+//! the page's chunks (`rewrite/lol.rs`). The Worker runs that inside the wasm: driving
+//! workerd's own `HTMLRewriter` from Rust instead (every matched element a call into the
+//! wasm, the page's bytes never in it) was measured to cost more CPU per request (see
+//! ARCHITECTURE.md, the edge).
 //!
 //! A slot's strategy, count and category are only known when its opening tag streams past, so
 //! ranking happens right there, inside the element handler: the data was loaded before the
 //! first chunk entered the rewriter and `attune_core::rank` is synchronous and cheap. The
 //! picks are kept per slot for its items and reported for the debug view and impressions.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 
 use attune_core::model::CatalogView;
 use attune_core::rules::{DeviceClass, Exposure, RequestContext, Via};
 use attune_core::{CatalogItem, Millis, Pick, Profile, RankInput, Session, Strategy, rank};
-use lol_html::html_content::{ContentType, Element};
-use lol_html::{HtmlRewriter, OutputSink, Settings, element, end_tag};
 use serde::Serialize;
 
 use crate::data::Model;
 use crate::escape::{self, Charset};
+
+mod lol;
+pub use lol::{PageRewriter, rewrite_all};
 
 /// Largest `data-attune-count` honoured.
 pub const MAX_COUNT: usize = 24;
@@ -84,7 +91,43 @@ pub struct Report {
     pub error: Option<String>,
 }
 
-struct State {
+/// What a driver needs of an element: the parts of lol_html's element API the slot fill uses.
+/// Setters that fail (an attribute name the parser refuses) leave the element as it was.
+pub trait SlotElement {
+    fn attr(&self, name: &str) -> Option<String>;
+    fn set_attr(&mut self, name: &str, value: &str);
+    fn remove_attr(&mut self, name: &str);
+    /// Replaces the element's content with `html` (markup, not text).
+    fn set_inner_html(&mut self, html: &str);
+    fn remove(&mut self);
+    fn can_have_content(&self) -> bool;
+}
+
+/// Which [`Fill`] method an element matched by a selector goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    PageItem,
+    Slot,
+    Item,
+    Field,
+    Attr,
+    Variant,
+}
+
+/// The selectors a driver registers, in this order (lol_html calls the handlers of one element
+/// in registration order: a slot opens before its own `data-attune-item`, say).
+pub const SELECTORS: [(&str, Hook); 6] = [
+    (r#"meta[name="attune:item"]"#, Hook::PageItem),
+    ("[data-attune-slot]", Hook::Slot),
+    ("[data-attune-item]", Hook::Item),
+    ("[data-attune-field]", Hook::Field),
+    ("[data-attune-attr]", Hook::Attr),
+    ("[data-attune-variant]", Hook::Variant),
+];
+
+/// One page's slot fill, told each matched element in page order.
+#[derive(Debug)]
+pub struct Fill {
     inputs: Inputs,
     report: Report,
     /// Index in `report.slots` of the slot being streamed.
@@ -95,9 +138,158 @@ struct State {
     picked: Vec<String>,
 }
 
-impl State {
-    fn open_slot(&mut self, el: &Element<'_, '_>, name: String) -> SlotReport {
-        let strategy_attr = el.get_attribute("data-attune-strategy");
+impl Fill {
+    pub fn new(inputs: Inputs) -> Self {
+        Fill {
+            inputs,
+            report: Report::default(),
+            slot: None,
+            items_seen: 0,
+            item: None,
+            picked: Vec::new(),
+        }
+    }
+
+    /// Sends a matched element to its hook. `true`: the driver calls [`Fill::end_tag`] with the
+    /// same hook when the element's end tag streams past.
+    pub fn element(&mut self, hook: Hook, el: &mut impl SlotElement) -> bool {
+        match hook {
+            Hook::PageItem => {
+                self.read_page_item(el);
+                false
+            }
+            Hook::Slot => self.slot(el),
+            Hook::Item => self.item(el),
+            Hook::Field => {
+                self.field(el);
+                false
+            }
+            Hook::Attr => {
+                self.attrs(el);
+                false
+            }
+            Hook::Variant => {
+                self.variant(el);
+                false
+            }
+        }
+    }
+
+    /// The end tag of an element whose [`Fill::element`] asked for it.
+    pub fn end_tag(&mut self, hook: Hook) {
+        match hook {
+            Hook::Slot => {
+                self.slot = None;
+                self.item = None;
+            }
+            Hook::Item => self.item = None,
+            _ => {}
+        }
+    }
+
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// The page declared itself UTF-8 (a `<meta>` where browsers look for one).
+    pub fn declared_utf8(&mut self) {
+        self.inputs.charset = Charset::Utf8;
+    }
+
+    pub fn page_item(&self) -> Option<&str> {
+        self.report.page_item.as_deref()
+    }
+
+    /// Records that the rewriter failed.
+    pub fn failed(&mut self, err: String) {
+        self.report.error = Some(err);
+    }
+
+    fn read_page_item(&mut self, el: &impl SlotElement) {
+        if let Some(item) = el.attr("content") {
+            let item = item.trim();
+            if !item.is_empty()
+                && item.len() <= attune_core::session::MAX_ITEM_ID
+                && item.bytes().all(|b| b.is_ascii_graphic())
+            {
+                self.report.page_item = Some(item.to_owned());
+            }
+        }
+    }
+
+    fn slot(&mut self, el: &impl SlotElement) -> bool {
+        if self.slot.is_some() || !el.can_have_content() {
+            return false; // nested or void slots are left alone
+        }
+        let name = el.attr("data-attune-slot").unwrap_or_default();
+        let report = self.open_slot(el, name);
+        self.report.slots.push(report);
+        self.slot = Some(self.report.slots.len() - 1);
+        self.items_seen = 0;
+        self.item = None;
+        true
+    }
+
+    fn item(&mut self, el: &mut impl SlotElement) -> bool {
+        let n = self.items_seen;
+        let model = self.inputs.model.clone();
+        let charset = self.inputs.charset;
+        let Some(SlotReport {
+            kind: SlotKind::Recs {
+                picks, rendered, ..
+            },
+            ..
+        }) = self.current()
+        else {
+            return false;
+        };
+        let item = picks
+            .get(n)
+            .and_then(|p| model.as_ref().and_then(|m| m.item(&p.item)))
+            .cloned();
+        if let Some(item) = &item {
+            rendered.push(item.id.clone());
+            el.set_attr("data-attune-item", &escape::attr_value(&item.id, charset));
+        }
+        self.items_seen += 1;
+        self.item = item;
+        el.can_have_content()
+    }
+
+    fn field(&mut self, el: &mut impl SlotElement) {
+        if let Some(item) = &self.item
+            && let Some(field) = el.attr("data-attune-field")
+            && let Some(value) = field_value(item, field.trim())
+        {
+            el.set_inner_html(&escape::text_html(value, self.inputs.charset));
+        }
+    }
+
+    fn attrs(&mut self, el: &mut impl SlotElement) {
+        if let Some(item) = &self.item
+            && let Some(spec) = el.attr("data-attune-attr")
+        {
+            set_attrs(el, &spec, item, self.inputs.charset);
+        }
+    }
+
+    fn variant(&mut self, el: &mut impl SlotElement) {
+        if let Some(SlotReport {
+            kind: SlotKind::Variant { chosen, .. },
+            ..
+        }) = self.current()
+        {
+            let name = el.attr("data-attune-variant").unwrap_or_default();
+            if name.trim() == chosen.as_str() {
+                el.remove_attr("hidden");
+            } else {
+                el.remove();
+            }
+        }
+    }
+
+    fn open_slot(&mut self, el: &impl SlotElement, name: String) -> SlotReport {
+        let strategy_attr = el.attr("data-attune-strategy");
         let Some(model) = self.inputs.model.clone() else {
             let kind = match strategy_attr {
                 Some(_) => SlotKind::Default { reason: "no-data" },
@@ -129,11 +321,11 @@ impl State {
                 };
             };
             let count = el
-                .get_attribute("data-attune-count")
+                .attr("data-attune-count")
                 .and_then(|c| c.trim().parse::<usize>().ok())
                 .unwrap_or(DEFAULT_COUNT)
                 .min(MAX_COUNT);
-            let category = el.get_attribute("data-attune-category");
+            let category = el.attr("data-attune-category");
             let choice = cfg.choose_strategy(&name, strategy, visitor);
             let picks = rank(&RankInput {
                 strategy: choice.value,
@@ -168,7 +360,7 @@ impl State {
             // The variants a slot offers stream past after its opening tag; the slot may list
             // them (`data-attune-variants="default returning-buyer"`), otherwise every variant
             // the config can choose for it counts as offered.
-            let offered: Vec<String> = match el.get_attribute("data-attune-variants") {
+            let offered: Vec<String> = match el.attr("data-attune-variants") {
                 Some(list) => list.split_whitespace().map(str::to_owned).collect(),
                 None => {
                     let mut v = vec!["default".to_owned()];
@@ -208,17 +400,7 @@ impl State {
     }
 }
 
-type Shared = Rc<RefCell<State>>;
-
-/// Runs `f` on the state unless it is (impossibly) borrowed already: never panics.
-fn with<R: Default>(state: &Shared, f: impl FnOnce(&mut State) -> R) -> R {
-    match state.try_borrow_mut() {
-        Ok(mut s) => f(&mut s),
-        Err(_) => R::default(),
-    }
-}
-
-fn set_attrs(el: &mut Element<'_, '_>, spec: &str, item: &CatalogItem, charset: Charset) {
+fn set_attrs(el: &mut impl SlotElement, spec: &str, item: &CatalogItem, charset: Charset) {
     // `href:url src:image alt:title` (whitespace- or comma-separated).
     for pair in spec.split([' ', ',', '\t', '\n']).filter(|p| !p.is_empty()) {
         let Some((attr, field)) = pair.split_once(':') else {
@@ -238,7 +420,7 @@ fn set_attrs(el: &mut Element<'_, '_>, spec: &str, item: &CatalogItem, charset: 
         } else {
             value
         };
-        let _ = el.set_attribute(attr, &escape::attr_value(value, charset));
+        el.set_attr(attr, &escape::attr_value(value, charset));
     }
 }
 
@@ -254,258 +436,13 @@ fn field_value<'a>(item: &'a CatalogItem, field: &str) -> Option<&'a str> {
     })
 }
 
-/// How far into a page browsers look for a `<meta>` charset declaration (the HTML standard's
-/// prescan).
-const META_PRESCAN_BYTES: usize = 1024;
-
 /// `<meta charset="utf-8">` or `<meta http-equiv="content-type" content="...; charset=utf-8">`.
-fn declares_utf8(el: &Element<'_, '_>) -> bool {
-    if let Some(charset) = el.get_attribute("charset") {
+pub fn declares_utf8(el: &impl SlotElement) -> bool {
+    if let Some(charset) = el.attr("charset") {
         return escape::is_utf8_label(&charset);
     }
     let content_type = el
-        .get_attribute("http-equiv")
+        .attr("http-equiv")
         .is_some_and(|h| h.trim().eq_ignore_ascii_case("content-type"));
-    content_type
-        && Charset::of_content_type(el.get_attribute("content").as_deref()) == Charset::Utf8
-}
-
-/// Collects the rewriter's output between writes.
-struct Sink(Rc<RefCell<Vec<u8>>>);
-
-impl OutputSink for Sink {
-    fn handle_chunk(&mut self, chunk: &[u8]) {
-        if let Ok(mut out) = self.0.try_borrow_mut() {
-            out.extend_from_slice(chunk);
-        }
-    }
-}
-
-/// One page's streaming rewrite. Feed chunks with [`write`](Self::write) and send what each
-/// returns; [`end`](Self::end) flushes the rest and gives the report.
-pub struct PageRewriter {
-    rewriter: Option<HtmlRewriter<'static, Sink>>,
-    out: Rc<RefCell<Vec<u8>>>,
-    state: Shared,
-}
-
-impl std::fmt::Debug for PageRewriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PageRewriter").finish_non_exhaustive()
-    }
-}
-
-impl PageRewriter {
-    pub fn new(inputs: Inputs) -> Self {
-        let state: Shared = Rc::new(RefCell::new(State {
-            inputs,
-            report: Report::default(),
-            slot: None,
-            items_seen: 0,
-            item: None,
-            picked: Vec::new(),
-        }));
-        let out = Rc::new(RefCell::new(Vec::new()));
-        let (s0, s1, s2, s3, s4, s5, s6) = (
-            state.clone(),
-            state.clone(),
-            state.clone(),
-            state.clone(),
-            state.clone(),
-            state.clone(),
-            state.clone(),
-        );
-        let settings = Settings::new()
-            .with_strict(false)
-            .append_element_content_handler(element!("meta", move |el| {
-                if el.source_location().bytes().end <= META_PRESCAN_BYTES && declares_utf8(el) {
-                    with(&s0, |s| s.inputs.charset = Charset::Utf8);
-                }
-                Ok(())
-            }))
-            .append_element_content_handler(element!(r#"meta[name="attune:item"]"#, move |el| {
-                if let Some(item) = el.get_attribute("content") {
-                    let item = item.trim();
-                    if !item.is_empty()
-                        && item.len() <= attune_core::session::MAX_ITEM_ID
-                        && item.bytes().all(|b| b.is_ascii_graphic())
-                    {
-                        with(&s1, |s| s.report.page_item = Some(item.to_owned()));
-                    }
-                }
-                Ok(())
-            }))
-            .append_element_content_handler(element!("[data-attune-slot]", move |el| {
-                let state = s2.clone();
-                let opened = with(&s2, |s| {
-                    if s.slot.is_some() || !el.can_have_content() {
-                        return false; // nested or void slots are left alone
-                    }
-                    let name = el.get_attribute("data-attune-slot").unwrap_or_default();
-                    let report = s.open_slot(el, name);
-                    s.report.slots.push(report);
-                    s.slot = Some(s.report.slots.len() - 1);
-                    s.items_seen = 0;
-                    s.item = None;
-                    true
-                });
-                if opened {
-                    el.on_end_tag(end_tag!(move |_| {
-                        with(&state, |s| {
-                            s.slot = None;
-                            s.item = None;
-                        });
-                        Ok(())
-                    }))?;
-                }
-                Ok(())
-            }))
-            .append_element_content_handler(element!("[data-attune-item]", move |el| {
-                let state = s3.clone();
-                let filled = with(&s3, |s| {
-                    let n = s.items_seen;
-                    let model = s.inputs.model.clone();
-                    let Some(SlotReport {
-                        kind:
-                            SlotKind::Recs {
-                                picks, rendered, ..
-                            },
-                        ..
-                    }) = s.current()
-                    else {
-                        return false;
-                    };
-                    let item = picks
-                        .get(n)
-                        .and_then(|p| model.as_ref().and_then(|m| m.item(&p.item)))
-                        .cloned();
-                    if let Some(item) = &item {
-                        rendered.push(item.id.clone());
-                    }
-                    s.items_seen += 1;
-                    s.item = item;
-                    if let Some(item) = &s.item {
-                        let charset = s.inputs.charset;
-                        let _ = el.set_attribute(
-                            "data-attune-item",
-                            &escape::attr_value(&item.id, charset),
-                        );
-                    }
-                    true
-                });
-                if filled && el.can_have_content() {
-                    el.on_end_tag(end_tag!(move |_| {
-                        with(&state, |s| s.item = None);
-                        Ok(())
-                    }))?;
-                }
-                Ok(())
-            }))
-            .append_element_content_handler(element!("[data-attune-field]", move |el| {
-                with(&s4, |s| {
-                    if let (Some(item), Some(field)) =
-                        (&s.item, el.get_attribute("data-attune-field"))
-                        && let Some(value) = field_value(item, field.trim())
-                    {
-                        let html = escape::text_html(value, s.inputs.charset);
-                        el.set_inner_content(&html, ContentType::Html);
-                    }
-                });
-                Ok(())
-            }))
-            .append_element_content_handler(element!("[data-attune-attr]", move |el| {
-                with(&s5, |s| {
-                    if let (Some(item), Some(spec)) =
-                        (&s.item, el.get_attribute("data-attune-attr"))
-                    {
-                        set_attrs(el, &spec, item, s.inputs.charset);
-                    }
-                });
-                Ok(())
-            }))
-            .append_element_content_handler(element!("[data-attune-variant]", move |el| {
-                with(&s6, |s| {
-                    if let Some(SlotReport {
-                        kind: SlotKind::Variant { chosen, .. },
-                        ..
-                    }) = s.current()
-                    {
-                        let name = el.get_attribute("data-attune-variant").unwrap_or_default();
-                        if name.trim() == chosen.as_str() {
-                            el.remove_attribute("hidden");
-                        } else {
-                            el.remove();
-                        }
-                    }
-                });
-                Ok(())
-            }));
-        let rewriter = HtmlRewriter::new(settings, Sink(out.clone()));
-        PageRewriter {
-            rewriter: Some(rewriter),
-            out,
-            state,
-        }
-    }
-
-    fn take(&self) -> Vec<u8> {
-        self.out
-            .try_borrow_mut()
-            .map(|mut o| std::mem::take(&mut *o))
-            .unwrap_or_default()
-    }
-
-    fn fail(&mut self, err: String) {
-        self.rewriter = None;
-        with(&self.state, |s| s.report.error = Some(err));
-    }
-
-    /// Rewrites one chunk; returns the output ready to send (may be empty while lol_html holds
-    /// an unfinished tag). After a rewrite error the remaining input passes through raw.
-    pub fn write(&mut self, chunk: &[u8]) -> Vec<u8> {
-        match self.rewriter.as_mut() {
-            None => return chunk.to_vec(),
-            Some(rw) => {
-                if let Err(e) = rw.write(chunk) {
-                    self.fail(e.to_string());
-                    let mut out = self.take();
-                    out.extend_from_slice(chunk);
-                    return out;
-                }
-            }
-        }
-        self.take()
-    }
-
-    /// Flushes the rewriter; returns the last output and the report.
-    pub fn end(mut self) -> (Vec<u8>, Report) {
-        if let Some(rw) = self.rewriter.take()
-            && let Err(e) = rw.end()
-        {
-            self.fail(e.to_string());
-        }
-        let out = self.take();
-        (out, self.report())
-    }
-
-    /// The report so far (slots seen until now).
-    pub fn report(&self) -> Report {
-        with(&self.state, |s| s.report.clone())
-    }
-
-    pub fn page_item(&self) -> Option<String> {
-        with(&self.state, |s| s.report.page_item.clone())
-    }
-}
-
-/// Rewrites a whole document at once (tests, the debug view).
-pub fn rewrite_all(inputs: Inputs, html: &[u8], chunk: usize) -> (Vec<u8>, Report) {
-    let mut rw = PageRewriter::new(inputs);
-    let mut out = Vec::new();
-    for c in html.chunks(chunk.max(1)) {
-        out.extend(rw.write(c));
-    }
-    let (rest, report) = rw.end();
-    out.extend(rest);
-    (out, report)
+    content_type && Charset::of_content_type(el.attr("content").as_deref()) == Charset::Utf8
 }

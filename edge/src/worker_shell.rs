@@ -35,6 +35,7 @@ mod routes;
 thread_local! {
     static CACHE: RefCell<ModelCache> = RefCell::new(ModelCache::default());
     static MODEL: RefCell<Option<Rc<Model>>> = const { RefCell::new(None) };
+    static SETTINGS: RefCell<Option<Rc<Settings>>> = const { RefCell::new(None) };
 }
 
 #[event(start)]
@@ -48,6 +49,22 @@ fn lookup(env: &Env, name: &str) -> Option<String> {
         .map(|v| v.to_string())
         .or_else(|_| env.secret(name).map(|v| v.to_string()))
         .ok()
+}
+
+/// The settings, read from the environment once per isolate: vars and secrets are fixed for an
+/// isolate's life (a deployment, or `wrangler dev` reloading its config, starts new isolates),
+/// and reading them is some twenty calls out of the wasm (a var, then a secret, per name).
+fn settings(env: &Env) -> Rc<Settings> {
+    if let Some(s) = SETTINGS.with(|s| s.try_borrow().ok().and_then(|s| s.clone())) {
+        return s;
+    }
+    let s = Rc::new(Settings::from_lookup(|name| lookup(env, name)));
+    SETTINGS.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            *c = Some(s.clone());
+        }
+    });
+    s
 }
 
 fn now_ms() -> u64 {
@@ -65,7 +82,7 @@ fn random_hex() -> String {
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
-    let settings = Settings::from_lookup(|name| lookup(&env, name));
+    let settings = settings(&env);
     let path = req.path();
     if path == routes::DEBUG_ROUTE {
         return match routes::debug_route(req, &env, &ctx, &settings).await {
