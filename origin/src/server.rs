@@ -135,7 +135,12 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
     cfg.check_serve_auth()?;
     let node = {
         let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || Node::open(&cfg)).await??
+        tokio::task::spawn_blocking(move || {
+            let node = Node::open(&cfg)?;
+            node.append_rules_if_changed()?;
+            Ok::<_, crate::Error>(node)
+        })
+        .await??
     };
     let listener = TcpListener::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;

@@ -137,8 +137,8 @@ pub mod keys {
     pub const MODEL_SEQ: &str = "model_seq";
     /// Next `DEDUP_LOG` row number.
     pub const DEDUP_ROW: &str = "dedup_row";
+    /// Version of the rules in force (`cfg` in KV): one more at each rules change applied.
     pub const CFG_VERSION: &str = "cfg_version";
-    pub const CFG_HASH: &str = "cfg_hash";
     /// The store's [`super::FORMAT_VERSION`].
     pub const FORMAT: &str = "store_format";
     pub fn offset(source: &str) -> String {
@@ -161,7 +161,7 @@ const STORE_CACHE_BYTES: usize = 256 << 20;
 /// The layout of the store's tables and rows ([`crate::store::format`]), kept in [`META`] under
 /// [`keys::FORMAT`]. A store of any other format is not read: the node rebuilds it from the
 /// event log, the source of truth (`Node::open`).
-pub const FORMAT_VERSION: u64 = 1;
+pub const FORMAT_VERSION: u64 = 2;
 
 /// Whether redb refuses a file for what it holds (another redb file format, not a redb
 /// file, damaged) rather than for how it was reached (in use, permissions, I/O).
@@ -292,6 +292,7 @@ impl Store {
         tx.open_table(PENDING)?;
         tx.open_table(DLQ)?;
         tx.open_table(ERASE)?;
+        tx.open_table(RULES)?;
         tx.commit()?;
         Ok(Store { db: Arc::new(db) })
     }

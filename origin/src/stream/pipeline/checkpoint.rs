@@ -29,6 +29,7 @@ impl Pipeline {
         }
         r?;
         self.checkpointed = self.offset;
+        self.rules.committed();
         let forgot = self.users.committed();
         self.since = SinceCheckpoint::default();
         if forgot {
@@ -69,6 +70,7 @@ impl Pipeline {
             (keys::LATE, c.late),
         ])?;
         self.watermarks.checkpoint(&tx)?;
+        self.rules.checkpoint(&tx)?;
         tx.put_offset(&self.source, self.offset)?;
         self.dedup.checkpoint(&tx)?;
         self.dedup.prune(&tx, self.watermarks.min())?;
