@@ -29,9 +29,9 @@ impl Pipeline {
         }
         r?;
         self.checkpointed = self.offset;
-        self.rules.committed();
         let forgot = self.users.committed();
         self.since = SinceCheckpoint::default();
+        self.rules.committed();
         if forgot {
             self.erase_forgotten()?;
         }
