@@ -135,12 +135,7 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
     cfg.check_serve_auth()?;
     let node = {
         let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || {
-            let node = Node::open(&cfg)?;
-            node.append_rules_if_changed()?;
-            Ok::<_, crate::Error>(node)
-        })
-        .await??
+        tokio::task::spawn_blocking(move || Node::open(&cfg)).await??
     };
     let listener = TcpListener::bind(&cfg.listen).await?;
     let addr = listener.local_addr()?;
@@ -162,6 +157,14 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
             log_end = node.log.end(),
             "replaying the log from the last checkpoint"
         );
+    }
+    // The configured rules reach the pipeline only as a record in the log (when they differ
+    // from the log's last ones), so every replay applies each event under the same rules.
+    {
+        let node = node.clone();
+        if tokio::task::spawn_blocking(move || node.append_rules_if_changed()).await?? {
+            tracing::info!("the configured rules differ from the log's: appended a rules record");
+        }
     }
     let (phase_tx, phase) = watch::channel(Phase::Serving);
     let phase_tx = Arc::new(phase_tx);
