@@ -41,8 +41,23 @@ pub struct Metrics {
     pub publish_retries: Counter,
     pub published_keys: Family<Labels, Counter>,
     pub exposures: Family<Labels, Counter>,
-    /// The (experiment, arm) pairs the published rules define: the only exposure labels.
-    known_arms: std::collections::HashSet<(String, String)>,
+}
+
+/// The (experiment, arm) pairs a set of rules defines: the only exposure labels while those
+/// rules are in force (the pipeline keeps the ones of the rules at its log position).
+#[derive(Clone, Debug, Default)]
+pub struct ExposureArms(std::collections::HashSet<(String, String)>);
+
+impl ExposureArms {
+    pub fn of(rules: &attune_core::rules::Config) -> Self {
+        ExposureArms(
+            rules
+                .experiments
+                .iter()
+                .flat_map(|e| e.arms.iter().map(|a| (e.id.clone(), a.name.clone())))
+                .collect(),
+        )
+    }
 }
 
 impl Default for Metrics {
@@ -90,7 +105,6 @@ impl Metrics {
             publish_retries: Counter::default(),
             published_keys: Family::default(),
             exposures: Family::default(),
-            known_arms: Default::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -236,24 +250,13 @@ impl Metrics {
         Metrics { registry: r, ..m }
     }
 
-    /// Metrics whose exposure labels are the experiments and arms of `rules` (what is
-    /// published under `cfg`).
-    pub fn for_rules(rules: &attune_core::rules::Config) -> Self {
-        let mut m = Self::new();
-        m.known_arms = rules
-            .experiments
-            .iter()
-            .flat_map(|e| e.arms.iter().map(|a| (e.id.clone(), a.name.clone())))
-            .collect();
-        m
-    }
-
     /// Counts one exposure. The labels come from event data the edge forwards from browsers,
-    /// so only pairs the rules define get their own series; anything else counts under
-    /// `experiment="unknown", arm="unknown"` (the series count stays bounded by the rules).
-    pub fn count_exposure(&self, experiment: &str, arm: &str) {
+    /// so only pairs the rules in force define (`known`) get their own series; anything else
+    /// counts under `experiment="unknown", arm="unknown"` (the series count stays bounded by
+    /// the rules).
+    pub fn count_exposure(&self, known: &ExposureArms, experiment: &str, arm: &str) {
         let key = (experiment.to_string(), arm.to_string());
-        let (experiment, arm) = if self.known_arms.contains(&key) {
+        let (experiment, arm) = if known.0.contains(&key) {
             (key.0.as_str(), key.1.as_str())
         } else {
             ("unknown", "unknown")
@@ -295,12 +298,13 @@ mod tests {
             }],
             ..Config::default()
         };
-        let m = Metrics::for_rules(&rules);
-        m.count_exposure("hero", "a");
-        m.count_exposure("hero", "b");
+        let m = Metrics::new();
+        let known = ExposureArms::of(&rules);
+        m.count_exposure(&known, "hero", "a");
+        m.count_exposure(&known, "hero", "b");
         for i in 0..500 {
-            m.count_exposure(&format!("x{i}"), "a");
-            m.count_exposure("hero", &format!("z{i}"));
+            m.count_exposure(&known, &format!("x{i}"), "a");
+            m.count_exposure(&known, "hero", &format!("z{i}"));
         }
         let text = m.render();
         let series: Vec<&str> = text

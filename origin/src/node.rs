@@ -59,10 +59,9 @@ impl Node {
             log,
             model: Arc::new(Mutex::new(model)),
             live: Arc::new(Mutex::new(live)),
-            metrics: Arc::new(Metrics::for_rules(&cfg.rules)),
+            metrics: Arc::new(Metrics::new()),
             health: crate::lifecycle::Health::default(),
         };
-        node.ensure_config_enqueued()?;
         Ok(node)
     }
 
@@ -79,22 +78,20 @@ impl Node {
         Ok(pipeline)
     }
 
-    /// Makes sure the current rules are (or will be) in KV under `cfg`: a new version whenever
-    /// their content differs from what was last queued, so KV never keeps stale rules and
-    /// never goes back a version.
-    fn ensure_config_enqueued(&self) -> Result<()> {
-        let content = serde_json::to_vec(&self.cfg.rules).unwrap_or_default();
-        let hash = u64::from(crc32fast::hash(&content)) | (content.len() as u64) << 32;
-        let tx = self.store.begin_checkpoint()?;
-        let queued_hash = tx.counter(keys::CFG_HASH)?;
-        let never_queued = !tx.published_or_queued(kv::CONFIG)?;
-        if never_queued || queued_hash != Some(hash) {
-            let version = tx.counter(keys::CFG_VERSION)?.unwrap_or(0) + 1;
-            tx.put_counter(keys::CFG_VERSION, version)?;
-            tx.put_counter(keys::CFG_HASH, hash)?;
-            tx.enqueue_shared([kv::CONFIG.to_string()], version, crate::now_ms())?;
+    /// Appends the configured rules to the log as a rules record when they differ from the
+    /// last ones it holds (applied or still to apply); answers whether it did. `serve` calls
+    /// it at start; offline commands leave the rules alone (an `inspect` or a `rebuild` run
+    /// without the service's rules file must not change them). The pipeline
+    /// applies them at their position and queues `cfg` at the next version, so the rules in
+    /// force, and what KV gets, are a function of the log.
+    pub fn append_rules_if_changed(&self) -> Result<bool> {
+        let wanted = crate::stream::rules::record_payload(&self.cfg.rules)?;
+        let last = crate::stream::rules::last_appended(&self.store, &self.log)?;
+        if last.as_deref() == Some(wanted.as_slice()) {
+            return Ok(false);
         }
-        tx.commit()
+        self.log.append_admin(RecordKind::Rules, wanted)?;
+        Ok(true)
     }
 
     /// Adds or replaces catalog entries: a record in the log, durable when this returns. The
@@ -166,12 +163,13 @@ impl Node {
             shared.push(kv::neighbours(s));
         }
         n += tx.enqueue_shared(shared, seq, now)?;
-        // `cfg` has its own version line (see `ensure_config_enqueued`): re-send the current
-        // rules at their own version. Giving them the model's sequence number would let a
-        // later rules change (a smaller version) look older than KV and never be sent.
-        let cfg_version = tx.counter(keys::CFG_VERSION)?.unwrap_or(1);
-        tx.unpublish(kv::CONFIG)?;
-        n += tx.enqueue_shared([kv::CONFIG.to_string()], cfg_version, now)?;
+        // `cfg` has its own version line (one step per rules change applied): re-send the
+        // rules in force at their own version. Giving them the model's sequence number would
+        // let a later rules change (a smaller version) look older than KV and never be sent.
+        if let Some(cfg_version) = tx.counter(keys::CFG_VERSION)? {
+            tx.unpublish(kv::CONFIG)?;
+            n += tx.enqueue_shared([kv::CONFIG.to_string()], cfg_version, now)?;
+        }
         tx.commit()?;
         Ok(n)
     }
@@ -219,7 +217,7 @@ impl Node {
             .find(|(k, _)| *k == key)
             .map(|(_, v)| v);
         let p = &state.profile;
-        let cfg = attune_core::ProfileConfig::default();
+        let cfg = live::lock(&node.live).rules.profile.clone();
         let now = crate::now_ms();
         Ok(Some(json!({
             "user": id,
@@ -291,6 +289,9 @@ fn load_live(store: &Store) -> Result<Live> {
     let keys = tx.user_keys()?;
     live.stored.reserve(keys.len());
     live.stored.extend(keys);
+    if let Some((_, rules)) = crate::stream::rules::stored(&tx)? {
+        live.rules = Arc::new(rules);
+    }
     Ok(live)
 }
 
@@ -317,6 +318,13 @@ mod tests {
         cfg.publish.target = TargetKind::None;
         {
             let node = Node::open(&cfg).unwrap();
+            assert!(node.append_rules_if_changed().unwrap());
+            assert_eq!(
+                queued_version(&node, kv::CONFIG),
+                None,
+                "queued when applied"
+            );
+            node.drain().unwrap();
             assert_eq!(queued_version(&node, kv::CONFIG), Some(1));
             for _ in 0..5 {
                 node.put_catalog(Vec::new()).unwrap();
@@ -329,6 +337,8 @@ mod tests {
         cfg.rules.experiments.clear();
         cfg.rules.segments.clear();
         let node = Node::open(&cfg).unwrap();
+        assert!(node.append_rules_if_changed().unwrap());
+        node.drain().unwrap();
         assert_eq!(queued_version(&node, kv::CONFIG), Some(2));
     }
 

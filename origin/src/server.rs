@@ -158,6 +158,14 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
             "replaying the log from the last checkpoint"
         );
     }
+    // The configured rules reach the pipeline only as a record in the log (when they differ
+    // from the log's last ones), so every replay applies each event under the same rules.
+    {
+        let node = node.clone();
+        if tokio::task::spawn_blocking(move || node.append_rules_if_changed()).await?? {
+            tracing::info!("the configured rules differ from the log's: appended a rules record");
+        }
+    }
     let (phase_tx, phase) = watch::channel(Phase::Serving);
     let phase_tx = Arc::new(phase_tx);
     let publish_now = Arc::new(Notify::new());

@@ -141,7 +141,7 @@ fn find(
                 .ok()
                 .and_then(|u| users.get(u))
                 .is_some_and(|forget_at| rec.offset == *forget_at),
-            RecordKind::Catalog | RecordKind::Gap => false,
+            RecordKind::Catalog | RecordKind::Rules | RecordKind::Gap => false,
         };
         if erase && n >= MIN_RECORD {
             hits.push((pos, n));

@@ -16,8 +16,8 @@
 //! segment and starts the next once a write would take it past the configured size. The CRC
 //! covers `len` and the body, so a damaged length is caught like a damaged body. The sync
 //! marker lets a reader find the next record after damage ([`salvage()`]). [`RecordKind`] says
-//! what the payload is: an event (ingest), a forget or catalog change (admin operations,
-//! applied by the pipeline at their position in the log), or a gap (bytes [`salvage()`] could
+//! what the payload is: an event (ingest), a forget, catalog change or rules change (admin
+//! operations, applied by the pipeline at their position in the log), or a gap (bytes [`salvage()`] could
 //! not read or a forgotten user's erased record, kept so every other offset stays the same).
 //!
 //! # Durability and damage
@@ -80,7 +80,7 @@ pub use writer::{AppendRefused, Log, LogUsage};
 
 /// The embedded log's source name (its offset key in the store).
 pub const SOURCE: &str = "log";
-/// The source name of records written by admin operations (forget, catalog).
+/// The source name of records written by admin operations (forget, catalog, rules).
 pub const ADMIN_SOURCE: &str = "admin";
 
 /// An ordered, replayable stream of records read by offset. The embedded [`Log`] is one;

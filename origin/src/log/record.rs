@@ -32,6 +32,9 @@ pub enum RecordKind {
     Catalog,
     /// Bytes [`salvage`](super::salvage()) could not read; nothing to apply.
     Gap,
+    /// The segment, variant and experiment rules in force from this record on: the payload
+    /// is an `attune_core::rules::Config` as JSON.
+    Rules,
 }
 
 impl RecordKind {
@@ -41,6 +44,7 @@ impl RecordKind {
             RecordKind::Forget => 1,
             RecordKind::Catalog => 2,
             RecordKind::Gap => 3,
+            RecordKind::Rules => 4,
         }
     }
 
@@ -50,6 +54,7 @@ impl RecordKind {
             1 => RecordKind::Forget,
             2 => RecordKind::Catalog,
             3 => RecordKind::Gap,
+            4 => RecordKind::Rules,
             _ => return None,
         })
     }

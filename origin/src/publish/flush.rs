@@ -214,7 +214,10 @@ impl Publisher {
                     let t = trending.get_or_insert_with(|| model.trending(wall)).clone();
                     Some(encode_shared(version, wall, t))
                 } else if key == kv::CONFIG {
-                    Some(encode_shared(version, wall, &*self.rules))
+                    // The rules the pipeline applied, not the process's config: `cfg`'s
+                    // version counts rules records applied.
+                    let rules = live::lock(&self.live).rules.clone();
+                    Some(encode_shared(version, wall, &*rules))
                 } else if let Some(s) = key.strip_prefix("n:") {
                     let shard: NeighbourShard =
                         model.neighbour_shard(s.parse().unwrap_or(u32::MAX));

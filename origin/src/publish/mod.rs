@@ -93,7 +93,6 @@ pub struct Publisher {
     shared_hash: HashMap<String, u64>,
     /// Consecutive failed requests (the log says so on the first and then sparsely).
     failing_since: u32,
-    rules: Arc<attune_core::rules::Config>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -132,7 +131,6 @@ impl Publisher {
             shared_interval: Duration::from_millis(cfg.shared_interval_ms()),
             shared_hash: HashMap::new(),
             failing_since: 0,
-            rules: Arc::new(cfg.rules.clone()),
         };
         publisher.restore_recent_writes();
         publisher.restore_shared_hashes();

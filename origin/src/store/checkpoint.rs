@@ -164,6 +164,15 @@ impl CheckpointWriter {
         Ok(())
     }
 
+    /// The rules in force from this checkpoint on (JSON), and their `cfg` version.
+    pub fn put_rules(&self, json: &[u8], version: u64) -> Result<()> {
+        self.tx.open_table(RULES)?.insert(RULES_KEY, json)?;
+        self.tx
+            .open_table(META)?
+            .insert(keys::CFG_VERSION, version)?;
+        Ok(())
+    }
+
     /// Whether `key` is in KV or waiting to be published.
     pub fn published_or_queued(&self, key: &str) -> Result<bool> {
         Ok(self.tx.open_table(PUBLISHED)?.get(key)?.is_some()

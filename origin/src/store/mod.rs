@@ -137,8 +137,8 @@ pub mod keys {
     pub const MODEL_SEQ: &str = "model_seq";
     /// Next `DEDUP_LOG` row number.
     pub const DEDUP_ROW: &str = "dedup_row";
+    /// Version of the rules in force (`cfg` in KV): one more at each rules change applied.
     pub const CFG_VERSION: &str = "cfg_version";
-    pub const CFG_HASH: &str = "cfg_hash";
     /// The store's [`super::FORMAT_VERSION`].
     pub const FORMAT: &str = "store_format";
     pub fn offset(source: &str) -> String {
@@ -293,6 +293,7 @@ impl Store {
         tx.open_table(PENDING)?;
         tx.open_table(DLQ)?;
         tx.open_table(ERASE)?;
+        tx.open_table(RULES)?;
         tx.commit()?;
         Ok(Store { db: Arc::new(db) })
     }

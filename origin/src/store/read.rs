@@ -143,6 +143,15 @@ impl CheckpointReader {
         Ok(())
     }
 
+    /// The rules in force at the checkpoint (JSON), if a rules record was applied.
+    pub fn rules(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tx
+            .open_table(RULES)?
+            .get(RULES_KEY)?
+            .map(|v| v.value().to_vec()))
+    }
+
     /// Every KV key KV acknowledged, with its version.
     pub fn published(&self, mut f: impl FnMut(&str, u64)) -> Result<()> {
         for row in self.tx.open_table(PUBLISHED)?.iter()? {

@@ -45,3 +45,7 @@ pub(crate) const ERASE: TableDefinition<&str, u64> = TableDefinition::new("erase
 pub(crate) const PUBLISHED: TableDefinition<&str, u64> = TableDefinition::new("published");
 /// sequence → `DlqRecord` (JSON).
 pub(crate) const DLQ: TableDefinition<u64, &[u8]> = TableDefinition::new("dlq");
+/// [`RULES_KEY`] → the rules in force at the checkpoint (`attune_core::rules::Config` as the
+/// JSON of the log's last applied rules record); absent until one was applied.
+pub(crate) const RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("rules");
+pub(crate) const RULES_KEY: &str = "applied";

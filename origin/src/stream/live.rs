@@ -89,6 +89,9 @@ pub struct Live {
     /// forgets): a user not in it is new, and the pipeline starts it without a B-tree lookup
     /// (first visits are common; the lookup of a missing key was a measurable share of them).
     pub stored: FoldHashSet<UserKey>,
+    /// The rules in force at the pipeline's position in the log: what `cfg` publishes
+    /// (the built-in defaults until a rules record was applied).
+    pub rules: Arc<attune_core::rules::Config>,
 }
 
 impl Live {

@@ -5,6 +5,7 @@
 mod dedup;
 pub mod live;
 mod pipeline;
+pub mod rules;
 mod users;
 mod warm;
 mod watermark;

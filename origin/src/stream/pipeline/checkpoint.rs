@@ -31,6 +31,7 @@ impl Pipeline {
         self.checkpointed = self.offset;
         let forgot = self.users.committed();
         self.since = SinceCheckpoint::default();
+        self.rules.committed();
         if forgot {
             self.erase_forgotten()?;
         }
@@ -69,6 +70,7 @@ impl Pipeline {
             (keys::LATE, c.late),
         ])?;
         self.watermarks.checkpoint(&tx)?;
+        self.rules.checkpoint(&tx)?;
         tx.put_offset(&self.source, self.offset)?;
         self.dedup.checkpoint(&tx)?;
         self.dedup.prune(&tx, self.watermarks.min())?;

@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use attune_core::Event;
 use attune_core::event::{EventError, EventKind, parse_event};
 use attune_core::model::keys as kv;
-use attune_core::profile::ProfileConfig;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -39,11 +38,13 @@ use crate::model::Model;
 use crate::store::{DlqRecord, Store, UserState, keys};
 mod checkpoint;
 mod outcome;
+mod rules_change;
 
 pub use outcome::{BatchOutcome, Progress};
 
 use super::dedup::{self, Dedup};
 use super::live::{self, Cached, Live, SharedLive, Unpublished, UserKey, user_key};
+use super::rules::RulesInForce;
 use super::users::UserStates;
 use super::warm::{WARM_AHEAD, warm};
 use super::watermark::Watermarks;
@@ -63,7 +64,7 @@ pub struct Pipeline {
     model: Arc<Mutex<Model>>,
     live: SharedLive,
     metrics: Arc<Metrics>,
-    profile_cfg: ProfileConfig,
+    rules: RulesInForce,
     source: String,
     /// The embedded log, when it is the source ([`Pipeline::maintain_log`]): forgotten users'
     /// records are erased from it and old segments retired after each checkpoint.
@@ -116,12 +117,13 @@ impl Pipeline {
         source: &str,
     ) -> Result<Self> {
         let offset = store.meta(&keys::offset(source))?;
-        let (watermarks, dedup, dlq_seq) = {
+        let (watermarks, dedup, dlq_seq, rules) = {
             let tx = store.read_checkpoint()?;
             let watermarks = Watermarks::load(&tx, cfg.pipeline.allowed_lateness_ms)?;
             let dedup = Dedup::load(&tx, cfg.pipeline.dedup_horizon_ms, watermarks.min())?;
             let dlq_seq = tx.counter(keys::DLQ_SEQ)?;
-            (watermarks, dedup, dlq_seq)
+            let rules = RulesInForce::load(&tx)?;
+            (watermarks, dedup, dlq_seq, rules)
         };
         // Whatever memory held beyond the checkpoint is replayed from the log. The map is sized
         // for its capacity once (growing it rehashes every user state it holds).
@@ -131,6 +133,7 @@ impl Pipeline {
                 cfg.pipeline.profile_cache.min(1 << 20),
                 Default::default(),
             );
+            l.rules = rules.rules().clone();
         }
         let users = UserStates::new(
             live.clone(),
@@ -143,7 +146,7 @@ impl Pipeline {
             model,
             live,
             metrics,
-            profile_cfg: attune_core::rules::Config::default().profile,
+            rules,
             source: source.to_string(),
             log: None,
             log_cfg: cfg.log.clone(),
@@ -242,7 +245,7 @@ impl Pipeline {
     }
 
     /// Applies records in log order: runs of events as micro-batches, and each admin record
-    /// (forget, catalog) at its position between them.
+    /// (forget, catalog, rules) at its position between them.
     fn apply_records(&mut self, records: &[Record]) -> Result<BatchOutcome> {
         let mut out = BatchOutcome::default();
         let mut rest = records;
@@ -266,6 +269,7 @@ impl Pipeline {
     fn apply_admin(&mut self, rec: &Record) -> Result<()> {
         match rec.kind {
             RecordKind::Event | RecordKind::Gap => {}
+            RecordKind::Rules => self.apply_rules(rec)?,
             RecordKind::Forget => {
                 let user = std::str::from_utf8(&rec.payload).map_err(|_| {
                     Error::Corrupt(format!("forget record at {} names no user", rec.offset))
@@ -464,7 +468,8 @@ impl Pipeline {
                 if let (Some(exp), Some(arm)) =
                     (event.prop_str("experiment"), event.prop_str("arm"))
                 {
-                    self.metrics.count_exposure(exp, arm);
+                    self.metrics
+                        .count_exposure(self.rules.exposure_arms(), exp, arm);
                 }
                 out.applied += 1;
                 continue;
@@ -476,11 +481,9 @@ impl Pipeline {
             let category = event.item.as_deref().and_then(|i| model.category(i));
             // Read before the event moves it: the model counts co-occurrence within a session.
             let previous_seen = entry.state.profile.last_seen;
-            entry
-                .state
-                .profile
-                .apply(event, category, &self.profile_cfg);
-            let weight = self.profile_cfg.weight(event.kind).weight;
+            let profile_cfg = self.rules.profile();
+            entry.state.profile.apply(event, category, profile_cfg);
+            let weight = profile_cfg.weight(event.kind).weight;
             model.observe(event, weight, previous_seen, &mut entry.state);
             trend_changed |= weight > 0.0 && event.item.is_some();
             // Hand the change to the publisher.
