@@ -3,14 +3,15 @@
 //! and repeated runs give the same state, and a user who comes back after a forget gets a
 //! profile in KV. The counts each test prints are the ones in `RELIABILITY.md`.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
+mod support;
+
 use attune_core::CatalogItem;
 use attune_origin::config::TargetKind;
-use attune_origin::{Config, Error, Node, Pipeline, Publisher, Source, Target};
+use attune_origin::{Config, Error, Node, Pipeline, Source};
+use support::{flip_bit, flush_all};
 
 /// Fixed event times: runs compared with each other must see the same events.
 const T0: u64 = 1_790_000_000_000;
@@ -126,17 +127,6 @@ fn segment_of(dir: &Path, offset: u64) -> (std::path::PathBuf, u64) {
     )
 }
 
-fn flip(path: &Path, at: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
-}
-
 /// 10,000 acknowledged events past the checkpoint, no checkpoint (a kill), one byte flipped in
 /// the first record after the checkpointed offset: the node refuses to open, naming the file
 /// and the offset, and cuts nothing; `salvage` gets every other record back.
@@ -161,7 +151,7 @@ fn damage_to_acknowledged_records_stops_the_node_and_salvage_keeps_the_rest() {
     }
     let (log, at) = segment_of(&cfg.log_dir(), checkpointed);
     let len = std::fs::metadata(&log).unwrap().len();
-    flip(&log, at + 20);
+    flip_bit(&log, at + 20, 2);
     let err = Node::open(&cfg).unwrap_err();
     assert!(
         matches!(&err, Error::LogDamaged { offset, .. } if *offset == checkpointed),
@@ -306,26 +296,6 @@ fn runs_of_a_log_with_forgets_agree() {
     assert_eq!(after, reference);
 }
 
-fn flush(node: &Node) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut publisher = Publisher::new(node, Target::from_config(&node.cfg).unwrap());
-    rt.block_on(async {
-        for _ in 0..20 {
-            let o = publisher
-                .flush(Some(std::time::Instant::now() + Duration::from_secs(30)))
-                .await
-                .unwrap();
-            if o.deferred == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1100)).await;
-        }
-    });
-}
-
 fn kv_profile(cfg: &Config, user: &str) -> Option<u64> {
     let key = attune_core::hash::profile_key(cfg.profile_key.as_bytes(), user).replace(':', "_");
     let meta =
@@ -356,7 +326,7 @@ fn a_user_back_after_a_forget_gets_a_profile_in_kv() {
         node.log.append_blocking(ACCEPTED, "t", some(u, 5)).unwrap();
     }
     node.drain().unwrap();
-    flush(&node);
+    flush_all(&node);
     assert!(users.iter().all(|u| kv_profile(&cfg, u) == Some(5)));
     for (i, u) in users.iter().enumerate() {
         node.forget(u).unwrap();
@@ -369,10 +339,13 @@ fn a_user_back_after_a_forget_gets_a_profile_in_kv() {
     // Pipeline ahead of the checkpoint, publisher in between, then the checkpoint.
     let mut p = node.pipeline().unwrap();
     apply_all(&node, &mut p, 50);
-    flush(&node);
+    assert!(
+        !support::flush(&node, 1),
+        "the new profiles of users whose forget is not checkpointed yet wait"
+    );
     p.checkpoint().unwrap();
-    flush(&node);
-    flush(&node);
+    flush_all(&node);
+    flush_all(&node);
     let in_kv: Vec<Option<u64>> = users.iter().map(|u| kv_profile(&cfg, u)).collect();
     eprintln!(
         "back after a forget: {} of {} users with their new profile in KV",

@@ -2,15 +2,18 @@
 //! checkpoint is past, the status counts segments and bytes, and a store rebuilt from a log
 //! whose first segments were retired is refused unless the loss is accepted.
 
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, SystemTime};
+
+mod support;
 
 use attune_core::CatalogItem;
 use attune_origin::config::{Config, TargetKind};
 use attune_origin::{Error, FIRST_OFFSET, Node};
+use support::run_origin;
 
-const BIN: &str = env!("CARGO_BIN_EXE_attune-origin");
 const SEGMENT_BYTES: u64 = 64 << 10;
 
 fn config(dir: &Path) -> Config {
@@ -40,14 +43,9 @@ fn events(from: u64, n: u64) -> Vec<Vec<u8>> {
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(dir.join("attune.toml"))
-        .args(args)
-        .env("ATTUNE_LOG", "warn")
-        .env_remove("ATTUNE_KV_URL")
-        .output()
-        .unwrap()
+    let config = dir.join("attune.toml");
+    let config_args = [OsStr::new("--config"), config.as_os_str()];
+    run_origin(config_args.into_iter().chain(args.iter().map(OsStr::new)))
 }
 
 /// Size retention in a running pipeline, then `rebuild`: refused (store untouched) without

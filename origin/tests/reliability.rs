@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use attune_harness::{Service, Stopped};
 use attune_origin::{Config, Error, Node, Source};
 use rand::{Rng, SeedableRng};
+use support::{BIN, flip_bit};
 
-const BIN: &str = env!("CARGO_BIN_EXE_attune-origin");
 const LISTENING: &str = "attune-origin listening on ";
 /// Small segments, so kills, flips and full disks land around rolls too.
 const SEGMENT_BYTES: u64 = 32 << 10;
@@ -325,18 +327,6 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
         }
     }
-}
-
-fn flip_bit(path: &Path, at: u64, bit: u8) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ (1 << bit)], at).unwrap();
 }
 
 /// Reads every record of the log from its start (what a rebuild does).

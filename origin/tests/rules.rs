@@ -3,16 +3,18 @@
 //! same state and the same rules; a start with other rules appends exactly one record;
 //! `cfg`'s version never goes back.
 
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
+
+mod support;
 
 use attune_core::CatalogItem;
 use attune_core::rules::{Arm, Config as Rules, Experiment};
 use attune_origin::config::TargetKind;
-use attune_origin::{Config, Node, Publisher, RecordKind, Source, Target};
+use attune_origin::{Config, Node, RecordKind, Source};
+use support::{flush_all, run_origin};
 
-const BIN: &str = env!("CARGO_BIN_EXE_attune-origin");
 /// Fixed event times: runs compared with each other must see the same events.
 const T0: u64 = 1_790_000_000_000;
 const ACCEPTED: u64 = T0 + 20_000_000;
@@ -141,27 +143,6 @@ fn derived(node: &Node) -> Derived {
     }
 }
 
-fn flush(node: &Node) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut publisher = Publisher::new(node, Target::from_config(&node.cfg).unwrap());
-    rt.block_on(async {
-        // KV takes one write per key per second: a flush right after another waits.
-        for _ in 0..20 {
-            let o = publisher
-                .flush(Some(std::time::Instant::now() + Duration::from_secs(30)))
-                .await
-                .unwrap();
-            if o.deferred == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1100)).await;
-        }
-    });
-}
-
 /// `cfg` as KV holds it: its version and rules.
 fn kv_cfg(cfg: &Config) -> Option<(u64, Rules)> {
     let bytes = std::fs::read(cfg.data_dir.join("kv").join("cfg")).ok()?;
@@ -219,7 +200,7 @@ fn a_rebuild_replays_a_rules_change_to_the_same_state() {
     assert_eq!(exposures(&node, "promo", "x"), 20, "promo is known under B");
     assert_eq!(exposures(&node, "unknown", "unknown"), 40);
     assert_eq!(cfg_queued(&node), Some(2));
-    flush(&node);
+    flush_all(&node);
     assert_eq!(kv_cfg(&cfg), Some((2, rules_b())));
     drop(node);
 
@@ -237,19 +218,7 @@ fn a_rebuild_replays_a_rules_change_to_the_same_state() {
     drop(node);
 
     // `attune-origin rebuild`, run without the rules file: it replays the log's rules.
-    let out = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("rebuild")
-        .env("ATTUNE_LOG", "warn")
-        .env_remove("ATTUNE_KV_URL")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::rebuild(dir.path());
     let node = Node::open(&cfg).unwrap();
     assert_eq!(derived(&node), original);
     assert!(!node.append_rules_if_changed().unwrap(), "B is in force");
@@ -260,7 +229,7 @@ fn a_rebuild_replays_a_rules_change_to_the_same_state() {
     );
     // The version line was carried over (2) and the replay applied both changes after it.
     assert_eq!(cfg_queued(&node), Some(4));
-    flush(&node);
+    flush_all(&node);
     assert_eq!(kv_cfg(&cfg), Some((4, rules_b())));
 }
 
@@ -319,7 +288,7 @@ fn the_cfg_version_never_goes_back() {
         let node = Node::open(&config(dir.path(), rules)).unwrap();
         node.append_rules_if_changed().unwrap();
         node.drain().unwrap();
-        flush(&node);
+        flush_all(&node);
         versions.push(kv_cfg(&cfg_a).unwrap().0);
     }
     assert_eq!(versions, [1, 2, 3]);
@@ -343,7 +312,7 @@ fn the_cfg_version_never_goes_back() {
         .read(p.offset(), 100, Duration::ZERO, &mut buf)
         .unwrap();
     p.process(&buf).unwrap();
-    flush(&node);
+    flush_all(&node);
     assert_eq!(
         kv_cfg(&cfg_a),
         Some((4, rules_b())),
@@ -354,7 +323,7 @@ fn the_cfg_version_never_goes_back() {
     let node = Node::open(&cfg_a).unwrap();
     node.drain().unwrap();
     assert_eq!(cfg_queued(&node), Some(4));
-    flush(&node);
+    flush_all(&node);
     assert_eq!(kv_cfg(&cfg_a), Some((4, rules_b())));
 }
 
@@ -369,21 +338,16 @@ fn a_bad_rules_file_is_refused_and_appends_nothing() {
     drop(node);
     let file = dir.path().join("rules.json");
     std::fs::write(&file, r#"{"segments": [{"name": 7}]}"#).unwrap();
-    let out = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("--rules")
-        .arg(&file)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-dev-no-token",
-            "serve",
-        ])
-        .env("ATTUNE_LOG", "warn")
-        .env_remove("ATTUNE_KV_URL")
-        .output()
-        .unwrap();
+    let out = run_origin([
+        OsStr::new("--data-dir"),
+        dir.path().as_os_str(),
+        OsStr::new("--rules"),
+        file.as_os_str(),
+        OsStr::new("--listen"),
+        OsStr::new("127.0.0.1:0"),
+        OsStr::new("--insecure-dev-no-token"),
+        OsStr::new("serve"),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&*file.to_string_lossy()), "{err}");

@@ -2,14 +2,15 @@
 //! logged rebuild from the event log, and `attune-origin rebuild` recreates the store with the
 //! state it held. `RELIABILITY.md` ("Service edges") lists the cases.
 
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Command;
+
+mod support;
 
 use attune_core::{CatalogItem, Profile};
 use attune_origin::Node;
 use attune_origin::config::{Config, TargetKind};
-
-const BIN: &str = env!("CARGO_BIN_EXE_attune-origin");
+use support::run_origin;
 
 fn config(dir: &Path) -> Config {
     let mut cfg = Config {
@@ -118,20 +119,7 @@ fn rebuild_restores_the_state_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let original = populate(&cfg, true);
-    let out = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("rebuild")
-        .env("ATTUNE_LOG", "warn")
-        .env_remove("ATTUNE_KV_URL")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = support::rebuild(dir.path());
     assert_eq!(report["applied"], 2000, "{report}");
     assert_eq!(replaced(dir.path()).len(), 1);
     let node = Node::open(&cfg).unwrap();
@@ -142,12 +130,11 @@ fn rebuild_restores_the_state_from_the_log() {
     // No log: the command refuses and leaves the store alone.
     std::fs::remove_dir_all(cfg.log_dir()).unwrap();
     let before = std::fs::read(cfg.store_path()).unwrap();
-    let out = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("rebuild")
-        .output()
-        .unwrap();
+    let out = run_origin([
+        OsStr::new("--data-dir"),
+        dir.path().as_os_str(),
+        OsStr::new("rebuild"),
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds no segments"));
     assert_eq!(std::fs::read(cfg.store_path()).unwrap(), before);
