@@ -96,6 +96,25 @@ pub struct Global {
     /// JSON logs.
     #[arg(long, global = true, env = "ATTUNE_LOG_JSON")]
     pub log_json: bool,
+    /// Where events come from: the embedded log, or a Kafka topic ([kafka] in the TOML file).
+    #[arg(long, global = true, env = "ATTUNE_SOURCE", value_enum)]
+    pub source: Option<crate::config::SourceKind>,
+    /// Kafka `bootstrap.servers` (with --source kafka).
+    #[arg(long, global = true, env = "ATTUNE_KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+    /// The events topic [attune.events].
+    #[arg(long, global = true, env = "ATTUNE_KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+    /// The dead-letter topic [attune.events.dlq].
+    #[arg(long, global = true, env = "ATTUNE_KAFKA_DLQ_TOPIC")]
+    pub kafka_dlq_topic: Option<String>,
+    /// The consumer group [attune-origin].
+    #[arg(long, global = true, env = "ATTUNE_KAFKA_GROUP")]
+    pub kafka_group: Option<String>,
+    /// A librdkafka setting, `name=value` (repeatable), e.g. `security.protocol=SASL_SSL`;
+    /// secrets are better kept in the TOML file's [kafka.settings].
+    #[arg(long = "kafka-setting", global = true, value_name = "NAME=VALUE")]
+    pub kafka_settings: Vec<String>,
 }
 
 /// The publish settings, for `serve --help` (the README has the same table).
@@ -262,9 +281,36 @@ pub fn load_config(g: &Global) -> Result<Config> {
     if g.allow_dev_secrets {
         cfg.publish.allow_dev_secrets = true;
     }
+    apply_kafka_flags(g, &mut cfg)?;
     cfg.load_rules()?;
     cfg.validate()?;
     Ok(cfg)
+}
+
+fn apply_kafka_flags(g: &Global, cfg: &mut Config) -> Result<()> {
+    if let Some(v) = g.source {
+        cfg.source = v;
+    }
+    let k = &mut cfg.kafka;
+    for (flag, field) in [
+        (&g.brokers, &mut k.brokers),
+        (&g.kafka_topic, &mut k.topic),
+        (&g.kafka_dlq_topic, &mut k.dlq_topic),
+        (&g.kafka_group, &mut k.group_id),
+    ] {
+        if let Some(v) = flag {
+            field.clone_from(v);
+        }
+    }
+    for setting in &g.kafka_settings {
+        let Some((name, value)) = setting.split_once('=') else {
+            return Err(crate::Error::Config(format!(
+                "--kafka-setting {setting:?}: expected NAME=VALUE"
+            )));
+        };
+        k.settings.insert(name.trim().into(), value.into());
+    }
+    Ok(())
 }
 
 /// Prints a command's result to stdout, pretty.

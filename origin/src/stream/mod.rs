@@ -5,6 +5,7 @@
 mod dedup;
 pub mod live;
 mod pipeline;
+pub mod source;
 mod users;
 mod warm;
 mod watermark;

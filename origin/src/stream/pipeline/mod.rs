@@ -43,6 +43,7 @@ mod outcome;
 pub use outcome::{BatchOutcome, Progress};
 
 use super::dedup::{self, Dedup};
+use super::source::{DeadLetterSink, Partitioned};
 use super::live::{self, Cached, Live, SharedLive, Unpublished, UserKey, user_key};
 use super::users::UserStates;
 use super::warm::{WARM_AHEAD, warm};
@@ -84,6 +85,10 @@ pub struct Pipeline {
     /// Reused per micro-batch: (event, accepted, the user's key).
     events: Vec<(Event, u64, UserKey)>,
     poisoned: bool,
+    /// A partitioned source's per-partition offsets (Kafka); `offset` then counts the records
+    /// applied.
+    partitioned: Option<Partitioned>,
+    dead_letter_sink: Option<Box<dyn DeadLetterSink>>,
     /// Adaptive micro-batch size (0 until the first one).
     limit: usize,
     progress: Arc<Progress>,
@@ -160,6 +165,8 @@ impl Pipeline {
             batch_no: 0,
             events: Vec::new(),
             poisoned: false,
+            partitioned: None,
+            dead_letter_sink: None,
             limit: 0,
             progress: Arc::new(Progress {
                 offset: AtomicU64::new(offset),
@@ -170,6 +177,44 @@ impl Pipeline {
         };
         pipeline.erase_forgotten()?;
         Ok(pipeline)
+    }
+
+    /// For a partitioned source: record offsets are [`PartitionOffset`](super::source::PartitionOffset)s,
+    /// each partition's next offset is committed with the checkpoint, and `offset` counts
+    /// the records applied.
+    pub fn partitioned(mut self) -> Self {
+        self.partitioned = Some(Partitioned::default());
+        self
+    }
+
+    /// Dead letters also go to `sink`, before the checkpoint that holds them commits.
+    pub fn with_dead_letter_sink(mut self, sink: Box<dyn DeadLetterSink>) -> Self {
+        self.dead_letter_sink = Some(sink);
+        self
+    }
+
+    /// A partitioned source's offsets and counters (`None` for the embedded log).
+    pub fn partitions(&self) -> Option<&Partitioned> {
+        self.partitioned.as_ref()
+    }
+
+    /// Sets a counter a partitioned source keeps in the checkpoint, with the records it hands
+    /// over next.
+    pub fn set_source_counter(&mut self, name: &str, value: u64) {
+        if let Some(p) = &mut self.partitioned {
+            p.set_counter(name, value);
+        }
+    }
+
+    /// Moves past an applied record.
+    fn advance(&mut self, rec: &Record) {
+        match &mut self.partitioned {
+            None => self.offset = rec.next,
+            Some(p) => {
+                p.advance(rec.next);
+                self.offset += 1;
+            }
+        }
     }
 
     /// Offset applied in memory (0 = nothing applied yet; the source's start applies then).
@@ -295,7 +340,7 @@ impl Pipeline {
                 self.since.shared = true;
             }
         }
-        self.offset = rec.next;
+        self.advance(rec);
         self.progress.offset.store(self.offset, Ordering::Release);
         Ok(())
     }
@@ -544,7 +589,13 @@ impl Pipeline {
 
     /// Moves the offset and the counters on, and records the micro-batch's metrics.
     fn finish_batch(&mut self, records: &[Record], out: &BatchOutcome, started: Instant) {
-        self.offset = records.last().map(|r| r.next).unwrap_or(self.offset);
+        if self.partitioned.is_some() {
+            for rec in records {
+                self.advance(rec);
+            }
+        } else if let Some(last) = records.last() {
+            self.advance(last);
+        }
         self.since.counts.add(out);
         self.progress.offset.store(self.offset, Ordering::Release);
         self.progress.batches.fetch_add(1, Ordering::Relaxed);
