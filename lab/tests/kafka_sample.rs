@@ -131,7 +131,12 @@ async fn the_sample_through_kafka_equals_the_embedded_log_bit_for_bit() {
         .collect();
     let dir = tempfile::tempdir().unwrap();
 
-    let embedded = run(config(&dir.path().join("embedded"), None), &imp.catalog, &lines).await;
+    let embedded = run(
+        config(&dir.path().join("embedded"), None),
+        &imp.catalog,
+        &lines,
+    )
+    .await;
     let t = Instant::now();
     let kafka = run(
         config(&dir.path().join("kafka"), Some(&broker.bootstrap_servers())),
@@ -143,12 +148,27 @@ async fn the_sample_through_kafka_equals_the_embedded_log_bit_for_bit() {
 
     let a = published(&embedded);
     let b = published(&kafka);
-    let count = |m: &BTreeMap<String, String>, p: &str| m.keys().filter(|k| k.starts_with(p)).count();
-    assert!(count(&a, "p_") > 100, "profiles published: {}", count(&a, "p_"));
-    assert!(count(&a, "n_") > 0 && count(&a, "c_") > 0, "shards published");
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "the same keys");
+    let count =
+        |m: &BTreeMap<String, String>, p: &str| m.keys().filter(|k| k.starts_with(p)).count();
+    assert!(
+        count(&a, "p_") > 100,
+        "profiles published: {}",
+        count(&a, "p_")
+    );
+    assert!(
+        count(&a, "n_") > 0 && count(&a, "c_") > 0,
+        "shards published"
+    );
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "the same keys"
+    );
     for (key, body) in &a {
-        assert!(b[key] == *body, "{key} differs between the embedded log and Kafka");
+        assert!(
+            b[key] == *body,
+            "{key} differs between the embedded log and Kafka"
+        );
     }
     let profiles = |d: &Path| {
         attune_origin::Store::open(&d.parent().unwrap().join("store.redb"))

@@ -15,8 +15,8 @@ use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::store::{Store, keys};
 use crate::stream::Pipeline;
-use crate::stream::source::EventProducer;
 use crate::stream::live::{self, Live, SharedLive, Unpublished};
+use crate::stream::source::EventProducer;
 
 /// The embedded log's source name (its offset key in the store).
 pub use crate::log::SOURCE as LOG_SOURCE;
@@ -142,7 +142,10 @@ impl Node {
     fn append_catalog(&self, payload: Vec<u8>) -> Result<()> {
         match &self.kafka {
             Some(kafka) => kafka.send_catalog(&payload),
-            None => self.log.append_admin(RecordKind::Catalog, payload).map(drop),
+            None => self
+                .log
+                .append_admin(RecordKind::Catalog, payload)
+                .map(drop),
         }
     }
 

@@ -30,7 +30,9 @@ fn broker() -> String {
         );
         Mutex::new(broker)
     });
-    b.lock().unwrap_or_else(|e| e.into_inner()).bootstrap_servers()
+    b.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .bootstrap_servers()
 }
 
 /// The origin binary; in Kafka mode on `topic` when given.
@@ -65,7 +67,11 @@ fn http() -> reqwest::blocking::Client {
 }
 
 fn status(http: &reqwest::blocking::Client, url: &str) -> Option<serde_json::Value> {
-    http.get(format!("{url}/v1/status")).send().ok()?.json().ok()
+    http.get(format!("{url}/v1/status"))
+        .send()
+        .ok()?
+        .json()
+        .ok()
 }
 
 /// Waits until the checkpointed counters say `field` reached `n`.
@@ -260,17 +266,23 @@ fn third_party_events_and_admin_records_are_applied() {
     );
     let s = wait_for(&http, &url, "received", 500);
     assert_eq!(s["received"], 500, "{s}");
-    assert_eq!(s["applied"].as_u64().unwrap() + s["dlq"].as_u64().unwrap(), 500, "{s}");
+    assert_eq!(
+        s["applied"].as_u64().unwrap() + s["dlq"].as_u64().unwrap(),
+        500,
+        "{s}"
+    );
     assert_eq!(s["duplicates"], 0, "{s}");
-    let user = http
-        .get(format!("{url}/v1/users/u000001"))
-        .send()
-        .unwrap();
-    assert_eq!(user.status(), 200, "a user of produce.py's events has a profile");
+    let user = http.get(format!("{url}/v1/users/u000001")).send().unwrap();
+    assert_eq!(
+        user.status(),
+        200,
+        "a user of produce.py's events has a profile"
+    );
 
     // A catalog change reaches every partition; the pipeline applies one copy and skips the
     // others (as gaps), so the catalog has the item once and the applied count is unchanged.
-    let catalog = r#"[{"id":"I00001","title":"One","url":"/p/1","image":"","price":"1","category":"home"}]"#;
+    let catalog =
+        r#"[{"id":"I00001","title":"One","url":"/p/1","image":"","price":"1","category":"home"}]"#;
     let r = http
         .put(format!("{url}/v1/catalog"))
         .header("content-type", "application/json")
@@ -280,7 +292,10 @@ fn third_party_events_and_admin_records_are_applied() {
     assert!(r.status().is_success(), "{}", r.status());
     let deadline = Instant::now() + Duration::from_secs(30);
     while status(&http, &url).map(|s| s["catalog"].clone()) != Some(1.into()) {
-        assert!(Instant::now() < deadline, "the catalog change was never applied");
+        assert!(
+            Instant::now() < deadline,
+            "the catalog change was never applied"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -292,10 +307,7 @@ fn third_party_events_and_admin_records_are_applied() {
     assert!(r.status().is_success(), "{}", r.status());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = http
-            .get(format!("{url}/v1/users/u000001"))
-            .send()
-            .unwrap();
+        let r = http.get(format!("{url}/v1/users/u000001")).send().unwrap();
         if r.status() == 404 {
             break;
         }

@@ -90,6 +90,8 @@ pub fn ensure(opts: Options) -> Result<()> {
     step("npm packages", &mut npm_ci)?;
     step("wasm-bindgen-cli", &mut wasm_bindgen_cli)?;
     step("worker-build", &mut worker_build)?;
+    // The origin links librdkafka (its default `kafka` feature), built from source.
+    step("kafka: debian libs", &mut kafka_debian_packages)?;
     if opts.browser {
         step("chromium", &mut chromium)?;
     }

@@ -43,8 +43,8 @@ mod outcome;
 pub use outcome::{BatchOutcome, Progress};
 
 use super::dedup::{self, Dedup};
-use super::source::{DeadLetterSink, Partitioned};
 use super::live::{self, Cached, Live, SharedLive, Unpublished, UserKey, user_key};
+use super::source::{DeadLetterSink, Partitioned};
 use super::users::UserStates;
 use super::warm::{WARM_AHEAD, warm};
 use super::watermark::Watermarks;

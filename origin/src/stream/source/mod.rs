@@ -46,6 +46,7 @@ pub struct PartitionOffset {
 
 impl PartitionOffset {
     /// `None` when either part does not fit.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     pub fn pack(self) -> Option<u64> {
         (self.offset <= OFFSET_MASK && self.partition < (1 << (64 - OFFSET_BITS)))
             .then_some(u64::from(self.partition) << OFFSET_BITS | self.offset)

@@ -182,10 +182,8 @@ pub fn consume(
     consumer
         .subscribe(&[&k.topic])
         .map_err(kafka_err(format!("subscribing to {}", k.topic)))?;
-    let mut catalog_applied = store.meta(&keys::offset(&source_counter_key(
-        &source,
-        CATALOG_COUNTER,
-    )))?;
+    let mut catalog_applied =
+        store.meta(&keys::offset(&source_counter_key(&source, CATALOG_COUNTER)))?;
     let mut committed: BTreeMap<u32, u64> = BTreeMap::new();
     let mut buf: Vec<Record> = Vec::new();
     loop {
@@ -200,7 +198,13 @@ pub fn consume(
         }
         if stop() {
             pipeline.checkpoint()?;
-            commit(&consumer, pipeline, &k.topic, &mut committed, CommitMode::Sync);
+            commit(
+                &consumer,
+                pipeline,
+                &k.topic,
+                &mut committed,
+                CommitMode::Sync,
+            );
             return Ok(());
         }
         buf.clear();
@@ -255,14 +259,26 @@ pub fn consume(
         }
         if buf.is_empty() {
             if pipeline.checkpoint()? > 0 {
-                commit(&consumer, pipeline, &k.topic, &mut committed, CommitMode::Async);
+                commit(
+                    &consumer,
+                    pipeline,
+                    &k.topic,
+                    &mut committed,
+                    CommitMode::Async,
+                );
             }
             continue;
         }
         let outcome = pipeline.process(&buf)?;
         on_batch(&outcome);
         if outcome.checkpoints > 0 {
-            commit(&consumer, pipeline, &k.topic, &mut committed, CommitMode::Async);
+            commit(
+                &consumer,
+                pipeline,
+                &k.topic,
+                &mut committed,
+                CommitMode::Async,
+            );
         }
     }
 }
@@ -286,7 +302,10 @@ fn commit(
         let (Ok(p32), Ok(n)) = (i32::try_from(*p), i64::try_from(*next)) else {
             continue;
         };
-        if tpl.add_partition_offset(topic, p32, Offset::Offset(n)).is_err() {
+        if tpl
+            .add_partition_offset(topic, p32, Offset::Offset(n))
+            .is_err()
+        {
             continue;
         }
         committed.insert(*p, *next);

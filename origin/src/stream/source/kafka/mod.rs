@@ -96,7 +96,9 @@ pub(crate) fn client_config(cfg: &KafkaConfig) -> Result<ClientConfig> {
     Ok(c)
 }
 
-pub(crate) fn kafka_err(what: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> Error {
+pub(crate) fn kafka_err(
+    what: impl Into<String>,
+) -> impl FnOnce(rdkafka::error::KafkaError) -> Error {
     let what = what.into();
     move |source| Error::Kafka { what, source }
 }
@@ -144,7 +146,11 @@ pub(crate) fn to_record(msg: &BorrowedMessage<'_>) -> Result<Consumed> {
     };
     let accepted_ms = header(msg, ACCEPTED_HEADER)
         .and_then(|v| v.parse().ok())
-        .or_else(|| msg.timestamp().to_millis().and_then(|t| u64::try_from(t).ok()))
+        .or_else(|| {
+            msg.timestamp()
+                .to_millis()
+                .and_then(|t| u64::try_from(t).ok())
+        })
         .unwrap_or_else(crate::now_ms);
     // Watermarks per partition as well as per producer: a partition is ordered, the topic
     // is not (one partition may be read far ahead of another).

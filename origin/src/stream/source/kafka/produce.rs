@@ -13,8 +13,8 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::{
-    ACCEPTED_HEADER, CATALOG_ID_HEADER, KIND_HEADER, REASON_HEADER, SOURCE_HEADER,
-    client_config, kafka_err,
+    ACCEPTED_HEADER, CATALOG_ID_HEADER, KIND_HEADER, REASON_HEADER, SOURCE_HEADER, client_config,
+    kafka_err,
 };
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
@@ -165,7 +165,10 @@ impl EventProducer {
             .producer
             .client()
             .fetch_metadata(Some(&self.topic), self.metadata_timeout)
-            .map_err(kafka_err(format!("reading the partitions of {}", self.topic)))?;
+            .map_err(kafka_err(format!(
+                "reading the partitions of {}",
+                self.topic
+            )))?;
         let partitions = metadata
             .topics()
             .iter()
