@@ -124,6 +124,90 @@ pub trait DeadLetterSink: Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, TargetKind};
+    use crate::log::{Record, RecordKind};
+    use crate::node::Node;
+    use crate::store::keys;
+    use std::sync::{Arc, Mutex};
+
+    fn record(partition: u32, offset: u64, payload: &str) -> Record {
+        let at = |offset| PartitionOffset { partition, offset }.pack().unwrap();
+        Record {
+            offset: at(offset),
+            next: at(offset + 1),
+            kind: RecordKind::Event,
+            accepted_ms: crate::now_ms(),
+            source: format!("kafka.p{partition}"),
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    fn event(n: u64, user: &str) -> String {
+        format!(
+            r#"{{"v":1,"event_id":"e{n}","user":"{user}","ts":{},"kind":"view","item":"i{n}"}}"#,
+            crate::now_ms() - 1000 + n
+        )
+    }
+
+    struct Collect(Arc<Mutex<Vec<String>>>);
+    impl DeadLetterSink for Collect {
+        fn send(&mut self, dead: &[DlqRecord]) -> Result<()> {
+            let mut seen = self.0.lock().unwrap();
+            seen.extend(dead.iter().map(|d| d.reason.clone()));
+            Ok(())
+        }
+    }
+
+    /// Each partition's next offset, the source's counters and the dead letters go out with
+    /// the checkpoint; `offset` counts the records applied.
+    #[test]
+    fn a_partitioned_source_checkpoints_every_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        cfg.publish.target = TargetKind::None;
+        let node = Node::open(&cfg).unwrap();
+        let dead = Arc::new(Mutex::new(Vec::new()));
+        let mut p = crate::stream::Pipeline::new(
+            &cfg,
+            node.store.clone(),
+            node.model.clone(),
+            node.live.clone(),
+            node.metrics.clone(),
+            "kafka:t",
+        )
+        .unwrap()
+        .partitioned()
+        .with_dead_letter_sink(Box::new(Collect(dead.clone())));
+        let records = vec![
+            record(0, 10, &event(1, "a")),
+            record(3, 7, &event(2, "b")),
+            record(0, 11, "not an event"),
+            record(3, 9, &event(3, "b")),
+        ];
+        p.set_source_counter("catalog", 42);
+        let o = p.process(&records).unwrap();
+        assert_eq!((o.applied, o.dlq), (3, 1));
+        assert_eq!(p.offset(), 4, "records applied");
+        assert!(dead.lock().unwrap().is_empty(), "sent with the checkpoint");
+        p.checkpoint().unwrap();
+        let meta = |k: &str| node.store.meta(&keys::offset(k)).unwrap();
+        assert_eq!(meta(&partition_key("kafka:t", 0)), 12);
+        assert_eq!(meta(&partition_key("kafka:t", 3)), 10);
+        assert_eq!(meta(&source_counter_key("kafka:t", "catalog")), 42);
+        assert_eq!(meta("kafka:t"), 4);
+        assert_eq!(*dead.lock().unwrap(), vec!["bad_json".to_string()]);
+        let checkpointed: Vec<_> = p
+            .partitions()
+            .unwrap()
+            .checkpointed()
+            .clone()
+            .into_iter()
+            .collect();
+        assert_eq!(checkpointed, vec![(0, 12), (3, 10)]);
+    }
 
     #[test]
     fn packs_and_unpacks() {
