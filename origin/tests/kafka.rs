@@ -326,3 +326,36 @@ fn third_party_events_and_admin_records_are_applied() {
     stop(origin);
     assert_eq!(profiles(&data), before);
 }
+
+/// A second origin in the same consumer group gets part of the topic: the origins refuse to
+/// run on part of it (the model needs every partition) and say why, instead of publishing
+/// partial shards over each other.
+#[test]
+#[ignore = "starts a real Kafka broker"]
+fn a_second_origin_in_the_group_is_refused() {
+    let brokers = broker();
+    let topic = "shared.events";
+    let http = http();
+    let dir = tempfile::tempdir().unwrap();
+    let (first, url) = start(&dir.path().join("first"), Some((&brokers, topic)));
+    assert!(post(&http, &url, &events(20, 5).join("\n")));
+    wait_for(&http, &url, "received", 20);
+    let (second, url2) = start(&dir.path().join("second"), Some((&brokers, topic)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reason = loop {
+        let r = http.get(format!("{url2}/healthz")).send();
+        if let Ok(r) = r
+            && r.status() == 503
+        {
+            break r.text().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second origin never refused its part of the topic"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(reason.contains("one origin per consumer group"), "{reason}");
+    drop(second);
+    drop(first);
+}

@@ -74,6 +74,39 @@ impl Assigner {
     }
 }
 
+impl Assigner {
+    /// One origin per group: the item model and the trending list need every partition's
+    /// events, and two origins would publish partial ones over each other. An assignment of
+    /// part of the topic means another consumer in the group holds the rest: refuse it.
+    fn check_whole_topic(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+    ) -> Result<()> {
+        let metadata = consumer
+            .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
+            .map_err(kafka_err(format!(
+                "reading the partitions of {}",
+                self.topic
+            )))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .map_or(0, |t| t.partitions().len());
+        let assigned = tpl.elements_for_topic(&self.topic).len();
+        if assigned < partitions {
+            return Err(Error::KafkaRefused(format!(
+                "the group assigned {assigned} of the {partitions} partitions of {}: another \
+                 consumer is in the group, and an origin needs the whole topic (one origin per \
+                 consumer group)",
+                self.topic
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl ClientContext for Assigner {}
 
 impl ConsumerContext for Assigner {
@@ -84,13 +117,14 @@ impl ConsumerContext for Assigner {
         tpl: &mut TopicPartitionList,
     ) {
         let r = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.start_offsets(tpl).and_then(|()| {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self
+                .check_whole_topic(consumer, tpl)
+                .and_then(|()| self.start_offsets(tpl))
+                .and_then(|()| {
                     consumer
                         .assign(tpl)
                         .map_err(kafka_err("assigning partitions"))
-                })
-            }
+                }),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
                 consumer
