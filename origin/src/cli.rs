@@ -376,7 +376,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 let node = Node::open(&cfg)?;
                 let off = node
                     .store
-                    .meta(&crate::store::keys::offset(crate::node::LOG_SOURCE))?;
+                    .meta(&crate::store::keys::offset(&node.source_name()))?;
                 let mut status = node.status_json(off);
                 if let (Some(s), serde_json::Value::Object(p)) = (
                     status.as_object_mut(),
@@ -398,9 +398,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 let node = Node::open(&cfg)?;
                 let existed = node.forget(&id)?;
-                // The forget is a log record: apply it (and what precedes it) now.
-                node.drain()?;
-                flush_offline(&node).await?;
+                // The forget is a log record: apply it (and what precedes it) now. In Kafka
+                // mode it is a record in the topic, which the serving origin applies.
+                if node.kafka.is_none() {
+                    node.drain()?;
+                    flush_offline(&node).await?;
+                }
                 print_json(&json!({ "forgotten": existed }));
             }
             Ok(())
