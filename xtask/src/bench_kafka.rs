@@ -131,8 +131,20 @@ pub fn run(quick: bool) -> Result<(Vec<String>, String)> {
         cpu_s,
         wall_s: measured["seconds"].as_f64().unwrap_or(f64::NAN),
     });
+    // Freshness through Kafka: the publisher bench with the origin in Kafka mode.
+    let secs = if quick { "3" } else { "15" };
+    let mut fresh = util::cargo();
+    fresh
+        .args(["run", "--quiet", "--release", "-p", "attune-lab", "--"])
+        .args(["bench-publish", "--rates", "100,1000", "--secs", secs])
+        .args(["--kafka", &brokers]);
+    commands.push(util::display(&fresh));
+    let freshness = output(&mut fresh)?;
     drop(broker);
-    Ok((commands, report(events, &runs)))
+    Ok((
+        commands,
+        format!("{}\n{}", report(events, &runs), freshness.trim_end()),
+    ))
 }
 
 /// Runs `serve` on the topic until its checkpoint holds every event; its CPU time is read from
