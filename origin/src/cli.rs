@@ -96,10 +96,7 @@ pub struct Global {
     /// JSON logs.
     #[arg(long, global = true, env = "ATTUNE_LOG_JSON")]
     pub log_json: bool,
-    /// Where events come from: the embedded log, or a Kafka topic ([kafka] in the TOML file).
-    #[arg(long, global = true, env = "ATTUNE_SOURCE", value_enum)]
-    pub source: Option<crate::config::SourceKind>,
-    /// Kafka `bootstrap.servers` (with --source kafka).
+    /// Kafka `bootstrap.servers` (with `serve --source kafka`, or `source = "kafka"`).
     #[arg(long, global = true, env = "ATTUNE_KAFKA_BROKERS")]
     pub brokers: Option<String>,
     /// The events topic [attune.events].
@@ -139,11 +136,21 @@ Publish settings ([publish] in the TOML file; defaults in brackets):
   allow_dev_secrets       Cloudflare target without a token or with the dev profile key
                           (--allow-dev-secrets) [false]";
 
+/// `serve`'s own options (`--source` is not global: `replay` and `import-retail` have a
+/// `--source` of their own, the watermark source's name).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServeArgs {
+    /// Where events come from: the embedded log, or a Kafka topic ([kafka] in the TOML file;
+    /// other commands read `source` there).
+    #[arg(long, env = "ATTUNE_SOURCE", value_enum)]
+    pub source: Option<crate::config::SourceKind>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Ingest + pipeline + publisher + metrics.
     #[command(after_long_help = SERVE_PUBLISH_HELP)]
-    Serve,
+    Serve(ServeArgs),
     /// Feed a JSONL event file.
     Replay(ReplayArgs),
     /// Show stored state.
@@ -288,9 +295,6 @@ pub fn load_config(g: &Global) -> Result<Config> {
 }
 
 fn apply_kafka_flags(g: &Global, cfg: &mut Config) -> Result<()> {
-    if let Some(v) = g.source {
-        cfg.source = v;
-    }
     let k = &mut cfg.kafka;
     for (flag, field) in [
         (&g.brokers, &mut k.brokers),
@@ -328,7 +332,12 @@ pub async fn run(cli: Cli) -> Result<()> {
     let cfg = load_config(&cli.global)?;
     let token = cfg.ingest_token.clone();
     match cli.command {
-        Command::Serve => {
+        Command::Serve(args) => {
+            let mut cfg = cfg;
+            if let Some(source) = args.source {
+                cfg.source = source;
+                cfg.validate()?;
+            }
             let running = crate::server::start(cfg).await?;
             println!("attune-origin listening on http://{}", running.addr);
             use std::io::Write;
@@ -539,4 +548,43 @@ async fn replay(cfg: Config, a: ReplayArgs, token: Option<String>) -> Result<()>
     .await?;
     print_json(&fed);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SourceKind;
+    use clap::Parser;
+
+    /// `serve --source` picks the source; `replay --source` stays the watermark source's name
+    /// (a global `--source` would clash with it).
+    #[test]
+    fn source_flags_do_not_clash() {
+        let cli = Cli::try_parse_from([
+            "attune-origin",
+            "serve",
+            "--source",
+            "kafka",
+            "--brokers",
+            "b:9092",
+            "--kafka-setting",
+            "security.protocol=SASL_SSL",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Serve(ServeArgs {
+                source: Some(SourceKind::Kafka)
+            })
+        ));
+        let mut cfg = Config::default();
+        apply_kafka_flags(&cli.global, &mut cfg).unwrap();
+        assert_eq!(cfg.kafka.brokers, "b:9092");
+        assert_eq!(cfg.kafka.settings["security.protocol"], "SASL_SSL");
+        let cli =
+            Cli::try_parse_from(["attune-origin", "replay", "e.jsonl", "--source", "x"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Replay(ReplayArgs { ref source, .. }) if source == "x")
+        );
+    }
 }

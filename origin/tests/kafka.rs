@@ -44,13 +44,13 @@ fn start(data: &Path, kafka: Option<(&str, &str)>) -> (Service, String) {
         .arg("--insecure-dev-no-token")
         .env("ATTUNE_LOG", "warn")
         .env_remove("ATTUNE_KV_URL");
+    cmd.arg("serve");
     if let Some((brokers, topic)) = kafka {
         cmd.args(["--source", "kafka", "--brokers", brokers])
             .args(["--kafka-topic", topic])
             .args(["--kafka-dlq-topic", &format!("{topic}.dlq")])
             .args(["--kafka-group", &format!("{topic}-group")]);
     }
-    cmd.arg("serve");
     let mut origin = Service::spawn("attune-origin", cmd).expect("spawn");
     let line = origin
         .wait_for_line(LISTENING, Duration::from_secs(60))

@@ -105,9 +105,9 @@ pub fn run(quick: bool) -> Result<(Vec<String>, String)> {
         .arg("--data-dir")
         .arg(work.join("kafka"))
         .args(["--profile-key", "bench", "--listen", "127.0.0.1:0"])
-        .args(["--insecure-dev-no-token", "--source", "kafka"])
+        .args(["--insecure-dev-no-token", "serve", "--source", "kafka"])
         .args(["--brokers", &brokers, "--kafka-topic", TOPIC])
-        .args(["--kafka-group", "attune-bench", "serve"])
+        .args(["--kafka-group", "attune-bench"])
         .env("ATTUNE_LOG", "warn");
     commands.push(util::display(&serve));
     runs.push(attune_from_kafka(serve, events)?);

@@ -39,6 +39,7 @@ use crate::model::Model;
 use crate::store::{DlqRecord, Store, UserState, keys};
 mod checkpoint;
 mod outcome;
+mod partitioned;
 
 pub use outcome::{BatchOutcome, Progress};
 
@@ -177,44 +178,6 @@ impl Pipeline {
         };
         pipeline.erase_forgotten()?;
         Ok(pipeline)
-    }
-
-    /// For a partitioned source: record offsets are [`PartitionOffset`](super::source::PartitionOffset)s,
-    /// each partition's next offset is committed with the checkpoint, and `offset` counts
-    /// the records applied.
-    pub fn partitioned(mut self) -> Self {
-        self.partitioned = Some(Partitioned::default());
-        self
-    }
-
-    /// Dead letters also go to `sink`, before the checkpoint that holds them commits.
-    pub fn with_dead_letter_sink(mut self, sink: Box<dyn DeadLetterSink>) -> Self {
-        self.dead_letter_sink = Some(sink);
-        self
-    }
-
-    /// A partitioned source's offsets and counters (`None` for the embedded log).
-    pub fn partitions(&self) -> Option<&Partitioned> {
-        self.partitioned.as_ref()
-    }
-
-    /// Sets a counter a partitioned source keeps in the checkpoint, with the records it hands
-    /// over next.
-    pub fn set_source_counter(&mut self, name: &str, value: u64) {
-        if let Some(p) = &mut self.partitioned {
-            p.set_counter(name, value);
-        }
-    }
-
-    /// Moves past an applied record.
-    fn advance(&mut self, rec: &Record) {
-        match &mut self.partitioned {
-            None => self.offset = rec.next,
-            Some(p) => {
-                p.advance(rec.next);
-                self.offset += 1;
-            }
-        }
     }
 
     /// Offset applied in memory (0 = nothing applied yet; the source's start applies then).

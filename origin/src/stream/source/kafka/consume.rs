@@ -152,7 +152,8 @@ impl ConsumerContext for Assigner {
     }
 }
 
-/// Errors that mean records were lost or cannot be read: the pipeline stops (fail closed).
+/// Errors that mean records were lost or will never be readable: the pipeline stops (fail
+/// closed). Anything else (a broker away, a topic not yet propagated) librdkafka retries.
 fn is_fatal(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
@@ -162,7 +163,6 @@ fn is_fatal(e: &KafkaError) -> bool {
                 | RDKafkaErrorCode::Fatal
                 | RDKafkaErrorCode::TopicAuthorizationFailed
                 | RDKafkaErrorCode::GroupAuthorizationFailed
-                | RDKafkaErrorCode::UnknownTopicOrPartition
         )
     )
 }
