@@ -155,7 +155,8 @@ fn attune_from_kafka(serve: Command, events: u64) -> Result<Run> {
     let addr = line
         .trim()
         .strip_prefix(LISTENING)
-        .unwrap_or_default()
+        .and_then(|url| url.strip_prefix("http://"))
+        .ok_or_else(|| anyhow!("unexpected line {line:?}"))?
         .to_string();
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first: Option<Instant> = None;
