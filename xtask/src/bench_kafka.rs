@@ -141,6 +141,9 @@ pub fn run(quick: bool) -> Result<(Vec<String>, String)> {
     commands.push(util::display(&fresh));
     let freshness = output(&mut fresh)?;
     drop(broker);
+    // Paths relative to the repository, as the commands would be typed there.
+    let root = format!("{}/", util::root().display());
+    let commands = commands.iter().map(|c| c.replace(&root, "")).collect();
     Ok((
         commands,
         format!("{}\n{}", report(events, &runs), freshness.trim_end()),
