@@ -291,7 +291,9 @@ impl Node {
         use crate::store::keys;
         let unpublished = crate::stream::live::lock(&node.live).unpublished_len();
         json!({
-            "log_end": node.log.end(),
+            // The embedded log's end; in Kafka mode the topic's ends are the broker's
+            // (the group's lag).
+            "log_end": if node.kafka.is_some() { json!(null) } else { json!(node.log.end()) },
             "applied_offset": applied_offset,
             "checkpointed_offset": m(&keys::offset(&node.source_name())),
             "source": node.source_name(),
