@@ -229,19 +229,19 @@ fn kafka_tests() -> Result<()> {
     use attune_kafka_harness::provision;
     provision::broker_jars()?;
     provision::python_client()?;
-    for (package, test) in [("attune-origin", "kafka"), ("attune-lab", "kafka_sample")] {
-        util::run(util::cargo().args([
-            "test",
-            "-p",
-            package,
-            "--test",
-            test,
-            "--",
-            "--ignored",
-            "--test-threads",
-            "1",
-        ]))?;
-    }
+    // `--workspace`: the `test` step's feature resolution, so nothing is compiled again.
+    util::run(util::cargo().args([
+        "test",
+        "--workspace",
+        "--test",
+        "kafka",
+        "--test",
+        "kafka_sample",
+        "--",
+        "--ignored",
+        "--test-threads",
+        "1",
+    ]))?;
     util::run(util::cargo().args([
         "check",
         "-p",
