@@ -205,6 +205,7 @@ def main():
     ap.add_argument("--span-ms", type=int, default=3_600_000, help="timestamps spread over this span")
     ap.add_argument("--verify", action="store_true", help="consume the events back and check them")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for --verify")
+    ap.add_argument("--events-out", default=None, help="also write the events as JSONL here (the same bytes as produced)")
     args = ap.parse_args()
 
     start_ts = args.start_ts if args.start_ts is not None else int(time.time() * 1000) - args.span_ms
@@ -214,6 +215,12 @@ def main():
 
     t0 = time.monotonic()
     events = make_events(run_id, args.count, args.users, args.items, args.seed, start_ts, args.span_ms)
+    if args.events_out:
+        events = list(events)
+        with open(args.events_out, "wb") as out:
+            for _, value in events:
+                out.write(value)
+                out.write(b"\n")
     sent, acknowledged, failures = produce(args.bootstrap, args.topic, events)
     produce_s = time.monotonic() - t0
     summary = {

@@ -22,6 +22,10 @@ pub struct BenchPublishArgs {
     /// Seconds of steady load per rate.
     #[arg(long, default_value_t = 15)]
     pub secs: u64,
+    /// Run the origin in Kafka mode on these brokers (`bootstrap.servers`): freshness then
+    /// includes the broker's acknowledgement and the consumer.
+    #[arg(long)]
+    pub kafka: Option<String>,
 }
 
 /// Cloudflare's API limit: requests per window per user token.
@@ -144,7 +148,7 @@ struct Row {
 /// The bench's own ingest token: `serve` refuses to run without one.
 const INGEST_TOKEN: &str = "bench-ingest-token";
 
-async fn one_rate(rate: u64, secs: u64) -> Result<Row> {
+async fn one_rate(rate: u64, secs: u64, kafka: Option<&str>) -> Result<Row> {
     let dir = tempfile::tempdir()?;
     let seen: Shared = Arc::default();
     let api = stand_in(seen.clone()).await?;
@@ -160,6 +164,15 @@ async fn one_rate(rate: u64, secs: u64) -> Result<Row> {
     cfg.publish.cloudflare_account_id = Some("bench".into());
     cfg.publish.cloudflare_namespace_id = Some("bench".into());
     cfg.publish.token = Some("bench".into());
+    if let Some(brokers) = kafka {
+        // A topic and group per run: each starts from an empty topic.
+        let run = format!("bench-publish-{rate}-{}", now_ms());
+        cfg.source = attune_origin::config::SourceKind::Kafka;
+        cfg.kafka.brokers = brokers.into();
+        cfg.kafka.topic = format!("{run}.events");
+        cfg.kafka.dlq_topic = format!("{run}.dlq");
+        cfg.kafka.group_id = run;
+    }
     let secret = cfg.profile_key.clone();
     let running = attune_origin::server::start(cfg).await?;
     let client = attune_origin::client::Client::new(
@@ -229,13 +242,18 @@ pub async fn run(a: BenchPublishArgs) -> Result<()> {
     let mut rows = Vec::new();
     for rate in &a.rates {
         eprintln!("bench-publish: {rate} events/s for {} s ...", a.secs);
-        rows.push(one_rate(*rate, a.secs).await?);
+        rows.push(one_rate(*rate, a.secs, a.kafka.as_deref()).await?);
     }
     println!(
         "Publisher with the production defaults (flush ≤ 1/s, budget 1,000 requests per 5 min + \
          burst 50, shared keys every 60 s) against a local stand-in of the Cloudflare bulk API; \
-         {} s of steady load per rate.\n",
-        a.secs
+         {} s of steady load per rate{}.\n",
+        a.secs,
+        if a.kafka.is_some() {
+            "; the origin in Kafka mode (ingest → broker → consumer)"
+        } else {
+            ""
+        }
     );
     println!(
         "| events/s | events | requests/s | requests per 5 min | 429s | KV writes/s: p: | t | n: | c: | cfg | m | writes/day (projected) | freshness p50 | p99 | samples |"

@@ -96,6 +96,22 @@ pub struct Global {
     /// JSON logs.
     #[arg(long, global = true, env = "ATTUNE_LOG_JSON")]
     pub log_json: bool,
+    /// Kafka `bootstrap.servers` (with `serve --source kafka`, or `source = "kafka"`).
+    #[arg(long, global = true, env = "ATTUNE_KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+    /// The events topic [attune.events].
+    #[arg(long, global = true, env = "ATTUNE_KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+    /// The dead-letter topic [attune.events.dlq].
+    #[arg(long, global = true, env = "ATTUNE_KAFKA_DLQ_TOPIC")]
+    pub kafka_dlq_topic: Option<String>,
+    /// The consumer group [attune-origin].
+    #[arg(long, global = true, env = "ATTUNE_KAFKA_GROUP")]
+    pub kafka_group: Option<String>,
+    /// A librdkafka setting, `name=value` (repeatable), e.g. `security.protocol=SASL_SSL`;
+    /// secrets are better kept in the TOML file's [kafka.settings].
+    #[arg(long = "kafka-setting", global = true, value_name = "NAME=VALUE")]
+    pub kafka_settings: Vec<String>,
 }
 
 /// The publish settings, for `serve --help` (the README has the same table).
@@ -120,11 +136,21 @@ Publish settings ([publish] in the TOML file; defaults in brackets):
   allow_dev_secrets       Cloudflare target without a token or with the dev profile key
                           (--allow-dev-secrets) [false]";
 
+/// `serve`'s own options (`--source` is not global: `replay` and `import-retail` have a
+/// `--source` of their own, the watermark source's name).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServeArgs {
+    /// Where events come from: the embedded log, or a Kafka topic ([kafka] in the TOML file;
+    /// other commands read `source` there).
+    #[arg(long, env = "ATTUNE_SOURCE", value_enum)]
+    pub source: Option<crate::config::SourceKind>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Ingest + pipeline + publisher + metrics.
     #[command(after_long_help = SERVE_PUBLISH_HELP)]
-    Serve,
+    Serve(ServeArgs),
     /// Feed a JSONL event file.
     Replay(ReplayArgs),
     /// Show stored state.
@@ -272,9 +298,33 @@ pub fn load_config(g: &Global) -> Result<Config> {
     if g.allow_dev_secrets {
         cfg.publish.allow_dev_secrets = true;
     }
+    apply_kafka_flags(g, &mut cfg)?;
     cfg.load_rules()?;
     cfg.validate()?;
     Ok(cfg)
+}
+
+fn apply_kafka_flags(g: &Global, cfg: &mut Config) -> Result<()> {
+    let k = &mut cfg.kafka;
+    for (flag, field) in [
+        (&g.brokers, &mut k.brokers),
+        (&g.kafka_topic, &mut k.topic),
+        (&g.kafka_dlq_topic, &mut k.dlq_topic),
+        (&g.kafka_group, &mut k.group_id),
+    ] {
+        if let Some(v) = flag {
+            field.clone_from(v);
+        }
+    }
+    for setting in &g.kafka_settings {
+        let Some((name, value)) = setting.split_once('=') else {
+            return Err(crate::Error::Config(format!(
+                "--kafka-setting {setting:?}: expected NAME=VALUE"
+            )));
+        };
+        k.settings.insert(name.trim().into(), value.into());
+    }
+    Ok(())
 }
 
 /// Prints a command's result to stdout, pretty.
@@ -292,7 +342,12 @@ pub async fn run(cli: Cli) -> Result<()> {
     let cfg = load_config(&cli.global)?;
     let token = cfg.ingest_token.clone();
     match cli.command {
-        Command::Serve => {
+        Command::Serve(args) => {
+            let mut cfg = cfg;
+            if let Some(source) = args.source {
+                cfg.source = source;
+                cfg.validate()?;
+            }
             let running = crate::server::start(cfg).await?;
             println!("attune-origin listening on http://{}", running.addr);
             use std::io::Write;
@@ -340,7 +395,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 let node = Node::open(&cfg)?;
                 let off = node
                     .store
-                    .meta(&crate::store::keys::offset(crate::node::LOG_SOURCE))?;
+                    .meta(&crate::store::keys::offset(&node.source_name()))?;
                 let mut status = node.status_json(off);
                 if let (Some(s), serde_json::Value::Object(p)) = (
                     status.as_object_mut(),
@@ -362,9 +417,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 let node = Node::open(&cfg)?;
                 let existed = node.forget(&id)?;
-                // The forget is a log record: apply it (and what precedes it) now.
-                node.drain()?;
-                flush_offline(&node).await?;
+                // The forget is a log record: apply it (and what precedes it) now. In Kafka
+                // mode it is a record in the topic, which the serving origin applies.
+                if node.kafka.is_none() {
+                    node.drain()?;
+                    flush_offline(&node).await?;
+                }
                 print_json(&json!({ "forgotten": existed }));
             }
             Ok(())
@@ -504,4 +562,43 @@ async fn replay(cfg: Config, a: ReplayArgs, token: Option<String>) -> Result<()>
     .await?;
     print_json(&fed);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SourceKind;
+    use clap::Parser;
+
+    /// `serve --source` picks the source; `replay --source` stays the watermark source's name
+    /// (a global `--source` would clash with it).
+    #[test]
+    fn source_flags_do_not_clash() {
+        let cli = Cli::try_parse_from([
+            "attune-origin",
+            "serve",
+            "--source",
+            "kafka",
+            "--brokers",
+            "b:9092",
+            "--kafka-setting",
+            "security.protocol=SASL_SSL",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Serve(ServeArgs {
+                source: Some(SourceKind::Kafka)
+            })
+        ));
+        let mut cfg = Config::default();
+        apply_kafka_flags(&cli.global, &mut cfg).unwrap();
+        assert_eq!(cfg.kafka.brokers, "b:9092");
+        assert_eq!(cfg.kafka.settings["security.protocol"], "SASL_SSL");
+        let cli =
+            Cli::try_parse_from(["attune-origin", "replay", "e.jsonl", "--source", "x"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Replay(ReplayArgs { ref source, .. }) if source == "x")
+        );
+    }
 }

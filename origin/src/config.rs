@@ -42,6 +42,9 @@ pub struct Config {
     pub model: ModelConfig,
     pub publish: PublishConfig,
     pub log: LogConfig,
+    /// Where events come from: the embedded log (default) or a Kafka topic.
+    pub source: SourceKind,
+    pub kafka: KafkaConfig,
     /// JSON file with the segment, variant and experiment rules published under `cfg`
     /// (`attune_core::rules::Config`). Absent: the built-in defaults.
     pub rules_file: Option<PathBuf>,
@@ -121,6 +124,60 @@ pub struct ModelConfig {
     pub per_category: usize,
 }
 
+/// The pipeline's source of records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// The embedded durable log in `data_dir` (no broker).
+    #[default]
+    Log,
+    /// A Kafka topic (`[kafka]`): ingest produces to it, the pipeline consumes it.
+    Kafka,
+}
+
+/// Kafka mode (`source = "kafka"`). The topic's schema and keys are in the README.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`, e.g. `broker1:9092,broker2:9092`.
+    pub brokers: String,
+    /// Events, forgets and catalog changes, keyed by user.
+    pub topic: String,
+    /// Dead letters (the reason in the `attune-reason` header).
+    pub dlq_topic: String,
+    /// The consumer group (one origin per group: see the README).
+    pub group_id: String,
+    /// `group.instance.id` (static membership: a restarted origin gets its partitions back at
+    /// once). Default: derived from `data_dir`.
+    pub instance_id: Option<String>,
+    /// Partitions of the topics when the origin creates them (an existing topic is kept).
+    pub partitions: u32,
+    /// Replication factor of the topics the origin creates.
+    pub replication: u16,
+    /// How long ingest waits for the broker's acknowledgement before answering 503.
+    pub produce_timeout_ms: u64,
+    /// Passed to librdkafka as they are (both producer and consumer): `security.protocol`,
+    /// `sasl.mechanism`, `sasl.username`, `ssl.ca.location`, … Settings the origin relies on
+    /// (idempotence, `acks`, offset handling) cannot be overridden.
+    pub settings: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "attune.events".into(),
+            dlq_topic: "attune.events.dlq".into(),
+            group_id: "attune-origin".into(),
+            instance_id: None,
+            partitions: 4,
+            replication: 1,
+            produce_timeout_ms: 10_000,
+            settings: Default::default(),
+        }
+    }
+}
+
 /// Where snapshots go.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -192,6 +249,8 @@ impl Default for Config {
             model: ModelConfig::default(),
             publish: PublishConfig::default(),
             log: LogConfig::default(),
+            source: SourceKind::Log,
+            kafka: KafkaConfig::default(),
             rules_file: None,
             rules: attune_core::rules::Config::default(),
         }
@@ -335,6 +394,30 @@ impl Config {
         }
         if self.model.shards == 0 {
             return Err(Error::Config("model.shards must be at least 1".into()));
+        }
+        if self.source == SourceKind::Kafka {
+            if !cfg!(feature = "kafka") {
+                return Err(Error::Config(
+                    "source = kafka, but this build has no Kafka support (the `kafka` feature)"
+                        .into(),
+                ));
+            }
+            let k = &self.kafka;
+            if k.brokers.is_empty() || k.topic.is_empty() || k.group_id.is_empty() {
+                return Err(Error::Config(
+                    "kafka.brokers, kafka.topic and kafka.group_id must be set".into(),
+                ));
+            }
+            if k.topic == k.dlq_topic {
+                return Err(Error::Config(
+                    "kafka.dlq_topic must differ from kafka.topic".into(),
+                ));
+            }
+            if k.partitions == 0 || k.replication == 0 {
+                return Err(Error::Config(
+                    "kafka.partitions and kafka.replication must be at least 1".into(),
+                ));
+            }
         }
         Ok(())
     }

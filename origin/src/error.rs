@@ -84,6 +84,20 @@ pub enum Error {
     PipelinePanicked,
     #[error("the pipeline stopped after a failed batch; reopen it to resume from the checkpoint")]
     PipelineStopped,
+    /// A librdkafka call failed (Kafka mode).
+    #[cfg(feature = "kafka")]
+    #[error("kafka: {what}: {source}")]
+    Kafka {
+        what: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Kafka mode: a record or a setting the origin refuses (named with its position).
+    #[error("kafka: {0}")]
+    KafkaRefused(String),
+    /// The operation needs the embedded log (the service runs on Kafka).
+    #[error("{0} works on the embedded log only (this node's source is Kafka)")]
+    NeedsEmbeddedLog(&'static str),
     #[error("no profile for user {0:?}")]
     NoSuchUser(String),
     /// The store file is not one this build reads (the node rebuilds it from the log when it

@@ -16,6 +16,7 @@ use crate::model::Model;
 use crate::store::{Store, keys};
 use crate::stream::Pipeline;
 use crate::stream::live::{self, Live, SharedLive, Unpublished};
+use crate::stream::source::EventProducer;
 
 /// The embedded log's source name (its offset key in the store).
 pub use crate::log::SOURCE as LOG_SOURCE;
@@ -31,6 +32,8 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// Which long-running parts have stopped, and why (`/healthz`, `/readyz`, ingest).
     pub health: crate::lifecycle::Health,
+    /// Kafka mode: events, forgets and catalog changes go to the topic, not the embedded log.
+    pub kafka: Option<Arc<EventProducer>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -61,11 +64,27 @@ impl Node {
             live: Arc::new(Mutex::new(live)),
             metrics: Arc::new(Metrics::new()),
             health: crate::lifecycle::Health::default(),
+            kafka: kafka_producer(cfg)?,
         };
         Ok(node)
     }
 
     pub fn pipeline(&self) -> Result<Pipeline> {
+        #[cfg(feature = "kafka")]
+        if self.kafka.is_some() {
+            use crate::stream::source::kafka;
+            let sink = kafka::DlqProducer::new(&self.cfg.kafka)?;
+            return Ok(Pipeline::new(
+                &self.cfg,
+                self.store.clone(),
+                self.model.clone(),
+                self.live.clone(),
+                self.metrics.clone(),
+                &kafka::source_name(&self.cfg.kafka.topic),
+            )?
+            .partitioned()
+            .with_dead_letter_sink(Box::new(sink)));
+        }
         let mut pipeline = Pipeline::new(
             &self.cfg,
             self.store.clone(),
@@ -113,15 +132,25 @@ impl Node {
                 + 64;
             if !chunk.is_empty() && bytes + size > RECORD_BYTES {
                 let payload = rmp_serde::to_vec_named(&std::mem::take(&mut chunk))?;
-                self.log.append_admin(RecordKind::Catalog, payload)?;
+                self.append_catalog(payload)?;
                 bytes = 0;
             }
             bytes += size;
             chunk.push(item);
         }
         let payload = rmp_serde::to_vec_named(&chunk)?;
-        self.log.append_admin(RecordKind::Catalog, payload)?;
+        self.append_catalog(payload)?;
         Ok(n)
+    }
+
+    fn append_catalog(&self, payload: Vec<u8>) -> Result<()> {
+        match &self.kafka {
+            Some(kafka) => kafka.send_catalog(&payload),
+            None => self
+                .log
+                .append_admin(RecordKind::Catalog, payload)
+                .map(drop),
+        }
     }
 
     /// A user's newest state: the pipeline's if it holds one (it may be ahead of the last
@@ -139,8 +168,13 @@ impl Node {
     /// had a state when the record was written.
     pub fn forget(&self, user: &str) -> Result<bool> {
         let existed = self.user(user)?.is_some();
-        self.log
-            .append_admin(RecordKind::Forget, user.as_bytes().to_vec())?;
+        match &self.kafka {
+            Some(kafka) => kafka.send_forget(user)?,
+            None => {
+                self.log
+                    .append_admin(RecordKind::Forget, user.as_bytes().to_vec())?;
+            }
+        }
         Ok(existed)
     }
 
@@ -177,6 +211,9 @@ impl Node {
     /// Applies everything durable in the log and checkpoints (offline commands).
     pub fn drain(&self) -> Result<crate::stream::BatchOutcome> {
         use crate::log::Source;
+        if self.kafka.is_some() {
+            return Err(crate::Error::NeedsEmbeddedLog("applying records offline"));
+        }
         let mut pipeline = self.pipeline()?;
         let mut reader = self.log.reader()?;
         let mut total = crate::stream::BatchOutcome::default();
@@ -239,6 +276,15 @@ impl Node {
         })))
     }
 
+    /// The pipeline's source name (its offset key in the store).
+    pub fn source_name(&self) -> String {
+        #[cfg(feature = "kafka")]
+        if self.kafka.is_some() {
+            return crate::stream::source::kafka::source_name(&self.cfg.kafka.topic);
+        }
+        LOG_SOURCE.to_string()
+    }
+
     /// Pipeline and publisher progress (no user data).
     ///
     /// The counters are as of the last checkpoint (the pipeline checkpoints whenever it catches up
@@ -251,12 +297,15 @@ impl Node {
         let unpublished = crate::stream::live::lock(&node.live).unpublished_len();
         let log = node.log.usage();
         json!({
-            "log_end": node.log.end(),
+            // The embedded log's end; in Kafka mode the topic's ends are the broker's
+            // (the group's lag).
+            "log_end": if node.kafka.is_some() { json!(null) } else { json!(node.log.end()) },
             "log_start": log.start,
             "log_segments": log.segments,
             "log_bytes": log.bytes,
             "applied_offset": applied_offset,
-            "checkpointed_offset": m(&keys::offset(crate::node::LOG_SOURCE)),
+            "checkpointed_offset": m(&keys::offset(&node.source_name())),
+            "source": node.source_name(),
             "unpublished": unpublished,
             "received": m(keys::RECEIVED),
             "applied": m(keys::APPLIED),
@@ -266,6 +315,23 @@ impl Node {
             "outbox": s.outbox_len().unwrap_or(0),
             "catalog": node.model.lock().map(|m| m.catalog_len()).unwrap_or(0),
         })
+    }
+}
+
+/// Kafka mode's producer, when the config selects Kafka.
+fn kafka_producer(cfg: &Config) -> Result<Option<Arc<EventProducer>>> {
+    if cfg.source != crate::config::SourceKind::Kafka {
+        return Ok(None);
+    }
+    #[cfg(feature = "kafka")]
+    {
+        Ok(Some(Arc::new(EventProducer::new(&cfg.kafka)?)))
+    }
+    #[cfg(not(feature = "kafka"))]
+    {
+        Err(crate::Error::Config(
+            "source = kafka, but this build has no Kafka support".into(),
+        ))
     }
 }
 

@@ -150,8 +150,12 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
         "starting"
     );
 
+    #[cfg(feature = "kafka")]
+    if node.kafka.is_some() {
+        crate::stream::source::kafka::ensure_topics(&cfg.kafka).await?;
+    }
     let pipeline = node.pipeline()?;
-    if node.log.end() > pipeline.offset().max(crate::log::FIRST_OFFSET) {
+    if node.kafka.is_none() && node.log.end() > pipeline.offset().max(crate::log::FIRST_OFFSET) {
         tracing::info!(
             checkpoint = pipeline.offset(),
             log_end = node.log.end(),
@@ -193,15 +197,37 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
                 // A panic (redb meeting a page damaged while running) is a stop like an error:
                 // health says so, and the restart's integrity check finds the damage.
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let on_batch = |o: &crate::stream::BatchOutcome| {
+                        if o.applied > 0 {
+                            notify.notify_one();
+                        }
+                    };
+                    #[cfg(feature = "kafka")]
+                    if node.kafka.is_some() {
+                        // Records stay in Kafka until applied: a stop does not drain the topic.
+                        let opts = crate::stream::source::kafka::ConsumeOptions {
+                            batch_max: node.cfg.pipeline.batch_max,
+                            idle_wait: Duration::from_millis(50),
+                        };
+                        return crate::stream::source::kafka::consume(
+                            &node.cfg,
+                            &mut pipeline,
+                            &node.store,
+                            opts,
+                            &draining,
+                            &on_batch,
+                        );
+                    }
                     let mut source = Faulty {
                         inner: node.log.reader()?,
                         faults,
                     };
-                    pipeline.run(&mut source, node.cfg.pipeline.batch_max, &draining, &|o| {
-                        if o.applied > 0 {
-                            notify.notify_one();
-                        }
-                    })
+                    pipeline.run(
+                        &mut source,
+                        node.cfg.pipeline.batch_max,
+                        &draining,
+                        &on_batch,
+                    )
                 }))
                 .unwrap_or(Err(Error::PipelinePanicked));
                 if let Err(e) = &r {

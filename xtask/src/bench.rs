@@ -75,6 +75,11 @@ const SECTIONS: &[Section] = &[
         run: edge,
     },
     Section {
+        name: "kafka",
+        title: "Attune from Kafka against its embedded log and Kafka Streams (events per CPU-second)",
+        run: kafka,
+    },
+    Section {
         name: "quality",
         title: "Ranking quality on the shipped Online Retail sample",
         run: quality,
@@ -410,6 +415,11 @@ fn publish(opts: &Options) -> Result<Measured> {
 
 fn edge(opts: &Options) -> Result<Measured> {
     let (commands, body) = bench_edge::run(opts.quick)?;
+    Ok(Measured { commands, body })
+}
+
+fn kafka(opts: &Options) -> Result<Measured> {
+    let (commands, body) = crate::bench_kafka::run(opts.quick)?;
     Ok(Measured { commands, body })
 }
 

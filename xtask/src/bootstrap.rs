@@ -8,10 +8,10 @@
 //!   missing or `package.json` / `package-lock.json` changed since the last run (stamp file);
 //! - `wasm-bindgen-cli` at exactly the `wasm-bindgen` version in `Cargo.lock`;
 //! - `worker-build` at [`WORKER_BUILD_VERSION`];
+//! - the Debian headers the origin's bundled librdkafka build needs (`KAFKA_DEBIAN_PACKAGES`);
 //! - Debian's `chromium`, only with `--browser` (best effort: a failure is a warning);
-//! - with `--kafka` (and from `cargo xtask kafka`): the Debian headers the bundled librdkafka
-//!   build needs, the Apache Kafka broker's jars, the Kafka Streams comparison app and the
-//!   Python Kafka client (see `KAFKA_DEBIAN_PACKAGES` and `attune_kafka_harness::provision`).
+//! - with `--kafka` (and from `cargo xtask kafka`): the Apache Kafka broker's jars, the Kafka
+//!   Streams comparison app and the Python Kafka client (`attune_kafka_harness::provision`).
 
 use std::fs;
 use std::process::Command;
@@ -90,6 +90,8 @@ pub fn ensure(opts: Options) -> Result<()> {
     step("npm packages", &mut npm_ci)?;
     step("wasm-bindgen-cli", &mut wasm_bindgen_cli)?;
     step("worker-build", &mut worker_build)?;
+    // The origin links librdkafka (its default `kafka` feature), built from source.
+    step("kafka: debian libs", &mut kafka_debian_packages)?;
     if opts.browser {
         step("chromium", &mut chromium)?;
     }
@@ -118,7 +120,7 @@ type Step<'a> =
 
 fn kafka_steps(step: &mut Step<'_>) -> Result<()> {
     use attune_kafka_harness::provision;
-    step("kafka: debian libs", &mut kafka_debian_packages)?;
+    // librdkafka's Debian build dependencies are in the default steps (the origin links it).
     step("kafka: broker jars", &mut || {
         provisioned(provision::broker_jars()?)
     })?;

@@ -5,7 +5,8 @@
 //! `wrangler dev` in front of the demo shop, imports the shipped Online Retail sample through
 //! the origin's ingest API, waits until the first snapshots are in the Worker's local KV, then
 //! prints a short tour. Runs until Ctrl-C, then stops the origin (drain, commit, flush) and the
-//! Worker, in that order.
+//! Worker, in that order. `--kafka` starts a local Apache Kafka broker first and runs the origin
+//! on it (`--source kafka`); the broker goes last.
 
 use std::path::Path;
 use std::process::Command;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use attune_harness::{OnDrop, Service, Stopped, WranglerDev, http_get, port_is_free};
+use attune_kafka_harness::{Broker, BrokerOptions};
 
 use crate::{bootstrap, build_edge, util};
 
@@ -31,15 +33,19 @@ const RULES: &str = "examples/shop/rules.json";
 /// The customer with the most orders in the sample (see examples/shop/public/login.html).
 const DEMO_CUSTOMER: &str = "17850";
 
-const USAGE: &str = "cargo xtask demo [--keep-state]
+const USAGE: &str = "cargo xtask demo [--keep-state] [--kafka]
 
-  --keep-state   keep .attune/demo from the last run (default: start from empty state)";
+  --keep-state   keep .attune/demo from the last run (default: start from empty state)
+  --kafka        run the origin on a local Apache Kafka broker (data in .attune/demo/kafka)
+                 instead of its embedded log";
 
 pub fn cmd(args: &[String]) -> Result<()> {
     let mut keep_state = false;
+    let mut kafka = false;
     for arg in args {
         match arg.as_str() {
             "--keep-state" => keep_state = true,
+            "--kafka" => kafka = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -58,6 +64,9 @@ pub fn cmd(args: &[String]) -> Result<()> {
 
     step("1/5 installing what is missing");
     bootstrap::ensure(bootstrap::Options::default())?;
+    if kafka {
+        bootstrap::ensure_kafka(true)?;
+    }
     step("2/5 building the Worker and the origin");
     build_edge::build(build_edge::Profile::Release, &root.join("edge"), false)?;
     util::run(util::cargo().args([
@@ -89,6 +98,23 @@ pub fn cmd(args: &[String]) -> Result<()> {
     }
 
     step("3/5 starting the origin and the Worker");
+    // Declared before the origin, so it outlives it (dropping it kills the broker).
+    let broker = if kafka {
+        let options = BrokerOptions {
+            dir: Some(state.join("kafka")),
+            provision: false,
+            ..BrokerOptions::default()
+        };
+        let broker = Broker::start(&options).context("starting the Kafka broker")?;
+        println!(
+            "Kafka broker ready on {} (log: {})",
+            broker.bootstrap_servers(),
+            broker.log_path().display()
+        );
+        Some(broker)
+    } else {
+        None
+    };
     let kv_url = format!("http://127.0.0.1:{WORKER_PORT}/__attune/kv");
     let mut origin_cmd = util::command(&origin_bin);
     origin_cmd
@@ -99,6 +125,14 @@ pub fn cmd(args: &[String]) -> Result<()> {
         .env("ATTUNE_INGEST_TOKEN", INGEST_TOKEN)
         .env("ATTUNE_PROFILE_KEY", PROFILE_KEY)
         .env("ATTUNE_DEV_KV_TOKEN", DEV_KV_TOKEN);
+    if let Some(broker) = &broker {
+        origin_cmd.args([
+            "--source",
+            "kafka",
+            "--brokers",
+            &broker.bootstrap_servers(),
+        ]);
+    }
     let mut origin = spawn("origin", origin_cmd, &state.join("origin.log"))?;
     wait_http(
         &mut origin,

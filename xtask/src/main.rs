@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_edge;
+mod bench_kafka;
 mod bootstrap;
 mod build_edge;
 mod demo;
@@ -22,13 +23,16 @@ cargo xtask <command> [options]
 commands:
   bootstrap [--browser] [--kafka]
                             install the toolchain this repository needs (idempotent; seconds when warm);
-                            --kafka adds the Kafka broker's jars, librdkafka's build deps, the Kafka
-                            Streams comparison app and the Python Kafka client
+                            (librdkafka's Debian build deps included); --kafka adds the Kafka
+                            broker's jars, the Kafka Streams comparison app and the Python client
   build-edge [--dev]        build the Worker into edge/build/ with worker-build (no downloads)
-  test [options]            the full check suite: fmt, clippy, no_std, edge wasm, native + wasm tests
-  demo [--keep-state]       run the local demo: origin + wrangler dev + the shop, fed with the sample
+  test [options]            the full check suite: fmt, clippy, no_std, edge wasm, native, Kafka
+                            broker and wasm tests
+  demo [--keep-state] [--kafka]
+                            run the local demo: origin + wrangler dev + the shop, fed with the sample
+                            (--kafka: the origin on a local Kafka broker)
   bench [section…] [--quick] run the benchmarks and write BENCHMARKS.md
-                            (sections: core wasm size pipeline edge quality; default: all)
+                            (sections: core wasm size pipeline publish edge kafka quality; default: all)
   reliability [--kills N] [--flips N] [--full-disks N]
                             the long reliability suite (the origin's ignored tests): SIGKILLs, bit
                             flips in the log and the store, full disks; prints a table of counts

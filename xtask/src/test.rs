@@ -4,7 +4,8 @@
 //! bootstrap, fmt, clippy (native, whole workspace), clippy-wasm (the edge for
 //! wasm32-unknown-unknown, where its Worker dependencies live), no-std (`attune-core` without
 //! default features, and the `encoding_rs` stand-in, for wasm32v1-none), edge-wasm (the release Worker build), test (native unit,
-//! integration and end-to-end tests), wasm-test (`attune-core`'s tests under node).
+//! integration and end-to-end tests), kafka (the origin on a real Apache Kafka broker, and
+//! the origin built without its `kafka` feature), wasm-test (`attune-core`'s tests under node).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ const STEPS: &[&str] = &[
     "no-std",
     "edge-wasm",
     "test",
+    "kafka",
     "wasm-test",
 ];
 
@@ -142,6 +144,7 @@ fn describe(name: &str) -> &'static str {
         }
         "edge-wasm" => "cargo xtask build-edge (release Worker build)",
         "test" => "cargo test --workspace (unit, integration, end to end)",
+        "kafka" => "the broker tests (origin, lab) and the embedded-only origin build",
         "wasm-test" => "cargo test -p attune-core --target wasm32-unknown-unknown (node)",
         _ => "",
     }
@@ -190,6 +193,7 @@ fn run_step(name: &str, opts: &Options) -> Result<()> {
             false,
         ),
         "test" => util::run(util::cargo().args(["test", "--workspace"])),
+        "kafka" => kafka_tests(),
         "wasm-test" => util::run(
             util::cargo()
                 .env(
@@ -216,4 +220,33 @@ fn run_step(name: &str, opts: &Options) -> Result<()> {
 fn wasm_bindgen_env(mut cmd: Command) -> Command {
     cmd.env("WASM_BINDGEN_USE_JS_SYS", "1");
     cmd
+}
+
+/// The tests that start a real broker (`#[ignore]`d in a plain `cargo test`): the broker's jars
+/// and the Python client are provisioned first (each skipped when present), then each test
+/// binary runs alone, one broker at a time on the shared cores.
+fn kafka_tests() -> Result<()> {
+    use attune_kafka_harness::provision;
+    provision::broker_jars()?;
+    provision::python_client()?;
+    // `--workspace`: the `test` step's feature resolution, so nothing is compiled again.
+    util::run(util::cargo().args([
+        "test",
+        "--workspace",
+        "--test",
+        "kafka",
+        "--test",
+        "kafka_sample",
+        "--",
+        "--ignored",
+        "--test-threads",
+        "1",
+    ]))?;
+    util::run(util::cargo().args([
+        "check",
+        "-p",
+        "attune-origin",
+        "--no-default-features",
+        "--all-targets",
+    ]))
 }

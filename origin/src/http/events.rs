@@ -186,6 +186,10 @@ pub(super) async fn post_events(
             return (status, axum::Json(json!({"error": msg}))).into_response();
         }
     };
+    #[cfg(feature = "kafka")]
+    if let Some(kafka) = &state.node.kafka {
+        return produce(&state, kafka, &source, events).await;
+    }
     let lag = state
         .node
         .log
@@ -216,5 +220,23 @@ pub(super) async fn post_events(
             .into_response(),
         Ok(Err(e)) => unavailable(&state, json!({ "error": e.to_string() })),
         Err(_) => unavailable(&state, json!({ "error": "log closed" })),
+    }
+}
+
+/// Kafka mode: the events go to the topic; `202` once the broker acknowledged every one
+/// (`acks=all`), `429` when the producer's queue is full, `503` when the broker did not answer.
+#[cfg(feature = "kafka")]
+async fn produce(
+    state: &AppState,
+    kafka: &crate::stream::source::EventProducer,
+    source: &str,
+    events: Vec<Vec<u8>>,
+) -> Response {
+    use crate::stream::source::kafka::ProduceRefused;
+    let n = events.len();
+    match kafka.send_events(source, crate::now_ms(), &events).await {
+        Ok(()) => (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": n }))).into_response(),
+        Err(ProduceRefused::QueueFull) => too_busy(state, "the Kafka producer's queue is full"),
+        Err(e) => unavailable(state, json!({ "error": e.to_string() })),
     }
 }

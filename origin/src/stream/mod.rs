@@ -6,6 +6,7 @@ mod dedup;
 pub mod live;
 mod pipeline;
 pub mod rules;
+pub mod source;
 mod users;
 mod warm;
 mod watermark;

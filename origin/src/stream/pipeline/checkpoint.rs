@@ -29,6 +29,9 @@ impl Pipeline {
         }
         r?;
         self.checkpointed = self.offset;
+        if let Some(p) = &mut self.partitioned {
+            p.committed();
+        }
         let forgot = self.users.committed();
         self.since = SinceCheckpoint::default();
         self.rules.committed();
@@ -52,6 +55,11 @@ impl Pipeline {
     /// Nothing changes the state while it is written: the pipeline is this thread, and
     /// forget, catalog and full-publish writes wait for this write transaction.
     fn write_checkpoint(&mut self) -> Result<()> {
+        if let Some(sink) = &mut self.dead_letter_sink
+            && !self.since.dead.is_empty()
+        {
+            sink.send(&self.since.dead)?;
+        }
         let tx = self.store.begin_checkpoint()?;
         self.users.checkpoint(&tx, self.since.shared)?;
         self.model
@@ -72,6 +80,9 @@ impl Pipeline {
         self.watermarks.checkpoint(&tx)?;
         self.rules.checkpoint(&tx)?;
         tx.put_offset(&self.source, self.offset)?;
+        if let Some(p) = &self.partitioned {
+            p.write(&tx, &self.source)?;
+        }
         self.dedup.checkpoint(&tx)?;
         self.dedup.prune(&tx, self.watermarks.min())?;
         tx.commit()

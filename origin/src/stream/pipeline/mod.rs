@@ -39,12 +39,14 @@ use crate::store::{DlqRecord, Store, UserState, keys};
 mod checkpoint;
 mod outcome;
 mod rules_change;
+mod partitioned;
 
 pub use outcome::{BatchOutcome, Progress};
 
 use super::dedup::{self, Dedup};
 use super::live::{self, Cached, Live, SharedLive, Unpublished, UserKey, user_key};
 use super::rules::RulesInForce;
+use super::source::{DeadLetterSink, Partitioned};
 use super::users::UserStates;
 use super::warm::{WARM_AHEAD, warm};
 use super::watermark::Watermarks;
@@ -86,6 +88,10 @@ pub struct Pipeline {
     /// Reused per micro-batch: (event, accepted, the user's key).
     events: Vec<(Event, u64, UserKey)>,
     poisoned: bool,
+    /// A partitioned source's per-partition offsets (Kafka); `offset` then counts the records
+    /// applied.
+    partitioned: Option<Partitioned>,
+    dead_letter_sink: Option<Box<dyn DeadLetterSink>>,
     /// Adaptive micro-batch size (0 until the first one).
     limit: usize,
     progress: Arc<Progress>,
@@ -164,6 +170,8 @@ impl Pipeline {
             batch_no: 0,
             events: Vec::new(),
             poisoned: false,
+            partitioned: None,
+            dead_letter_sink: None,
             limit: 0,
             progress: Arc::new(Progress {
                 offset: AtomicU64::new(offset),
@@ -299,7 +307,7 @@ impl Pipeline {
                 self.since.shared = true;
             }
         }
-        self.offset = rec.next;
+        self.advance(rec);
         self.progress.offset.store(self.offset, Ordering::Release);
         Ok(())
     }
@@ -547,7 +555,13 @@ impl Pipeline {
 
     /// Moves the offset and the counters on, and records the micro-batch's metrics.
     fn finish_batch(&mut self, records: &[Record], out: &BatchOutcome, started: Instant) {
-        self.offset = records.last().map(|r| r.next).unwrap_or(self.offset);
+        if self.partitioned.is_some() {
+            for rec in records {
+                self.advance(rec);
+            }
+        } else if let Some(last) = records.last() {
+            self.advance(last);
+        }
         self.since.counts.add(out);
         self.progress.offset.store(self.offset, Ordering::Release);
         self.progress.batches.fetch_add(1, Ordering::Relaxed);

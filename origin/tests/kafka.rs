@@ -1,0 +1,361 @@
+//! The origin on a real Apache Kafka broker (`attune-kafka-harness`, one broker for the whole
+//! file on a free 127.0.0.1 port; each test has its own topics and group). Ignored by default
+//! (the broker's jars come from Maven Central, the Python client from PyPI);
+//! `cargo xtask test` runs them after `bootstrap --kafka`:
+//! `cargo test -p attune-origin --test kafka -- --ignored`.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use attune_harness::{Service, Stopped};
+use attune_kafka_harness::{Broker, BrokerOptions, provision};
+use rand::{Rng, SeedableRng};
+
+const BIN: &str = env!("CARGO_BIN_EXE_attune-origin");
+const LISTENING: &str = "attune-origin listening on ";
+
+/// One broker for every test of this file; the harness's watchdog kills it when the test
+/// process ends (statics are never dropped).
+fn broker() -> String {
+    static BROKER: OnceLock<Mutex<Broker>> = OnceLock::new();
+    let b = BROKER.get_or_init(|| {
+        let started = Instant::now();
+        let broker = Broker::start(&BrokerOptions::for_tests()).expect("starting the broker");
+        eprintln!(
+            "broker on {} in {:?}",
+            broker.bootstrap_servers(),
+            started.elapsed()
+        );
+        Mutex::new(broker)
+    });
+    b.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .bootstrap_servers()
+}
+
+/// The origin binary; in Kafka mode on `topic` when given.
+fn start(data: &Path, kafka: Option<(&str, &str)>) -> (Service, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--data-dir"])
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0", "--profile-key", "pk"])
+        .arg("--insecure-dev-no-token")
+        .env("ATTUNE_LOG", "warn")
+        .env_remove("ATTUNE_KV_URL");
+    cmd.arg("serve");
+    if let Some((brokers, topic)) = kafka {
+        cmd.args(["--source", "kafka", "--brokers", brokers])
+            .args(["--kafka-topic", topic])
+            .args(["--kafka-dlq-topic", &format!("{topic}.dlq")])
+            .args(["--kafka-group", &format!("{topic}-group")]);
+    }
+    let mut origin = Service::spawn("attune-origin", cmd).expect("spawn");
+    let line = origin
+        .wait_for_line(LISTENING, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = line.trim().strip_prefix(LISTENING).unwrap().to_string();
+    (origin, url)
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
+}
+
+fn status(http: &reqwest::blocking::Client, url: &str) -> Option<serde_json::Value> {
+    http.get(format!("{url}/v1/status"))
+        .send()
+        .ok()?
+        .json()
+        .ok()
+}
+
+/// Waits until the checkpointed counters say `field` reached `n`.
+fn wait_for(http: &reqwest::blocking::Client, url: &str, field: &str, n: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(s) = status(http, url)
+            && s[field].as_u64() >= Some(n)
+        {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{field} never reached {n}: {:?}",
+            status(http, url)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop(mut origin: Service) {
+    let stopped = origin.stop(Duration::from_secs(60)).expect("stop");
+    assert!(
+        matches!(stopped, Stopped::Exited(_)),
+        "the origin did not exit within 60 s of SIGTERM:\n{}",
+        origin.output()
+    );
+}
+
+fn profiles(data: &Path) -> Vec<(String, attune_core::Profile)> {
+    let store = attune_origin::Store::open(&data.join("store.redb")).unwrap();
+    store.profiles().unwrap()
+}
+
+fn events(n: u64, users: u32) -> Vec<String> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let t0 = attune_origin::now_ms() - 3_600_000;
+    (0..n)
+        .map(|n| {
+            let kind = ["view", "click", "add_to_cart", "purchase"][rng.random_range(0..4)];
+            format!(
+                r#"{{"v":1,"event_id":"c{n}","user":"u{}","ts":{},"kind":"{kind}","item":"i{}"}}"#,
+                rng.random_range(0..users),
+                t0 + n * 1000,
+                rng.random_range(0..60)
+            )
+        })
+        .collect()
+}
+
+fn post(http: &reqwest::blocking::Client, url: &str, body: &str) -> bool {
+    matches!(http.post(format!("{url}/v1/events")).body(body.to_string()).send(), Ok(r) if r.status() == 202)
+}
+
+/// SIGKILL at random points while events go in through Kafka-mode ingest and out through the
+/// consumer; a batch not acknowledged is sent again. The profiles equal those of one
+/// uninterrupted run on the embedded log: nothing lost, nothing applied twice.
+#[test]
+#[ignore = "starts a real Kafka broker"]
+fn sigkill_mid_stream_loses_nothing_and_applies_nothing_twice() {
+    let started = Instant::now();
+    let brokers = broker();
+    let events = events(3000, 150);
+    let batches: Vec<String> = events.chunks(50).map(|c| c.join("\n")).collect();
+    let http = http();
+    let dir = tempfile::tempdir().unwrap();
+
+    let reference = dir.path().join("reference");
+    let (origin, url) = start(&reference, None);
+    for b in &batches {
+        assert!(post(&http, &url, b));
+    }
+    wait_for(&http, &url, "applied", events.len() as u64);
+    stop(origin);
+    let expected = profiles(&reference);
+
+    let crashing = dir.path().join("crashing");
+    let kafka = Some((brokers.as_str(), "crash.events"));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut next = 0usize;
+    let kills = 8;
+    let mut applied_at_kill = Vec::new();
+    // Batches sent again after a kill cut their request: only their events may be duplicates.
+    let mut resent = 0u64;
+    for _ in 0..kills {
+        let (mut origin, url) = start(&crashing, kafka);
+        // Kill while the consumer is applying: once this process applied something, at a
+        // random point within the next 300 ms, with ingest still sending.
+        let applied_before = status(&http, &url).map_or(0, |s| s["applied"].as_u64().unwrap_or(0));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut posted = 0;
+        loop {
+            if posted < 5 && next < batches.len() {
+                if !post(&http, &url, &batches[next]) {
+                    resent += 1;
+                    break;
+                }
+                next += 1;
+                posted += 1;
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let applied = status(&http, &url).map_or(0, |s| s["applied"].as_u64().unwrap_or(0));
+            if applied > applied_before || Instant::now() > deadline {
+                break;
+            }
+        }
+        let kill_after = Duration::from_millis(rng.random_range(0..300));
+        let t = Instant::now();
+        let killer = {
+            let group = origin.group();
+            std::thread::spawn(move || {
+                std::thread::sleep(kill_after);
+                let _ = group.kill();
+            })
+        };
+        let mut during = 0;
+        while next < batches.len()
+            && during < 3
+            && t.elapsed() < kill_after + Duration::from_millis(50)
+        {
+            during += 1;
+            if post(&http, &url, &batches[next]) {
+                next += 1;
+            } else {
+                resent += 1;
+                break;
+            }
+        }
+        killer.join().unwrap();
+        let _ = origin.kill();
+        applied_at_kill.push(next);
+    }
+    eprintln!("batches acknowledged at each kill: {applied_at_kill:?}");
+    assert!(next > 0, "no batch went in before the kills");
+    let (origin, url) = start(&crashing, kafka);
+    while next < batches.len() {
+        assert!(post(&http, &url, &batches[next]));
+        next += 1;
+    }
+    wait_for(&http, &url, "applied", events.len() as u64);
+    // Anything applied twice would show up late: give it a moment to.
+    std::thread::sleep(Duration::from_millis(500));
+    let status = status(&http, &url).unwrap();
+    stop(origin);
+    let got = profiles(&crashing);
+    assert_eq!(got.len(), expected.len(), "users");
+    for ((u1, p1), (u2, p2)) in expected.iter().zip(got.iter()) {
+        assert_eq!(u1, u2);
+        assert_eq!(p1, p2, "profile of {u1} differs after crashes");
+    }
+    assert_eq!(status["applied"], events.len() as u64, "{status}");
+    assert_eq!(status["dlq"], 0, "{status}");
+    // Records consumed again (a restart that did not resume from the store's offsets) would be
+    // caught by the dedup too; the count shows they were never read twice.
+    assert!(
+        status["duplicates"].as_u64().unwrap() <= 50 * resent,
+        "{status}, {resent} batches resent"
+    );
+    eprintln!(
+        "kafka crash test: {kills} kills, {} duplicates resent and dropped, {:?}",
+        status["duplicates"],
+        started.elapsed()
+    );
+}
+
+/// A third-party client (PyPI's confluent-kafka, `lab/kafka/produce.py`) writes events to the
+/// topic directly; the origin applies them. Then the admin records through Kafka: a catalog
+/// change (a copy per partition, applied once) and a forget (in the user's partition).
+#[test]
+#[ignore = "starts a real Kafka broker"]
+fn third_party_events_and_admin_records_are_applied() {
+    let brokers = broker();
+    let python = provision::python_client().expect("the Python client").path;
+    let topic = "thirdparty.events";
+    let http = http();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("origin");
+    let (origin, url) = start(&data, Some((&brokers, topic)));
+
+    let out = Command::new(&python)
+        .arg(attune_kafka_harness::lab_dir().join("produce.py"))
+        .args(["--bootstrap", &brokers, "--topic", topic])
+        .args(["--count", "500", "--users", "20", "--items", "50"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "produce.py failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = wait_for(&http, &url, "received", 500);
+    assert_eq!(s["received"], 500, "{s}");
+    assert_eq!(
+        s["applied"].as_u64().unwrap() + s["dlq"].as_u64().unwrap(),
+        500,
+        "{s}"
+    );
+    assert_eq!(s["duplicates"], 0, "{s}");
+    let user = http.get(format!("{url}/v1/users/u000001")).send().unwrap();
+    assert_eq!(
+        user.status(),
+        200,
+        "a user of produce.py's events has a profile"
+    );
+
+    // A catalog change reaches every partition; the pipeline applies one copy and skips the
+    // others (as gaps), so the catalog has the item once and the applied count is unchanged.
+    let catalog =
+        r#"[{"id":"I00001","title":"One","url":"/p/1","image":"","price":"1","category":"home"}]"#;
+    let r = http
+        .put(format!("{url}/v1/catalog"))
+        .header("content-type", "application/json")
+        .body(catalog)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&http, &url).map(|s| s["catalog"].clone()) != Some(1.into()) {
+        assert!(
+            Instant::now() < deadline,
+            "the catalog change was never applied"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The forget goes to the user's partition, after their events.
+    let r = http
+        .delete(format!("{url}/v1/users/u000001"))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http.get(format!("{url}/v1/users/u000001")).send().unwrap();
+        if r.status() == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the forget was never applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop(origin);
+
+    // After a restart nothing is applied again (offsets came from the store), and the other
+    // partitions' catalog copies stay skipped.
+    let before = profiles(&data);
+    let (origin, url) = start(&data, Some((&brokers, topic)));
+    std::thread::sleep(Duration::from_secs(2));
+    let s = status(&http, &url).unwrap();
+    assert_eq!(s["received"], 500, "{s}");
+    stop(origin);
+    assert_eq!(profiles(&data), before);
+}
+
+/// A second origin in the same consumer group gets part of the topic: the origins refuse to
+/// run on part of it (the model needs every partition) and say why, instead of publishing
+/// partial shards over each other.
+#[test]
+#[ignore = "starts a real Kafka broker"]
+fn a_second_origin_in_the_group_is_refused() {
+    let brokers = broker();
+    let topic = "shared.events";
+    let http = http();
+    let dir = tempfile::tempdir().unwrap();
+    let (first, url) = start(&dir.path().join("first"), Some((&brokers, topic)));
+    assert!(post(&http, &url, &events(20, 5).join("\n")));
+    wait_for(&http, &url, "received", 20);
+    let (second, url2) = start(&dir.path().join("second"), Some((&brokers, topic)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reason = loop {
+        let r = http.get(format!("{url2}/healthz")).send();
+        if let Ok(r) = r
+            && r.status() == 503
+        {
+            break r.text().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second origin never refused its part of the topic"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(reason.contains("one origin per consumer group"), "{reason}");
+    drop(second);
+    drop(first);
+}
