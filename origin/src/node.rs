@@ -104,12 +104,26 @@ impl Node {
     /// applies them at their position and queues `cfg` at the next version, so the rules in
     /// force, and what KV gets, are a function of the log.
     pub fn append_rules_if_changed(&self) -> Result<bool> {
-        let wanted = crate::stream::rules::record_payload(&self.cfg.rules)?;
-        let last = crate::stream::rules::last_appended(&self.store, &self.log)?;
-        if last.as_deref() == Some(wanted.as_slice()) {
-            return Ok(false);
+        use crate::stream::rules;
+        let wanted = rules::record_payload(&self.cfg.rules)?;
+        match &self.kafka {
+            // The topic's tail after the checkpoint cannot be scanned here: compared with the
+            // rules in force, a change not applied yet is sent again, and applied as no change.
+            Some(kafka) => {
+                let stored = rules::stored(&self.store.read_checkpoint()?)?;
+                if stored.is_some_and(|(json, _)| json == wanted) {
+                    return Ok(false);
+                }
+                kafka.send_rules(&wanted)?;
+            }
+            None => {
+                let last = rules::last_appended(&self.store, &self.log)?;
+                if last.as_deref() == Some(wanted.as_slice()) {
+                    return Ok(false);
+                }
+                self.log.append_admin(RecordKind::Rules, wanted)?;
+            }
         }
-        self.log.append_admin(RecordKind::Rules, wanted)?;
         Ok(true)
     }
 

@@ -38,8 +38,8 @@ use crate::model::Model;
 use crate::store::{DlqRecord, Store, UserState, keys};
 mod checkpoint;
 mod outcome;
-mod rules_change;
 mod partitioned;
+mod rules_change;
 
 pub use outcome::{BatchOutcome, Progress};
 

@@ -278,7 +278,7 @@ pub fn consume(
             }
             match to_record(&msg)? {
                 Consumed::Record(r) => buf.push(r),
-                Consumed::Catalog(id, mut r) => {
+                Consumed::Broadcast(id, mut r) => {
                     if id <= catalog_applied {
                         // Another partition's copy was applied already: a gap keeps the
                         // partition's offset moving.

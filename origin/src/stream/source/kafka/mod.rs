@@ -20,6 +20,10 @@
 //!   partition, is applied after it; an event produced before it may see it early when its
 //!   partition is read later than another's.
 //!
+//! - **rules changes**: `attune-kind: rules`, value = the rules as JSON
+//!   (`attune_core::rules::Config`), broadcast like a catalog change, with an id from the same
+//!   sequence in `attune-catalog-id`: one counter orders both kinds of change.
+//!
 //! An unknown `attune-kind` stops the pipeline (a record of a newer version is not guessed
 //! at); records without a value are events that fail validation (dead letters).
 //!
@@ -54,7 +58,8 @@ pub const KIND_HEADER: &str = "attune-kind";
 pub const SOURCE_HEADER: &str = "attune-source";
 /// Header with the epoch ms ingest accepted the event at.
 pub const ACCEPTED_HEADER: &str = "attune-accepted-ms";
-/// Header with a catalog change's id (its copies share it).
+/// Header with the id of a change copied to every partition, a catalog or a rules change (its
+/// copies share it).
 pub const CATALOG_ID_HEADER: &str = "attune-catalog-id";
 /// Dead letters: why the record was refused (the DLQ reason code).
 pub const REASON_HEADER: &str = "attune-reason";
@@ -117,8 +122,9 @@ fn header<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
 /// What a consumed message becomes.
 pub(crate) enum Consumed {
     Record(Record),
-    /// A copy of a catalog change with this id (applied once, at its first copy).
-    Catalog(u64, Record),
+    /// A copy of a change sent to every partition (catalog or rules) with this id, applied
+    /// once, at its first copy.
+    Broadcast(u64, Record),
 }
 
 /// Converts a message into the record the pipeline applies.
@@ -136,6 +142,7 @@ pub(crate) fn to_record(msg: &BorrowedMessage<'_>) -> Result<Consumed> {
         None | Some("event") => RecordKind::Event,
         Some("forget") => RecordKind::Forget,
         Some("catalog") => RecordKind::Catalog,
+        Some("rules") => RecordKind::Rules,
         Some(other) => {
             return Err(Error::KafkaRefused(format!(
                 "record at {}/{partition}@{offset} has {KIND_HEADER} {other:?}, which this build \
@@ -166,16 +173,16 @@ pub(crate) fn to_record(msg: &BorrowedMessage<'_>) -> Result<Consumed> {
         source,
         payload: msg.payload().unwrap_or_default().to_vec(),
     };
-    if kind == RecordKind::Catalog {
+    if matches!(kind, RecordKind::Catalog | RecordKind::Rules) {
         let id = header(msg, CATALOG_ID_HEADER)
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| {
                 Error::KafkaRefused(format!(
-                    "catalog record at {}/{partition}@{offset} has no {CATALOG_ID_HEADER}",
+                    "{kind:?} record at {}/{partition}@{offset} has no {CATALOG_ID_HEADER}",
                     msg.topic()
                 ))
             })?;
-        return Ok(Consumed::Catalog(id, record));
+        return Ok(Consumed::Broadcast(id, record));
     }
     Ok(Consumed::Record(record))
 }

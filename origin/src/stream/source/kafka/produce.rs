@@ -161,6 +161,15 @@ impl EventProducer {
     /// A catalog change (MessagePack `CatalogItem`s): one copy in every partition, with one id
     /// (see the module doc of `kafka`). Returns once the broker acknowledged every copy.
     pub fn send_catalog(&self, payload: &[u8]) -> Result<()> {
+        self.broadcast("catalog", payload)
+    }
+
+    /// A rules change (JSON), sent like a catalog change and numbered in the same sequence.
+    pub fn send_rules(&self, payload: &[u8]) -> Result<()> {
+        self.broadcast("rules", payload)
+    }
+
+    fn broadcast(&self, kind: &'static str, payload: &[u8]) -> Result<()> {
         let metadata = self
             .producer
             .client()
@@ -194,7 +203,7 @@ impl EventProducer {
             let headers = OwnedHeaders::new_with_capacity(2)
                 .insert(Header {
                     key: KIND_HEADER,
-                    value: Some("catalog"),
+                    value: Some(kind),
                 })
                 .insert(Header {
                     key: CATALOG_ID_HEADER,
@@ -207,11 +216,11 @@ impl EventProducer {
             let f = self
                 .producer
                 .send_result(record)
-                .map_err(|(e, _)| refused("sending a catalog change", queue_error(e)))?;
+                .map_err(|(e, _)| refused(&format!("sending a {kind} change"), queue_error(e)))?;
             pending.push(f);
         }
         futures_executor::block_on(acknowledged(pending))
-            .map_err(|e| refused("sending a catalog change", e))
+            .map_err(|e| refused(&format!("sending a {kind} change"), e))
     }
 }
 
