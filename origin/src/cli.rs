@@ -522,6 +522,13 @@ pub async fn feed(
         pb.finish_and_clear();
         return Ok(json!({ "sent": lines.len(), "to": url }));
     }
+    // Offline, events go into the embedded log; a Kafka-mode origin never reads it, so they
+    // would sit there unapplied. Refused before anything is written.
+    if cfg.source == crate::config::SourceKind::Kafka {
+        return Err(Error::NeedsEmbeddedLog(
+            "feeding events without --url (send them to the serving origin)",
+        ));
+    }
     let node = Node::open(cfg)?;
     for body in bodies {
         let payloads: Vec<Vec<u8>> = body
@@ -569,6 +576,26 @@ mod tests {
     use super::*;
     use crate::config::SourceKind;
     use clap::Parser;
+
+    #[test]
+    fn an_offline_feed_in_kafka_mode_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            data_dir: dir.path().to_path_buf(),
+            source: SourceKind::Kafka,
+            ..Config::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let lines = vec![br#"{"v":1}"#.to_vec()];
+        let err = rt
+            .block_on(feed(&cfg, None, None, "replay", lines, 10))
+            .unwrap_err();
+        assert!(matches!(err, Error::NeedsEmbeddedLog(_)), "{err}");
+        assert!(err.to_string().contains("--url"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 
     /// `serve --source` picks the source; `replay --source` stays the watermark source's name
     /// (a global `--source` would clash with it).
