@@ -31,6 +31,8 @@ pub struct Metrics {
     pub log_segments_retired: Counter,
     pub applied_offset_bytes: Gauge,
     pub log_lag_bytes: Gauge,
+    /// Kafka mode: per assigned partition, records not yet committed (labels: the partitions).
+    pub kafka_consumer_lag: Family<Labels, Gauge>,
     pub store_bytes: Gauge,
     pub outbox_keys: Gauge,
     pub waiting_user_publishes: Gauge,
@@ -95,6 +97,7 @@ impl Metrics {
             log_segments_retired: Counter::default(),
             applied_offset_bytes: Gauge::default(),
             log_lag_bytes: Gauge::default(),
+            kafka_consumer_lag: Family::default(),
             store_bytes: Gauge::default(),
             outbox_keys: Gauge::default(),
             waiting_user_publishes: Gauge::default(),
@@ -196,6 +199,12 @@ impl Metrics {
             "attune_log_lag_bytes",
             "Log bytes not yet applied",
             m.log_lag_bytes.clone(),
+        );
+        r.register(
+            "attune_kafka_consumer_lag",
+            "Kafka mode: records in each assigned partition after the offset the origin last \
+             committed (librdkafka's consumer_lag; the commit follows each checkpoint)",
+            m.kafka_consumer_lag.clone(),
         );
         r.register(
             "attune_store_bytes",

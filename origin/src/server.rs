@@ -213,6 +213,7 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
                             &node.cfg,
                             &mut pipeline,
                             &node.store,
+                            node.metrics.clone(),
                             opts,
                             &draining,
                             &on_batch,

@@ -314,6 +314,34 @@ fn third_party_events_and_admin_records_are_applied() {
         assert!(Instant::now() < deadline, "the forget was never applied");
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // Everything is applied and committed: each of the topic's 4 partitions reports a lag of
+    // 0 once librdkafka's statistics have caught up with the last commit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lags = loop {
+        let text = http
+            .get(format!("{url}/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        let lags: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("attune_kafka_consumer_lag{"))
+            .map(str::to_string)
+            .collect();
+        if lags.len() == 4 && lags.iter().all(|l| l.ends_with(" 0")) {
+            break lags;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the consumer lag never read 0 on every partition: {lags:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        lags.iter().any(|l| l.contains(r#"partition="3""#)),
+        "{lags:?}"
+    );
     stop(origin);
 
     // After a restart nothing is applied again (offsets came from the store), and the other

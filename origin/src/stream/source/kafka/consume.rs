@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, Statistics, TopicPartitionList};
 
 use super::{CATALOG_COUNTER, Consumed, client_config, kafka_err, source_name, to_record};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::log::{Record, RecordKind};
+use crate::metrics::{Metrics, labels};
 use crate::store::{Store, keys};
 use crate::stream::source::{partition_key, source_counter_key};
 use crate::stream::{BatchOutcome, Pipeline};
@@ -43,6 +44,7 @@ struct Assigner {
     expected: Expected,
     /// A failed assignment: the loop stops the pipeline with it.
     failed: Mutex<Option<Error>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Assigner {
@@ -107,7 +109,26 @@ impl Assigner {
     }
 }
 
-impl ClientContext for Assigner {}
+/// How often librdkafka reports its statistics (the consumer lag gauge's refresh).
+const STATISTICS_INTERVAL_MS: &str = "2000";
+
+impl ClientContext for Assigner {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        // Partition -1 is librdkafka's internal one; a lag of -1 means not known yet.
+        for (partition, p) in &topic.partitions {
+            if *partition >= 0 && p.consumer_lag >= 0 {
+                let label = partition.to_string();
+                self.metrics
+                    .kafka_consumer_lag
+                    .get_or_create(&labels(&[("partition", &label)]))
+                    .set(p.consumer_lag);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Assigner {
     fn rebalance(
@@ -188,6 +209,7 @@ pub fn consume(
     cfg: &Config,
     pipeline: &mut Pipeline,
     store: &Store,
+    metrics: Arc<Metrics>,
     opts: ConsumeOptions,
     stop: &dyn Fn() -> bool,
     on_batch: &dyn Fn(&BatchOutcome),
@@ -201,6 +223,7 @@ pub fn consume(
         store: store.clone(),
         expected: expected.clone(),
         failed: Mutex::new(None),
+        metrics,
     };
     let consumer: BaseConsumer<Assigner> = client_config(k)?
         .set("group.id", &k.group_id)
@@ -211,6 +234,7 @@ pub fn consume(
         // applied) is an error, never a silent jump.
         .set("auto.offset.reset", "error")
         .set("isolation.level", "read_committed")
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
         .create_with_context(assigner)
         .map_err(kafka_err("creating the consumer"))?;
     consumer
