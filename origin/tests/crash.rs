@@ -6,11 +6,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use attune_harness::{Service, Stopped};
-use rand::{Rng, SeedableRng};
+mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_attune-origin");
-const LISTENING: &str = "attune-origin listening on ";
+use attune_harness::Service;
+use rand::{Rng, SeedableRng};
+use support::{BIN, post_accepted, random_events, serve, stop, stored_profiles};
 
 fn start(data: &Path) -> (Service, String) {
     let mut cmd = Command::new(BIN);
@@ -20,36 +20,7 @@ fn start(data: &Path) -> (Service, String) {
         .args(["--insecure-dev-no-token", "serve"])
         .env("ATTUNE_LOG", "warn")
         .env_remove("ATTUNE_KV_URL");
-    let mut origin = Service::spawn("attune-origin", cmd).expect("spawn");
-    let line = origin
-        .wait_for_line(LISTENING, Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = line
-        .trim()
-        .strip_prefix(LISTENING)
-        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-        .to_string();
-    (origin, url)
-}
-
-fn events() -> Vec<String> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let t0 = attune_origin::now_ms() - 3_600_000;
-    (0..3000)
-        .map(|n| {
-            let kind = ["view", "click", "add_to_cart", "purchase"][rng.random_range(0..4)];
-            format!(
-                r#"{{"v":1,"event_id":"c{n}","user":"u{}","ts":{},"kind":"{kind}","item":"i{}"}}"#,
-                rng.random_range(0..150),
-                t0 + n * 1000,
-                rng.random_range(0..60)
-            )
-        })
-        .collect()
-}
-
-fn post(http: &reqwest::blocking::Client, url: &str, body: &str) -> bool {
-    matches!(http.post(format!("{url}/v1/events")).body(body.to_string()).send(), Ok(r) if r.status() == 202)
+    serve(cmd)
 }
 
 fn wait_caught_up(http: &reqwest::blocking::Client, url: &str, expect_received: Option<u64>) {
@@ -69,25 +40,10 @@ fn wait_caught_up(http: &reqwest::blocking::Client, url: &str, expect_received: 
     }
 }
 
-/// SIGTERM, and the origin's own clean exit (its store is read next).
-fn stop(mut origin: Service) {
-    let stopped = origin.stop(Duration::from_secs(60)).expect("stop");
-    assert!(
-        matches!(stopped, Stopped::Exited(_)),
-        "the origin did not exit within 60 s of SIGTERM:\n{}",
-        origin.output()
-    );
-}
-
-fn profiles(data: &Path) -> Vec<(String, attune_core::Profile)> {
-    let store = attune_origin::Store::open(&data.join("store.redb")).unwrap();
-    store.profiles().unwrap()
-}
-
 #[test]
 fn sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() {
     let started = Instant::now();
-    let events = events();
+    let events = random_events(3000, 150);
     let batches: Vec<String> = events.chunks(50).map(|c| c.join("\n")).collect();
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -99,11 +55,11 @@ fn sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() {
     let reference = dir.path().join("reference");
     let (origin, url) = start(&reference);
     for b in &batches {
-        assert!(post(&http, &url, b));
+        assert!(post_accepted(&http, &url, b));
     }
     wait_caught_up(&http, &url, Some(events.len() as u64));
     stop(origin);
-    let expected = profiles(&reference);
+    let expected = stored_profiles(&reference);
     assert_eq!(
         expected.iter().map(|p| p.1.version).sum::<u64>(),
         events.len() as u64
@@ -125,7 +81,7 @@ fn sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() {
             })
         };
         while next < batches.len() && t.elapsed() < kill_after + Duration::from_millis(50) {
-            if post(&http, &url, &batches[next]) {
+            if post_accepted(&http, &url, &batches[next]) {
                 next += 1;
             } else {
                 break; // killed mid-request: resend this batch after the restart
@@ -136,7 +92,7 @@ fn sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() {
     }
     let (origin, url) = start(&crashing);
     while next < batches.len() {
-        assert!(post(&http, &url, &batches[next]));
+        assert!(post_accepted(&http, &url, &batches[next]));
         next += 1;
     }
     wait_caught_up(&http, &url, None);
@@ -147,7 +103,7 @@ fn sigkill_at_random_points_loses_nothing_and_applies_nothing_twice() {
         .json()
         .unwrap();
     stop(origin);
-    let got = profiles(&crashing);
+    let got = stored_profiles(&crashing);
     assert_eq!(got.len(), expected.len(), "users");
     for ((u1, p1), (u2, p2)) in expected.iter().zip(got.iter()) {
         assert_eq!(u1, u2);

@@ -7,10 +7,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use attune_harness::Service;
+mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_attune-origin");
-const LISTENING: &str = "attune-origin listening on ";
+use attune_harness::Service;
+use support::{BIN, serve};
 
 fn start(
     data: &std::path::Path,
@@ -37,12 +37,7 @@ fn start(
         ])
         .env("ATTUNE_LOG", "warn")
         .env_remove("ATTUNE_KV_URL");
-    let mut origin = Service::spawn("attune-origin", cmd).expect("spawn");
-    let line = origin
-        .wait_for_line(LISTENING, Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = line.trim().strip_prefix(LISTENING).unwrap().to_string();
-    (origin, url)
+    serve(cmd)
 }
 
 #[test]

@@ -11,7 +11,7 @@ mod support;
 use attune_core::CatalogItem;
 use attune_origin::config::TargetKind;
 use attune_origin::{Config, Error, Node, Pipeline, Source};
-use support::{flip_bit, flush_all};
+use support::{derived, flip_bit, flush_all};
 
 /// Fixed event times: runs compared with each other must see the same events.
 const T0: u64 = 1_790_000_000_000;
@@ -82,27 +82,6 @@ fn apply_all(node: &Node, p: &mut Pipeline, per_read: usize) {
             .read(from, per_read, Duration::ZERO, &mut buf)
             .unwrap();
         p.process(&buf).unwrap();
-    }
-}
-
-/// Everything derived that KV gets: every neighbour shard, trending (at a fixed time) and the
-/// stored profiles.
-#[derive(Debug, PartialEq)]
-struct Derived {
-    neighbours: Vec<attune_core::NeighbourShard>,
-    trending: attune_core::Trending,
-    profiles: Vec<(String, attune_core::Profile)>,
-}
-
-fn derived(node: &Node) -> Derived {
-    assert_eq!(node.store.dlq_len().unwrap(), 0, "every event applies");
-    let model = node.model.lock().unwrap();
-    Derived {
-        neighbours: (0..model.shards())
-            .map(|s| model.neighbour_shard(s))
-            .collect(),
-        trending: model.trending(T0 + 10_000_000),
-        profiles: node.store.profiles().unwrap(),
     }
 }
 
@@ -206,7 +185,7 @@ fn a_catalog_change_then_a_crash_replays_to_the_uninterrupted_state() {
             .append_blocking(ACCEPTED, "t", events(2_000..4_000, 60))
             .unwrap();
         node.drain().unwrap();
-        derived(&node)
+        derived(&node, T0 + 10_000_000)
     };
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
@@ -232,7 +211,7 @@ fn a_catalog_change_then_a_crash_replays_to_the_uninterrupted_state() {
     }
     let node = Node::open(&cfg).unwrap();
     node.drain().unwrap();
-    let after = derived(&node);
+    let after = derived(&node, T0 + 10_000_000);
     assert_eq!(after.profiles.len(), reference.profiles.len());
     assert_eq!(after, reference);
 }
@@ -256,7 +235,7 @@ fn runs_of_a_log_with_forgets_agree() {
         let node = Node::open(&config(dir.path())).unwrap();
         write(&node);
         node.drain().unwrap();
-        derived(&node)
+        derived(&node, T0 + 10_000_000)
     };
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
@@ -282,8 +261,8 @@ fn runs_of_a_log_with_forgets_agree() {
     }
     let node = Node::open(&cfg).unwrap();
     node.drain().unwrap();
-    let after = derived(&node);
-    let lists = |d: &Derived| -> Vec<Vec<attune_core::Neighbour>> {
+    let after = derived(&node, T0 + 10_000_000);
+    let lists = |d: &support::Derived| -> Vec<Vec<attune_core::Neighbour>> {
         d.neighbours
             .iter()
             .flat_map(|s| s.lists.iter().map(|l| l.1.clone()))

@@ -9,12 +9,12 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use attune_harness::{Service, Stopped};
+mod support;
+
+use attune_harness::Service;
 use attune_kafka_harness::{Broker, BrokerOptions, provision};
 use rand::{Rng, SeedableRng};
-
-const BIN: &str = env!("CARGO_BIN_EXE_attune-origin");
-const LISTENING: &str = "attune-origin listening on ";
+use support::{BIN, post_accepted, random_events, serve, stop, stored_profiles};
 
 /// One broker for every test of this file; the harness's watchdog kills it when the test
 /// process ends (statics are never dropped).
@@ -51,12 +51,7 @@ fn start(data: &Path, kafka: Option<(&str, &str)>) -> (Service, String) {
             .args(["--kafka-dlq-topic", &format!("{topic}.dlq")])
             .args(["--kafka-group", &format!("{topic}-group")]);
     }
-    let mut origin = Service::spawn("attune-origin", cmd).expect("spawn");
-    let line = origin
-        .wait_for_line(LISTENING, Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = line.trim().strip_prefix(LISTENING).unwrap().to_string();
-    (origin, url)
+    serve(cmd)
 }
 
 fn http() -> reqwest::blocking::Client {
@@ -92,40 +87,6 @@ fn wait_for(http: &reqwest::blocking::Client, url: &str, field: &str, n: u64) ->
     }
 }
 
-fn stop(mut origin: Service) {
-    let stopped = origin.stop(Duration::from_secs(60)).expect("stop");
-    assert!(
-        matches!(stopped, Stopped::Exited(_)),
-        "the origin did not exit within 60 s of SIGTERM:\n{}",
-        origin.output()
-    );
-}
-
-fn profiles(data: &Path) -> Vec<(String, attune_core::Profile)> {
-    let store = attune_origin::Store::open(&data.join("store.redb")).unwrap();
-    store.profiles().unwrap()
-}
-
-fn events(n: u64, users: u32) -> Vec<String> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let t0 = attune_origin::now_ms() - 3_600_000;
-    (0..n)
-        .map(|n| {
-            let kind = ["view", "click", "add_to_cart", "purchase"][rng.random_range(0..4)];
-            format!(
-                r#"{{"v":1,"event_id":"c{n}","user":"u{}","ts":{},"kind":"{kind}","item":"i{}"}}"#,
-                rng.random_range(0..users),
-                t0 + n * 1000,
-                rng.random_range(0..60)
-            )
-        })
-        .collect()
-}
-
-fn post(http: &reqwest::blocking::Client, url: &str, body: &str) -> bool {
-    matches!(http.post(format!("{url}/v1/events")).body(body.to_string()).send(), Ok(r) if r.status() == 202)
-}
-
 /// SIGKILL at random points while events go in through Kafka-mode ingest and out through the
 /// consumer; a batch not acknowledged is sent again. The profiles equal those of one
 /// uninterrupted run on the embedded log: nothing lost, nothing applied twice.
@@ -134,7 +95,7 @@ fn post(http: &reqwest::blocking::Client, url: &str, body: &str) -> bool {
 fn sigkill_mid_stream_loses_nothing_and_applies_nothing_twice() {
     let started = Instant::now();
     let brokers = broker();
-    let events = events(3000, 150);
+    let events = random_events(3000, 150);
     let batches: Vec<String> = events.chunks(50).map(|c| c.join("\n")).collect();
     let http = http();
     let dir = tempfile::tempdir().unwrap();
@@ -142,11 +103,11 @@ fn sigkill_mid_stream_loses_nothing_and_applies_nothing_twice() {
     let reference = dir.path().join("reference");
     let (origin, url) = start(&reference, None);
     for b in &batches {
-        assert!(post(&http, &url, b));
+        assert!(post_accepted(&http, &url, b));
     }
     wait_for(&http, &url, "applied", events.len() as u64);
     stop(origin);
-    let expected = profiles(&reference);
+    let expected = stored_profiles(&reference);
 
     let crashing = dir.path().join("crashing");
     let kafka = Some((brokers.as_str(), "crash.events"));
@@ -165,7 +126,7 @@ fn sigkill_mid_stream_loses_nothing_and_applies_nothing_twice() {
         let mut posted = 0;
         loop {
             if posted < 5 && next < batches.len() {
-                if !post(&http, &url, &batches[next]) {
+                if !post_accepted(&http, &url, &batches[next]) {
                     resent += 1;
                     break;
                 }
@@ -194,7 +155,7 @@ fn sigkill_mid_stream_loses_nothing_and_applies_nothing_twice() {
             && t.elapsed() < kill_after + Duration::from_millis(50)
         {
             during += 1;
-            if post(&http, &url, &batches[next]) {
+            if post_accepted(&http, &url, &batches[next]) {
                 next += 1;
             } else {
                 resent += 1;
@@ -209,7 +170,7 @@ fn sigkill_mid_stream_loses_nothing_and_applies_nothing_twice() {
     assert!(next > 0, "no batch went in before the kills");
     let (origin, url) = start(&crashing, kafka);
     while next < batches.len() {
-        assert!(post(&http, &url, &batches[next]));
+        assert!(post_accepted(&http, &url, &batches[next]));
         next += 1;
     }
     wait_for(&http, &url, "applied", events.len() as u64);
@@ -217,7 +178,7 @@ fn sigkill_mid_stream_loses_nothing_and_applies_nothing_twice() {
     std::thread::sleep(Duration::from_millis(500));
     let status = status(&http, &url).unwrap();
     stop(origin);
-    let got = profiles(&crashing);
+    let got = stored_profiles(&crashing);
     assert_eq!(got.len(), expected.len(), "users");
     for ((u1, p1), (u2, p2)) in expected.iter().zip(got.iter()) {
         assert_eq!(u1, u2);
@@ -346,13 +307,13 @@ fn third_party_events_and_admin_records_are_applied() {
 
     // After a restart nothing is applied again (offsets came from the store), and the other
     // partitions' catalog copies stay skipped.
-    let before = profiles(&data);
+    let before = stored_profiles(&data);
     let (origin, url) = start(&data, Some((&brokers, topic)));
     std::thread::sleep(Duration::from_secs(2));
     let s = status(&http, &url).unwrap();
     assert_eq!(s["received"], 500, "{s}");
     stop(origin);
-    assert_eq!(profiles(&data), before);
+    assert_eq!(stored_profiles(&data), before);
 }
 
 /// A second origin in the same consumer group gets part of the topic: the origins refuse to
@@ -366,7 +327,7 @@ fn a_second_origin_in_the_group_is_refused() {
     let http = http();
     let dir = tempfile::tempdir().unwrap();
     let (first, url) = start(&dir.path().join("first"), Some((&brokers, topic)));
-    assert!(post(&http, &url, &events(20, 5).join("\n")));
+    assert!(post_accepted(&http, &url, &random_events(20, 5).join("\n")));
     wait_for(&http, &url, "received", 20);
     let (second, url2) = start(&dir.path().join("second"), Some((&brokers, topic)));
     let deadline = Instant::now() + Duration::from_secs(60);

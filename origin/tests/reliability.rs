@@ -12,12 +12,11 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use attune_harness::{Service, Stopped};
+use attune_harness::Service;
 use attune_origin::{Config, Error, Node, Source};
 use rand::{Rng, SeedableRng};
-use support::{BIN, flip_bit};
+use support::{BIN, flip_bit, serve, stop, stored_profiles};
 
-const LISTENING: &str = "attune-origin listening on ";
 /// Small segments, so kills, flips and full disks land around rolls too.
 const SEGMENT_BYTES: u64 = 32 << 10;
 
@@ -59,12 +58,7 @@ fn start(data: &Path, config: &Path, limit_blocks: Option<u64>) -> (Service, Str
         .args(["--insecure-dev-no-token", "serve"])
         .env("ATTUNE_LOG", "error")
         .env_remove("ATTUNE_KV_URL");
-    let mut origin = Service::spawn("attune-origin", cmd).expect("spawn");
-    let line = origin
-        .wait_for_line(LISTENING, Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = line.trim().strip_prefix(LISTENING).unwrap().to_string();
-    (origin, url)
+    serve(cmd)
 }
 
 fn event(n: u64, rng: &mut impl Rng, t0: u64) -> String {
@@ -106,18 +100,6 @@ fn caught_up(http: &reqwest::blocking::Client, url: &str) -> serde_json::Value {
         assert!(Instant::now() < deadline, "the pipeline never caught up");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn stop(mut origin: Service) {
-    let stopped = origin.stop(Duration::from_secs(60)).expect("stop");
-    assert!(matches!(stopped, Stopped::Exited(_)), "{}", origin.output());
-}
-
-fn profiles(data: &Path) -> Vec<(String, attune_core::Profile)> {
-    attune_origin::Store::open(&data.join("store.redb"))
-        .unwrap()
-        .profiles()
-        .unwrap()
 }
 
 fn u(v: &serde_json::Value) -> u64 {
@@ -219,7 +201,7 @@ fn sigkill_at_random_points() {
     }
     caught_up(&http, &url);
     stop(origin);
-    let expected = profiles(&reference);
+    let expected = stored_profiles(&reference);
 
     let data = dir.path().join("killed");
     let mut rng = rand::rngs::StdRng::seed_from_u64(4242);
@@ -261,7 +243,7 @@ fn sigkill_at_random_points() {
     }
     let status = caught_up(&http, &url);
     stop(origin);
-    let got = profiles(&data);
+    let got = stored_profiles(&data);
     let differ = expected.iter().zip(&got).filter(|(a, b)| a != b).count()
         + expected.len().abs_diff(got.len());
     let left = forgotten_in_log(&data, forgotten) + forgotten_in_log(&reference, forgotten);
@@ -458,7 +440,7 @@ fn byte_flips_in_the_store() {
             .drain()
             .unwrap();
     }
-    let expected = profiles(&pristine);
+    let expected = stored_profiles(&pristine);
     let len = std::fs::metadata(pristine.join("store.redb"))
         .unwrap()
         .len();

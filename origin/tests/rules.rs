@@ -13,7 +13,7 @@ use attune_core::CatalogItem;
 use attune_core::rules::{Arm, Config as Rules, Experiment};
 use attune_origin::config::TargetKind;
 use attune_origin::{Config, Node, RecordKind, Source};
-use support::{flush_all, run_origin};
+use support::{derived, flush_all, run_origin};
 
 /// Fixed event times: runs compared with each other must see the same events.
 const T0: u64 = 1_790_000_000_000;
@@ -122,27 +122,6 @@ fn rules_records(node: &Node) -> Vec<Vec<u8>> {
     out
 }
 
-/// Everything derived from the log: neighbour shards, trending (at a fixed time), profiles,
-/// and the rules in force in the checkpoint.
-#[derive(Debug, PartialEq)]
-struct Derived {
-    neighbours: Vec<attune_core::NeighbourShard>,
-    trending: attune_core::Trending,
-    profiles: Vec<(String, attune_core::Profile)>,
-}
-
-fn derived(node: &Node) -> Derived {
-    assert_eq!(node.store.dlq_len().unwrap(), 0, "every event applies");
-    let model = node.model.lock().unwrap();
-    Derived {
-        neighbours: (0..model.shards())
-            .map(|s| model.neighbour_shard(s))
-            .collect(),
-        trending: model.trending(T0 + 10_000_000),
-        profiles: node.store.profiles().unwrap(),
-    }
-}
-
 /// `cfg` as KV holds it: its version and rules.
 fn kv_cfg(cfg: &Config) -> Option<(u64, Rules)> {
     let bytes = std::fs::read(cfg.data_dir.join("kv").join("cfg")).ok()?;
@@ -194,7 +173,7 @@ fn a_rebuild_replays_a_rules_change_to_the_same_state() {
     let dir = tempfile::tempdir().unwrap();
     let node = run_with_a_rules_change(dir.path());
     let cfg = node.cfg.clone();
-    let original = derived(&node);
+    let original = derived(&node, T0 + 10_000_000);
     // Impressions every 50 events: 20 of each before the change, 20 after.
     assert_eq!(exposures(&node, "hero", "a"), 20, "hero is known under A");
     assert_eq!(exposures(&node, "promo", "x"), 20, "promo is known under B");
@@ -214,13 +193,13 @@ fn a_rebuild_replays_a_rules_change_to_the_same_state() {
         .append_blocking(ACCEPTED, "t", events(0..2000))
         .unwrap();
     node.drain().unwrap();
-    assert_ne!(derived(&node).profiles, original.profiles);
+    assert_ne!(derived(&node, T0 + 10_000_000).profiles, original.profiles);
     drop(node);
 
     // `attune-origin rebuild`, run without the rules file: it replays the log's rules.
     support::rebuild(dir.path());
     let node = Node::open(&cfg).unwrap();
-    assert_eq!(derived(&node), original);
+    assert_eq!(derived(&node, T0 + 10_000_000), original);
     assert!(!node.append_rules_if_changed().unwrap(), "B is in force");
     assert_eq!(
         rules_records(&node).len(),

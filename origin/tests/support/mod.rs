@@ -9,7 +9,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use attune_core::{NeighbourShard, Profile, Trending};
+use attune_harness::{Service, Stopped};
 use attune_origin::{Node, Publisher, Target};
+use rand::{Rng, SeedableRng};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_attune-origin");
 
@@ -80,4 +83,85 @@ pub fn rebuild(dir: &Path) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Everything derived that KV gets: every neighbour shard, trending (at a fixed time, so runs
+/// compare) and the stored profiles.
+#[derive(Debug, PartialEq)]
+pub struct Derived {
+    pub neighbours: Vec<NeighbourShard>,
+    pub trending: Trending,
+    pub profiles: Vec<(String, Profile)>,
+}
+
+/// What `node` derived from its log, with trending decayed to `trending_at`; every event must
+/// have applied (no dead letters).
+pub fn derived(node: &Node, trending_at: u64) -> Derived {
+    assert_eq!(node.store.dlq_len().unwrap(), 0, "every event applies");
+    let model = node.model.lock().unwrap();
+    Derived {
+        neighbours: (0..model.shards())
+            .map(|s| model.neighbour_shard(s))
+            .collect(),
+        trending: model.trending(trending_at),
+        profiles: node.store.profiles().unwrap(),
+    }
+}
+
+const LISTENING: &str = "attune-origin listening on ";
+
+/// Starts `cmd` (the binary, or a shell that execs it, serving on `127.0.0.1:0`) and waits for
+/// its "listening" line; the origin and its base URL.
+pub fn serve(cmd: Command) -> (Service, String) {
+    let mut origin = Service::spawn("attune-origin", cmd).expect("spawn");
+    let line = origin
+        .wait_for_line(LISTENING, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = line
+        .trim()
+        .strip_prefix(LISTENING)
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+        .to_string();
+    (origin, url)
+}
+
+/// SIGTERM, and the origin's own clean exit within 60 s (its store is read next).
+pub fn stop(mut origin: Service) {
+    let stopped = origin.stop(Duration::from_secs(60)).expect("stop");
+    assert!(
+        matches!(stopped, Stopped::Exited(_)),
+        "the origin did not exit within 60 s of SIGTERM:\n{}",
+        origin.output()
+    );
+}
+
+/// The profiles in the store of the data directory `data`.
+pub fn stored_profiles(data: &Path) -> Vec<(String, Profile)> {
+    attune_origin::Store::open(&data.join("store.redb"))
+        .unwrap()
+        .profiles()
+        .unwrap()
+}
+
+/// `n` events of `users` users over 60 items, one a second from an hour ago, the same for
+/// every call (seeded).
+pub fn random_events(n: u64, users: u32) -> Vec<String> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let t0 = attune_origin::now_ms() - 3_600_000;
+    (0..n)
+        .map(|n| {
+            let kind = ["view", "click", "add_to_cart", "purchase"][rng.random_range(0..4)];
+            format!(
+                r#"{{"v":1,"event_id":"c{n}","user":"u{}","ts":{},"kind":"{kind}","item":"i{}"}}"#,
+                rng.random_range(0..users),
+                t0 + n * 1000,
+                rng.random_range(0..60)
+            )
+        })
+        .collect()
+}
+
+/// Whether ingest accepted a POST of `body` (202).
+pub fn post_accepted(http: &reqwest::blocking::Client, url: &str, body: &str) -> bool {
+    matches!(http.post(format!("{url}/v1/events")).body(body.to_string()).send(), Ok(r) if r.status() == 202)
 }
