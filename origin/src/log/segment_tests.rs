@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use super::fault::{Point, arm};
 use super::record::HEADER;
 use super::segment::{SEGMENT_HEADER, list};
+use super::tests::{flip_bit, read_from};
 use super::*;
 use crate::config::LogConfig;
 use crate::error::Error;
@@ -30,24 +31,6 @@ fn fill(log: &Log, from: u64, n: u64) {
     for chunk in all.chunks(3) {
         log.append_blocking(1, "t", chunk.to_vec()).unwrap();
     }
-}
-
-fn read_from(log: &Log, from: u64) -> Vec<Record> {
-    let mut r = log.reader().unwrap();
-    let mut out = Vec::new();
-    r.read(from, usize::MAX, Duration::ZERO, &mut out).unwrap();
-    out
-}
-
-fn flip(path: &Path, at: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0x04], at).unwrap();
 }
 
 /// The segment holding `offset` and the offset's position in its file.
@@ -117,7 +100,7 @@ fn damage_in_a_closed_segment_names_it_and_salvage_repairs_only_it() {
     let (seg, at) = locate(&path, hit.offset);
     let last = segment_path(&path, *list(&path).unwrap().last().unwrap());
     assert_ne!(seg, last, "the damage is in a closed segment");
-    flip(&seg, at + HEADER as u64 + 2);
+    flip_bit(&seg, at + HEADER as u64 + 2, 2);
     // From the first record: refused, naming the segment and the offset.
     let err = Log::open(&path, 0, 8, SMALL).unwrap_err();
     assert!(

@@ -18,14 +18,19 @@ fn first_segment(dir: &Path) -> std::path::PathBuf {
 }
 
 fn read_all(log: &Log) -> Vec<Record> {
+    read_from(log, FIRST_OFFSET)
+}
+
+/// Every record from `from` to the end (the segment tests use it too).
+pub(super) fn read_from(log: &Log, from: u64) -> Vec<Record> {
     let mut r = log.reader().unwrap();
     let mut out = Vec::new();
-    r.read(FIRST_OFFSET, usize::MAX, Duration::ZERO, &mut out)
-        .unwrap();
+    r.read(from, usize::MAX, Duration::ZERO, &mut out).unwrap();
     out
 }
 
-fn flip(path: &Path, at: u64) {
+/// Flips bit `bit` of the byte at `at` (the segment tests use it too).
+pub(super) fn flip_bit(path: &Path, at: u64, bit: u8) {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -33,7 +38,7 @@ fn flip(path: &Path, at: u64) {
         .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    f.write_all_at(&[b[0] ^ (1 << bit)], at).unwrap();
 }
 
 #[test]
@@ -91,7 +96,7 @@ fn damage_before_the_acknowledged_end_refuses_and_salvage_keeps_the_rest() {
     let len = std::fs::metadata(&seg).unwrap().len();
     // The 11th record's body.
     let hit = &before[10];
-    flip(&seg, hit.offset + HEADER as u64 + 3);
+    flip_bit(&seg, hit.offset + HEADER as u64 + 3, 4);
     let err = Log::open(&path, before[5].offset, 8, ONE_SEGMENT).unwrap_err();
     let msg = err.to_string();
     assert!(
@@ -133,7 +138,7 @@ fn a_damaged_length_is_found_and_skipped() {
         .unwrap();
     let before = read_all(&log);
     drop(log);
-    flip(&first_segment(&path), before[2].offset + 5);
+    flip_bit(&first_segment(&path), before[2].offset + 5, 4);
     assert!(matches!(
         Log::open(&path, 0, 8, ONE_SEGMENT),
         Err(Error::LogDamaged { offset, .. }) if offset == before[2].offset
@@ -197,7 +202,7 @@ fn without_the_sidecar_damage_refuses() {
     let recs = read_all(&log);
     drop(log);
     std::fs::remove_file(acked_path(&path)).unwrap();
-    flip(&first_segment(&path), recs[1].offset + HEADER as u64);
+    flip_bit(&first_segment(&path), recs[1].offset + HEADER as u64, 4);
     assert!(matches!(
         Log::open(&path, 0, 8, ONE_SEGMENT),
         Err(Error::LogDamaged { offset, .. }) if offset == recs[1].offset
