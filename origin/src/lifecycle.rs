@@ -23,6 +23,8 @@ pub const PIPELINE: &str = "pipeline";
 pub const PUBLISHER: &str = "publisher";
 /// The [`Health`] readiness name of a publisher whose token the KV API refuses.
 pub const PUBLISHER_AUTH: &str = "publisher-auth";
+/// The [`Health`] readiness name of the Kafka connection (no broker up).
+pub const KAFKA: &str = "kafka";
 
 /// What stops the service from doing its work: each long-running part (the pipeline, the
 /// publisher) reports here when it stops or fails, under its own name with a reason, and

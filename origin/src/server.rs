@@ -209,11 +209,15 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
                             batch_max: node.cfg.pipeline.batch_max,
                             idle_wait: Duration::from_millis(50),
                         };
+                        let reporting = crate::stream::source::kafka::Reporting {
+                            metrics: node.metrics.clone(),
+                            health: node.health.clone(),
+                        };
                         return crate::stream::source::kafka::consume(
                             &node.cfg,
                             &mut pipeline,
                             &node.store,
-                            node.metrics.clone(),
+                            reporting,
                             opts,
                             &draining,
                             &on_batch,

@@ -18,11 +18,19 @@ use rdkafka::{ClientContext, Message, Offset, Statistics, TopicPartitionList};
 use super::{CATALOG_COUNTER, Consumed, client_config, kafka_err, source_name, to_record};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::lifecycle::{Health, KAFKA};
 use crate::log::{Record, RecordKind};
 use crate::metrics::{Metrics, labels};
 use crate::store::{Store, keys};
 use crate::stream::source::{partition_key, source_counter_key};
 use crate::stream::{BatchOutcome, Pipeline};
+
+/// Where the loop reports: the consumer lag gauge, and readiness while no broker is up.
+#[derive(Clone, Debug)]
+pub struct Reporting {
+    pub metrics: Arc<Metrics>,
+    pub health: Health,
+}
 
 /// How the loop reads.
 #[derive(Clone, Copy, Debug)]
@@ -45,6 +53,7 @@ struct Assigner {
     /// A failed assignment: the loop stops the pipeline with it.
     failed: Mutex<Option<Error>>,
     metrics: Arc<Metrics>,
+    health: Health,
 }
 
 impl Assigner {
@@ -112,8 +121,34 @@ impl Assigner {
 /// How often librdkafka reports its statistics (the consumer lag gauge's refresh).
 const STATISTICS_INTERVAL_MS: &str = "2000";
 
+impl Assigner {
+    /// Ready only while a broker is up: without one, ingest cannot have events acknowledged
+    /// and the pipeline reads nothing, so a load balancer should send traffic elsewhere. Not a
+    /// failure: librdkafka reconnects by itself, and a restart would not bring a broker back.
+    fn broker_readiness(&self, statistics: &Statistics) {
+        let up = statistics.brokers.values().any(|b| b.state == "UP");
+        if up {
+            if self.health.restore_readiness(KAFKA) {
+                tracing::info!("a Kafka broker is reachable again: ready");
+            }
+            return;
+        }
+        let mut states: Vec<String> = statistics
+            .brokers
+            .values()
+            .map(|b| format!("{} {}", b.name, b.state))
+            .collect();
+        states.sort();
+        let reason = format!("no Kafka broker is up ({})", states.join(", "));
+        if self.health.withhold_readiness(KAFKA, reason.clone()) {
+            tracing::warn!(%reason, "not ready until a Kafka broker is reachable");
+        }
+    }
+}
+
 impl ClientContext for Assigner {
     fn stats(&self, statistics: Statistics) {
+        self.broker_readiness(&statistics);
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
@@ -209,7 +244,7 @@ pub fn consume(
     cfg: &Config,
     pipeline: &mut Pipeline,
     store: &Store,
-    metrics: Arc<Metrics>,
+    reporting: Reporting,
     opts: ConsumeOptions,
     stop: &dyn Fn() -> bool,
     on_batch: &dyn Fn(&BatchOutcome),
@@ -223,7 +258,8 @@ pub fn consume(
         store: store.clone(),
         expected: expected.clone(),
         failed: Mutex::new(None),
-        metrics,
+        metrics: reporting.metrics,
+        health: reporting.health,
     };
     let consumer: BaseConsumer<Assigner> = client_config(k)?
         .set("group.id", &k.group_id)

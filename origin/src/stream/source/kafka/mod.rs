@@ -49,7 +49,7 @@ use super::PartitionOffset;
 mod consume;
 mod produce;
 
-pub use consume::{ConsumeOptions, consume};
+pub use consume::{ConsumeOptions, Reporting, consume};
 pub use produce::{DlqProducer, EventProducer, ProduceRefused};
 
 /// Header naming what a record is (absent: an event).
