@@ -3,8 +3,8 @@
 use clap::Parser;
 
 /// The pipeline allocates small strings per event (ids, users, items) and user states per
-/// checkpoint; mimalloc serves that pattern markedly faster than glibc's malloc (measured with
-/// `attune-origin bench`).
+/// checkpoint; mimalloc serves that pattern markedly faster than glibc's malloc (`attune-lab bench`
+/// measures the pipeline).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -36,10 +36,10 @@ use crate::log::{Record, RecordKind, Source};
 use crate::metrics::{Metrics, labels};
 use crate::model::Model;
 use crate::store::{DlqRecord, Store, UserState, keys};
+mod admin;
 mod checkpoint;
 mod outcome;
 mod partitioned;
-mod rules_change;
 
 pub use outcome::{BatchOutcome, Progress};
 
@@ -271,54 +271,6 @@ impl Pipeline {
             rest = &rest[1..];
         }
         Ok(out)
-    }
-
-    /// One admin record, applied at its position in the log.
-    fn apply_admin(&mut self, rec: &Record) -> Result<()> {
-        match rec.kind {
-            RecordKind::Event | RecordKind::Gap => {}
-            RecordKind::Rules => self.apply_rules(rec)?,
-            RecordKind::Forget => {
-                let user = std::str::from_utf8(&rec.payload).map_err(|_| {
-                    Error::Corrupt(format!("forget record at {} names no user", rec.offset))
-                })?;
-                self.forget(user, rec.offset);
-            }
-            RecordKind::Catalog => {
-                let items: Vec<attune_core::CatalogItem> = rmp_serde::from_slice(&rec.payload)?;
-                let model_arc = self.model.clone();
-                let mut model = model_arc.lock().unwrap_or_else(|e| e.into_inner());
-                let shards = model.put_catalog(items);
-                let seq = model.next_seq();
-                drop(model);
-                let mut shared: Vec<String> = shards.iter().map(|s| kv::catalog(*s)).collect();
-                // Categories feed `Trending.by_category`.
-                shared.push(kv::TRENDING.into());
-                let mut live = live::lock(&self.live);
-                for key in shared {
-                    live.shared
-                        .entry(key)
-                        .and_modify(|u| u.merge(seq, rec.accepted_ms))
-                        .or_insert(Unpublished {
-                            version: seq,
-                            accepted_ms: rec.accepted_ms,
-                        });
-                }
-                self.since.shared = true;
-            }
-        }
-        self.advance(rec);
-        self.progress.offset.store(self.offset, Ordering::Release);
-        Ok(())
-    }
-
-    /// Privacy delete at this point of the log: the user's state leaves memory now, the store
-    /// and KV at the next checkpoint; events after it start a new profile at version 1 (the
-    /// publisher puts it once KV's delete of the old one is done, see [`Live::forgetting`]).
-    /// The user's earlier events stay counted in the model's aggregates, which hold no user
-    /// ids; every run of the same log counts the same ones.
-    fn forget(&mut self, user: &str, at: u64) {
-        self.users.forget(user, at);
     }
 
     /// One micro-batch, in named steps, under the model and live locks (lock order everywhere:
