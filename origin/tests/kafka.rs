@@ -331,9 +331,9 @@ fn third_party_events_and_admin_records_are_applied() {
     assert_eq!(stored_profiles(&data), before);
 }
 
-/// A second origin in the same consumer group gets part of the topic: the origins refuse to
-/// run on part of it (the model needs every partition) and say why, instead of publishing
-/// partial shards over each other.
+/// A second origin started in the same consumer group refuses to join it (the model needs
+/// every partition, and its join would split the topic between the two), says why, and
+/// leaves the first origin running: it stays healthy and keeps applying events.
 #[test]
 #[ignore = "starts a real Kafka broker"]
 fn a_second_origin_in_the_group_is_refused() {
@@ -346,21 +346,32 @@ fn a_second_origin_in_the_group_is_refused() {
     wait_for(&http, &url, "received", 20);
     let (second, url2) = start(&dir.path().join("second"), Some((&brokers, topic)));
     let deadline = Instant::now() + Duration::from_secs(60);
+    let healthz = |url: &str| {
+        http.get(format!("{url}/healthz"))
+            .send()
+            .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+    };
     let reason = loop {
-        let r = http.get(format!("{url2}/healthz")).send();
-        if let Ok(r) = r
-            && r.status() == 503
-        {
-            break r.text().unwrap();
+        if let Ok((503, body)) = healthz(&url2) {
+            break body;
         }
         assert!(
             Instant::now() < deadline,
-            "the second origin never refused its part of the topic"
+            "the second origin never refused the group"
         );
+        assert_eq!(healthz(&url).unwrap().0, 200, "the first origin stopped");
         std::thread::sleep(Duration::from_millis(100));
     };
+    assert!(reason.contains("already has a member"), "{reason}");
     assert!(reason.contains("one origin per consumer group"), "{reason}");
     drop(second);
+    // Past the group's session timeout: a rebalance the second caused would have shown by now.
+    std::thread::sleep(Duration::from_secs(7));
+    let (code, body) = healthz(&url).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let more = random_events(40, 5);
+    assert!(post_accepted(&http, &url, &more[20..].join("\n")));
+    wait_for(&http, &url, "applied", 40);
     drop(first);
 }
 

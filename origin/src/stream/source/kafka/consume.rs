@@ -238,6 +238,40 @@ fn instance_id(cfg: &Config) -> String {
     format!("attune-origin-{hash:016x}")
 }
 
+/// Refuses to join a group another consumer is in. Joining would start a rebalance that hands
+/// each member part of the topic, which every origin refuses ([`Assigner::check_whole_topic`]):
+/// a second origin started by mistake would stop the one already running. Checked before
+/// `subscribe`, so only the newcomer stops. This origin's own membership from before a restart
+/// (static membership: the broker names the member `<group.instance.id>-<uuid>`) is not
+/// another consumer.
+fn refuse_a_busy_group(
+    consumer: &BaseConsumer<Assigner>,
+    group: &str,
+    instance: &str,
+) -> Result<()> {
+    let groups = consumer
+        .fetch_group_list(Some(group), Duration::from_secs(10))
+        .map_err(kafka_err(format!("describing consumer group {group}")))?;
+    let own = format!("{instance}-");
+    let others: Vec<String> = groups
+        .groups()
+        .iter()
+        .filter(|g| g.name() == group)
+        .flat_map(|g| g.members())
+        .filter(|m| !m.id().starts_with(&own))
+        .map(|m| format!("{} ({})", m.client_id(), m.client_host()))
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    Err(Error::KafkaRefused(format!(
+        "consumer group {group} already has a member: {}; one origin per consumer group (the \
+         other origin keeps the topic; a member that is gone leaves the group after its \
+         session.timeout.ms)",
+        others.join(", ")
+    )))
+}
+
 /// Consumes `cfg.kafka.topic` into `pipeline` until `stop` answers true, then checkpoints and
 /// commits. Records stay in Kafka until applied: a stop does not wait for the topic's end.
 pub fn consume(
@@ -261,9 +295,10 @@ pub fn consume(
         metrics: reporting.metrics,
         health: reporting.health,
     };
+    let instance = instance_id(cfg);
     let consumer: BaseConsumer<Assigner> = client_config(k)?
         .set("group.id", &k.group_id)
-        .set("group.instance.id", instance_id(cfg))
+        .set("group.instance.id", &instance)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         // A start offset the topic no longer holds (retention deleted records the store never
@@ -273,6 +308,7 @@ pub fn consume(
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
         .create_with_context(assigner)
         .map_err(kafka_err("creating the consumer"))?;
+    refuse_a_busy_group(&consumer, &k.group_id, &instance)?;
     consumer
         .subscribe(&[&k.topic])
         .map_err(kafka_err(format!("subscribing to {}", k.topic)))?;
