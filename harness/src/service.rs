@@ -2,7 +2,8 @@
 //! on drop.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::fs::OpenOptions;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -34,7 +35,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("creating the log file {}", path.display())]
+    #[error("opening the log file {}", path.display())]
     Log {
         path: PathBuf,
         #[source]
@@ -109,16 +110,17 @@ impl Group {
 enum Output {
     /// Lines of stdout and stderr, in the order they were read.
     Captured(Arc<Mutex<Vec<String>>>),
-    /// Both streams appended to this file.
-    Log(PathBuf),
+    /// Both streams appended to `path`, from byte `from` on (what was there before is another
+    /// run's, which neither the waits nor the error messages look at).
+    Log { path: PathBuf, from: u64 },
 }
 
 impl Output {
     fn text(&self) -> String {
         match self {
             Output::Captured(lines) => lines.lock().map(|l| l.join("\n")).unwrap_or_default(),
-            Output::Log(path) => {
-                let text = std::fs::read_to_string(path).unwrap_or_default();
+            Output::Log { path, from } => {
+                let text = read_from(path, *from);
                 let lines: Vec<&str> = text.lines().collect();
                 let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
                 format!("last lines of {}:\n{}", path.display(), tail.join("\n"))
@@ -135,13 +137,26 @@ impl Output {
                 .iter()
                 .find(|l| l.contains(needle))
                 .cloned(),
-            Output::Log(path) => std::fs::read_to_string(path)
-                .ok()?
+            Output::Log { path, from } => read_from(path, *from)
                 .lines()
                 .find(|l| l.contains(needle))
                 .map(str::to_string),
         }
     }
+}
+
+/// The text of `path` from byte `from` on; empty if it cannot be read.
+fn read_from(path: &Path, from: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = File::open(path)
+        && file.seek(SeekFrom::Start(from)).is_ok()
+    {
+        let mut bytes = Vec::new();
+        if file.read_to_end(&mut bytes).is_ok() {
+            text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+    }
+    text
 }
 
 /// Kills a group when this process dies without dropping its [`Service`] (SIGKILL, or Ctrl-C in
@@ -217,7 +232,39 @@ impl Service {
         let out = File::create(log).map_err(log_error)?;
         let err = out.try_clone().map_err(log_error)?;
         let child = start(&name, cmd, out.into(), err.into())?;
-        Service::new(name, child, Output::Log(log.to_path_buf()))
+        let output = Output::Log {
+            path: log.to_path_buf(),
+            from: 0,
+        };
+        Service::new(name, child, output)
+    }
+
+    /// Like [`Service::spawn_logged`], but appends to `log` (created if missing): a process
+    /// restarted on the same log keeps the earlier runs' lines. The waits and
+    /// [`Service::output`] see only this run's.
+    pub fn spawn_appending(
+        name: impl Into<String>,
+        cmd: Command,
+        log: &Path,
+    ) -> Result<Self, Error> {
+        let name = name.into();
+        let log_error = |source| Error::Log {
+            path: log.to_path_buf(),
+            source,
+        };
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(log_error)?;
+        let from = out.metadata().map_err(log_error)?.len();
+        let err = out.try_clone().map_err(log_error)?;
+        let child = start(&name, cmd, out.into(), err.into())?;
+        let output = Output::Log {
+            path: log.to_path_buf(),
+            from,
+        };
+        Service::new(name, child, output)
     }
 
     fn new(name: String, mut child: Box<dyn ChildWrapper>, output: Output) -> Result<Self, Error> {

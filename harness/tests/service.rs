@@ -194,6 +194,29 @@ fn a_logged_service_writes_its_log_and_quotes_its_end() {
 }
 
 #[test]
+fn an_appending_service_keeps_earlier_runs_and_waits_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("service.log");
+    let mut first =
+        Service::spawn_appending("first", sh("echo ready first; exit 3"), &log).unwrap();
+    first.wait_for_line("ready", WAIT).unwrap();
+    drop(first);
+
+    let mut second = Service::spawn_appending(
+        "second",
+        sh("sleep 0.3; echo ready second; sleep 600"),
+        &log,
+    )
+    .unwrap();
+    // The first run's "ready" is in the file but is not this run's.
+    assert_eq!(second.wait_for_line("ready", WAIT).unwrap(), "ready second");
+    assert!(!second.output().contains("first"), "{}", second.output());
+    second.kill().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text, "ready first\nready second\n");
+}
+
+#[test]
 fn another_thread_can_kill_the_group() {
     let (mut s, grandchild) = with_grandchild("sleep 600 & echo child $!; wait");
     let group = s.group();

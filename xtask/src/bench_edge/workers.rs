@@ -2,14 +2,12 @@
 //! checking that the JS worker answers the same bytes as Attune.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use attune_harness::{OnDrop, Service, WranglerDev, free_port};
 
 use super::http::{Response, request};
 use super::{
@@ -18,124 +16,51 @@ use super::{
 };
 use crate::util;
 
+/// How long `wrangler dev` gets to be ready, its two workerd included.
+const START_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a stopped `wrangler dev` and its workerd get to exit before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// `wrangler dev` in its own process group (stopped with it on drop), and its workerd.
 pub(super) struct Wrangler {
     pub(super) variant: Variant,
-    pub(super) child: Child,
     pub(super) port: u16,
     pub(super) workerd: Workerds,
+    /// Held for its drop, which ends wrangler's group, workerd included.
+    _service: Service,
 }
 
 impl Wrangler {
     pub(super) fn start(variant: Variant, config: &Path, state: &Path) -> Result<Wrangler> {
-        use std::os::unix::process::CommandExt;
         let port = free_port()?;
-        let mut cmd = util::command(util::node_bin_dir().join("wrangler"));
-        cmd.args(["dev", "--config"])
-            .arg(config)
-            .args(["--ip", "127.0.0.1", "--port", &port.to_string()])
+        let dev = WranglerDev::new(port, state)
+            .config(config)
             // Not workerd's default 9229, which another wrangler dev may hold.
-            .args(["--inspector-port", &free_port()?.to_string()])
-            .arg("--persist-to")
-            .arg(state)
-            .args(["--var", &format!("ATTUNE_SESSION_KEY:{SESSION_KEY}")])
-            .args(["--var", &format!("ATTUNE_PROFILE_KEY:{PROFILE_KEY}")])
-            .args(["--var", &format!("ATTUNE_DEBUG_TOKEN:{DEBUG_TOKEN}")])
-            .args(["--var", &format!("ATTUNE_DEV_KV_TOKEN:{DEV_KV_TOKEN}")])
-            .env("NO_COLOR", "1")
-            .env("CI", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting wrangler dev for {}", variant.name()))?;
-        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-        for out in [
-            child
-                .stdout
-                .take()
-                .map(|o| Box::new(o) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|e| Box::new(e) as Box<dyn Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let lines = Arc::clone(&lines);
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
-                    if let Ok(mut l) = lines.lock() {
-                        l.push(line);
-                    }
-                }
-            });
-        }
-        let mut w = Wrangler {
-            variant,
-            child,
-            port,
-            workerd: Workerds {
-                runtime: 0,
-                proxy: 0,
-            },
-        };
-        let deadline = Instant::now() + Duration::from_secs(180);
-        let log = || lines.lock().map(|l| l.join("\n")).unwrap_or_default();
-        loop {
-            if log().contains("Ready on") {
-                break;
-            }
-            if let Some(status) = w.child.try_wait()? {
-                bail!(
-                    "wrangler dev for {} exited ({status}):\n{}",
-                    variant.name(),
-                    log()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "wrangler dev for {} was not ready within 180 s:\n{}",
-                    variant.name(),
-                    log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .inspector_port(free_port()?)
+            .var("ATTUNE_SESSION_KEY", SESSION_KEY)
+            .var("ATTUNE_PROFILE_KEY", PROFILE_KEY)
+            .var("ATTUNE_DEBUG_TOKEN", DEBUG_TOKEN)
+            .var("ATTUNE_DEV_KV_TOKEN", DEV_KV_TOKEN);
+        let mut cmd = util::command(util::node_bin_dir().join("wrangler"));
+        dev.apply(&mut cmd);
+        let name = format!("wrangler dev for {}", variant.name());
+        let mut service =
+            Service::spawn(name, cmd)?.on_drop(OnDrop::Terminate { grace: STOP_GRACE });
+        let started = Instant::now();
+        service.wait_for_line("Ready on", START_TIMEOUT)?;
         // The runtime workerd starts after the proxy; give it a moment to show up.
-        loop {
-            if let Some(found) = find_workerds(w.child.id(), port) {
-                w.workerd = found;
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "no runtime and proxy workerd under wrangler dev for {}",
-                    variant.name()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(w)
-    }
-}
-
-impl Drop for Wrangler {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.wait();
+        let root = service.id();
+        let workerd = service.wait_until(
+            "start its runtime and proxy workerd",
+            START_TIMEOUT.saturating_sub(started.elapsed()),
+            || find_workerds(root, port),
+        )?;
+        Ok(Wrangler {
+            variant,
+            port,
+            workerd,
+            _service: service,
+        })
     }
 }
 
@@ -151,10 +76,6 @@ pub(super) fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// The two `workerd` processes under `wrangler dev`: the one that runs the Worker and the

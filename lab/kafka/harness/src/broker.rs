@@ -1,12 +1,13 @@
 //! One Apache Kafka process in KRaft combined mode (broker + controller, node 1) on 127.0.0.1.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use attune_harness::Service;
 
 use crate::provision::{self, Provisioned};
 use crate::{Error, Result, io, log_tail};
@@ -67,8 +68,9 @@ impl BrokerOptions {
 /// A running broker. Dropping it kills the process (SIGKILL) and removes a temporary directory.
 #[derive(Debug)]
 pub struct Broker {
-    child: Option<Child>,
-    watchdog: Option<Child>,
+    /// The JVM, while it runs: its own process group, killed on drop or when the process that
+    /// started it dies.
+    service: Option<Service>,
     port: u16,
     controller_port: u16,
     dir: PathBuf,
@@ -124,8 +126,7 @@ impl Broker {
             None => free_port_except(port)?,
         };
         let mut broker = Broker {
-            child: None,
-            watchdog: None,
+            service: None,
             port,
             controller_port,
             dir,
@@ -163,7 +164,7 @@ impl Broker {
 
     /// The broker process's id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.service.as_ref().map(Service::id)
     }
 
     /// From spawning the JVM to the broker serving clients, for the last start.
@@ -173,8 +174,8 @@ impl Broker {
 
     /// Whether the process has exited (and with what), without waiting.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
-        match &mut self.child {
-            Some(child) => child.try_wait().map_err(io("polling the broker")),
+        match &mut self.service {
+            Some(service) => Ok(service.try_wait()?),
             None => Ok(None),
         }
     }
@@ -182,39 +183,17 @@ impl Broker {
     /// A clean shutdown: SIGTERM, then up to `grace` for Kafka's shutdown hook (which flushes
     /// the logs and leaves the controller quorum), then SIGKILL.
     pub fn stop(&mut self, grace: Duration) -> Result<()> {
-        if let Some(child) = &mut self.child
-            && child
-                .try_wait()
-                .map_err(io("polling the broker"))?
-                .is_none()
-        {
-            // std only sends SIGKILL; `kill` sends the SIGTERM without an unsafe libc call.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + grace;
-            while child
-                .try_wait()
-                .map_err(io("polling the broker"))?
-                .is_none()
-            {
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        if let Some(mut service) = self.service.take() {
+            service.stop(grace)?;
         }
-        self.reap();
         Ok(())
     }
 
     /// A crash: SIGKILL, no shutdown hook.
     pub fn kill(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
+        if let Some(mut service) = self.service.take() {
+            let _ = service.kill();
         }
-        self.reap();
     }
 
     /// Starts the broker again on the same directory and ports (after [`Broker::stop`] or
@@ -222,16 +201,6 @@ impl Broker {
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
         self.launch()
-    }
-
-    fn reap(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
-        }
-        if let Some(mut watchdog) = self.watchdog.take() {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
-        }
     }
 
     fn write_config(&self) -> Result<()> {
@@ -346,56 +315,45 @@ impl Broker {
 
     fn launch(&mut self) -> Result<()> {
         let log = self.log_path();
-        // Appended, so the log of a restarted broker shows every run; only this run's part is
-        // searched for the start line.
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(io(format!("opening {}", log.display())))?;
-        let log_start = out.metadata().map(|m| m.len()).unwrap_or(0);
-        let err = out.try_clone().map_err(io("duplicating a file handle"))?;
+        let mut java = self.java();
+        java.arg("kafka.Kafka")
+            .arg(self.dir.join("server.properties"));
         let spawned = Instant::now();
-        let child = self
-            .java()
-            .arg("kafka.Kafka")
-            .arg(self.dir.join("server.properties"))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(io("starting java for kafka.Kafka"))?;
-        self.watchdog = spawn_watchdog(child.id());
-        self.child = Some(child);
-
-        let deadline = spawned + self.options.start_timeout;
-        loop {
-            if let Some(status) = self.try_wait()? {
-                self.reap();
-                return Err(Error::Exited {
-                    status: status.to_string(),
-                    log: log_tail(&log, 30),
-                });
-            }
-            if log_contains(&log, log_start, STARTED) && self.accepts_connections() {
+        // Appended, so the log of a restarted broker shows every run; the wait for the start
+        // line reads only this run's part.
+        let mut service = Service::spawn_appending("the Kafka broker", java, &log)?;
+        let port = self.port;
+        let started = service
+            .wait_for_line(STARTED, self.options.start_timeout)
+            .and_then(|_| {
+                let remaining = self.options.start_timeout.saturating_sub(spawned.elapsed());
+                service.wait_until("accept connections", remaining, || {
+                    accepts_connections(port).then_some(())
+                })
+            });
+        match started {
+            Ok(()) => {
                 self.startup = spawned.elapsed();
-                return Ok(());
+                self.service = Some(service);
+                Ok(())
             }
-            if Instant::now() >= deadline {
-                self.kill();
-                return Err(Error::StartTimeout {
-                    secs: self.options.start_timeout.as_secs(),
-                    log: log_tail(&log, 30),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(100));
+            // Dropping the service kills what is left of the broker.
+            Err(attune_harness::Error::Exited { status, .. }) => Err(Error::Exited {
+                status: status.to_string(),
+                log: log_tail(&log, 30),
+            }),
+            Err(attune_harness::Error::Timeout { .. }) => Err(Error::StartTimeout {
+                secs: self.options.start_timeout.as_secs(),
+                log: log_tail(&log, 30),
+            }),
+            Err(other) => Err(other.into()),
         }
     }
+}
 
-    fn accepts_connections(&self) -> bool {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
-    }
+fn accepts_connections(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
 
 impl Drop for Broker {
@@ -405,41 +363,6 @@ impl Drop for Broker {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-/// A shell loop that SIGKILLs the broker once this process is gone, so a test binary that dies
-/// without unwinding (killed by a timeout, `abort`) leaves no broker behind. Best effort: a
-/// machine without `sh` just has no watchdog.
-fn spawn_watchdog(broker_pid: u32) -> Option<Child> {
-    Command::new("sh")
-        .arg("-c")
-        .arg(
-            "while kill -0 \"$1\" 2>/dev/null; do \
-               kill -0 \"$2\" 2>/dev/null || exit 0; sleep 1; \
-             done; kill -9 \"$2\" 2>/dev/null",
-        )
-        .arg("attune-broker-watchdog")
-        .arg(std::process::id().to_string())
-        .arg(broker_pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()
-}
-
-fn log_contains(path: &Path, from: u64, needle: &str) -> bool {
-    use std::io::{Seek, SeekFrom};
-    let Ok(mut file) = fs::File::open(path) else {
-        return false;
-    };
-    if file.seek(SeekFrom::Start(from)).is_err() {
-        return false;
-    }
-    BufReader::new(file)
-        .lines()
-        .map_while(std::result::Result::ok)
-        .any(|line| line.contains(needle))
 }
 
 /// The client and controller ports of a `server.properties` this harness wrote.

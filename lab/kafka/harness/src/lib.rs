@@ -4,8 +4,9 @@
 //! distribution tarball): `lab/kafka/broker/pom.xml` names them, [`provision::broker_jars`]
 //! resolves them once into `~/.cache/attune/kafka-<version>/broker/`, and [`Broker::start`]
 //! formats a KRaft storage directory and starts one combined broker + controller on free
-//! 127.0.0.1 ports. Dropping the [`Broker`] kills it; a watchdog kills it too if the process
-//! that started it dies without dropping it (a test binary killed by a timeout).
+//! 127.0.0.1 ports. The broker is an [`attune_harness::Service`]: dropping the [`Broker`] kills
+//! it, and so does the harness's watchdog if the process that started it dies without dropping
+//! it (a test binary killed by a timeout).
 //!
 //! ```no_run
 //! use attune_kafka_harness::{Broker, BrokerOptions};
@@ -13,7 +14,8 @@
 //! let bootstrap = broker.bootstrap_servers(); // "127.0.0.1:<port>"
 //! ```
 //!
-//! Only `std` and `thiserror`: `xtask` links this crate and must compile in seconds.
+//! Only `std`, `thiserror` and `attune-harness`: `xtask` links this crate and must compile in
+//! seconds.
 
 pub mod broker;
 pub mod provision;
@@ -51,6 +53,8 @@ pub enum Error {
     Exited { status: String, log: String },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Process(#[from] attune_harness::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
