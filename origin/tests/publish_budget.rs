@@ -19,7 +19,7 @@ use kv_stand_in::{cloudflare_config, event, ok};
 
 /// A strict stand-in of Cloudflare's KV bulk API: a request budget per sliding window (a
 /// request over it blocks every request for a whole window with 429), `Ratelimit` headers,
-/// `unsuccessful_keys`, 403 on demand, and the per-key limit of one write per second checked
+/// `unsuccessful_keys`, 401 or 403 on demand, and the per-key limit of one write per second checked
 /// on every key it receives.
 struct Cf {
     limit: usize,
@@ -30,7 +30,8 @@ struct Cf {
     headers: bool,
     /// Every this many accepted put requests, the first key is listed as unsuccessful.
     reject_every: u64,
-    refuse_auth: bool,
+    /// Refuse every request with this status (401 or 403), as Cloudflare does a bad token.
+    refuse_auth: Option<StatusCode>,
     requests: u64,
     puts: u64,
     too_many: u64,
@@ -54,7 +55,7 @@ impl Cf {
             blocked_until: None,
             headers: true,
             reject_every: 0,
-            refuse_auth: false,
+            refuse_auth: None,
             requests: 0,
             puts: 0,
             too_many: 0,
@@ -71,10 +72,10 @@ impl Cf {
     #[allow(clippy::result_large_err)]
     fn admit(&mut self, now: Instant) -> Result<Vec<(String, String)>, Response> {
         self.requests += 1;
-        if self.refuse_auth {
+        if let Some(status) = self.refuse_auth {
             self.refused += 1;
             return Err((
-                StatusCode::FORBIDDEN,
+                status,
                 axum::Json(serde_json::json!({"success": false,
                     "errors": [{"code": 10000, "message": "Authentication error"}]})),
             )
@@ -408,8 +409,18 @@ async fn ratelimit_headers_slow_it_down_before_a_429() {
 /// comes back once the API accepts the token again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_makes_the_node_not_ready() {
+    refused_token(StatusCode::FORBIDDEN).await;
+}
+
+/// An unauthenticated token (401): the same as a 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_token_makes_the_node_not_ready() {
+    refused_token(StatusCode::UNAUTHORIZED).await;
+}
+
+async fn refused_token(status: StatusCode) {
     let cf = Cf::new(1_000, Duration::from_secs(5));
-    cf.lock().unwrap().refuse_auth = true;
+    cf.lock().unwrap().refuse_auth = Some(status);
     let cf_addr = start_cf(cf.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = cf_config(&dir.path().join("d"), cf_addr);
@@ -426,16 +437,17 @@ async fn a_refused_token_makes_the_node_not_ready() {
         let r = http.get(format!("{url}/readyz")).send().await.unwrap();
         if r.status() == 503 {
             let body = r.text().await.unwrap();
-            assert!(body.contains("publisher"), "{body}");
+            assert!(body.contains("publisher"), "{status}: {body}");
             break;
         }
-        assert!(Instant::now() < deadline, "/readyz stayed ready");
+        assert!(Instant::now() < deadline, "{status}: /readyz stayed ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let refused = cf.lock().unwrap().refused;
     // Backing off to 1 s between attempts: a handful in ~3 s, not one per flush.
-    assert!(refused <= 8, "{refused} refused requests");
+    assert!(refused > 0, "{status}: the stand-in refused nothing");
+    assert!(refused <= 8, "{status}: {refused} refused requests");
     let metrics = http
         .get(format!("{url}/metrics"))
         .send()
@@ -446,22 +458,25 @@ async fn a_refused_token_makes_the_node_not_ready() {
         .unwrap();
     assert!(
         metrics.contains("attune_publish_failures_total{reason=\"auth\"}"),
-        "{metrics}"
+        "{status}: {metrics}"
     );
     // The outage shows: the waiting publishes are counted while nothing gets through.
     let waiting = metrics
         .lines()
         .find_map(|l| l.strip_prefix("attune_waiting_user_publishes "))
         .and_then(|v| v.trim().parse::<u64>().ok());
-    assert_eq!(waiting, Some(5), "{metrics}");
-    cf.lock().unwrap().refuse_auth = false;
+    assert_eq!(waiting, Some(5), "{status}: {metrics}");
+    cf.lock().unwrap().refuse_auth = None;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = http.get(format!("{url}/readyz")).send().await.unwrap();
         if r.status() == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "/readyz never came back");
+        assert!(
+            Instant::now() < deadline,
+            "{status}: /readyz never came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     running.shutdown().await.unwrap();
