@@ -381,6 +381,81 @@ async fn stays_under_the_api_budget_at_1000_events_per_second() {
     steady_rate(1000, 500).await;
 }
 
+/// A shared key (`t`, `n:`, `c:`, `cfg`).
+fn is_shared(key: &str) -> bool {
+    key == "t" || key == "cfg" || key.starts_with("n:") || key.starts_with("c:")
+}
+
+/// Shared keys on their cadence, under a steady event rate for a few `shared_interval_ms`.
+/// The rule (publish/flush.rs): a flush collects the shared keys already in KV only once
+/// `shared_due` has passed, and then sets it an interval after the flush's start; a key not
+/// yet in KV goes out with the next flush whatever the cadence (its first publication). So
+/// after its first write, each shared key is written at most once per interval: consecutive
+/// writes of a key are an interval apart, less the time a flush spends before its shared
+/// keys (the tolerance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_keys_are_written_at_most_once_per_shared_interval() {
+    let cf = Cf::new(1_000, Duration::from_secs(5));
+    let cf_addr = start_cf(cf.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cf_config(&dir.path().join("d"), cf_addr);
+    cfg.publish.budget_requests = 1_000;
+    cfg.publish.budget_burst = 100;
+    // Longer than the per-key limit (1 s) plus a flush interval (0.5 s): keys written on every
+    // flush they may be would come 1.5 s apart, and must fail this.
+    cfg.publish.shared_interval_ms = Some(2_500);
+    let interval = Duration::from_millis(2_500);
+    let tolerance = Duration::from_millis(200);
+    let running = attune_origin::server::start(cfg).await.unwrap();
+    let url = format!("http://{}", running.addr);
+    put_catalog(&url).await;
+    // About 3 intervals of steady load: `t` and the `n:` shards change all along.
+    feed_steady(&url, 100, 8, 50, "s").await;
+    // The final flush at shutdown writes what changed whatever the cadence: not counted.
+    let stopping = Instant::now();
+    running.shutdown().await.unwrap();
+
+    let cf = cf.lock().unwrap();
+    assert!(cf.violations.is_empty(), "{:?}", cf.violations);
+    let mut writes: BTreeMap<&str, Vec<Instant>> = BTreeMap::new();
+    for (key, at) in &cf.writes {
+        if *at < stopping && is_shared(key) {
+            writes.entry(key.as_str()).or_default().push(*at);
+        }
+    }
+    let start = cf.writes.first().map(|(_, at)| *at).unwrap();
+    let ms = |at: &Instant| at.duration_since(start).as_millis();
+    for (key, times) in &writes {
+        eprintln!("{key}: {:?} ms", times.iter().map(ms).collect::<Vec<_>>());
+    }
+    // Not vacuous: `t` changes with every event, so it is rewritten on each interval.
+    let t = writes.get("t").map(Vec::len).unwrap_or(0);
+    assert!(t >= 3, "`t` written {t} times in ~8 s: {writes:?}");
+    assert!(
+        writes.keys().any(|k| k.starts_with("n:")),
+        "no neighbour shard written"
+    );
+    for (key, times) in &writes {
+        // After the first publication: consecutive writes at least an interval apart.
+        for pair in times[1..].windows(2) {
+            let gap = pair[1].duration_since(pair[0]);
+            assert!(
+                gap + tolerance >= interval,
+                "{key} written twice {gap:?} apart (shared interval {interval:?}): {:?} ms",
+                times.iter().map(ms).collect::<Vec<_>>()
+            );
+        }
+        // And at most once per interval window overall, plus that first publication.
+        let span = stopping.duration_since(start).as_secs_f64();
+        let most = 2 + (span / interval.as_secs_f64()) as usize;
+        assert!(
+            times.len() <= most,
+            "{key}: {} writes in {span:.1} s",
+            times.len()
+        );
+    }
+}
+
 /// With a budget far above the account's limit, the `Ratelimit` headers alone keep the
 /// publisher from a 429.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
