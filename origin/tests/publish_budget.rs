@@ -19,7 +19,7 @@ use kv_stand_in::{cloudflare_config, event, ok};
 
 /// A strict stand-in of Cloudflare's KV bulk API: a request budget per sliding window (a
 /// request over it blocks every request for a whole window with 429), `Ratelimit` headers,
-/// `unsuccessful_keys`, 403 on demand, and the per-key limit of one write per second checked
+/// `unsuccessful_keys`, 401 or 403 on demand, and the per-key limit of one write per second checked
 /// on every key it receives.
 struct Cf {
     limit: usize,
@@ -30,7 +30,8 @@ struct Cf {
     headers: bool,
     /// Every this many accepted put requests, the first key is listed as unsuccessful.
     reject_every: u64,
-    refuse_auth: bool,
+    /// Refuse every request with this status (401 or 403), as Cloudflare does a bad token.
+    refuse_auth: Option<StatusCode>,
     requests: u64,
     puts: u64,
     too_many: u64,
@@ -54,7 +55,7 @@ impl Cf {
             blocked_until: None,
             headers: true,
             reject_every: 0,
-            refuse_auth: false,
+            refuse_auth: None,
             requests: 0,
             puts: 0,
             too_many: 0,
@@ -71,10 +72,10 @@ impl Cf {
     #[allow(clippy::result_large_err)]
     fn admit(&mut self, now: Instant) -> Result<Vec<(String, String)>, Response> {
         self.requests += 1;
-        if self.refuse_auth {
+        if let Some(status) = self.refuse_auth {
             self.refused += 1;
             return Err((
-                StatusCode::FORBIDDEN,
+                status,
                 axum::Json(serde_json::json!({"success": false,
                     "errors": [{"code": 10000, "message": "Authentication error"}]})),
             )
@@ -380,6 +381,81 @@ async fn stays_under_the_api_budget_at_1000_events_per_second() {
     steady_rate(1000, 500).await;
 }
 
+/// A shared key (`t`, `n:`, `c:`, `cfg`).
+fn is_shared(key: &str) -> bool {
+    key == "t" || key == "cfg" || key.starts_with("n:") || key.starts_with("c:")
+}
+
+/// Shared keys on their cadence, under a steady event rate for a few `shared_interval_ms`.
+/// The rule (publish/flush.rs): a flush collects the shared keys already in KV only once
+/// `shared_due` has passed, and then sets it an interval after the flush's start; a key not
+/// yet in KV goes out with the next flush whatever the cadence (its first publication). So
+/// after its first write, each shared key is written at most once per interval: consecutive
+/// writes of a key are an interval apart, less the time a flush spends before its shared
+/// keys (the tolerance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_keys_are_written_at_most_once_per_shared_interval() {
+    let cf = Cf::new(1_000, Duration::from_secs(5));
+    let cf_addr = start_cf(cf.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = cf_config(&dir.path().join("d"), cf_addr);
+    cfg.publish.budget_requests = 1_000;
+    cfg.publish.budget_burst = 100;
+    // Longer than the per-key limit (1 s) plus a flush interval (0.5 s): keys written on every
+    // flush they may be would come 1.5 s apart, and must fail this.
+    cfg.publish.shared_interval_ms = Some(2_500);
+    let interval = Duration::from_millis(2_500);
+    let tolerance = Duration::from_millis(200);
+    let running = attune_origin::server::start(cfg).await.unwrap();
+    let url = format!("http://{}", running.addr);
+    put_catalog(&url).await;
+    // About 3 intervals of steady load: `t` and the `n:` shards change all along.
+    feed_steady(&url, 100, 8, 50, "s").await;
+    // The final flush at shutdown writes what changed whatever the cadence: not counted.
+    let stopping = Instant::now();
+    running.shutdown().await.unwrap();
+
+    let cf = cf.lock().unwrap();
+    assert!(cf.violations.is_empty(), "{:?}", cf.violations);
+    let mut writes: BTreeMap<&str, Vec<Instant>> = BTreeMap::new();
+    for (key, at) in &cf.writes {
+        if *at < stopping && is_shared(key) {
+            writes.entry(key.as_str()).or_default().push(*at);
+        }
+    }
+    let start = cf.writes.first().map(|(_, at)| *at).unwrap();
+    let ms = |at: &Instant| at.duration_since(start).as_millis();
+    for (key, times) in &writes {
+        eprintln!("{key}: {:?} ms", times.iter().map(ms).collect::<Vec<_>>());
+    }
+    // Not vacuous: `t` changes with every event, so it is rewritten on each interval.
+    let t = writes.get("t").map(Vec::len).unwrap_or(0);
+    assert!(t >= 3, "`t` written {t} times in ~8 s: {writes:?}");
+    assert!(
+        writes.keys().any(|k| k.starts_with("n:")),
+        "no neighbour shard written"
+    );
+    for (key, times) in &writes {
+        // After the first publication: consecutive writes at least an interval apart.
+        for pair in times[1..].windows(2) {
+            let gap = pair[1].duration_since(pair[0]);
+            assert!(
+                gap + tolerance >= interval,
+                "{key} written twice {gap:?} apart (shared interval {interval:?}): {:?} ms",
+                times.iter().map(ms).collect::<Vec<_>>()
+            );
+        }
+        // And at most once per interval window overall, plus that first publication.
+        let span = stopping.duration_since(start).as_secs_f64();
+        let most = 2 + (span / interval.as_secs_f64()) as usize;
+        assert!(
+            times.len() <= most,
+            "{key}: {} writes in {span:.1} s",
+            times.len()
+        );
+    }
+}
+
 /// With a budget far above the account's limit, the `Ratelimit` headers alone keep the
 /// publisher from a 429.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,8 +484,18 @@ async fn ratelimit_headers_slow_it_down_before_a_429() {
 /// comes back once the API accepts the token again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_makes_the_node_not_ready() {
+    refused_token(StatusCode::FORBIDDEN).await;
+}
+
+/// An unauthenticated token (401): the same as a 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_token_makes_the_node_not_ready() {
+    refused_token(StatusCode::UNAUTHORIZED).await;
+}
+
+async fn refused_token(status: StatusCode) {
     let cf = Cf::new(1_000, Duration::from_secs(5));
-    cf.lock().unwrap().refuse_auth = true;
+    cf.lock().unwrap().refuse_auth = Some(status);
     let cf_addr = start_cf(cf.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = cf_config(&dir.path().join("d"), cf_addr);
@@ -426,16 +512,17 @@ async fn a_refused_token_makes_the_node_not_ready() {
         let r = http.get(format!("{url}/readyz")).send().await.unwrap();
         if r.status() == 503 {
             let body = r.text().await.unwrap();
-            assert!(body.contains("publisher"), "{body}");
+            assert!(body.contains("publisher"), "{status}: {body}");
             break;
         }
-        assert!(Instant::now() < deadline, "/readyz stayed ready");
+        assert!(Instant::now() < deadline, "{status}: /readyz stayed ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let refused = cf.lock().unwrap().refused;
     // Backing off to 1 s between attempts: a handful in ~3 s, not one per flush.
-    assert!(refused <= 8, "{refused} refused requests");
+    assert!(refused > 0, "{status}: the stand-in refused nothing");
+    assert!(refused <= 8, "{status}: {refused} refused requests");
     let metrics = http
         .get(format!("{url}/metrics"))
         .send()
@@ -446,22 +533,25 @@ async fn a_refused_token_makes_the_node_not_ready() {
         .unwrap();
     assert!(
         metrics.contains("attune_publish_failures_total{reason=\"auth\"}"),
-        "{metrics}"
+        "{status}: {metrics}"
     );
     // The outage shows: the waiting publishes are counted while nothing gets through.
     let waiting = metrics
         .lines()
         .find_map(|l| l.strip_prefix("attune_waiting_user_publishes "))
         .and_then(|v| v.trim().parse::<u64>().ok());
-    assert_eq!(waiting, Some(5), "{metrics}");
-    cf.lock().unwrap().refuse_auth = false;
+    assert_eq!(waiting, Some(5), "{status}: {metrics}");
+    cf.lock().unwrap().refuse_auth = None;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = http.get(format!("{url}/readyz")).send().await.unwrap();
         if r.status() == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "/readyz never came back");
+        assert!(
+            Instant::now() < deadline,
+            "{status}: /readyz never came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     running.shutdown().await.unwrap();
