@@ -96,6 +96,9 @@ pub struct Model {
     seq: u64,
     /// Catalog entries changed since the last persist.
     dirty_catalog: BTreeSet<String>,
+    /// Set by [`Model::record_deltas`]: where [`Model::observe`] puts its increments instead
+    /// of the model.
+    recording: Option<Box<delta::Recorder>>,
 }
 
 /// One co-occurrence weight, in both items' rows. The epoch marks it changed since the last
@@ -317,7 +320,11 @@ impl Model {
         }
         let id = self.intern(item);
         if weight > 0.0 {
-            self.add_trend(id, event.ts, f64::from(weight));
+            let hl = self.cfg.trend_half_life_ms.max(1) as f64;
+            match self.recording.as_deref_mut() {
+                Some(r) => r.trend(id, event.ts, f64::from(weight), hl),
+                None => self.add_trend(id, event.ts, f64::from(weight)),
+            }
         }
         // Co-occurrence with the recent distinct items of the user's current session.
         if event.ts.saturating_sub(previous_seen) > self.cfg.session_gap_ms {
@@ -327,9 +334,17 @@ impl Model {
             user.recent_ids[..=pos].rotate_right(1);
             return;
         }
-        self.add_count(id, 1);
-        for (before, &o) in user.recent_ids.iter().take(self.cfg.history).enumerate() {
-            self.add_pair(id, o, pair_weight(before + 1));
+        let recent = user.recent_ids.iter().take(self.cfg.history).enumerate();
+        if let Some(r) = self.recording.as_deref_mut() {
+            r.count(id);
+            for (before, &o) in recent {
+                r.pair(id, o, pair_weight(before + 1));
+            }
+        } else {
+            self.add_count(id, 1);
+            for (before, &o) in recent {
+                self.add_pair(id, o, pair_weight(before + 1));
+            }
         }
         let keep = self.cfg.history.max(1);
         user.recent_ids.truncate(keep - 1);
@@ -530,6 +545,9 @@ impl Model {
     }
 }
 
+mod delta;
 mod persist;
 #[cfg(test)]
 mod tests;
+
+pub use delta::ModelDelta;
