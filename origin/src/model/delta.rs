@@ -209,3 +209,7 @@ impl Model {
         self.settle();
     }
 }
+
+#[cfg(test)]
+#[path = "delta_tests.rs"]
+mod tests;
