@@ -62,6 +62,9 @@ pub enum Error {
     Encode(#[from] rmp_serde::encode::Error),
     #[error("MessagePack decoding: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
+    /// A model delta that does not decode (damaged, or of another encoding version).
+    #[error("model delta: {0}")]
+    Delta(String),
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("HTTP: {0}")]

@@ -42,7 +42,7 @@ pub use log::{
     segment_path,
 };
 pub use metrics::Metrics;
-pub use model::Model;
+pub use model::{Model, ModelDelta};
 pub use node::Node;
 pub use publish::{FlushOutcome, Publisher, Target};
 pub use store::{Store, UserState};

@@ -35,6 +35,17 @@ const PAIR_LOG_SLACK_BYTES: u64 = if cfg!(test) { 0 } else { 32 << 20 };
 /// usual windows round nothing; the similarity divides it out again.
 pub const PAIR_WEIGHT_SCALE: u32 = 60;
 
+/// Trending: `s(t) = Σ w·2^(-(t - ts)/half-life)`, kept at the newest event time `e.1`. Adds
+/// `w` seen at `ts` to `e` (a score can be folded in as a weight, with its reference time).
+fn fold_trend(e: &mut (f64, u64), ts: u64, w: f64, half_life: f64) {
+    if ts >= e.1 {
+        e.0 = e.0 * (-((ts - e.1) as f64) / half_life).exp2() + w;
+        e.1 = ts;
+    } else {
+        e.0 += w * (-((e.1 - ts) as f64) / half_life).exp2();
+    }
+}
+
 /// The co-occurrence weight of two items `distance` (≥ 1) apart in a session.
 fn pair_weight(distance: usize) -> u32 {
     PAIR_WEIGHT_SCALE / u32::try_from(distance.max(1)).unwrap_or(u32::MAX)
@@ -85,6 +96,9 @@ pub struct Model {
     seq: u64,
     /// Catalog entries changed since the last persist.
     dirty_catalog: BTreeSet<String>,
+    /// Set by [`Model::record_deltas`]: where [`Model::observe`] puts its increments instead
+    /// of the model.
+    recording: Option<Box<delta::Recorder>>,
 }
 
 /// One co-occurrence weight, in both items' rows. The epoch marks it changed since the last
@@ -305,21 +319,11 @@ impl Model {
             return;
         }
         let id = self.intern(item);
-        // Trending: s(t) = Σ w·2^(-(t - ts)/half-life), kept at the newest event time.
         if weight > 0.0 {
             let hl = self.cfg.trend_half_life_ms.max(1) as f64;
-            let e = self.trend[id as usize].get_or_insert((0.0, event.ts));
-            let w = f64::from(weight);
-            if event.ts >= e.1 {
-                e.0 = e.0 * (-((event.ts - e.1) as f64) / hl).exp2() + w;
-                e.1 = event.ts;
-            } else {
-                e.0 += w * (-((e.1 - event.ts) as f64) / hl).exp2();
-            }
-            let f = &mut self.dirty_flags[id as usize];
-            if *f & 2 == 0 {
-                *f |= 2;
-                self.dirty_trend.push(id);
+            match self.recording.as_deref_mut() {
+                Some(r) => r.trend(id, event.ts, f64::from(weight), hl),
+                None => self.add_trend(id, event.ts, f64::from(weight)),
             }
         }
         // Co-occurrence with the recent distinct items of the user's current session.
@@ -330,25 +334,17 @@ impl Model {
             user.recent_ids[..=pos].rotate_right(1);
             return;
         }
-        self.counts[id as usize] += 1;
-        let f = &mut self.dirty_flags[id as usize];
-        if *f & 1 == 0 {
-            *f |= 1;
-            self.dirty_counts.push(id);
-        }
-        self.touch(id);
-        let mut changed_rows = false;
-        for (before, &o) in user.recent_ids.iter().take(self.cfg.history).enumerate() {
-            // Queued by unordered pair (see `settle`); the rows are marked now.
-            let (a, b) = (id.min(o), id.max(o));
-            self.pending_pairs
-                .push((u64::from(a) << 32 | u64::from(b), pair_weight(before + 1)));
-            self.mark_row(o);
-            changed_rows = true;
-            self.touch(o);
-        }
-        if changed_rows {
-            self.mark_row(id);
+        let recent = user.recent_ids.iter().take(self.cfg.history).enumerate();
+        if let Some(r) = self.recording.as_deref_mut() {
+            r.count(id);
+            for (before, &o) in recent {
+                r.pair(id, o, pair_weight(before + 1));
+            }
+        } else {
+            self.add_count(id, 1);
+            for (before, &o) in recent {
+                self.add_pair(id, o, pair_weight(before + 1));
+            }
         }
         let keep = self.cfg.history.max(1);
         user.recent_ids.truncate(keep - 1);
@@ -356,6 +352,41 @@ impl Model {
         if self.pending_pairs.len() >= MAX_PENDING_PAIRS {
             self.settle();
         }
+    }
+
+    /// Adds `w` at time `ts` to the item's trending score.
+    fn add_trend(&mut self, id: u32, ts: u64, w: f64) {
+        let hl = self.cfg.trend_half_life_ms.max(1) as f64;
+        fold_trend(self.trend[id as usize].get_or_insert((0.0, ts)), ts, w, hl);
+        let f = &mut self.dirty_flags[id as usize];
+        if *f & 2 == 0 {
+            *f |= 2;
+            self.dirty_trend.push(id);
+        }
+    }
+
+    /// Adds `n` user histories to the item's count.
+    fn add_count(&mut self, id: u32, n: u64) {
+        let c = &mut self.counts[id as usize];
+        *c = c.saturating_add(n);
+        let f = &mut self.dirty_flags[id as usize];
+        if *f & 1 == 0 {
+            *f |= 1;
+            self.dirty_counts.push(id);
+        }
+        self.touch(id);
+    }
+
+    /// Queues `w` on the pair `a`, `b` (`a != b`) for [`Model::settle`], by unordered pair; the
+    /// rows and shards are marked now.
+    fn add_pair(&mut self, a: u32, b: u32, w: u32) {
+        let (lo, hi) = (a.min(b), a.max(b));
+        self.pending_pairs
+            .push((u64::from(lo) << 32 | u64::from(hi), w));
+        self.mark_row(b);
+        self.touch(b);
+        self.mark_row(a);
+        self.touch(a);
     }
 
     /// Applies the co-occurrence increments [`Model::observe`] queued. They are applied sorted
@@ -514,6 +545,9 @@ impl Model {
     }
 }
 
+mod delta;
 mod persist;
 #[cfg(test)]
 mod tests;
+
+pub use delta::ModelDelta;
