@@ -145,8 +145,20 @@ pub struct KafkaConfig {
     pub topic: String,
     /// Dead letters (the reason in the `attune-reason` header).
     pub dlq_topic: String,
-    /// The consumer group (one origin per group: see the README).
+    /// The consumer group (one origin per group unless `scale_out`: see the README).
     pub group_id: String,
+    /// Several origins share the group, each owning some partitions: their state goes to
+    /// `state_topic` and their model deltas to `model_topic`, in one Kafka transaction per
+    /// checkpoint with the consumed offsets.
+    pub scale_out: bool,
+    /// The compacted state changelog (scale-out), one partition per events partition.
+    pub state_topic: String,
+    /// Every instance's model deltas (scale-out), one partition, kept forever: an instance
+    /// that joins reads it from the start.
+    pub model_topic: String,
+    /// `transaction.timeout.ms` (scale-out): how long a crashed instance's open transaction
+    /// holds back its partitions' takeover.
+    pub transaction_timeout_ms: u64,
     /// `group.instance.id` (static membership: a restarted origin gets its partitions back at
     /// once). Default: derived from `data_dir`.
     pub instance_id: Option<String>,
@@ -169,6 +181,10 @@ impl Default for KafkaConfig {
             topic: "attune.events".into(),
             dlq_topic: "attune.events.dlq".into(),
             group_id: "attune-origin".into(),
+            scale_out: false,
+            state_topic: "attune.state".into(),
+            model_topic: "attune.model".into(),
+            transaction_timeout_ms: 10_000,
             instance_id: None,
             partitions: 4,
             replication: 1,
@@ -406,6 +422,12 @@ impl Config {
             if k.brokers.is_empty() || k.topic.is_empty() || k.group_id.is_empty() {
                 return Err(Error::Config(
                     "kafka.brokers, kafka.topic and kafka.group_id must be set".into(),
+                ));
+            }
+            let topics = [&k.topic, &k.dlq_topic, &k.state_topic, &k.model_topic];
+            if k.scale_out && (1..topics.len()).any(|i| topics[..i].contains(&topics[i])) {
+                return Err(Error::Config(
+                    "kafka.topic, dlq_topic, state_topic and model_topic must all differ".into(),
                 ));
             }
             if k.topic == k.dlq_topic {

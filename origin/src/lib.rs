@@ -46,7 +46,7 @@ pub use model::{Model, ModelDelta};
 pub use node::Node;
 pub use publish::{FlushOutcome, Publisher, Target};
 pub use store::{Store, UserState};
-pub use stream::{BatchOutcome, Pipeline, Progress};
+pub use stream::{BatchOutcome, Pipeline, Progress, Restored};
 
 /// Wall clock in epoch milliseconds (the core never reads one; the origin passes it in).
 pub fn now_ms() -> u64 {

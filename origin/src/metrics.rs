@@ -33,6 +33,8 @@ pub struct Metrics {
     pub log_lag_bytes: Gauge,
     /// Kafka mode: per assigned partition, records not yet committed (labels: the partitions).
     pub kafka_consumer_lag: Family<Labels, Gauge>,
+    /// Kafka scale-out: partitions taken over from their changelog.
+    pub kafka_partitions_restored: Counter,
     pub store_bytes: Gauge,
     pub outbox_keys: Gauge,
     pub waiting_user_publishes: Gauge,
@@ -98,6 +100,7 @@ impl Metrics {
             applied_offset_bytes: Gauge::default(),
             log_lag_bytes: Gauge::default(),
             kafka_consumer_lag: Family::default(),
+            kafka_partitions_restored: Counter::default(),
             store_bytes: Gauge::default(),
             outbox_keys: Gauge::default(),
             waiting_user_publishes: Gauge::default(),
@@ -205,6 +208,11 @@ impl Metrics {
             "Kafka mode: records in each assigned partition after the offset the origin last \
              committed (librdkafka's consumer_lag; the commit follows each checkpoint)",
             m.kafka_consumer_lag.clone(),
+        );
+        r.register(
+            "attune_kafka_partitions_restored",
+            "Kafka scale-out: partitions this origin took over by restoring their state changelog",
+            m.kafka_partitions_restored.clone(),
         );
         r.register(
             "attune_store_bytes",

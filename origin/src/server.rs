@@ -213,6 +213,17 @@ pub async fn start_with_faults(cfg: Config, faults: Faults) -> Result<Running> {
                             metrics: node.metrics.clone(),
                             health: node.health.clone(),
                         };
+                        if node.cfg.kafka.scale_out {
+                            return crate::stream::source::kafka::consume_scaled(
+                                &node.cfg,
+                                pipeline,
+                                &node.store,
+                                reporting,
+                                opts,
+                                &draining,
+                                &on_batch,
+                            );
+                        }
                         return crate::stream::source::kafka::consume(
                             &node.cfg,
                             &mut pipeline,

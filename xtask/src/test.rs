@@ -237,6 +237,8 @@ fn kafka_tests() -> Result<()> {
         "kafka",
         "--test",
         "kafka_sample",
+        "--test",
+        "kafka_scale",
         "--",
         "--ignored",
         "--test-threads",

@@ -108,6 +108,10 @@ pub struct Global {
     /// The consumer group [attune-origin].
     #[arg(long, global = true, env = "ATTUNE_KAFKA_GROUP")]
     pub kafka_group: Option<String>,
+    /// Several origins share the consumer group, each owning some partitions (state in
+    /// [kafka] state_topic, model deltas in model_topic; see the README).
+    #[arg(long, global = true, env = "ATTUNE_KAFKA_SCALE_OUT")]
+    pub kafka_scale_out: bool,
     /// A librdkafka setting, `name=value` (repeatable), e.g. `security.protocol=SASL_SSL`;
     /// secrets are better kept in the TOML file's [kafka.settings].
     #[arg(long = "kafka-setting", global = true, value_name = "NAME=VALUE")]
@@ -324,6 +328,7 @@ fn apply_kafka_flags(g: &Global, cfg: &mut Config) -> Result<()> {
         };
         k.settings.insert(name.trim().into(), value.into());
     }
+    k.scale_out |= g.kafka_scale_out;
     Ok(())
 }
 

@@ -210,6 +210,13 @@ impl Model {
     }
 }
 
+impl ModelDelta {
+    /// Whether merging it changes trending.
+    pub fn changes_trending(&self) -> bool {
+        !self.trends.is_empty()
+    }
+}
+
 #[cfg(test)]
 #[path = "delta_tests.rs"]
 mod tests;

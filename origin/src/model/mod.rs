@@ -431,6 +431,11 @@ impl Model {
         self.mirrored_cells = mirrored;
     }
 
+    /// The id of `item` (interned the first time): a restored user's recent items.
+    pub fn intern_item(&mut self, item: &str) -> u32 {
+        self.intern(item)
+    }
+
     /// The name of an interned item.
     pub fn name(&self, id: u32) -> Option<&str> {
         self.names.get(id as usize).map(|n| &**n)

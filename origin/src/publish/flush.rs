@@ -58,6 +58,9 @@ impl Publisher {
             self.restored_until = None;
         }
         let check_keys = self.restored_until.is_some();
+        // Scaled out, the owner of partition 0 publishes the shared keys; the others keep them
+        // waiting, for the day the group hands them that partition.
+        let elsewhere = live::lock(&self.live).shared_keys_elsewhere;
         let with_shared = now >= self.shared_due;
         if with_shared {
             self.shared_due = now + self.shared_interval;
@@ -90,8 +93,7 @@ impl Publisher {
                 let entry = OutboxEntry::decode(v.value())?;
                 if entry.op == Op::Put
                     && entry.user.is_none()
-                    && !with_shared
-                    && published.get(key.as_str())?.is_some()
+                    && (elsewhere || !with_shared && published.get(key.as_str())?.is_some())
                 {
                     continue;
                 }
@@ -117,7 +119,7 @@ impl Publisher {
             {
                 let live = live::lock(&self.live);
                 for (key, u) in &live.shared {
-                    if !with_shared && published.get(key.as_str())?.is_some() {
+                    if elsewhere || !with_shared && published.get(key.as_str())?.is_some() {
                         continue;
                     }
                     if deferred(key, &self.last_write) {
@@ -309,7 +311,7 @@ impl Publisher {
             outcome.deferred += rejected;
         }
         // 4. The manifest, last, once per shared cadence at most (it moves with shared keys).
-        if self.manifest_pending {
+        if self.manifest_pending && !elsewhere {
             if deferred(kv::MANIFEST, &self.last_write) {
                 outcome.deferred += 1;
             } else {

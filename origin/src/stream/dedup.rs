@@ -56,6 +56,11 @@ impl Dedup {
         Ok(dedup)
     }
 
+    /// How far behind the slowest watermark keys are kept, ms.
+    pub(super) fn horizon(&self) -> u64 {
+        self.horizon
+    }
+
     pub(super) fn seen(&self, digest: &u128) -> bool {
         self.seen.contains_key(digest)
     }

@@ -92,6 +92,9 @@ pub struct Live {
     /// The rules in force at the pipeline's position in the log: what `cfg` publishes
     /// (the built-in defaults until a rules record was applied).
     pub rules: Arc<attune_core::rules::Config>,
+    /// Kafka scale-out: another instance (the owner of partition 0) publishes the shared keys;
+    /// this one publishes only its own users.
+    pub shared_keys_elsewhere: bool,
 }
 
 impl Live {

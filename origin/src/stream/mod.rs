@@ -11,4 +11,4 @@ mod users;
 mod warm;
 mod watermark;
 
-pub use pipeline::{BatchOutcome, Pipeline, Progress};
+pub use pipeline::{BatchOutcome, Pipeline, Progress, Restored};

@@ -79,6 +79,16 @@ impl UserStates {
         self.unsaved.push(key);
     }
 
+    /// Users changed since the last checkpoint.
+    pub(super) fn unsaved_keys(&self) -> &[UserKey] {
+        &self.unsaved
+    }
+
+    /// Users forgotten since the last checkpoint.
+    pub(super) fn forgotten_users(&self) -> impl Iterator<Item = (&UserKey, &str)> {
+        self.forgotten.iter().map(|(k, (u, _))| (k, &**u))
+    }
+
     pub(super) fn unsaved_len(&self) -> usize {
         self.unsaved.len()
     }

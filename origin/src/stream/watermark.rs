@@ -62,6 +62,22 @@ impl Watermarks {
         self.by_source.values().copied().filter(|w| *w > 0).min()
     }
 
+    /// The watermarks of a partition's sources (named `<producer>.p<partition>`).
+    pub(super) fn of_partition(&self, partition: u32) -> std::collections::BTreeMap<String, u64> {
+        let suffix = format!(".p{partition}");
+        self.by_source
+            .iter()
+            .filter(|(s, _)| s.ends_with(&suffix))
+            .map(|(s, wm)| (s.clone(), *wm))
+            .collect()
+    }
+
+    /// Moves a source's watermark up to `wm` (a restored partition's).
+    pub(super) fn raise(&mut self, source: &str, wm: u64) {
+        let e = self.by_source.entry(source.to_string()).or_insert(0);
+        *e = (*e).max(wm);
+    }
+
     pub(super) fn checkpoint(&self, tx: &CheckpointWriter) -> Result<()> {
         tx.put_watermarks(self.by_source.iter().map(|(s, wm)| (s.as_str(), *wm)))
     }

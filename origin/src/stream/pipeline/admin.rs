@@ -19,6 +19,7 @@ impl Pipeline {
                 let user = std::str::from_utf8(&rec.payload).map_err(|_| {
                     Error::Corrupt(format!("forget record at {} names no user", rec.offset))
                 })?;
+                self.scale_forgot(rec.offset, user);
                 self.forget(user, rec.offset);
             }
             RecordKind::Catalog => {

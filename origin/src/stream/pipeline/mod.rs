@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use attune_core::Event;
 use attune_core::event::{EventError, EventKind, parse_event};
-use attune_core::model::keys as kv;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -40,8 +39,10 @@ mod admin;
 mod checkpoint;
 mod outcome;
 mod partitioned;
+mod scale;
 
 pub use outcome::{BatchOutcome, Progress};
+pub use scale::Restored;
 
 use super::dedup::{self, Dedup};
 use super::live::{self, Cached, Live, SharedLive, Unpublished, UserKey, user_key};
@@ -59,6 +60,8 @@ struct SinceCheckpoint {
     dead: Vec<DlqRecord>,
     /// Shared keys queued (written to the outbox by the checkpoint).
     shared: bool,
+    /// Model deltas merged (scale-out): the model changed without an offset moving.
+    model_merged: bool,
 }
 
 pub struct Pipeline {
@@ -92,6 +95,8 @@ pub struct Pipeline {
     /// applied.
     partitioned: Option<Partitioned>,
     dead_letter_sink: Option<Box<dyn DeadLetterSink>>,
+    /// Kafka scale-out: the changelog and what it needs between checkpoints.
+    scale: Option<scale::ScaleOut>,
     /// Adaptive micro-batch size (0 until the first one).
     limit: usize,
     progress: Arc<Progress>,
@@ -172,6 +177,7 @@ impl Pipeline {
             poisoned: false,
             partitioned: None,
             dead_letter_sink: None,
+            scale: None,
             limit: 0,
             progress: Arc::new(Progress {
                 offset: AtomicU64::new(offset),
@@ -249,7 +255,10 @@ impl Pipeline {
 
     /// Whether anything was applied since the last checkpoint.
     pub fn has_unsaved(&self) -> bool {
-        self.offset != self.checkpointed || self.users.has_unsaved() || !self.since.dead.is_empty()
+        self.offset != self.checkpointed
+            || self.users.has_unsaved()
+            || !self.since.dead.is_empty()
+            || self.since.model_merged
     }
 
     /// Applies records in log order: runs of events as micro-batches, and each admin record
@@ -291,7 +300,11 @@ impl Pipeline {
         self.admit(records, &mut events, &mut out);
         self.load_users(&mut live, &events)?;
         let trend_changed = self.apply_events(&mut model, &mut live, &events, &mut out)?;
-        self.queue_shared(&mut model, &mut live, &events, trend_changed);
+        if self.scale.is_none() {
+            // Scaled out, the model changes when the deltas are merged.
+            let first_accept = events.iter().map(|e| e.1).min().unwrap_or_else(now_ms);
+            self.queue_shared_keys(&mut model, &mut live, trend_changed, first_accept);
+        }
         drop(live);
         drop(model);
         events.clear();
@@ -358,6 +371,7 @@ impl Pipeline {
                 }
                 self.dedup.record(h, event.ts);
                 let key = user_key(&event.user);
+                self.scale_admitted(rec.offset, key, h, event.ts);
                 events.push((event, rec.accepted_ms, key));
             }
         }
@@ -472,37 +486,6 @@ impl Pipeline {
             out.applied += 1;
         }
         Ok(trend_changed)
-    }
-
-    /// Queues the shared keys the micro-batch changed (neighbour shards, trending) at a new
-    /// model version.
-    fn queue_shared(
-        &mut self,
-        model: &mut Model,
-        live: &mut Live,
-        events: &[(Event, u64, UserKey)],
-        trend_changed: bool,
-    ) {
-        model.settle();
-        let shards = model.take_touched_shards();
-        if !shards.is_empty() || trend_changed {
-            let seq = model.next_seq();
-            let first_accept = events.iter().map(|e| e.1).min().unwrap_or_else(now_ms);
-            let mut shared: Vec<String> = shards.into_iter().map(kv::neighbours).collect();
-            if trend_changed {
-                shared.push(kv::TRENDING.to_string());
-            }
-            for key in shared {
-                live.shared
-                    .entry(key)
-                    .and_modify(|u| u.merge(seq, first_accept))
-                    .or_insert(Unpublished {
-                        version: seq,
-                        accepted_ms: first_accept,
-                    });
-            }
-            self.since.shared = true;
-        }
     }
 
     /// Moves the offset and the counters on, and records the micro-batch's metrics.

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use crate::error::Result;
 use crate::store::{CheckpointWriter, DlqRecord};
 
+pub mod changelog;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 
@@ -110,6 +111,25 @@ impl Partitioned {
 
     pub(crate) fn committed(&mut self) {
         self.checkpointed.clone_from(&self.applied);
+    }
+
+    /// Each partition's next offset applied in memory.
+    pub fn applied(&self) -> &BTreeMap<u32, u64> {
+        &self.applied
+    }
+
+    /// A partition taken over from its changelog continues at `next`.
+    pub(crate) fn restore(&mut self, partition: u32, next: u64) {
+        self.applied.insert(partition, next);
+        self.checkpointed.remove(&partition);
+    }
+
+    /// Partitions the group took away leave the offsets this instance commits.
+    pub(crate) fn forget_partitions(&mut self, partitions: &[u32]) {
+        for p in partitions {
+            self.applied.remove(p);
+            self.checkpointed.remove(p);
+        }
     }
 
     /// Each partition's next offset as of the last checkpoint (what a restart resumes from).

@@ -119,36 +119,34 @@ impl Assigner {
 }
 
 /// How often librdkafka reports its statistics (the consumer lag gauge's refresh).
-const STATISTICS_INTERVAL_MS: &str = "2000";
+pub(super) const STATISTICS_INTERVAL_MS: &str = "2000";
 
-impl Assigner {
-    /// Ready only while a broker is up: without one, ingest cannot have events acknowledged
-    /// and the pipeline reads nothing, so a load balancer should send traffic elsewhere. Not a
-    /// failure: librdkafka reconnects by itself, and a restart would not bring a broker back.
-    fn broker_readiness(&self, statistics: &Statistics) {
-        let up = statistics.brokers.values().any(|b| b.state == "UP");
-        if up {
-            if self.health.restore_readiness(KAFKA) {
-                tracing::info!("a Kafka broker is reachable again: ready");
-            }
-            return;
+/// Ready only while a broker is up: without one, ingest cannot have events acknowledged and
+/// the pipeline reads nothing, so a load balancer should send traffic elsewhere. Not a
+/// failure: librdkafka reconnects by itself, and a restart would not bring a broker back.
+pub(super) fn broker_readiness(health: &Health, statistics: &Statistics) {
+    let up = statistics.brokers.values().any(|b| b.state == "UP");
+    if up {
+        if health.restore_readiness(KAFKA) {
+            tracing::info!("a Kafka broker is reachable again: ready");
         }
-        let mut states: Vec<String> = statistics
-            .brokers
-            .values()
-            .map(|b| format!("{} {}", b.name, b.state))
-            .collect();
-        states.sort();
-        let reason = format!("no Kafka broker is up ({})", states.join(", "));
-        if self.health.withhold_readiness(KAFKA, reason.clone()) {
-            tracing::warn!(%reason, "not ready until a Kafka broker is reachable");
-        }
+        return;
+    }
+    let mut states: Vec<String> = statistics
+        .brokers
+        .values()
+        .map(|b| format!("{} {}", b.name, b.state))
+        .collect();
+    states.sort();
+    let reason = format!("no Kafka broker is up ({})", states.join(", "));
+    if health.withhold_readiness(KAFKA, reason.clone()) {
+        tracing::warn!(%reason, "not ready until a Kafka broker is reachable");
     }
 }
 
 impl ClientContext for Assigner {
     fn stats(&self, statistics: Statistics) {
-        self.broker_readiness(&statistics);
+        broker_readiness(&self.health, &statistics);
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
@@ -210,7 +208,7 @@ impl ConsumerContext for Assigner {
 
 /// Errors that mean records were lost or will never be readable: the pipeline stops (fail
 /// closed). Anything else (a broker away, a topic not yet propagated) librdkafka retries.
-fn is_fatal(e: &KafkaError) -> bool {
+pub(super) fn is_fatal(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
         Some(
@@ -226,7 +224,7 @@ fn is_fatal(e: &KafkaError) -> bool {
 /// The consumer's `group.instance.id`: configured, else derived from the data directory, so a
 /// restarted origin takes its partitions back at once (static membership) instead of waiting
 /// for the group to time its previous process out.
-fn instance_id(cfg: &Config) -> String {
+pub(super) fn instance_id(cfg: &Config) -> String {
     if let Some(id) = &cfg.kafka.instance_id {
         return id.clone();
     }

@@ -48,9 +48,11 @@ use super::PartitionOffset;
 
 mod consume;
 mod produce;
+mod scaled;
 
 pub use consume::{ConsumeOptions, Reporting, consume};
 pub use produce::{DlqProducer, EventProducer, ProduceRefused};
+pub use scaled::consume_scaled;
 
 /// Header naming what a record is (absent: an event).
 pub const KIND_HEADER: &str = "attune-kind";
@@ -82,6 +84,7 @@ const PINNED: &[&str] = &[
     "enable.auto.commit",
     "enable.auto.offset.store",
     "isolation.level",
+    "transactional.id",
 ];
 
 /// librdkafka settings from the config: the user's pass-through settings (security, tuning)
@@ -199,10 +202,19 @@ pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<()> {
         .map_err(kafka_err("creating the admin client"))?;
     let partitions = i32::try_from(cfg.partitions).unwrap_or(i32::MAX);
     let replication = || TopicReplication::Fixed(i32::from(cfg.replication));
-    let topics = [
+    let mut topics = vec![
         NewTopic::new(&cfg.topic, partitions, replication()),
         NewTopic::new(&cfg.dlq_topic, partitions, replication()),
     ];
+    if cfg.scale_out {
+        // A partition of state per events partition, compacted to each key's last value; the
+        // deltas in one partition, kept: an instance that joins merges them from the start.
+        topics.push(
+            NewTopic::new(&cfg.state_topic, partitions, replication())
+                .set("cleanup.policy", "compact"),
+        );
+        topics.push(NewTopic::new(&cfg.model_topic, 1, replication()).set("retention.ms", "-1"));
+    }
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics(&topics, &opts)

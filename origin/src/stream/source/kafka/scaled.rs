@@ -1,0 +1,631 @@
+//! Scale-out: several origins in one consumer group, each owning the partitions the group
+//! assigns it, in the spirit of Kafka Streams' exactly-once tasks.
+//!
+//! - **State.** Each checkpoint writes the owned partitions' changed state (users, dedup keys,
+//!   a marker with the next offset and the watermarks) to the compacted state topic, the
+//!   model's delta to the model topic, and the consumed offsets to the group, in **one Kafka
+//!   transaction** ([`TransactionalChangelog`]), then commits the store. The group's committed
+//!   offsets and the changelog therefore always agree, and a zombie (an instance the group
+//!   already replaced) is fenced: its transaction fails.
+//! - **Hand-over.** On revocation the pipeline checkpoints first (the next owner sees
+//!   everything applied). On assignment, a partition whose committed offset differs from the
+//!   store's is restored from its changelog partition ([`read_changelog`], committed records
+//!   only) before anything is consumed from it.
+//! - **Model.** Every instance reads every delta from the model topic (its own too) and merges
+//!   it, so each holds the whole model; the integer co-occurrence weights and counts add up to
+//!   what one instance would count, whatever the split.
+//! - **Publishing.** Each instance publishes its own users' profiles; the shared keys come
+//!   from the owner of partition 0 only ([`crate::stream::live::Live::publish_shared`]).
+//!
+//! The pipeline lives in the consumer's context, so the rebalance callback (run inside
+//! `poll`, on this thread) can checkpoint and restore it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
+
+use super::consume::{ConsumeOptions, Reporting, STATISTICS_INTERVAL_MS, instance_id, is_fatal};
+use super::{CATALOG_COUNTER, Consumed, client_config, kafka_err, source_name, to_record};
+use crate::config::{Config, KafkaConfig};
+use crate::error::{Error, Result};
+use crate::lifecycle::Health;
+use crate::log::{Record, RecordKind};
+use crate::metrics::{Metrics, labels};
+use crate::store::{Store, keys};
+use crate::stream::live::SharedLive;
+use crate::stream::source::changelog::{ChangelogBatch, ChangelogSink};
+use crate::stream::source::{partition_key, source_counter_key};
+use crate::stream::{BatchOutcome, Pipeline};
+
+/// The pipeline counter holding the model topic's next offset.
+const MODEL_COUNTER: &str = "model";
+
+type GroupMetadata = Arc<Mutex<Option<ConsumerGroupMetadata>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The changelog in Kafka: one transaction per checkpoint (state records, model delta,
+/// consumed offsets), `transactional.id` fixed per instance so a restarted instance fences
+/// its predecessor.
+pub struct TransactionalChangelog {
+    producer: BaseProducer,
+    events_topic: String,
+    state_topic: String,
+    model_topic: String,
+    group: GroupMetadata,
+    timeout: Duration,
+}
+
+impl TransactionalChangelog {
+    fn new(cfg: &Config, group: GroupMetadata) -> Result<Self> {
+        let k = &cfg.kafka;
+        let producer: BaseProducer = client_config(k)?
+            .set(
+                "transactional.id",
+                format!("{}-changelog", instance_id(cfg)),
+            )
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "transaction.timeout.ms",
+                k.transaction_timeout_ms.to_string(),
+            )
+            .create()
+            .map_err(kafka_err("creating the changelog producer"))?;
+        let timeout = Duration::from_millis(k.transaction_timeout_ms.max(1000));
+        producer
+            .init_transactions(timeout)
+            .map_err(kafka_err("initializing the changelog's transactions"))?;
+        Ok(TransactionalChangelog {
+            producer,
+            events_topic: k.topic.clone(),
+            state_topic: k.state_topic.clone(),
+            model_topic: k.model_topic.clone(),
+            group,
+            timeout,
+        })
+    }
+
+    fn send(&self, mut record: BaseRecord<'_, str, [u8]>) -> Result<()> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => {
+                    return Err(Error::Kafka {
+                        what: "writing the changelog".into(),
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    fn write(&self, batch: &ChangelogBatch) -> Result<()> {
+        for (p, changes) in &batch.partitions {
+            let partition = i32::try_from(*p).unwrap_or(i32::MAX);
+            for (key, value) in &changes.records {
+                let mut r = BaseRecord::to(&self.state_topic)
+                    .partition(partition)
+                    .key(key.as_str());
+                if let Some(v) = value {
+                    r = r.payload(v.as_slice());
+                }
+                self.send(r)?;
+            }
+        }
+        if !batch.model_delta.is_empty() {
+            self.send(
+                BaseRecord::to(&self.model_topic)
+                    .partition(0)
+                    .payload(batch.model_delta.as_slice()),
+            )?;
+        }
+        if !batch.offsets.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (p, next) in &batch.offsets {
+                let (Ok(p), Ok(n)) = (i32::try_from(*p), i64::try_from(*next)) else {
+                    continue;
+                };
+                tpl.add_partition_offset(&self.events_topic, p, Offset::Offset(n))
+                    .map_err(kafka_err("listing the offsets to commit"))?;
+            }
+            let group = lock(&self.group);
+            let Some(meta) = group.as_ref() else {
+                return Err(Error::KafkaRefused(
+                    "a checkpoint before the consumer joined its group".into(),
+                ));
+            };
+            self.producer
+                .send_offsets_to_transaction(&tpl, meta, self.timeout)
+                .map_err(kafka_err("adding the offsets to the transaction"))?;
+        }
+        self.producer
+            .commit_transaction(self.timeout)
+            .map_err(kafka_err("committing the changelog transaction"))
+    }
+}
+
+impl ChangelogSink for TransactionalChangelog {
+    fn commit(&mut self, batch: &ChangelogBatch) -> Result<()> {
+        self.producer
+            .begin_transaction()
+            .map_err(kafka_err("starting a changelog transaction"))?;
+        let r = self.write(batch);
+        if r.is_err() {
+            // A fenced producer cannot abort; the error that matters is the first.
+            let _ = self.producer.abort_transaction(self.timeout);
+        }
+        r
+    }
+}
+
+/// The changelog reader's context: the end of the partition is what it reads to, not an error
+/// to log.
+struct ToTheEnd;
+
+impl ClientContext for ToTheEnd {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "changelog reader");
+        }
+    }
+}
+
+impl ConsumerContext for ToTheEnd {}
+
+/// Each key's newest committed value in a partition of the state topic (`None`: a tombstone).
+pub fn read_changelog(
+    cfg: &KafkaConfig,
+    partition: u32,
+    timeout: Duration,
+) -> Result<BTreeMap<String, Option<Vec<u8>>>> {
+    let consumer: BaseConsumer<ToTheEnd> = client_config(cfg)?
+        .set("group.id", format!("{}-restore", cfg.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create_with_context(ToTheEnd)
+        .map_err(kafka_err("creating the changelog reader"))?;
+    let p = i32::try_from(partition).unwrap_or(i32::MAX);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&cfg.state_topic, p, Offset::Beginning)
+        .map_err(kafka_err("listing the changelog partition"))?;
+    consumer.assign(&tpl).map_err(kafka_err(format!(
+        "reading {}/{partition}",
+        cfg.state_topic
+    )))?;
+    let mut latest = BTreeMap::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if Instant::now() > deadline {
+            return Err(Error::KafkaRefused(format!(
+                "restoring {}/{partition}: its end not reached in {timeout:?}",
+                cfg.state_topic
+            )));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(latest),
+            Some(Err(e)) if is_fatal(&e) => {
+                return Err(Error::Kafka {
+                    what: format!("restoring {}/{partition}", cfg.state_topic),
+                    source: e,
+                });
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "changelog reader (librdkafka retries)"),
+            Some(Ok(msg)) => {
+                let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                    return Err(Error::Corrupt(format!(
+                        "{}/{partition}@{} has no UTF-8 key",
+                        cfg.state_topic,
+                        msg.offset()
+                    )));
+                };
+                latest.insert(key.to_string(), msg.payload().map(<[u8]>::to_vec));
+            }
+        }
+    }
+}
+
+/// The consumer's context: the pipeline (for the rebalance callback) and what the loop and
+/// the callback share.
+struct Owner {
+    kafka: KafkaConfig,
+    source: String,
+    store: Store,
+    pipeline: Mutex<Pipeline>,
+    live: SharedLive,
+    /// Next offset per owned partition the loop expects.
+    expected: Mutex<BTreeMap<u32, u64>>,
+    /// Next offset per owned partition as of the last checkpoint (the offsets the group has,
+    /// through the changelog's transactions, which librdkafka's own lag does not see).
+    committed: Mutex<BTreeMap<u32, u64>>,
+    group: GroupMetadata,
+    failed: Mutex<Option<Error>>,
+    metrics: Arc<Metrics>,
+    health: Health,
+}
+
+impl Owner {
+    fn refresh_group(&self, consumer: &BaseConsumer<Self>) {
+        *lock(&self.group) = consumer.group_metadata();
+    }
+
+    /// Checkpoints what the revoked partitions had, then lets them go.
+    fn revoke(&self, consumer: &BaseConsumer<Self>, parts: &[u32]) -> Result<()> {
+        self.refresh_group(consumer);
+        let mut pipeline = lock(&self.pipeline);
+        pipeline.checkpoint()?;
+        pipeline.revoke_partitions(parts);
+        let mut expected = lock(&self.expected);
+        let mut committed = lock(&self.committed);
+        for p in parts {
+            expected.remove(p);
+            committed.remove(p);
+        }
+        tracing::info!(
+            ?parts,
+            "partitions revoked (state checkpointed to the changelog)"
+        );
+        Ok(())
+    }
+
+    /// Restores the partitions whose group offset is not the store's, and sets where each
+    /// starts.
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) -> Result<()> {
+        self.refresh_group(consumer);
+        let topic = self.kafka.topic.clone();
+        let parts: Vec<u32> = tpl
+            .elements_for_topic(&topic)
+            .iter()
+            .filter_map(|e| u32::try_from(e.partition()).ok())
+            .collect();
+        let timeout = Duration::from_millis(self.kafka.transaction_timeout_ms.max(1000) * 3);
+        let committed = consumer
+            .committed_offsets(tpl.clone(), timeout)
+            .map_err(kafka_err("reading the group's committed offsets"))?;
+        let mut pipeline = lock(&self.pipeline);
+        pipeline.checkpoint()?;
+        let mut starts = BTreeMap::new();
+        for p in &parts {
+            let group_next = committed
+                .find_partition(&topic, i32::try_from(*p).unwrap_or(i32::MAX))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(n) => u64::try_from(n).ok(),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            let local = self
+                .store
+                .meta(&keys::offset(&partition_key(&self.source, *p)))?;
+            let start = if group_next == local {
+                local
+            } else {
+                let started = Instant::now();
+                let latest = read_changelog(&self.kafka, *p, timeout)?;
+                let restored = pipeline.restore_partition(*p, latest)?;
+                if restored.next != group_next {
+                    return Err(Error::Corrupt(format!(
+                        "partition {p}: the group committed offset {group_next} but its \
+                         changelog's marker says {}",
+                        restored.next
+                    )));
+                }
+                tracing::info!(
+                    partition = p,
+                    from = local,
+                    to = group_next,
+                    users = restored.users,
+                    deleted = restored.deleted,
+                    dedup_keys = restored.dedup_keys,
+                    ms = started.elapsed().as_millis() as u64,
+                    "partition restored from the changelog"
+                );
+                self.metrics.kafka_partitions_restored.inc();
+                group_next
+            };
+            starts.insert(*p, start);
+        }
+        pipeline.checkpoint()?;
+        drop(pipeline);
+        let mut expected = lock(&self.expected);
+        let mut committed = lock(&self.committed);
+        for (p, start) in &starts {
+            expected.insert(*p, *start);
+            committed.insert(*p, *start);
+            let offset = if *start == 0 {
+                Offset::Beginning
+            } else {
+                Offset::Offset(i64::try_from(*start).unwrap_or(i64::MAX))
+            };
+            tpl.set_partition_offset(&topic, i32::try_from(*p).unwrap_or(i32::MAX), offset)
+                .map_err(kafka_err(format!("starting partition {p}")))?;
+        }
+        let owns_first = expected.contains_key(&0);
+        crate::stream::live::lock(&self.live).shared_keys_elsewhere = !owns_first;
+        tracing::info!(partitions = ?starts, publishes_shared_keys = owns_first, "partitions assigned");
+        Ok(())
+    }
+}
+
+impl ClientContext for Owner {
+    fn stats(&self, statistics: Statistics) {
+        super::consume::broker_readiness(&self.health, &statistics);
+        let Some(topic) = statistics.topics.get(&self.kafka.topic) else {
+            return;
+        };
+        let committed = lock(&self.committed);
+        for (partition, p) in &topic.partitions {
+            let Some(next) = u32::try_from(*partition)
+                .ok()
+                .and_then(|n| committed.get(&n))
+            else {
+                continue;
+            };
+            if p.ls_offset >= 0 {
+                let lag = p.ls_offset - i64::try_from(*next).unwrap_or(i64::MAX);
+                self.metrics
+                    .kafka_consumer_lag
+                    .get_or_create(&labels(&[("partition", &partition.to_string())]))
+                    .set(lag.max(0));
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Owner {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let parts = |tpl: &TopicPartitionList| -> Vec<u32> {
+            tpl.elements_for_topic(&self.kafka.topic)
+                .iter()
+                .filter_map(|e| u32::try_from(e.partition()).ok())
+                .collect()
+        };
+        let r = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assign(consumer, tpl).and_then(|()| {
+                    consumer
+                        .assign(tpl)
+                        .map_err(kafka_err("assigning partitions"))
+                })
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.revoke(consumer, &parts(tpl)).and_then(|()| {
+                    consumer
+                        .unassign()
+                        .map_err(kafka_err("revoking partitions"))
+                })
+            }
+            other => {
+                let code = RDKafkaErrorCode::from(other);
+                tracing::warn!(%code, "rebalance error; dropping the assignment");
+                lock(&self.expected).clear();
+                consumer
+                    .unassign()
+                    .map_err(kafka_err("dropping the assignment"))
+            }
+        };
+        if let Err(e) = r {
+            *lock(&self.failed) = Some(e);
+        }
+    }
+}
+
+/// Reads the model topic: every instance's deltas, merged in the order the topic holds them.
+struct ModelFeed {
+    consumer: BaseConsumer,
+}
+
+impl ModelFeed {
+    fn new(k: &KafkaConfig, from: u64) -> Result<Self> {
+        let consumer: BaseConsumer = client_config(k)?
+            .set("group.id", format!("{}-model", k.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "error")
+            .create()
+            .map_err(kafka_err("creating the model reader"))?;
+        let mut tpl = TopicPartitionList::new();
+        let offset = if from == 0 {
+            Offset::Beginning
+        } else {
+            Offset::Offset(i64::try_from(from).unwrap_or(i64::MAX))
+        };
+        tpl.add_partition_offset(&k.model_topic, 0, offset)
+            .map_err(kafka_err("listing the model partition"))?;
+        consumer
+            .assign(&tpl)
+            .map_err(kafka_err(format!("reading {}", k.model_topic)))?;
+        Ok(ModelFeed { consumer })
+    }
+
+    /// Merges what arrived (at most `max` deltas) into the pipeline.
+    fn merge(&self, pipeline: &mut Pipeline, max: usize) -> Result<usize> {
+        let mut n = 0;
+        while n < max {
+            match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(e)) if is_fatal(&e) => {
+                    return Err(Error::Kafka {
+                        what: "reading the model topic".into(),
+                        source: e,
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "model reader (librdkafka retries)");
+                    break;
+                }
+                Some(Ok(msg)) => {
+                    let at = msg
+                        .timestamp()
+                        .to_millis()
+                        .and_then(|t| u64::try_from(t).ok())
+                        .unwrap_or_else(crate::now_ms);
+                    pipeline.merge_model_delta(msg.payload().unwrap_or_default(), at)?;
+                    let next = u64::try_from(msg.offset()).unwrap_or(0) + 1;
+                    pipeline.set_source_counter(MODEL_COUNTER, next);
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// [`super::consume`] for an instance of a scaled-out group (see the module doc).
+pub fn consume_scaled(
+    cfg: &Config,
+    pipeline: Pipeline,
+    store: &Store,
+    reporting: Reporting,
+    opts: ConsumeOptions,
+    stop: &dyn Fn() -> bool,
+    on_batch: &dyn Fn(&BatchOutcome),
+) -> Result<()> {
+    let k = &cfg.kafka;
+    let source = source_name(&k.topic);
+    let group: GroupMetadata = Arc::default();
+    let changelog = TransactionalChangelog::new(cfg, group.clone())?;
+    let pipeline = pipeline.scale_out(Box::new(changelog));
+    let live = pipeline.live();
+    let model_from = store.meta(&keys::offset(&source_counter_key(&source, MODEL_COUNTER)))?;
+    let feed = ModelFeed::new(k, model_from)?;
+    let owner = Owner {
+        kafka: k.clone(),
+        source: source.clone(),
+        store: store.clone(),
+        pipeline: Mutex::new(pipeline),
+        live,
+        expected: Mutex::default(),
+        committed: Mutex::default(),
+        group,
+        failed: Mutex::new(None),
+        metrics: reporting.metrics,
+        health: reporting.health,
+    };
+    let consumer: BaseConsumer<Owner> = client_config(k)?
+        .set("group.id", &k.group_id)
+        .set("group.instance.id", instance_id(cfg))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "error")
+        .set("isolation.level", "read_committed")
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+        .create_with_context(owner)
+        .map_err(kafka_err("creating the consumer"))?;
+    consumer
+        .subscribe(&[&k.topic])
+        .map_err(kafka_err(format!("subscribing to {}", k.topic)))?;
+    let ctx = consumer.context();
+    let mut catalog_applied =
+        store.meta(&keys::offset(&source_counter_key(&source, CATALOG_COUNTER)))?;
+    let mut buf: Vec<Record> = Vec::new();
+    loop {
+        if let Some(e) = lock(&ctx.failed).take() {
+            return Err(e);
+        }
+        if stop() {
+            ctx.refresh_group(&consumer);
+            lock(&ctx.pipeline).checkpoint()?;
+            return Ok(());
+        }
+        buf.clear();
+        let limit = lock(&ctx.pipeline).batch_limit(opts.batch_max);
+        let started = Instant::now();
+        let mut catalog_seen = None;
+        while buf.len() < limit {
+            let wait = if buf.is_empty() {
+                opts.idle_wait.saturating_sub(started.elapsed())
+            } else {
+                Duration::ZERO
+            };
+            let msg = match consumer.poll(wait) {
+                None => break,
+                Some(Ok(msg)) => msg,
+                Some(Err(e)) if is_fatal(&e) => {
+                    return Err(Error::Kafka {
+                        what: format!("consuming {}", k.topic),
+                        source: e,
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error (librdkafka retries)");
+                    if buf.is_empty() && started.elapsed() >= opts.idle_wait {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let partition = u32::try_from(msg.partition()).unwrap_or(0);
+            let offset = u64::try_from(msg.offset()).unwrap_or(0);
+            {
+                let mut exp = lock(&ctx.expected);
+                // Not owned (revoked meanwhile) or already held: skipped.
+                match exp.get(&partition) {
+                    Some(next) if offset >= *next => {}
+                    _ => continue,
+                }
+                exp.insert(partition, offset + 1);
+            }
+            match to_record(&msg)? {
+                Consumed::Record(r) => buf.push(r),
+                Consumed::Broadcast(id, mut r) => {
+                    if id <= catalog_applied {
+                        r.kind = RecordKind::Gap;
+                    } else {
+                        catalog_applied = id;
+                        catalog_seen = Some(id);
+                    }
+                    buf.push(r);
+                }
+            }
+        }
+        if let Some(e) = lock(&ctx.failed).take() {
+            return Err(e);
+        }
+        ctx.refresh_group(&consumer);
+        let mut pipeline = lock(&ctx.pipeline);
+        if let Some(id) = catalog_seen {
+            pipeline.set_source_counter(CATALOG_COUNTER, id);
+        }
+        feed.merge(&mut pipeline, opts.batch_max)?;
+        let outcome = if buf.is_empty() {
+            pipeline.checkpoint()?;
+            None
+        } else {
+            Some(pipeline.process(&buf)?)
+        };
+        if let Some(parts) = pipeline.partitions() {
+            let mut committed = lock(&ctx.committed);
+            for (p, next) in parts.checkpointed() {
+                if let Some(c) = committed.get_mut(p) {
+                    *c = *next;
+                }
+            }
+        }
+        drop(pipeline);
+        if let Some(outcome) = outcome {
+            on_batch(&outcome);
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Scale-out on a real Apache Kafka broker: two origins in one consumer group split the topic,
+//! one is SIGKILLed mid-stream, the other restores its partitions from the state changelog and
+//! carries on. Ignored by default (the broker's jars come from Maven Central);
+//! `cargo xtask test` runs it after `bootstrap --kafka`:
+//! `cargo test -p attune-origin --test kafka_scale -- --ignored`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod support;
+
+use attune_harness::Service;
+use attune_kafka_harness::{Broker, BrokerOptions};
+use attune_origin::{Config, Node};
+use support::{BIN, Derived, derived, post_accepted, random_events, serve, stop};
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
+}
+
+fn status(http: &reqwest::blocking::Client, url: &str) -> Option<serde_json::Value> {
+    http.get(format!("{url}/v1/status"))
+        .send()
+        .ok()?
+        .json()
+        .ok()
+}
+
+fn metric(http: &reqwest::blocking::Client, url: &str, line_start: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .ok()?
+        .text()
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// An origin in the scaled-out group on `topic`, or on the embedded log when `brokers` is
+/// `None`.
+fn start(data: &Path, brokers: Option<&str>, topic: &str) -> (Service, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--data-dir")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0", "--profile-key", "pk"])
+        .arg("--insecure-dev-no-token")
+        .env("ATTUNE_LOG", "info")
+        .env_remove("ATTUNE_KV_URL");
+    if let Some(brokers) = brokers {
+        let config = data.with_extension("toml");
+        std::fs::write(&config, "[kafka]\ntransaction_timeout_ms = 5000\n").unwrap();
+        cmd.arg("--config").arg(&config);
+        cmd.args(["--brokers", brokers, "--kafka-scale-out"])
+            .args(["--kafka-topic", topic])
+            .args(["--kafka-dlq-topic", &format!("{topic}.dlq")])
+            .args(["--kafka-group", &format!("{topic}-group")])
+            // A killed member leaves the group in 6 s, not librdkafka's default 45.
+            .args(["--kafka-setting", "session.timeout.ms=6000"])
+            .args(["--kafka-setting", "heartbeat.interval.ms=500"]);
+    }
+    cmd.arg("serve");
+    if brokers.is_some() {
+        cmd.args(["--source", "kafka"]);
+    }
+    serve(cmd)
+}
+
+/// What a stopped origin derived, trending decayed to `trending_at` (one time for every run).
+fn open(data: &Path, trending_at: u64) -> Derived {
+    let cfg = Config {
+        data_dir: data.to_path_buf(),
+        ..Config::default()
+    };
+    let node = Node::open(&cfg).unwrap();
+    derived(&node, trending_at)
+}
+
+/// Waits until `url`'s consumer has committed every record of `partitions` partitions (lag 0
+/// on each, twice in a row a few seconds apart: the gauge follows librdkafka's statistics).
+fn wait_caught_up(http: &reqwest::blocking::Client, url: &str, partitions: u32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut zero_since: Option<Instant> = None;
+    loop {
+        let all_zero = (0..partitions).all(|p| {
+            metric(
+                http,
+                url,
+                &format!("attune_kafka_consumer_lag{{partition=\"{p}\"}}"),
+            ) == Some(0.0)
+        });
+        match (all_zero, zero_since) {
+            (true, Some(t)) if t.elapsed() > Duration::from_secs(5) => return true,
+            (true, None) => zero_since = Some(Instant::now()),
+            (false, _) => zero_since = None,
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            let lags: Vec<_> = (0..partitions)
+                .map(|p| {
+                    metric(
+                        http,
+                        url,
+                        &format!("attune_kafka_consumer_lag{{partition=\"{p}\"}}"),
+                    )
+                })
+                .collect();
+            eprintln!("never caught up: lags {lags:?}, {:?}", status(http, url));
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Two origins split the four partitions; one is SIGKILLed while events flow; the other takes
+/// its partitions over (restored from `attune.state`, resumed at the offsets the group
+/// committed in the same transactions) and ends with the profiles, neighbour shards and
+/// trending of one uninterrupted single-instance run: nothing lost, nothing applied twice.
+#[test]
+#[ignore = "starts a real Kafka broker"]
+fn a_killed_instance_s_partitions_are_restored_by_the_other() {
+    let started = Instant::now();
+    let broker = Broker::start(&BrokerOptions::for_tests()).expect("starting the broker");
+    let brokers = broker.bootstrap_servers();
+    let events = random_events(3000, 150);
+    let batches: Vec<String> = events.chunks(50).map(|c| c.join("\n")).collect();
+    let http = http();
+    let dir = tempfile::tempdir().unwrap();
+
+    let reference = dir.path().join("reference");
+    let (origin, url) = start(&reference, None, "");
+    for b in &batches {
+        assert!(post_accepted(&http, &url, b));
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while status(&http, &url).and_then(|s| s["applied"].as_u64()) != Some(events.len() as u64) {
+        assert!(
+            Instant::now() < deadline,
+            "the reference run never applied everything"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop(origin);
+    let trending_at = attune_origin::now_ms() + 60_000;
+    let expected = open(&reference, trending_at);
+
+    let topic = "scale.events";
+    let (mut a, url_a) = start(&dir.path().join("a"), Some(&brokers), topic);
+    let (b, url_b) = start(&dir.path().join("b"), Some(&brokers), topic);
+    let mut next = 0;
+    // Both take events in (either one produces to the topic) until both have applied some:
+    // the group has split the partitions between them.
+    let applied = |u: &str| {
+        status(&http, u)
+            .and_then(|s| s["applied"].as_u64())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while applied(&url_a) == 0 || applied(&url_b) == 0 {
+        if next < batches.len() / 2 {
+            let url = if next % 2 == 0 { &url_a } else { &url_b };
+            assert!(post_accepted(&http, url, &batches[next]));
+            next += 1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group never split the topic.\nA: {}\nB: {}",
+            a.output(),
+            b.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("both instances applying after {next} batches");
+    // A few more through A, then A is killed with B still taking events.
+    for _ in 0..5 {
+        assert!(post_accepted(&http, &url_a, &batches[next]));
+        next += 1;
+    }
+    a.group().kill().unwrap();
+    let _ = a.kill();
+    let killed_at = next;
+    while next < batches.len() {
+        assert!(post_accepted(&http, &url_b, &batches[next]));
+        next += 1;
+    }
+    assert!(
+        wait_caught_up(&http, &url_b, 4),
+        "B's output:\n{}",
+        b.output()
+    );
+    let restored = metric(&http, &url_b, "attune_kafka_partitions_restored").unwrap_or(0.0);
+    let status_b = status(&http, &url_b).unwrap();
+    stop(b);
+    let got = open(&dir.path().join("b"), trending_at);
+    eprintln!(
+        "scale test: A killed after {killed_at} of {} batches; B restored {restored} partitions; \
+         B's status {status_b}; {:?}",
+        batches.len(),
+        started.elapsed()
+    );
+    assert!(
+        restored >= 1.0,
+        "B never restored a partition from the changelog"
+    );
+    assert_eq!(got.profiles.len(), expected.profiles.len(), "users");
+    for ((u1, p1), (u2, p2)) in expected.profiles.iter().zip(got.profiles.iter()) {
+        assert_eq!(u1, u2);
+        assert_eq!(p1, p2, "profile of {u1}");
+    }
+    assert_eq!(got.neighbours, expected.neighbours, "neighbour shards");
+    let items = |d: &Derived| {
+        d.trending
+            .items
+            .iter()
+            .map(|t| t.item.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(items(&got), items(&expected), "trending order");
+    for (g, e) in got.trending.items.iter().zip(&expected.trending.items) {
+        assert!(
+            (g.score - e.score).abs() <= 1e-5 * e.score.abs().max(1.0),
+            "trending score of {}: {} vs {}",
+            e.item,
+            g.score,
+            e.score
+        );
+    }
+}
