@@ -46,6 +46,7 @@ use crate::log::{Record, RecordKind};
 
 use super::PartitionOffset;
 
+mod changelog;
 mod consume;
 mod produce;
 mod scaled;
