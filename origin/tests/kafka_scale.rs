@@ -4,12 +4,14 @@
 //! `cargo xtask test` runs it after `bootstrap --kafka`:
 //! `cargo test -p attune-origin --test kafka_scale -- --ignored`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod support;
 
+use attune_core::{NeighbourShard, wire};
 use attune_harness::Service;
 use attune_kafka_harness::{Broker, BrokerOptions};
 use attune_origin::{Config, Node};
@@ -45,10 +47,12 @@ fn metric(http: &reqwest::blocking::Client, url: &str, line_start: &str) -> Opti
 
 /// An origin in the scaled-out group on `topic`, or on the embedded log when `brokers` is
 /// `None`.
-fn start(data: &Path, brokers: Option<&str>, topic: &str) -> (Service, String) {
+fn start(data: &Path, kv: &Path, brokers: Option<&str>, topic: &str) -> (Service, String) {
     let mut cmd = Command::new(BIN);
     cmd.arg("--data-dir")
         .arg(data)
+        .arg("--kv-dir")
+        .arg(kv)
         .args(["--listen", "127.0.0.1:0", "--profile-key", "pk"])
         .arg("--insecure-dev-no-token")
         .env("ATTUNE_LOG", "info")
@@ -73,6 +77,20 @@ fn start(data: &Path, brokers: Option<&str>, topic: &str) -> (Service, String) {
 }
 
 /// What a stopped origin derived, trending decayed to `trending_at` (one time for every run).
+/// A KV directory's values by file name (`p:…` is written as `p_…`).
+fn kv_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_none())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .filter(|(name, _)| !name.starts_with('.'))
+        .collect()
+}
+
 fn open(data: &Path, trending_at: u64) -> Derived {
     let cfg = Config {
         data_dir: data.to_path_buf(),
@@ -134,7 +152,7 @@ fn a_killed_instance_s_partitions_are_restored_by_the_other() {
     let dir = tempfile::tempdir().unwrap();
 
     let reference = dir.path().join("reference");
-    let (origin, url) = start(&reference, None, "");
+    let (origin, url) = start(&reference, &dir.path().join("kv-reference"), None, "");
     for b in &batches {
         assert!(post_accepted(&http, &url, b));
     }
@@ -151,8 +169,9 @@ fn a_killed_instance_s_partitions_are_restored_by_the_other() {
     let expected = open(&reference, trending_at);
 
     let topic = "scale.events";
-    let (mut a, url_a) = start(&dir.path().join("a"), Some(&brokers), topic);
-    let (b, url_b) = start(&dir.path().join("b"), Some(&brokers), topic);
+    let kv = dir.path().join("kv-scaled");
+    let (mut a, url_a) = start(&dir.path().join("a"), &kv, Some(&brokers), topic);
+    let (b, url_b) = start(&dir.path().join("b"), &kv, Some(&brokers), topic);
     let mut next = 0;
     // Both take events in (either one produces to the topic) until both have applied some:
     // the group has split the partitions between them.
@@ -214,6 +233,28 @@ fn a_killed_instance_s_partitions_are_restored_by_the_other() {
         assert_eq!(p1, p2, "profile of {u1}");
     }
     assert_eq!(got.neighbours, expected.neighbours, "neighbour shards");
+    // KV as both instances left it: every profile written by its owner, byte for byte the
+    // single run's (a profile's envelope carries its version and last-seen time); the
+    // neighbour shards from the owner of partition 0, with the single run's contents.
+    let (ref_kv, scaled_kv) = (kv_files(&dir.path().join("kv-reference")), kv_files(&kv));
+    let profiles = |files: &BTreeMap<String, Vec<u8>>| -> Vec<(String, Vec<u8>)> {
+        files
+            .iter()
+            .filter(|(k, _)| k.starts_with("p_"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let ref_profiles = profiles(&ref_kv);
+    assert_eq!(ref_profiles.len(), expected.profiles.len(), "the reference published them all");
+    assert!(profiles(&scaled_kv) == ref_profiles, "KV profiles differ from the single run's");
+    let shards = |files: &BTreeMap<String, Vec<u8>>| -> BTreeMap<String, NeighbourShard> {
+        files
+            .iter()
+            .filter(|(k, _)| k.starts_with("n_"))
+            .map(|(k, v)| (k.clone(), wire::decode::<NeighbourShard>(v).unwrap().body))
+            .collect()
+    };
+    assert_eq!(shards(&scaled_kv), shards(&ref_kv), "KV neighbour shards");
     let items = |d: &Derived| {
         d.trending
             .items

@@ -107,18 +107,6 @@ impl CheckpointWriter {
         Ok(())
     }
 
-    /// Drops users' rows (a restored partition's users that were forgotten meanwhile).
-    pub fn delete_users(&self, keys: &[UserKey]) -> Result<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let mut users = self.tx.open_table(USERS)?;
-        for key in keys {
-            users.remove(*key)?;
-        }
-        Ok(())
-    }
-
     /// The user publishes waiting for KV (`pack_pending`), replacing the previous ones.
     pub fn put_pending(&self, packed: &[u8]) -> Result<()> {
         self.tx.open_table(PENDING)?.insert(PENDING_KEY, packed)?;

@@ -62,7 +62,6 @@ impl Pipeline {
         }
         self.commit_changelog()?;
         let tx = self.store.begin_checkpoint()?;
-        tx.delete_users(&self.take_restore_deletes())?;
         self.users.checkpoint(&tx, self.since.shared)?;
         self.model
             .lock()

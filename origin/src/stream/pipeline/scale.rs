@@ -32,8 +32,6 @@ pub(crate) struct ScaleOut {
     /// Dedup rows in the changelog per partition: (row, newest event time), tombstoned once
     /// the newest is behind the horizon.
     dedup_rows: BTreeMap<u32, Vec<(u64, u64)>>,
-    /// Users a restore found deleted (the store drops their rows at the next checkpoint).
-    deleted: Vec<UserKey>,
 }
 
 impl std::fmt::Debug for ScaleOut {
@@ -76,7 +74,6 @@ impl Pipeline {
             user_partition: Default::default(),
             dedup_added: BTreeMap::new(),
             dedup_rows: BTreeMap::new(),
-            deleted: Vec::new(),
         });
         self
     }
@@ -214,14 +211,6 @@ impl Pipeline {
         Ok(batch)
     }
 
-    /// Users a restore found forgotten: their rows leave the store with this checkpoint.
-    pub(super) fn take_restore_deletes(&mut self) -> Vec<UserKey> {
-        self.scale
-            .as_mut()
-            .map(|s| std::mem::take(&mut s.deleted))
-            .unwrap_or_default()
-    }
-
     /// Takes over `partition` from its changelog: `latest` is each key's newest value (a
     /// tombstone as `None`). Call right after a checkpoint; the next one writes what was
     /// restored to the store. Clean cached users are dropped first: this instance may hold
@@ -254,6 +243,7 @@ impl Pipeline {
         live.users.retain(|_, c| c.unsaved);
         let mut marker = None;
         let mut rows = Vec::new();
+        let mut tombstones = Vec::new();
         for (key, value) in &latest {
             match changelog::parse_key(key)? {
                 Key::Marker => {
@@ -265,18 +255,31 @@ impl Pipeline {
                     let k = user_key(user);
                     match value {
                         None => {
-                            live.users.remove(&k);
-                            live.unpublished.remove(&k);
-                            if live.stored.remove(&k) {
-                                scale.deleted.push(k);
-                                restored.deleted += 1;
-                            }
+                            // The previous owner may have died before KV's delete went out: it
+                            // is queued again (a delete of a missing key changes nothing).
+                            tombstones.push(user.to_string());
+                            scale.user_partition.insert(k, partition);
+                            restored.deleted += 1;
                         }
                         Some(v) => {
                             let (mut state, recent) = changelog::decode_user(user, v)?;
                             state.recent_ids =
                                 recent.iter().map(|n| model.intern_item(n)).collect();
-                            let mut c = Cached::new(Arc::from(user), state, self.batch_no);
+                            // The previous owner may have died before publishing it: published
+                            // again at the same version (the same bytes).
+                            let version = state.profile.version;
+                            let user: Arc<str> = Arc::from(user);
+                            live.unpublished.insert(
+                                k,
+                                (
+                                    user.clone(),
+                                    Unpublished {
+                                        version,
+                                        accepted_ms: crate::now_ms(),
+                                    },
+                                ),
+                            );
+                            let mut c = Cached::new(user, state, self.batch_no);
                             c.unsaved = true;
                             if live.users.insert(k, c).is_none_or(|old| !old.unsaved) {
                                 self.users.changed(k);
@@ -298,6 +301,11 @@ impl Pipeline {
                     }
                 }
             }
+        }
+        drop(live);
+        drop(model);
+        for user in tombstones {
+            self.users.forget(&user, 0);
         }
         scale.dedup_rows.insert(partition, rows);
         if let Some(m) = marker {
