@@ -77,6 +77,23 @@ fn start(data: &Path, kv: &Path, brokers: Option<&str>, topic: &str) -> (Service
 }
 
 /// What a stopped origin derived, trending decayed to `trending_at` (one time for every run).
+/// After this batch, user `FORGOTTEN` is forgotten (in every run at the same point of the
+/// stream): the forget is a tombstone in the changelog, and its KV delete is the owner's.
+const FORGET_AFTER: usize = 8;
+const FORGOTTEN: &str = "u3";
+
+/// Posts batch `i`, and the forget after [`FORGET_AFTER`].
+fn send(http: &reqwest::blocking::Client, url: &str, batches: &[String], i: usize) {
+    assert!(post_accepted(http, url, &batches[i]), "batch {i}");
+    if i == FORGET_AFTER {
+        let r = http
+            .delete(format!("{url}/v1/users/{FORGOTTEN}"))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "forget: {}", r.status());
+    }
+}
+
 /// A KV directory's values by file name (`p:…` is written as `p_…`).
 fn kv_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
@@ -153,8 +170,8 @@ fn a_killed_instance_s_partitions_are_restored_by_the_other() {
 
     let reference = dir.path().join("reference");
     let (origin, url) = start(&reference, &dir.path().join("kv-reference"), None, "");
-    for b in &batches {
-        assert!(post_accepted(&http, &url, b));
+    for i in 0..batches.len() {
+        send(&http, &url, &batches, i);
     }
     let deadline = Instant::now() + Duration::from_secs(90);
     while status(&http, &url).and_then(|s| s["applied"].as_u64()) != Some(events.len() as u64) {
@@ -184,7 +201,7 @@ fn a_killed_instance_s_partitions_are_restored_by_the_other() {
     while applied(&url_a) == 0 || applied(&url_b) == 0 {
         if next < batches.len() / 2 {
             let url = if next % 2 == 0 { &url_a } else { &url_b };
-            assert!(post_accepted(&http, url, &batches[next]));
+            send(&http, url, &batches, next);
             next += 1;
         }
         assert!(
@@ -198,14 +215,14 @@ fn a_killed_instance_s_partitions_are_restored_by_the_other() {
     eprintln!("both instances applying after {next} batches");
     // A few more through A, then A is killed with B still taking events.
     for _ in 0..5 {
-        assert!(post_accepted(&http, &url_a, &batches[next]));
+        send(&http, &url_a, &batches, next);
         next += 1;
     }
     a.group().kill().unwrap();
     let _ = a.kill();
     let killed_at = next;
     while next < batches.len() {
-        assert!(post_accepted(&http, &url_b, &batches[next]));
+        send(&http, &url_b, &batches, next);
         next += 1;
     }
     assert!(
@@ -245,8 +262,15 @@ fn a_killed_instance_s_partitions_are_restored_by_the_other() {
             .collect()
     };
     let ref_profiles = profiles(&ref_kv);
-    assert_eq!(ref_profiles.len(), expected.profiles.len(), "the reference published them all");
-    assert!(profiles(&scaled_kv) == ref_profiles, "KV profiles differ from the single run's");
+    assert_eq!(
+        ref_profiles.len(),
+        expected.profiles.len(),
+        "the reference published them all"
+    );
+    assert!(
+        profiles(&scaled_kv) == ref_profiles,
+        "KV profiles differ from the single run's"
+    );
     let shards = |files: &BTreeMap<String, Vec<u8>>| -> BTreeMap<String, NeighbourShard> {
         files
             .iter()
