@@ -5,7 +5,7 @@
 //! `cargo test -p attune-origin --test kafka_scale -- --ignored`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -117,64 +117,56 @@ fn open(data: &Path, trending_at: u64) -> Derived {
     derived(&node, trending_at)
 }
 
-/// Waits until `url`'s consumer has committed every record of `partitions` partitions (lag 0
-/// on each, twice in a row a few seconds apart: the gauge follows librdkafka's statistics).
-fn wait_caught_up(http: &reqwest::blocking::Client, url: &str, partitions: u32) -> bool {
+/// Whether every one of `partitions` partitions is reported caught up (lag 0) by one of
+/// `urls` (each reports the partitions it owns; the gauge follows librdkafka's statistics,
+/// every 2 s).
+fn caught_up(http: &reqwest::blocking::Client, urls: &[&str], partitions: u32) -> bool {
+    let lag = |url: &str, p: u32| {
+        metric(
+            http,
+            url,
+            &format!("attune_kafka_consumer_lag{{partition=\"{p}\"}}"),
+        )
+    };
+    (0..partitions).all(|p| urls.iter().any(|url| lag(url, p) == Some(0.0)))
+}
+
+/// Waits until [`caught_up`] holds for 5 s in a row.
+fn wait_caught_up(http: &reqwest::blocking::Client, urls: &[&str], partitions: u32) -> bool {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut zero_since: Option<Instant> = None;
     loop {
-        let all_zero = (0..partitions).all(|p| {
-            metric(
-                http,
-                url,
-                &format!("attune_kafka_consumer_lag{{partition=\"{p}\"}}"),
-            ) == Some(0.0)
-        });
-        match (all_zero, zero_since) {
+        match (caught_up(http, urls, partitions), zero_since) {
             (true, Some(t)) if t.elapsed() > Duration::from_secs(5) => return true,
             (true, None) => zero_since = Some(Instant::now()),
             (false, _) => zero_since = None,
             _ => {}
         }
         if Instant::now() > deadline {
-            let lags: Vec<_> = (0..partitions)
-                .map(|p| {
-                    metric(
-                        http,
-                        url,
-                        &format!("attune_kafka_consumer_lag{{partition=\"{p}\"}}"),
-                    )
-                })
-                .collect();
-            eprintln!("never caught up: lags {lags:?}, {:?}", status(http, url));
+            for url in urls {
+                eprintln!("never caught up: {url} {:?}", status(http, url));
+            }
             return false;
         }
         std::thread::sleep(Duration::from_millis(250));
     }
 }
 
-/// Two origins split the four partitions; one is SIGKILLed while events flow; the other takes
-/// its partitions over (restored from `attune.state`, resumed at the offsets the group
-/// committed in the same transactions) and ends with the profiles, neighbour shards and
-/// trending of one uninterrupted single-instance run: nothing lost, nothing applied twice.
-#[test]
-#[ignore = "starts a real Kafka broker"]
-fn a_killed_instance_s_partitions_are_restored_by_the_other() {
-    let started = Instant::now();
-    let broker = Broker::start(&BrokerOptions::for_tests()).expect("starting the broker");
-    let brokers = broker.bootstrap_servers();
-    let events = random_events(3000, 150);
-    let batches: Vec<String> = events.chunks(50).map(|c| c.join("\n")).collect();
-    let http = http();
-    let dir = tempfile::tempdir().unwrap();
-
-    let reference = dir.path().join("reference");
-    let (origin, url) = start(&reference, &dir.path().join("kv-reference"), None, "");
+/// One uninterrupted run of `batches` on the embedded log (its KV in `kv`): what it derived.
+fn reference_run(
+    http: &reqwest::blocking::Client,
+    data: &Path,
+    kv: &Path,
+    batches: &[String],
+    events: usize,
+    trending_at: u64,
+) -> Derived {
+    let (origin, url) = start(data, kv, None, "");
     for i in 0..batches.len() {
-        send(&http, &url, &batches, i);
+        send(http, &url, batches, i);
     }
     let deadline = Instant::now() + Duration::from_secs(90);
-    while status(&http, &url).and_then(|s| s["applied"].as_u64()) != Some(events.len() as u64) {
+    while status(http, &url).and_then(|s| s["applied"].as_u64()) != Some(events as u64) {
         assert!(
             Instant::now() < deadline,
             "the reference run never applied everything"
@@ -182,26 +174,74 @@ fn a_killed_instance_s_partitions_are_restored_by_the_other() {
         std::thread::sleep(Duration::from_millis(50));
     }
     stop(origin);
-    let trending_at = attune_origin::now_ms() + 60_000;
-    let expected = open(&reference, trending_at);
+    open(data, trending_at)
+}
 
-    let topic = "scale.events";
-    let kv = dir.path().join("kv-scaled");
-    let (mut a, url_a) = start(&dir.path().join("a"), &kv, Some(&brokers), topic);
-    let (b, url_b) = start(&dir.path().join("b"), &kv, Some(&brokers), topic);
+/// KV as the scaled-out instances left it equals the single run's: every profile byte for
+/// byte (a profile's envelope carries its version and last-seen time, both deterministic),
+/// and the neighbour shards' contents.
+fn assert_same_kv(reference: &Path, scaled: &Path, users: usize) {
+    let (ref_kv, scaled_kv) = (kv_files(reference), kv_files(scaled));
+    let profiles = |files: &BTreeMap<String, Vec<u8>>| -> Vec<(String, Vec<u8>)> {
+        files
+            .iter()
+            .filter(|(k, _)| k.starts_with("p_"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let ref_profiles = profiles(&ref_kv);
+    assert_eq!(
+        ref_profiles.len(),
+        users,
+        "the reference published them all"
+    );
+    assert!(
+        profiles(&scaled_kv) == ref_profiles,
+        "KV profiles differ from the single run's"
+    );
+    let shards = |files: &BTreeMap<String, Vec<u8>>| -> BTreeMap<String, NeighbourShard> {
+        files
+            .iter()
+            .filter(|(k, _)| k.starts_with("n_"))
+            .map(|(k, v)| (k.clone(), wire::decode::<NeighbourShard>(v).unwrap().body))
+            .collect()
+    };
+    assert_eq!(shards(&scaled_kv), shards(&ref_kv), "KV neighbour shards");
+}
+
+/// Two instances in the group on `topic`, fed alternately until both apply events (the group
+/// split the partitions). Returns them and the next batch to send.
+struct Two {
+    a: (Service, String),
+    b: (Service, String),
+    next: usize,
+}
+
+fn start_two(
+    http: &reqwest::blocking::Client,
+    dir: &Path,
+    brokers: &str,
+    topic: &str,
+    batches: &[String],
+) -> Two {
+    let kv = dir.join("kv-scaled");
+    let (a, url_a) = start(&dir.join("a"), &kv, Some(brokers), topic);
+    let (b, url_b) = start(&dir.join("b"), &kv, Some(brokers), topic);
     let mut next = 0;
-    // Both take events in (either one produces to the topic) until both have applied some:
-    // the group has split the partitions between them.
     let applied = |u: &str| {
-        status(&http, u)
+        status(http, u)
             .and_then(|s| s["applied"].as_u64())
             .unwrap_or(0)
     };
     let deadline = Instant::now() + Duration::from_secs(90);
     while applied(&url_a) == 0 || applied(&url_b) == 0 {
         if next < batches.len() / 2 {
-            let url = if next % 2 == 0 { &url_a } else { &url_b };
-            send(&http, url, &batches, next);
+            let url = if next.is_multiple_of(2) {
+                &url_a
+            } else {
+                &url_b
+            };
+            send(http, url, batches, next);
             next += 1;
         }
         assert!(
@@ -213,6 +253,55 @@ fn a_killed_instance_s_partitions_are_restored_by_the_other() {
         std::thread::sleep(Duration::from_millis(200));
     }
     eprintln!("both instances applying after {next} batches");
+    Two {
+        a: (a, url_a),
+        b: (b, url_b),
+        next,
+    }
+}
+
+fn batches() -> (usize, Vec<String>) {
+    let events = random_events(3000, 150);
+    (
+        events.len(),
+        events.chunks(50).map(|c| c.join("\n")).collect(),
+    )
+}
+
+/// Two origins split the four partitions; one is SIGKILLed while events flow; the other takes
+/// its partitions over (restored from `attune.state`, resumed at the offsets the group
+/// committed in the same transactions) and ends with the profiles, neighbour shards and
+/// trending of one uninterrupted single-instance run, and KV with its contents: nothing lost,
+/// nothing applied twice.
+#[test]
+#[ignore = "starts a real Kafka broker"]
+fn a_killed_instance_s_partitions_are_restored_by_the_other() {
+    let started = Instant::now();
+    let broker = Broker::start(&BrokerOptions::for_tests()).expect("starting the broker");
+    let (events, batches) = batches();
+    let http = http();
+    let dir = tempfile::tempdir().unwrap();
+    let trending_at = attune_origin::now_ms() + 60_000;
+    let ref_kv = dir.path().join("kv-reference");
+    let expected = reference_run(
+        &http,
+        &dir.path().join("reference"),
+        &ref_kv,
+        &batches,
+        events,
+        trending_at,
+    );
+
+    let two = start_two(
+        &http,
+        dir.path(),
+        &broker.bootstrap_servers(),
+        "scale.events",
+        &batches,
+    );
+    let (mut a, url_a) = two.a;
+    let (b, url_b) = two.b;
+    let mut next = two.next;
     // A few more through A, then A is killed with B still taking events.
     for _ in 0..5 {
         send(&http, &url_a, &batches, next);
@@ -226,7 +315,7 @@ fn a_killed_instance_s_partitions_are_restored_by_the_other() {
         next += 1;
     }
     assert!(
-        wait_caught_up(&http, &url_b, 4),
+        wait_caught_up(&http, &[&url_b], 4),
         "B's output:\n{}",
         b.output()
     );
@@ -250,35 +339,6 @@ fn a_killed_instance_s_partitions_are_restored_by_the_other() {
         assert_eq!(p1, p2, "profile of {u1}");
     }
     assert_eq!(got.neighbours, expected.neighbours, "neighbour shards");
-    // KV as both instances left it: every profile written by its owner, byte for byte the
-    // single run's (a profile's envelope carries its version and last-seen time); the
-    // neighbour shards from the owner of partition 0, with the single run's contents.
-    let (ref_kv, scaled_kv) = (kv_files(&dir.path().join("kv-reference")), kv_files(&kv));
-    let profiles = |files: &BTreeMap<String, Vec<u8>>| -> Vec<(String, Vec<u8>)> {
-        files
-            .iter()
-            .filter(|(k, _)| k.starts_with("p_"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    };
-    let ref_profiles = profiles(&ref_kv);
-    assert_eq!(
-        ref_profiles.len(),
-        expected.profiles.len(),
-        "the reference published them all"
-    );
-    assert!(
-        profiles(&scaled_kv) == ref_profiles,
-        "KV profiles differ from the single run's"
-    );
-    let shards = |files: &BTreeMap<String, Vec<u8>>| -> BTreeMap<String, NeighbourShard> {
-        files
-            .iter()
-            .filter(|(k, _)| k.starts_with("n_"))
-            .map(|(k, v)| (k.clone(), wire::decode::<NeighbourShard>(v).unwrap().body))
-            .collect()
-    };
-    assert_eq!(shards(&scaled_kv), shards(&ref_kv), "KV neighbour shards");
     let items = |d: &Derived| {
         d.trending
             .items
@@ -296,4 +356,165 @@ fn a_killed_instance_s_partitions_are_restored_by_the_other() {
             e.score
         );
     }
+    assert_same_kv(
+        &ref_kv,
+        &dir.path().join("kv-scaled"),
+        expected.profiles.len(),
+    );
+}
+
+/// An instance run as its supervisor would (systemd's `Restart=on-failure`): started again
+/// on the same data directory when it exits.
+struct Supervised {
+    data: PathBuf,
+    kv: PathBuf,
+    brokers: String,
+    topic: String,
+    service: Service,
+    url: String,
+    restarts: u32,
+    /// Output of the runs that exited.
+    exited: String,
+}
+
+impl Supervised {
+    fn new(
+        service: Service,
+        url: String,
+        data: PathBuf,
+        kv: PathBuf,
+        brokers: &str,
+        topic: &str,
+    ) -> Self {
+        Supervised {
+            data,
+            kv,
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+            service,
+            url,
+            restarts: 0,
+            exited: String::new(),
+        }
+    }
+
+    /// Its URL, after starting it again if it exited.
+    fn url(&mut self) -> String {
+        if !self.service.is_running() {
+            self.exited.push_str(&self.service.output());
+            let (service, url) = start(&self.data, &self.kv, Some(&self.brokers), &self.topic);
+            self.service = service;
+            self.url = url;
+            self.restarts += 1;
+        }
+        self.url.clone()
+    }
+}
+
+/// The broker is SIGKILLed and restarted (same directory and port) while two supervised
+/// instances consume. A transaction the broker did not take is sent again; a member the group
+/// dropped meanwhile cannot commit (its generation is gone), so its pipeline stops and its
+/// supervisor starts it again from its store; requests refused meanwhile are sent again. KV
+/// ends as a single uninterrupted run leaves it.
+#[test]
+#[ignore = "starts a real Kafka broker"]
+fn a_broker_restart_under_two_instances_loses_nothing() {
+    let started = Instant::now();
+    let mut broker = Broker::start(&BrokerOptions::for_tests()).expect("starting the broker");
+    let brokers = broker.bootstrap_servers();
+    let (events, batches) = batches();
+    let http = http();
+    let dir = tempfile::tempdir().unwrap();
+    let trending_at = attune_origin::now_ms() + 60_000;
+    let ref_kv = dir.path().join("kv-reference");
+    let expected = reference_run(
+        &http,
+        &dir.path().join("reference"),
+        &ref_kv,
+        &batches,
+        events,
+        trending_at,
+    );
+
+    let topic = "restart.events";
+    let two = start_two(&http, dir.path(), &brokers, topic, &batches);
+    let kv = dir.path().join("kv-scaled");
+    let mut a = Supervised::new(
+        two.a.0,
+        two.a.1,
+        dir.path().join("a"),
+        kv.clone(),
+        &brokers,
+        topic,
+    );
+    let mut b = Supervised::new(
+        two.b.0,
+        two.b.1,
+        dir.path().join("b"),
+        kv.clone(),
+        &brokers,
+        topic,
+    );
+    let mut next = two.next;
+    for _ in 0..4 {
+        let url = if next.is_multiple_of(2) {
+            a.url()
+        } else {
+            b.url()
+        };
+        send(&http, &url, &batches, next);
+        next += 1;
+    }
+    broker.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    broker.restart().expect("restarting the broker");
+    let mut refused = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while next < batches.len() {
+        let url = if next.is_multiple_of(2) {
+            a.url()
+        } else {
+            b.url()
+        };
+        if post_accepted(&http, &url, &batches[next]) {
+            next += 1;
+        } else {
+            refused += 1;
+            assert!(
+                Instant::now() < deadline,
+                "ingest refused for 180 s after the restart"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut zero_since: Option<Instant> = None;
+    loop {
+        let urls = [a.url(), b.url()];
+        let done = caught_up(&http, &[&urls[0], &urls[1]], 4);
+        match (done, zero_since) {
+            (true, Some(t)) if t.elapsed() > Duration::from_secs(5) => break,
+            (true, None) => zero_since = Some(Instant::now()),
+            (false, _) => zero_since = None,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never caught up.\nA: {}{}\nB: {}{}",
+            a.exited,
+            a.service.output(),
+            b.exited,
+            b.service.output()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (restarts_a, restarts_b) = (a.restarts, b.restarts);
+    stop(a.service);
+    stop(b.service);
+    eprintln!(
+        "broker restart under two instances: {refused} requests refused and sent again; \
+         supervisor restarts A {restarts_a}, B {restarts_b}; {:?}",
+        started.elapsed()
+    );
+    assert_same_kv(&ref_kv, &kv, expected.profiles.len());
 }

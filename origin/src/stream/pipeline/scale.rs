@@ -106,6 +106,11 @@ impl Pipeline {
         }
     }
 
+    /// Fails once the changelog can never commit again (see [`ChangelogSink::check`]).
+    pub fn check_changelog(&self) -> Result<()> {
+        self.scale.as_ref().map_or(Ok(()), |s| s.sink.check())
+    }
+
     /// The changelog's part of the checkpoint being written: sent (one transaction) before
     /// the store commits, so the store is never ahead of the changelog.
     pub(super) fn commit_changelog(&mut self) -> Result<()> {

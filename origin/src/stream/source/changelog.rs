@@ -179,6 +179,12 @@ pub struct ChangelogBatch {
 /// transaction with the consumed offsets). An error fails the checkpoint.
 pub trait ChangelogSink: Send {
     fn commit(&mut self, batch: &ChangelogBatch) -> Result<()>;
+
+    /// Fails once the sink can never commit again (checked between checkpoints too, so the
+    /// pipeline stops at once rather than at its next checkpoint).
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

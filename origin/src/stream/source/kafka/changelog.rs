@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -27,7 +27,8 @@ pub(super) type GroupMetadata = Arc<Mutex<Option<ConsumerGroupMetadata>>>;
 /// consumed offsets), `transactional.id` fixed per instance so a restarted instance fences
 /// its predecessor.
 pub struct TransactionalChangelog {
-    producer: BaseProducer,
+    /// Threaded: delivery reports are polled in the background, which an abort waits for.
+    producer: ThreadedProducer<DefaultProducerContext>,
     events_topic: String,
     state_topic: String,
     model_topic: String,
@@ -38,7 +39,7 @@ pub struct TransactionalChangelog {
 impl TransactionalChangelog {
     pub(super) fn new(cfg: &Config, group: GroupMetadata) -> Result<Self> {
         let k = &cfg.kafka;
-        let producer: BaseProducer = client_config(k)?
+        let producer: ThreadedProducer<DefaultProducerContext> = client_config(k)?
             .set(
                 "transactional.id",
                 format!("{}-changelog", instance_id(cfg)),
@@ -71,7 +72,7 @@ impl TransactionalChangelog {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    self.producer.poll(Duration::from_millis(50));
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 Err((e, _)) => {
                     return Err(Error::Kafka {
@@ -83,7 +84,7 @@ impl TransactionalChangelog {
         }
     }
 
-    fn write(&self, batch: &ChangelogBatch) -> Result<()> {
+    fn write_records(&self, batch: &ChangelogBatch) -> Result<()> {
         for (p, changes) in &batch.partitions {
             let partition = i32::try_from(*p).unwrap_or(i32::MAX);
             for (key, value) in &changes.records {
@@ -103,42 +104,150 @@ impl TransactionalChangelog {
                     .payload(batch.model_delta.as_slice()),
             )?;
         }
-        if !batch.offsets.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for (p, next) in &batch.offsets {
-                let (Ok(p), Ok(n)) = (i32::try_from(*p), i64::try_from(*next)) else {
-                    continue;
-                };
-                tpl.add_partition_offset(&self.events_topic, p, Offset::Offset(n))
-                    .map_err(kafka_err("listing the offsets to commit"))?;
+        Ok(())
+    }
+
+    /// The consumed offsets the transaction commits for the group.
+    fn offsets(&self, batch: &ChangelogBatch) -> Result<Option<TopicPartitionList>> {
+        if batch.offsets.is_empty() {
+            return Ok(None);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in &batch.offsets {
+            let (Ok(p), Ok(n)) = (i32::try_from(*p), i64::try_from(*next)) else {
+                continue;
+            };
+            tpl.add_partition_offset(&self.events_topic, p, Offset::Offset(n))
+                .map_err(kafka_err("listing the offsets to commit"))?;
+        }
+        Ok(Some(tpl))
+    }
+}
+
+/// How long a checkpoint keeps retrying a transaction the broker did not take (a broker
+/// restart, a leader moving) before the pipeline stops: well under librdkafka's
+/// `max.poll.interval.ms` (5 min), past which the group would drop this member.
+const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// What a transactional call left to do.
+enum Step {
+    Done,
+    /// The transaction must be aborted and sent again whole.
+    Restart,
+}
+
+impl TransactionalChangelog {
+    /// One call of the transactional API, as librdkafka asks: a retriable error (a timeout)
+    /// calls it again, one that requires an abort restarts the transaction, anything else (a
+    /// fenced or fatal producer) is the checkpoint's error.
+    fn call(
+        &self,
+        what: &str,
+        deadline: Instant,
+        f: impl Fn() -> rdkafka::error::KafkaResult<()>,
+    ) -> Result<Step> {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match f() {
+                Ok(()) => return Ok(Step::Done),
+                Err(KafkaError::Transaction(t)) if t.txn_requires_abort() => {
+                    tracing::warn!(error = %t, what, "changelog transaction aborted; sending it again");
+                    return Ok(Step::Restart);
+                }
+                Err(KafkaError::Transaction(t))
+                    if t.is_retriable() && Instant::now() < deadline =>
+                {
+                    tracing::warn!(error = %t, what, retry_in_ms = wait.as_millis() as u64, "changelog transaction call failed; retrying");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(source) => {
+                    return Err(Error::Kafka {
+                        what: format!("{what} (the changelog transaction)"),
+                        source,
+                    });
+                }
             }
+        }
+    }
+
+    fn abort(&self, deadline: Instant) -> Result<()> {
+        match self.call("aborting", deadline, || {
+            self.producer.abort_transaction(self.timeout)
+        })? {
+            Step::Done => Ok(()),
+            Step::Restart => Err(Error::KafkaRefused(
+                "aborting the changelog transaction asked for another abort".into(),
+            )),
+        }
+    }
+
+    /// Sends the batch's records and offsets into the open transaction and commits it.
+    fn send_and_commit(&self, batch: &ChangelogBatch, deadline: Instant) -> Result<Step> {
+        self.write_records(batch)?;
+        if let Some(tpl) = self.offsets(batch)? {
             let group = self.group.lock().unwrap_or_else(|e| e.into_inner());
             let Some(meta) = group.as_ref() else {
                 return Err(Error::KafkaRefused(
                     "a checkpoint before the consumer joined its group".into(),
                 ));
             };
-            self.producer
-                .send_offsets_to_transaction(&tpl, meta, self.timeout)
-                .map_err(kafka_err("adding the offsets to the transaction"))?;
+            if let Step::Restart = self.call("adding the offsets", deadline, || {
+                self.producer
+                    .send_offsets_to_transaction(&tpl, meta, self.timeout)
+            })? {
+                return Ok(Step::Restart);
+            }
         }
-        self.producer
-            .commit_transaction(self.timeout)
-            .map_err(kafka_err("committing the changelog transaction"))
+        self.call("committing", deadline, || {
+            self.producer.commit_transaction(self.timeout)
+        })
     }
 }
 
 impl ChangelogSink for TransactionalChangelog {
+    /// One transaction, sent again whole when the broker asks for an abort (nothing of an
+    /// aborted one is visible to a `read_committed` reader).
     fn commit(&mut self, batch: &ChangelogBatch) -> Result<()> {
-        self.producer
-            .begin_transaction()
-            .map_err(kafka_err("starting a changelog transaction"))?;
-        let r = self.write(batch);
-        if r.is_err() {
-            // A fenced producer cannot abort; the error that matters is the first.
-            let _ = self.producer.abort_transaction(self.timeout);
+        let deadline = Instant::now() + RETRY_FOR;
+        loop {
+            self.check()?;
+            if let Step::Restart =
+                self.call("starting", deadline, || self.producer.begin_transaction())?
+            {
+                self.abort(deadline)?;
+                continue;
+            }
+            match self.send_and_commit(batch, deadline) {
+                Ok(Step::Done) => return Ok(()),
+                Ok(Step::Restart) => self.abort(deadline)?,
+                Err(e) => {
+                    // A fenced producer cannot abort; the error that matters is the first.
+                    if self.check().is_ok() {
+                        let _ = self.producer.abort_transaction(self.timeout);
+                    }
+                    return Err(e);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Error::KafkaRefused(format!(
+                    "the changelog transaction did not commit in {RETRY_FOR:?}"
+                )));
+            }
         }
-        r
+    }
+
+    /// A producer librdkafka marked failed for good (its transactional state is lost, e.g. the
+    /// broker refused to end a transaction after a restart) never commits again: the pipeline
+    /// stops, and the origin's supervisor starts it again, whose new producer takes over the
+    /// transactional id (aborting what this one left open) and resumes from the store.
+    fn check(&self) -> Result<()> {
+        match self.producer.client().fatal_error() {
+            None => Ok(()),
+            Some((code, reason)) => Err(Error::KafkaRefused(format!(
+                "the changelog producer failed for good ({code}: {reason}); restart the origin"
+            ))),
+        }
     }
 }
 
@@ -148,7 +257,9 @@ struct ToTheEnd;
 
 impl ClientContext for ToTheEnd {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !eof {
             tracing::error!(%error, reason, "changelog reader");
         }
     }

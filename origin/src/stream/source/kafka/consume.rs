@@ -194,6 +194,11 @@ impl ConsumerContext for Assigner {
             }
         };
         if let Err(e) = r {
+            // Nothing is consumed after a failed assignment, and librdkafka gets its answer
+            // (a consumer closing after an error would wait for it forever).
+            if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+                let _ = consumer.unassign();
+            }
             *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
         }
     }

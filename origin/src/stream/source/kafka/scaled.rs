@@ -84,6 +84,10 @@ impl Owner {
         for p in parts {
             expected.remove(p);
             committed.remove(p);
+            // Another instance reports it now.
+            self.metrics
+                .kafka_consumer_lag
+                .remove(&labels(&[("partition", &p.to_string())]));
         }
         tracing::info!(
             ?parts,
@@ -217,11 +221,13 @@ impl ConsumerContext for Owner {
                 })
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.revoke(consumer, &parts(tpl)).and_then(|()| {
-                    consumer
-                        .unassign()
-                        .map_err(kafka_err("revoking partitions"))
-                })
+                let r = self.revoke(consumer, &parts(tpl));
+                // Whatever the checkpoint did, the partitions go: librdkafka waits for this
+                // (a consumer closing after an error would wait forever).
+                let unassigned = consumer
+                    .unassign()
+                    .map_err(kafka_err("revoking partitions"));
+                r.and(unassigned)
             }
             other => {
                 let code = RDKafkaErrorCode::from(other);
@@ -233,7 +239,11 @@ impl ConsumerContext for Owner {
             }
         };
         if let Err(e) = r {
-            *lock(&self.failed) = Some(e);
+            // Nothing is consumed after a failed rebalance: the loop stops with the error.
+            if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+                let _ = consumer.unassign();
+            }
+            lock(&self.failed).get_or_insert(e);
         }
     }
 }
@@ -413,6 +423,7 @@ pub fn consume_scaled(
         }
         ctx.refresh_group(&consumer);
         let mut pipeline = lock(&ctx.pipeline);
+        pipeline.check_changelog()?;
         if let Some(id) = catalog_seen {
             pipeline.set_source_counter(CATALOG_COUNTER, id);
         }
