@@ -233,6 +233,11 @@ impl Model {
         self.seq
     }
 
+    /// Moves the shared-key versions up to at least `floor` (never down).
+    pub fn raise_seq(&mut self, floor: u64) {
+        self.seq = self.seq.max(floor);
+    }
+
     /// The newest shared-key version handed out.
     pub fn seq(&self) -> u64 {
         self.seq

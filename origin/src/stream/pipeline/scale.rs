@@ -42,6 +42,9 @@ impl std::fmt::Debug for ScaleOut {
     }
 }
 
+/// Room for this many catalog and rules changes between two deltas in a shared-key version.
+const SEQ_PER_DELTA_BITS: u32 = 20;
+
 fn part(batch: &mut ChangelogBatch, p: u32) -> &mut PartitionChanges {
     batch.partitions.entry(p).or_default()
 }
@@ -339,12 +342,24 @@ impl Pipeline {
         live::lock(&self.live).users.retain(|_, c| c.unsaved);
     }
 
-    /// Merges one instance's model delta (read back from the model topic), and queues the
-    /// shared keys it changed. `accepted_ms`: when the delta was written (freshness).
-    pub fn merge_model_delta(&mut self, bytes: &[u8], accepted_ms: u64) -> Result<()> {
+    /// Merges one instance's model delta (read back from the model topic at `position`), and
+    /// queues the shared keys it changed. `accepted_ms`: when the delta was written
+    /// (freshness).
+    ///
+    /// The shared keys' versions start from the delta's position (`position << 20`, plus one
+    /// per change since): every instance merges the same deltas in the same order, so whichever
+    /// owns partition 0 numbers them as the previous owner did, and the edge, which keeps a
+    /// copy until the manifest names a newer version, never holds on to the old owner's.
+    pub fn merge_model_delta(
+        &mut self,
+        bytes: &[u8],
+        position: u64,
+        accepted_ms: u64,
+    ) -> Result<()> {
         let delta = ModelDelta::decode(bytes)?;
         let model_arc = self.model.clone();
         let mut model = model_arc.lock().unwrap_or_else(|e| e.into_inner());
+        model.raise_seq(position.saturating_add(1) << SEQ_PER_DELTA_BITS);
         model.merge_delta(&delta);
         let live_arc = self.live.clone();
         let mut live = live::lock(&live_arc);

@@ -299,8 +299,9 @@ impl ModelFeed {
                         .to_millis()
                         .and_then(|t| u64::try_from(t).ok())
                         .unwrap_or_else(crate::now_ms);
-                    pipeline.merge_model_delta(msg.payload().unwrap_or_default(), at)?;
-                    let next = u64::try_from(msg.offset()).unwrap_or(0) + 1;
+                    let offset = u64::try_from(msg.offset()).unwrap_or(0);
+                    pipeline.merge_model_delta(msg.payload().unwrap_or_default(), offset, at)?;
+                    let next = offset + 1;
                     pipeline.set_source_counter(MODEL_COUNTER, next);
                     n += 1;
                 }
