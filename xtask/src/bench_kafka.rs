@@ -110,7 +110,32 @@ pub fn run(quick: bool) -> Result<(Vec<String>, String)> {
         .args(["--kafka-group", "attune-bench"])
         .env("ATTUNE_LOG", "warn");
     commands.push(util::display(&serve));
-    runs.push(attune_from_kafka(serve, events)?);
+    runs.push(attune_from_kafka(
+        serve,
+        events,
+        "Attune, from Kafka (consumer, pipeline, redb checkpoints with offsets)",
+    )?);
+
+    // The same with scale-out's exactly-once machinery (one instance): each checkpoint is also
+    // a Kafka transaction with the state changelog, the model delta and the offsets, and the
+    // model is merged back from the model topic.
+    let mut scaled = Command::new(&origin);
+    scaled
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(work.join("kafka-scaled"))
+        .args(["--profile-key", "bench", "--listen", "127.0.0.1:0"])
+        .args(["--insecure-dev-no-token", "serve", "--source", "kafka"])
+        .args(["--brokers", &brokers, "--kafka-topic", TOPIC])
+        .args(["--kafka-group", "attune-bench-scaled", "--kafka-scale-out"])
+        .env("ATTUNE_LOG", "warn");
+    commands.push(util::display(&scaled));
+    runs.push(attune_from_kafka(
+        scaled,
+        events,
+        "Attune scale-out, one instance (the above + a transaction per checkpoint: state changelog, model delta, offsets)",
+    )?);
 
     let jar = provision::streams_app_jar();
     let lib = jar.with_file_name("lib");
@@ -152,7 +177,7 @@ pub fn run(quick: bool) -> Result<(Vec<String>, String)> {
 
 /// Runs `serve` on the topic until its checkpoint holds every event; its CPU time is read from
 /// `/proc` at that moment.
-fn attune_from_kafka(serve: Command, events: u64) -> Result<Run> {
+fn attune_from_kafka(serve: Command, events: u64, name: &'static str) -> Result<Run> {
     let mut origin = Service::spawn("attune-origin (kafka)", serve)?;
     let line = origin.wait_for_line(LISTENING, Duration::from_secs(60))?;
     let addr = line
@@ -184,7 +209,7 @@ fn attune_from_kafka(serve: Command, events: u64) -> Result<Run> {
     let cpu_s = proc_cpu_seconds(origin.id())?;
     let _ = origin.stop(Duration::from_secs(30));
     Ok(Run {
-        name: "Attune, from Kafka (consumer, pipeline, redb checkpoints with offsets)",
+        name,
         cpu_s,
         wall_s,
     })
@@ -310,10 +335,18 @@ fn report(events: u64, runs: &[Run]) -> String {
             events as f64 / r.wall_s
         ));
     }
-    if let (Some(kafka), Some(streams)) = (runs.get(1), runs.get(2)) {
+    let find = |prefix: &str| runs.iter().find(|r| r.name.starts_with(prefix));
+    if let (Some(kafka), Some(scaled), Some(streams)) = (
+        find("Attune, from Kafka"),
+        find("Attune scale-out"),
+        find("Kafka Streams"),
+    ) {
         s.push_str(&format!(
-            "\nAttune from Kafka does {:.1}× the Kafka Streams app's events per CPU-second.\n",
-            streams.cpu_s / kafka.cpu_s
+            "\nAttune from Kafka does {:.1}× the Kafka Streams app's events per CPU-second; with \
+             scale-out's transactions (the same exactly-once guarantee as the Streams app's \
+             `exactly_once_v2`, with a changelog), {:.1}×.\n",
+            streams.cpu_s / kafka.cpu_s,
+            streams.cpu_s / scaled.cpu_s
         ));
     }
     s

@@ -9,6 +9,8 @@
 //! sums of decayed weights in `f64`, equal up to rounding. What `observe` derives from a user's
 //! session depends on that user's events only, so each user's events must go to one origin.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{MAX_PENDING_PAIRS, Model, fold_trend};
@@ -210,7 +212,88 @@ impl Model {
     }
 }
 
+/// Collects a part of a delta: the entries taken, with the items they name re-indexed in the
+/// original (sorted) order, so the part is itself a well-formed delta.
+#[derive(Default)]
+struct Part {
+    items: BTreeMap<u32, u32>,
+    counts: Vec<(u32, u64)>,
+    pairs: Vec<(u32, u32, u64)>,
+    trends: Vec<(u32, f64, u64)>,
+}
+
+impl Part {
+    fn len(&self) -> usize {
+        self.counts.len() + self.pairs.len() + self.trends.len()
+    }
+
+    fn finish(self, names: &[String]) -> ModelDelta {
+        // Old indices in ascending order keep the names sorted; the entries, taken in order
+        // from a sorted delta, stay sorted under this monotone mapping.
+        let index: BTreeMap<u32, u32> = self
+            .items
+            .keys()
+            .enumerate()
+            .map(|(new, old)| (*old, new as u32))
+            .collect();
+        let at = |old: u32| index[&old];
+        ModelDelta {
+            items: self
+                .items
+                .keys()
+                .map(|i| names[*i as usize].clone())
+                .collect(),
+            counts: self.counts.into_iter().map(|(i, n)| (at(i), n)).collect(),
+            pairs: self
+                .pairs
+                .into_iter()
+                .map(|(a, b, w)| (at(a), at(b), w))
+                .collect(),
+            trends: self
+                .trends
+                .into_iter()
+                .map(|(i, s, t)| (at(i), s, t))
+                .collect(),
+        }
+    }
+}
+
 impl ModelDelta {
+    /// The delta cut into parts of at most `max_entries` entries (counts, pairs and trends),
+    /// each naming only its own items: merging the parts, in any order, is merging the whole
+    /// (each entry is in exactly one part). Keeps each part's encoding well under a Kafka
+    /// message's size limit.
+    pub fn split(&self, max_entries: usize) -> Vec<ModelDelta> {
+        let max = max_entries.max(1);
+        let mut parts = Vec::new();
+        let mut part = Part::default();
+        let room = |part: &mut Part, parts: &mut Vec<ModelDelta>| {
+            if part.len() >= max {
+                parts.push(std::mem::take(part).finish(&self.items));
+            }
+        };
+        for &(i, n) in &self.counts {
+            part.items.insert(i, 0);
+            part.counts.push((i, n));
+            room(&mut part, &mut parts);
+        }
+        for &(a, b, w) in &self.pairs {
+            part.items.insert(a, 0);
+            part.items.insert(b, 0);
+            part.pairs.push((a, b, w));
+            room(&mut part, &mut parts);
+        }
+        for &(i, sc, t) in &self.trends {
+            part.items.insert(i, 0);
+            part.trends.push((i, sc, t));
+            room(&mut part, &mut parts);
+        }
+        if part.len() > 0 || parts.is_empty() {
+            parts.push(part.finish(&self.items));
+        }
+        parts
+    }
+
     /// Whether merging it changes trending.
     pub fn changes_trending(&self) -> bool {
         !self.trends.is_empty()

@@ -370,3 +370,35 @@ fn merging_an_empty_delta_changes_nothing() {
         );
     }
 }
+
+/// A delta cut into parts (each a well-formed delta of its own) merges, part by part and in
+/// reverse order, into the model the whole delta gives.
+#[test]
+fn split_parts_merge_into_the_whole() {
+    let delta = some_delta();
+    let total = delta.counts.len() + delta.pairs.len() + delta.trends.len();
+    assert!(total > 100, "a delta worth splitting ({total} entries)");
+    let parts = delta.split(37);
+    assert_eq!(parts.len(), total.div_ceil(37));
+    assert!(parts.iter().all(|p| !p.is_empty()));
+    let now = T0 + 10_000_000;
+    let mut whole = Model::new(ModelConfig::default());
+    whole.merge_delta(&delta);
+    let mut by_parts = Model::new(ModelConfig::default());
+    for part in parts.iter().rev() {
+        // Each part passes decoding's checks on its own.
+        let part = ModelDelta::decode(&part.encode()).unwrap();
+        by_parts.merge_delta(&part);
+    }
+    assert_same_model(&mut whole, &mut by_parts, now, "split");
+    assert_eq!(
+        delta.split(total),
+        vec![delta.clone()],
+        "small enough: one part"
+    );
+    assert_eq!(
+        ModelDelta::default().split(10).len(),
+        1,
+        "an empty delta: one empty part"
+    );
+}

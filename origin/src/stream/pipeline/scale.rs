@@ -42,6 +42,12 @@ impl std::fmt::Debug for ScaleOut {
     }
 }
 
+/// Entries per model-delta message and dedup keys per changelog row: each record stays well
+/// under Kafka's default 1 MB message limit (a delta entry is a few bytes plus the names it
+/// introduces; a dedup key is 24 bytes).
+const DELTA_PART_ENTRIES: usize = 8_192;
+const DEDUP_ROW_ENTRIES: usize = 16_384;
+
 /// Room for this many catalog and rules changes between two deltas in a shared-key version.
 const SEQ_PER_DELTA_BITS: u32 = 20;
 
@@ -133,7 +139,11 @@ impl Pipeline {
         let mut model = model_arc.lock().unwrap_or_else(|e| e.into_inner());
         let delta = model.take_delta();
         if !delta.is_empty() {
-            batch.model_delta = delta.encode();
+            batch.model_deltas = delta
+                .split(DELTA_PART_ENTRIES)
+                .iter()
+                .map(ModelDelta::encode)
+                .collect();
         }
         {
             let live = live::lock(&self.live);
@@ -172,19 +182,21 @@ impl Pipeline {
             .map_or(0, |w| w.saturating_sub(self.dedup.horizon()));
         for (p, packed) in std::mem::take(&mut scale.dedup_added) {
             let rows = scale.dedup_rows.entry(p).or_default();
-            let row = rows.iter().map(|r| r.0 + 1).max().unwrap_or(0);
-            let newest = packed
-                .as_chunks::<24>()
-                .0
-                .iter()
-                .map(|e| u64::from_le_bytes(e[16..].try_into().unwrap_or_default()))
-                .max()
-                .unwrap_or(0);
-            rows.push((row, newest));
-            part(&mut batch, p).records.push((
-                changelog::dedup_key(row),
-                Some(changelog::encode_dedup(&packed)),
-            ));
+            for chunk in packed.chunks(DEDUP_ROW_ENTRIES * 24) {
+                let row = rows.iter().map(|r| r.0 + 1).max().unwrap_or(0);
+                let newest = chunk
+                    .as_chunks::<24>()
+                    .0
+                    .iter()
+                    .map(|e| u64::from_le_bytes(e[16..].try_into().unwrap_or_default()))
+                    .max()
+                    .unwrap_or(0);
+                rows.push((row, newest));
+                part(&mut batch, p).records.push((
+                    changelog::dedup_key(row),
+                    Some(changelog::encode_dedup(chunk)),
+                ));
+            }
         }
         for (p, rows) in &mut scale.dedup_rows {
             let newest_row = rows.iter().map(|r| r.0).max();

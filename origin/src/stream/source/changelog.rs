@@ -170,8 +170,8 @@ pub struct PartitionChanges {
 #[derive(Debug, Default)]
 pub struct ChangelogBatch {
     pub partitions: BTreeMap<u32, PartitionChanges>,
-    /// The encoded model delta (empty: none).
-    pub model_delta: Vec<u8>,
+    /// The model's delta, encoded in parts (none: nothing changed).
+    pub model_deltas: Vec<Vec<u8>>,
     pub offsets: BTreeMap<u32, u64>,
 }
 

@@ -97,11 +97,11 @@ impl TransactionalChangelog {
                 self.send(r)?;
             }
         }
-        if !batch.model_delta.is_empty() {
+        for part in &batch.model_deltas {
             self.send(
                 BaseRecord::to(&self.model_topic)
                     .partition(0)
-                    .payload(batch.model_delta.as_slice()),
+                    .payload(part.as_slice()),
             )?;
         }
         Ok(())
