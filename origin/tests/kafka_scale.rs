@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use attune_core::{NeighbourShard, wire};
+use attune_core::{CatalogShard, NeighbourShard, wire};
 use attune_harness::Service;
 use attune_kafka_harness::{Broker, BrokerOptions};
 use attune_origin::{Config, Node};
@@ -94,6 +94,36 @@ fn send(http: &reqwest::blocking::Client, url: &str, batches: &[String], i: usiz
     }
 }
 
+/// A catalog of the sample's 60 items in 4 categories (categories feed the profiles'
+/// category affinities and trending by category).
+fn catalog_json() -> String {
+    let items: Vec<String> = (0..60)
+        .map(|i| {
+            format!(
+                r#"{{"id":"i{i}","title":"Item {i}","url":"/p/{i}","image":"","price":"1","category":"c{}"}}"#,
+                i % 4
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+/// Puts `catalog` and waits until it is applied.
+fn put_catalog(http: &reqwest::blocking::Client, url: &str, catalog: &str) {
+    let r = http
+        .put(format!("{url}/v1/catalog"))
+        .header("content-type", "application/json")
+        .body(catalog.to_string())
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "catalog: {}", r.status());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(http, url).and_then(|s| s["catalog"].as_u64()) != Some(60) {
+        assert!(Instant::now() < deadline, "the catalog was never applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A KV directory's values by file name (`p:…` is written as `p_…`).
 fn kv_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
@@ -160,8 +190,12 @@ fn reference_run(
     batches: &[String],
     events: usize,
     trending_at: u64,
+    catalog: Option<&str>,
 ) -> Derived {
     let (origin, url) = start(data, kv, None, "");
+    if let Some(catalog) = catalog {
+        put_catalog(http, &url, catalog);
+    }
     for i in 0..batches.len() {
         send(http, &url, batches, i);
     }
@@ -290,6 +324,7 @@ fn a_killed_instance_s_partitions_are_restored_by_the_other() {
         &batches,
         events,
         trending_at,
+        None,
     );
 
     let two = start_two(
@@ -434,6 +469,7 @@ fn a_broker_restart_under_two_instances_loses_nothing() {
         &batches,
         events,
         trending_at,
+        None,
     );
 
     let topic = "restart.events";
@@ -517,4 +553,101 @@ fn a_broker_restart_under_two_instances_loses_nothing() {
         started.elapsed()
     );
     assert_same_kv(&ref_kv, &kv, expected.profiles.len());
+}
+
+/// An instance that joins a running group restores the partitions it is given from the
+/// changelog (their catalog copies are behind the offsets it starts at) and gets the catalog
+/// from the model topic, which it reads to its end before applying any event: its users'
+/// category affinities and the catalog shards in KV are a single run's.
+#[test]
+#[ignore = "starts a real Kafka broker"]
+fn a_joining_instance_restores_partitions_and_gets_the_catalog() {
+    let started = Instant::now();
+    let broker = Broker::start(&BrokerOptions::for_tests()).expect("starting the broker");
+    let brokers = broker.bootstrap_servers();
+    let (events, batches) = batches();
+    let catalog = catalog_json();
+    let http = http();
+    let dir = tempfile::tempdir().unwrap();
+    let trending_at = attune_origin::now_ms() + 60_000;
+    let ref_kv = dir.path().join("kv-reference");
+    let expected = reference_run(
+        &http,
+        &dir.path().join("reference"),
+        &ref_kv,
+        &batches,
+        events,
+        trending_at,
+        Some(&catalog),
+    );
+
+    let topic = "join.events";
+    let kv = dir.path().join("kv-scaled");
+    let (a, url_a) = start(&dir.path().join("a"), &kv, Some(&brokers), topic);
+    put_catalog(&http, &url_a, &catalog);
+    let half = batches.len() / 2;
+    for i in 0..half {
+        send(&http, &url_a, &batches, i);
+    }
+    let applied = |u: &str| {
+        status(&http, u)
+            .and_then(|s| s["applied"].as_u64())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while applied(&url_a) < 50 * half as u64 {
+        assert!(Instant::now() < deadline, "A never applied the first half");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (c, url_c) = start(&dir.path().join("c"), &kv, Some(&brokers), topic);
+    // C has joined once it restored a partition A had been consuming.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while metric(&http, &url_c, "attune_kafka_partitions_restored").unwrap_or(0.0) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the joining instance never took a partition over.\nC: {}",
+            c.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut next = half;
+    while next < batches.len() {
+        let url = if next.is_multiple_of(2) {
+            &url_a
+        } else {
+            &url_c
+        };
+        send(&http, url, &batches, next);
+        next += 1;
+    }
+    assert!(
+        wait_caught_up(&http, &[&url_a, &url_c], 4),
+        "A's output:\n{}\nC's output:\n{}",
+        a.output(),
+        c.output()
+    );
+    let restored = metric(&http, &url_c, "attune_kafka_partitions_restored").unwrap_or(0.0);
+    let status_c = status(&http, &url_c).unwrap();
+    stop(a);
+    stop(c);
+    eprintln!(
+        "joining instance: C restored {restored} partitions; C's status {status_c}; {:?}",
+        started.elapsed()
+    );
+    assert!(status_c["applied"].as_u64() > Some(0), "C applied events");
+    assert_eq!(status_c["catalog"], 60, "C has the catalog");
+    assert_same_kv(&ref_kv, &kv, expected.profiles.len());
+    let catalog_shards = |dir: &Path| -> BTreeMap<String, CatalogShard> {
+        kv_files(dir)
+            .iter()
+            .filter(|(k, _)| k.starts_with("c_"))
+            .map(|(k, v)| (k.clone(), wire::decode::<CatalogShard>(v).unwrap().body))
+            .collect()
+    };
+    let ref_catalog = catalog_shards(&ref_kv);
+    assert!(
+        !ref_catalog.is_empty(),
+        "the reference published catalog shards"
+    );
+    assert_eq!(catalog_shards(&kv), ref_catalog, "KV catalog shards");
 }

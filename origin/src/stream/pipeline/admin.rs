@@ -12,6 +12,15 @@ use crate::stream::live::{self, Unpublished};
 impl Pipeline {
     /// One admin record, applied at its position in the log.
     pub(super) fn apply_admin(&mut self, rec: &Record) -> Result<()> {
+        self.apply_change(rec)?;
+        self.advance(rec);
+        self.progress.offset.store(self.offset, Ordering::Release);
+        Ok(())
+    }
+
+    /// What an admin record changes, without moving the source's offset (a catalog or rules
+    /// change may also come from the model topic, see [`Pipeline::merge_broadcast`]).
+    pub(super) fn apply_change(&mut self, rec: &Record) -> Result<()> {
         match rec.kind {
             RecordKind::Event | RecordKind::Gap => {}
             RecordKind::Rules => self.apply_rules(rec)?,
@@ -45,8 +54,6 @@ impl Pipeline {
                 self.since.shared = true;
             }
         }
-        self.advance(rec);
-        self.progress.offset.store(self.offset, Ordering::Release);
         Ok(())
     }
 

@@ -15,11 +15,12 @@ use attune_core::model::keys as kv;
 
 use super::Pipeline;
 use crate::error::Result;
+use crate::log::Record;
 use crate::model::{Model, ModelDelta};
 use crate::stream::live::{self, Cached, Live, Unpublished, UserKey, user_key};
 use crate::stream::source::PartitionOffset;
 use crate::stream::source::changelog::{
-    self, ChangelogBatch, ChangelogSink, Key, Marker, PartitionChanges,
+    self, Broadcast, ChangelogBatch, ChangelogSink, Key, Marker, PartitionChanges,
 };
 
 /// What the pipeline keeps for the changelog between two checkpoints.
@@ -29,6 +30,8 @@ pub(crate) struct ScaleOut {
     user_partition: foldhash::HashMap<UserKey, u32>,
     /// Dedup keys admitted since the last checkpoint, packed, per partition.
     dedup_added: BTreeMap<u32, Vec<u8>>,
+    /// Catalog and rules changes applied since the last checkpoint (for the model topic).
+    broadcasts: Vec<Broadcast>,
     /// Dedup rows in the changelog per partition: (row, newest event time), tombstoned once
     /// the newest is behind the horizon.
     dedup_rows: BTreeMap<u32, Vec<(u64, u64)>>,
@@ -83,6 +86,7 @@ impl Pipeline {
             user_partition: Default::default(),
             dedup_added: BTreeMap::new(),
             dedup_rows: BTreeMap::new(),
+            broadcasts: Vec::new(),
         });
         self
     }
@@ -227,6 +231,7 @@ impl Pipeline {
                 ));
             }
         }
+        batch.broadcasts = std::mem::take(&mut scale.broadcasts);
         scale.user_partition.clear();
         Ok(batch)
     }
@@ -352,6 +357,34 @@ impl Pipeline {
             }
         }
         live::lock(&self.live).users.retain(|_, c| c.unsaved);
+    }
+
+    /// A catalog or rules change with id `id`, applied from its copy in an events partition:
+    /// it also goes to the model topic with the next checkpoint.
+    pub fn note_broadcast(&mut self, id: u64, rec: &Record) {
+        if let Some(s) = &mut self.scale {
+            s.broadcasts.push(Broadcast {
+                id,
+                kind: rec.kind,
+                payload: rec.payload.clone(),
+            });
+        }
+    }
+
+    /// Applies a catalog or rules change read from the model topic (another instance applied
+    /// it first). The caller skips the ones already applied, by id.
+    pub fn merge_broadcast(&mut self, change: Broadcast, accepted_ms: u64) -> Result<()> {
+        let rec = Record {
+            offset: 0,
+            next: 0,
+            kind: change.kind,
+            accepted_ms,
+            source: "model".into(),
+            payload: change.payload,
+        };
+        self.apply_change(&rec)?;
+        self.since.model_merged = true;
+        Ok(())
     }
 
     /// Merges one instance's model delta (read back from the model topic at `position`), and

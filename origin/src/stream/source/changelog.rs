@@ -158,6 +158,16 @@ pub fn decode_dedup(value: &[u8]) -> Result<Vec<(u128, u64)>> {
         .collect())
 }
 
+/// A catalog or rules change this instance applied first (from its copy in one of its
+/// partitions), passed on through the model topic: an instance that only ever restored
+/// partitions never reads a copy in the events topic.
+#[derive(Debug, Clone)]
+pub struct Broadcast {
+    pub id: u64,
+    pub kind: crate::log::RecordKind,
+    pub payload: Vec<u8>,
+}
+
 /// One partition's records of a checkpoint.
 #[derive(Debug, Default)]
 pub struct PartitionChanges {
@@ -172,6 +182,8 @@ pub struct ChangelogBatch {
     pub partitions: BTreeMap<u32, PartitionChanges>,
     /// The model's delta, encoded in parts (none: nothing changed).
     pub model_deltas: Vec<Vec<u8>>,
+    /// Catalog and rules changes applied since the last checkpoint, for the model topic.
+    pub broadcasts: Vec<Broadcast>,
     pub offsets: BTreeMap<u32, u64>,
 }
 

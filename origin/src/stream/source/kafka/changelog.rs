@@ -14,10 +14,11 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::consume::{instance_id, is_fatal};
-use super::{client_config, kafka_err};
+use super::{CATALOG_ID_HEADER, KIND_HEADER, client_config, kafka_err};
 use crate::config::{Config, KafkaConfig};
 use crate::error::{Error, Result};
 use crate::stream::source::changelog::{ChangelogBatch, ChangelogSink};
+use rdkafka::message::{Header, OwnedHeaders};
 
 /// The consumer group's metadata, refreshed by the consumer's loop before each checkpoint: the
 /// transaction commits the offsets as that group member (a replaced member is fenced).
@@ -96,6 +97,28 @@ impl TransactionalChangelog {
                 }
                 self.send(r)?;
             }
+        }
+        for change in &batch.broadcasts {
+            let kind = match change.kind {
+                crate::log::RecordKind::Catalog => "catalog",
+                _ => "rules",
+            };
+            let id = change.id.to_string();
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header {
+                    key: KIND_HEADER,
+                    value: Some(kind),
+                })
+                .insert(Header {
+                    key: CATALOG_ID_HEADER,
+                    value: Some(&id),
+                });
+            self.send(
+                BaseRecord::to(&self.model_topic)
+                    .partition(0)
+                    .payload(change.payload.as_slice())
+                    .headers(headers),
+            )?;
         }
         for part in &batch.model_deltas {
             self.send(
@@ -253,7 +276,7 @@ impl ChangelogSink for TransactionalChangelog {
 
 /// The changelog reader's context: the end of the partition is what it reads to, not an error
 /// to log.
-struct ToTheEnd;
+pub(super) struct ToTheEnd;
 
 impl ClientContext for ToTheEnd {
     fn error(&self, error: KafkaError, reason: &str) {

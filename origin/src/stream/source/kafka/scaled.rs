@@ -25,13 +25,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::message::Message;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
-use super::changelog::{GroupMetadata, TransactionalChangelog, read_changelog};
+use super::changelog::{GroupMetadata, ToTheEnd, TransactionalChangelog, read_changelog};
 use super::consume::{ConsumeOptions, Reporting, STATISTICS_INTERVAL_MS, instance_id, is_fatal};
-use super::{CATALOG_COUNTER, Consumed, client_config, kafka_err, source_name, to_record};
+use super::{
+    CATALOG_COUNTER, CATALOG_ID_HEADER, Consumed, KIND_HEADER, client_config, header, kafka_err,
+    source_name, to_record,
+};
 use crate::config::{Config, KafkaConfig};
 use crate::error::{Error, Result};
 use crate::lifecycle::Health;
@@ -39,6 +43,7 @@ use crate::log::{Record, RecordKind};
 use crate::metrics::{Metrics, labels};
 use crate::store::{Store, keys};
 use crate::stream::live::SharedLive;
+use crate::stream::source::changelog::Broadcast;
 use crate::stream::source::{partition_key, source_counter_key};
 use crate::stream::{BatchOutcome, Pipeline};
 
@@ -250,18 +255,22 @@ impl ConsumerContext for Owner {
 
 /// Reads the model topic: every instance's deltas, merged in the order the topic holds them.
 struct ModelFeed {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ToTheEnd>,
 }
+
+/// How long a start waits to have read the model topic to its end.
+const CATCH_UP: Duration = Duration::from_secs(120);
 
 impl ModelFeed {
     fn new(k: &KafkaConfig, from: u64) -> Result<Self> {
-        let consumer: BaseConsumer = client_config(k)?
+        let consumer: BaseConsumer<ToTheEnd> = client_config(k)?
             .set("group.id", format!("{}-model", k.group_id))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "error")
-            .create()
+            .set("enable.partition.eof", "true")
+            .create_with_context(ToTheEnd)
             .map_err(kafka_err("creating the model reader"))?;
         let mut tpl = TopicPartitionList::new();
         let offset = if from == 0 {
@@ -277,12 +286,47 @@ impl ModelFeed {
         Ok(ModelFeed { consumer })
     }
 
-    /// Merges what arrived (at most `max` deltas) into the pipeline.
-    fn merge(&self, pipeline: &mut Pipeline, max: usize) -> Result<usize> {
+    /// Merges the model topic up to its end before any event is applied: an instance that
+    /// joins has the whole model and every catalog and rules change first.
+    fn catch_up(&self, pipeline: &mut Pipeline, catalog_applied: &mut u64) -> Result<u64> {
+        let deadline = Instant::now() + CATCH_UP;
+        let mut n = 0;
+        loop {
+            match self.consumer.poll(Duration::from_millis(200)) {
+                Some(Err(e)) if is_end(&e) => return Ok(n),
+                Some(Err(e)) if is_fatal(&e) => {
+                    return Err(Error::Kafka {
+                        what: "reading the model topic".into(),
+                        source: e,
+                    });
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "model reader (librdkafka retries)"),
+                Some(Ok(msg)) => {
+                    merge_one(&msg, pipeline, catalog_applied)?;
+                    n += 1;
+                }
+                None => {}
+            }
+            if Instant::now() > deadline {
+                return Err(Error::KafkaRefused(format!(
+                    "the model topic's end not reached in {CATCH_UP:?}"
+                )));
+            }
+        }
+    }
+
+    /// Merges what arrived (at most `max` records) into the pipeline.
+    fn merge(
+        &self,
+        pipeline: &mut Pipeline,
+        max: usize,
+        catalog_applied: &mut u64,
+    ) -> Result<usize> {
         let mut n = 0;
         while n < max {
             match self.consumer.poll(Duration::ZERO) {
                 None => break,
+                Some(Err(e)) if is_end(&e) => break,
                 Some(Err(e)) if is_fatal(&e) => {
                     return Err(Error::Kafka {
                         what: "reading the model topic".into(),
@@ -294,21 +338,60 @@ impl ModelFeed {
                     break;
                 }
                 Some(Ok(msg)) => {
-                    let at = msg
-                        .timestamp()
-                        .to_millis()
-                        .and_then(|t| u64::try_from(t).ok())
-                        .unwrap_or_else(crate::now_ms);
-                    let offset = u64::try_from(msg.offset()).unwrap_or(0);
-                    pipeline.merge_model_delta(msg.payload().unwrap_or_default(), offset, at)?;
-                    let next = offset + 1;
-                    pipeline.set_source_counter(MODEL_COUNTER, next);
+                    merge_one(&msg, pipeline, catalog_applied)?;
                     n += 1;
                 }
             }
         }
         Ok(n)
     }
+}
+
+fn is_end(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::PartitionEOF(_))
+        || e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
+}
+
+/// One model-topic record: a delta, or a catalog or rules change not applied yet
+/// (`catalog_applied`: the last change's id).
+fn merge_one(
+    msg: &BorrowedMessage<'_>,
+    pipeline: &mut Pipeline,
+    catalog_applied: &mut u64,
+) -> Result<()> {
+    let at = msg
+        .timestamp()
+        .to_millis()
+        .and_then(|t| u64::try_from(t).ok())
+        .unwrap_or_else(crate::now_ms);
+    let offset = u64::try_from(msg.offset()).unwrap_or(0);
+    let payload = msg.payload().unwrap_or_default();
+    match header(msg, KIND_HEADER) {
+        None => pipeline.merge_model_delta(payload, offset, at)?,
+        Some(kind) => {
+            let kind = match kind {
+                "catalog" => RecordKind::Catalog,
+                "rules" => RecordKind::Rules,
+                other => {
+                    return Err(Error::KafkaRefused(format!(
+                        "model topic record at {offset} has {KIND_HEADER} {other:?}, which \
+                         this build does not know"
+                    )));
+                }
+            };
+            let id: u64 = header(msg, CATALOG_ID_HEADER)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if id > *catalog_applied {
+                *catalog_applied = id;
+                pipeline.set_source_counter(CATALOG_COUNTER, id);
+                let payload = payload.to_vec();
+                pipeline.merge_broadcast(Broadcast { id, kind, payload }, at)?;
+            }
+        }
+    }
+    pipeline.set_source_counter(MODEL_COUNTER, offset + 1);
+    Ok(())
 }
 
 /// [`super::consume`] for an instance of a scaled-out group (see the module doc).
@@ -329,6 +412,11 @@ pub fn consume_scaled(
     let live = pipeline.live();
     let model_from = store.meta(&keys::offset(&source_counter_key(&source, MODEL_COUNTER)))?;
     let feed = ModelFeed::new(k, model_from)?;
+    let mut catalog_applied =
+        store.meta(&keys::offset(&source_counter_key(&source, CATALOG_COUNTER)))?;
+    let mut pipeline = pipeline;
+    let merged = feed.catch_up(&mut pipeline, &mut catalog_applied)?;
+    tracing::info!(records = merged, "model topic read to its end");
     let owner = Owner {
         kafka: k.clone(),
         source: source.clone(),
@@ -356,8 +444,6 @@ pub fn consume_scaled(
         .subscribe(&[&k.topic])
         .map_err(kafka_err(format!("subscribing to {}", k.topic)))?;
     let ctx = consumer.context();
-    let mut catalog_applied =
-        store.meta(&keys::offset(&source_counter_key(&source, CATALOG_COUNTER)))?;
     let mut buf: Vec<Record> = Vec::new();
     loop {
         if let Some(e) = lock(&ctx.failed).take() {
@@ -371,7 +457,7 @@ pub fn consume_scaled(
         buf.clear();
         let limit = lock(&ctx.pipeline).batch_limit(opts.batch_max);
         let started = Instant::now();
-        let mut catalog_seen = None;
+        let mut applied_first: Vec<(u64, Record)> = Vec::new();
         while buf.len() < limit {
             let wait = if buf.is_empty() {
                 opts.idle_wait.saturating_sub(started.elapsed())
@@ -413,7 +499,7 @@ pub fn consume_scaled(
                         r.kind = RecordKind::Gap;
                     } else {
                         catalog_applied = id;
-                        catalog_seen = Some(id);
+                        applied_first.push((id, r.clone()));
                     }
                     buf.push(r);
                 }
@@ -425,10 +511,11 @@ pub fn consume_scaled(
         ctx.refresh_group(&consumer);
         let mut pipeline = lock(&ctx.pipeline);
         pipeline.check_changelog()?;
-        if let Some(id) = catalog_seen {
-            pipeline.set_source_counter(CATALOG_COUNTER, id);
+        for (id, rec) in &applied_first {
+            pipeline.set_source_counter(CATALOG_COUNTER, *id);
+            pipeline.note_broadcast(*id, rec);
         }
-        feed.merge(&mut pipeline, opts.batch_max)?;
+        feed.merge(&mut pipeline, opts.batch_max, &mut catalog_applied)?;
         let outcome = if buf.is_empty() {
             pipeline.checkpoint()?;
             None
