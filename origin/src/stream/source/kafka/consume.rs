@@ -15,7 +15,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Message, Offset, Statistics, TopicPartitionList};
 
-use super::{CATALOG_COUNTER, Consumed, client_config, kafka_err, source_name, to_record};
+use super::{
+    CATALOG_COUNTER, Consumed, client_config, kafka_err, partition_count, source_name, to_record,
+};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lifecycle::{Health, KAFKA};
@@ -58,7 +60,7 @@ struct Assigner {
 
 impl Assigner {
     fn start_offsets(&self, tpl: &mut TopicPartitionList) -> Result<()> {
-        let expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        let mut expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
         let parts: Vec<i32> = tpl
             .elements_for_topic(&self.topic)
             .iter()
@@ -72,6 +74,8 @@ impl Assigner {
                     .store
                     .meta(&keys::offset(&partition_key(&self.source, partition)))?,
             };
+            // The loop reads only the partitions listed here, from their start on.
+            expected.insert(partition, next);
             let offset = if next == 0 {
                 Offset::Beginning
             } else {
@@ -94,17 +98,7 @@ impl Assigner {
         consumer: &BaseConsumer<Self>,
         tpl: &TopicPartitionList,
     ) -> Result<()> {
-        let metadata = consumer
-            .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
-            .map_err(kafka_err(format!(
-                "reading the partitions of {}",
-                self.topic
-            )))?;
-        let partitions = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.topic)
-            .map_or(0, |t| t.partitions().len());
+        let partitions = partition_count(consumer.client(), &self.topic, Duration::from_secs(10))?;
         let assigned = tpl.elements_for_topic(&self.topic).len();
         if assigned < partitions {
             return Err(Error::KafkaRefused(format!(
@@ -342,53 +336,16 @@ pub fn consume(
         }
         buf.clear();
         let limit = pipeline.batch_limit(opts.batch_max);
-        let started = Instant::now();
-        while buf.len() < limit {
-            let wait = if buf.is_empty() {
-                opts.idle_wait.saturating_sub(started.elapsed())
-            } else {
-                Duration::ZERO
-            };
-            let msg = match consumer.poll(wait) {
-                None => break,
-                Some(Ok(msg)) => msg,
-                Some(Err(e)) if is_fatal(&e) => {
-                    return Err(Error::Kafka {
-                        what: format!("consuming {}", k.topic),
-                        source: e,
-                    });
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error (librdkafka retries)");
-                    if buf.is_empty() && started.elapsed() >= opts.idle_wait {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            let partition = u32::try_from(msg.partition()).unwrap_or(0);
-            let offset = u64::try_from(msg.offset()).unwrap_or(0);
-            {
-                let mut exp = expected.lock().unwrap_or_else(|e| e.into_inner());
-                if exp.get(&partition).is_some_and(|next| offset < *next) {
-                    continue;
-                }
-                exp.insert(partition, offset + 1);
-            }
-            match to_record(&msg)? {
-                Consumed::Record(r) => buf.push(r),
-                Consumed::Broadcast(id, mut r) => {
-                    if id <= catalog_applied {
-                        // Another partition's copy was applied already: a gap keeps the
-                        // partition's offset moving.
-                        r.kind = RecordKind::Gap;
-                    } else {
-                        catalog_applied = id;
-                        pipeline.set_source_counter(CATALOG_COUNTER, id);
-                    }
-                    buf.push(r);
-                }
-            }
+        for (id, _) in read_batch(
+            &consumer,
+            &k.topic,
+            &expected,
+            &mut catalog_applied,
+            limit,
+            opts.idle_wait,
+            &mut buf,
+        )? {
+            pipeline.set_source_counter(CATALOG_COUNTER, id);
         }
         if buf.is_empty() {
             if pipeline.checkpoint()? > 0 {
@@ -414,6 +371,72 @@ pub fn consume(
             );
         }
     }
+}
+
+/// Reads up to `limit` records into `buf`, waiting at most `idle_wait` for the first. Only
+/// partitions listed in `expected` are read, each from its listed next offset on (a record
+/// read again after a rebalance is skipped by its offset). A copy of a catalog or rules change
+/// already applied becomes a gap (it keeps its partition's offset moving); the changes applied
+/// first here are returned with their ids, in order.
+pub(super) fn read_batch<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    expected: &Mutex<BTreeMap<u32, u64>>,
+    catalog_applied: &mut u64,
+    limit: usize,
+    idle_wait: Duration,
+    buf: &mut Vec<Record>,
+) -> Result<Vec<(u64, Record)>> {
+    let mut applied_first = Vec::new();
+    let started = Instant::now();
+    while buf.len() < limit {
+        let wait = if buf.is_empty() {
+            idle_wait.saturating_sub(started.elapsed())
+        } else {
+            Duration::ZERO
+        };
+        let msg = match consumer.poll(wait) {
+            None => break,
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) if is_fatal(&e) => {
+                return Err(Error::Kafka {
+                    what: format!("consuming {topic}"),
+                    source: e,
+                });
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error (librdkafka retries)");
+                if buf.is_empty() && started.elapsed() >= idle_wait {
+                    break;
+                }
+                continue;
+            }
+        };
+        let partition = u32::try_from(msg.partition()).unwrap_or(0);
+        let offset = u64::try_from(msg.offset()).unwrap_or(0);
+        {
+            let mut exp = expected.lock().unwrap_or_else(|e| e.into_inner());
+            // Not assigned (revoked meanwhile) or already held: skipped.
+            match exp.get(&partition) {
+                Some(next) if offset >= *next => {}
+                _ => continue,
+            }
+            exp.insert(partition, offset + 1);
+        }
+        match to_record(&msg)? {
+            Consumed::Record(r) => buf.push(r),
+            Consumed::Broadcast(id, mut r) => {
+                if id <= *catalog_applied {
+                    r.kind = RecordKind::Gap;
+                } else {
+                    *catalog_applied = id;
+                    applied_first.push((id, r.clone()));
+                }
+                buf.push(r);
+            }
+        }
+    }
+    Ok(applied_first)
 }
 
 /// Writes the checkpointed offsets to the group (lag monitoring); a failure is only logged.

@@ -112,6 +112,22 @@ pub(crate) fn kafka_err(
     move |source| Error::Kafka { what, source }
 }
 
+/// How many partitions `topic` has, per the cluster's metadata (0: the topic is not known).
+pub(crate) fn partition_count<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<usize> {
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(kafka_err(format!("reading the partitions of {topic}")))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len()))
+}
+
 /// A header's value as UTF-8, if present and valid.
 fn header<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
     let headers = msg.headers()?;

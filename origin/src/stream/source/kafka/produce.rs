@@ -14,7 +14,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use super::{
     ACCEPTED_HEADER, CATALOG_ID_HEADER, KIND_HEADER, REASON_HEADER, SOURCE_HEADER, client_config,
-    kafka_err,
+    kafka_err, partition_count,
 };
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
@@ -170,20 +170,8 @@ impl EventProducer {
     }
 
     fn broadcast(&self, kind: &'static str, payload: &[u8]) -> Result<()> {
-        let metadata = self
-            .producer
-            .client()
-            .fetch_metadata(Some(&self.topic), self.metadata_timeout)
-            .map_err(kafka_err(format!(
-                "reading the partitions of {}",
-                self.topic
-            )))?;
-        let partitions = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.topic)
-            .map(|t| t.partitions().len())
-            .unwrap_or(0);
+        let partitions =
+            partition_count(self.producer.client(), &self.topic, self.metadata_timeout)?;
         if partitions == 0 {
             return Err(Error::KafkaRefused(format!(
                 "topic {} has no partitions (does it exist?)",

@@ -31,10 +31,11 @@ use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
 use super::changelog::{GroupMetadata, ToTheEnd, TransactionalChangelog, read_changelog};
-use super::consume::{ConsumeOptions, Reporting, STATISTICS_INTERVAL_MS, instance_id, is_fatal};
+use super::consume::{
+    ConsumeOptions, Reporting, STATISTICS_INTERVAL_MS, instance_id, is_fatal, read_batch,
+};
 use super::{
-    CATALOG_COUNTER, CATALOG_ID_HEADER, Consumed, KIND_HEADER, client_config, header, kafka_err,
-    source_name, to_record,
+    CATALOG_COUNTER, CATALOG_ID_HEADER, KIND_HEADER, client_config, header, kafka_err, source_name,
 };
 use crate::config::{Config, KafkaConfig};
 use crate::error::{Error, Result};
@@ -456,55 +457,15 @@ pub fn consume_scaled(
         }
         buf.clear();
         let limit = lock(&ctx.pipeline).batch_limit(opts.batch_max);
-        let started = Instant::now();
-        let mut applied_first: Vec<(u64, Record)> = Vec::new();
-        while buf.len() < limit {
-            let wait = if buf.is_empty() {
-                opts.idle_wait.saturating_sub(started.elapsed())
-            } else {
-                Duration::ZERO
-            };
-            let msg = match consumer.poll(wait) {
-                None => break,
-                Some(Ok(msg)) => msg,
-                Some(Err(e)) if is_fatal(&e) => {
-                    return Err(Error::Kafka {
-                        what: format!("consuming {}", k.topic),
-                        source: e,
-                    });
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error (librdkafka retries)");
-                    if buf.is_empty() && started.elapsed() >= opts.idle_wait {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            let partition = u32::try_from(msg.partition()).unwrap_or(0);
-            let offset = u64::try_from(msg.offset()).unwrap_or(0);
-            {
-                let mut exp = lock(&ctx.expected);
-                // Not owned (revoked meanwhile) or already held: skipped.
-                match exp.get(&partition) {
-                    Some(next) if offset >= *next => {}
-                    _ => continue,
-                }
-                exp.insert(partition, offset + 1);
-            }
-            match to_record(&msg)? {
-                Consumed::Record(r) => buf.push(r),
-                Consumed::Broadcast(id, mut r) => {
-                    if id <= catalog_applied {
-                        r.kind = RecordKind::Gap;
-                    } else {
-                        catalog_applied = id;
-                        applied_first.push((id, r.clone()));
-                    }
-                    buf.push(r);
-                }
-            }
-        }
+        let applied_first = read_batch(
+            &consumer,
+            &k.topic,
+            &ctx.expected,
+            &mut catalog_applied,
+            limit,
+            opts.idle_wait,
+            &mut buf,
+        )?;
         if let Some(e) = lock(&ctx.failed).take() {
             return Err(e);
         }
