@@ -15,7 +15,7 @@ use attune_core::Profile;
 use attune_harness::Service;
 use attune_kafka_harness::{Broker, BrokerOptions, provision};
 use rand::{Rng, SeedableRng};
-use support::{BIN, post_accepted, random_events, serve, stop, stored_profiles};
+use support::{BIN, http, post_accepted, random_events, serve, status, stop, stored_profiles};
 
 /// One broker for every test of this file; the harness's watchdog kills it when the test
 /// process ends (statics are never dropped).
@@ -59,21 +59,6 @@ fn start_with(data: &Path, kafka: Option<(&str, &str)>, extra: &[&str]) -> (Serv
             .args(["--kafka-group", &format!("{topic}-group")]);
     }
     serve(cmd)
-}
-
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .unwrap()
-}
-
-fn status(http: &reqwest::blocking::Client, url: &str) -> Option<serde_json::Value> {
-    http.get(format!("{url}/v1/status"))
-        .send()
-        .ok()?
-        .json()
-        .ok()
 }
 
 /// Waits until the checkpointed counters say `field` reached `n`.

@@ -15,35 +15,9 @@ use attune_core::{CatalogShard, NeighbourShard, wire};
 use attune_harness::Service;
 use attune_kafka_harness::{Broker, BrokerOptions};
 use attune_origin::{Config, Node};
-use support::{BIN, Derived, derived, post_accepted, random_events, serve, stop};
-
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .unwrap()
-}
-
-fn status(http: &reqwest::blocking::Client, url: &str) -> Option<serde_json::Value> {
-    http.get(format!("{url}/v1/status"))
-        .send()
-        .ok()?
-        .json()
-        .ok()
-}
-
-fn metric(http: &reqwest::blocking::Client, url: &str, line_start: &str) -> Option<f64> {
-    let text = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .ok()?
-        .text()
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+use support::{
+    BIN, Derived, derived, http, metric, post_accepted, random_events, serve, status, stop,
+};
 
 /// An origin in the scaled-out group on `topic`, or on the embedded log when `brokers` is
 /// `None`.
@@ -161,19 +135,27 @@ fn caught_up(http: &reqwest::blocking::Client, urls: &[&str], partitions: u32) -
     (0..partitions).all(|p| urls.iter().any(|url| lag(url, p) == Some(0.0)))
 }
 
-/// Waits until [`caught_up`] holds for 5 s in a row.
-fn wait_caught_up(http: &reqwest::blocking::Client, urls: &[&str], partitions: u32) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(120);
+/// Waits, at most `within`, until [`caught_up`] holds for 5 s in a row; `urls` answers the
+/// instances' current URLs (a supervised one may have been started again).
+fn wait_caught_up(
+    http: &reqwest::blocking::Client,
+    mut urls: impl FnMut() -> Vec<String>,
+    partitions: u32,
+    within: Duration,
+) -> bool {
+    let deadline = Instant::now() + within;
     let mut zero_since: Option<Instant> = None;
     loop {
-        match (caught_up(http, urls, partitions), zero_since) {
+        let now = urls();
+        let now: Vec<&str> = now.iter().map(String::as_str).collect();
+        match (caught_up(http, &now, partitions), zero_since) {
             (true, Some(t)) if t.elapsed() > Duration::from_secs(5) => return true,
             (true, None) => zero_since = Some(Instant::now()),
             (false, _) => zero_since = None,
             _ => {}
         }
         if Instant::now() > deadline {
-            for url in urls {
+            for url in now {
                 eprintln!("never caught up: {url} {:?}", status(http, url));
             }
             return false;
@@ -350,7 +332,7 @@ fn a_killed_instance_s_partitions_are_restored_by_the_other() {
         next += 1;
     }
     assert!(
-        wait_caught_up(&http, &[&url_b], 4),
+        wait_caught_up(&http, || vec![url_b.clone()], 4, Duration::from_secs(120)),
         "B's output:\n{}",
         b.output()
     );
@@ -523,27 +505,20 @@ fn a_broker_restart_under_two_instances_loses_nothing() {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut zero_since: Option<Instant> = None;
-    loop {
-        let urls = [a.url(), b.url()];
-        let done = caught_up(&http, &[&urls[0], &urls[1]], 4);
-        match (done, zero_since) {
-            (true, Some(t)) if t.elapsed() > Duration::from_secs(5) => break,
-            (true, None) => zero_since = Some(Instant::now()),
-            (false, _) => zero_since = None,
-            _ => {}
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never caught up.\nA: {}{}\nB: {}{}",
-            a.exited,
-            a.service.output(),
-            b.exited,
-            b.service.output()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let done = wait_caught_up(
+        &http,
+        || vec![a.url(), b.url()],
+        4,
+        Duration::from_secs(180),
+    );
+    assert!(
+        done,
+        "never caught up.\nA: {}{}\nB: {}{}",
+        a.exited,
+        a.service.output(),
+        b.exited,
+        b.service.output()
+    );
     let (restarts_a, restarts_b) = (a.restarts, b.restarts);
     stop(a.service);
     stop(b.service);
@@ -621,7 +596,12 @@ fn a_joining_instance_restores_partitions_and_gets_the_catalog() {
         next += 1;
     }
     assert!(
-        wait_caught_up(&http, &[&url_a, &url_c], 4),
+        wait_caught_up(
+            &http,
+            || vec![url_a.clone(), url_c.clone()],
+            4,
+            Duration::from_secs(120)
+        ),
         "A's output:\n{}\nC's output:\n{}",
         a.output(),
         c.output()

@@ -165,3 +165,35 @@ pub fn random_events(n: u64, users: u32) -> Vec<String> {
 pub fn post_accepted(http: &reqwest::blocking::Client, url: &str, body: &str) -> bool {
     matches!(http.post(format!("{url}/v1/events")).body(body.to_string()).send(), Ok(r) if r.status() == 202)
 }
+
+/// A blocking client for the tests' requests to a running origin.
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
+}
+
+/// `/v1/status`, if the origin answers.
+pub fn status(http: &reqwest::blocking::Client, url: &str) -> Option<serde_json::Value> {
+    http.get(format!("{url}/v1/status"))
+        .send()
+        .ok()?
+        .json()
+        .ok()
+}
+
+/// The value of the first `/metrics` line that starts with `line_start` (a name with its
+/// labels).
+pub fn metric(http: &reqwest::blocking::Client, url: &str, line_start: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .ok()?
+        .text()
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
